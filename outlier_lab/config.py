@@ -1,0 +1,121 @@
+"""Typed Hydra schema: one dataclass per config group, registered in the ConfigStore."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+SITES = ("attn_in", "attn_out_in", "mlp_in")
+
+
+@dataclass
+class ModelConfig:
+    # Short name used in job dirs, reports and comparisons.
+    name: str = MISSING
+    # Where the weights come from: hub (repo id), local (directory) or package (a pip package that ships a checkpoint).
+    source: str = "hub"
+    # Hub repo id, local checkpoint directory, or python package name, depending on `source`.
+    path: Optional[str] = None
+    # Hub revision (branch, tag or commit); pin a commit for reproducible runs.
+    revision: str = "main"
+    # Weight dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16.
+    dtype: str = "auto"
+    # Attention kernel passed to transformers (null lets transformers choose, usually sdpa).
+    attn_implementation: Optional[str] = None
+    # Only for checkpoints whose code lives on the hub; off by default for safety.
+    trust_remote_code: bool = False
+    # Shipped copy of the checkpoint's config.json (relative to conf/), so estimation works offline.
+    config_file: Optional[str] = None
+    # Checkpoint quantization as shipped (e.g. mxfp4 for gpt-oss experts); null means none.
+    quantization: Optional[str] = None
+    # Free-form notes shown in reports (family, size label).
+    family: Optional[str] = None
+    # Architecture facts that override the config (tests and offline estimates).
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetConfig:
+    # Short name used in reports.
+    name: str = MISSING
+    # python_docs (offline, stdlib), text_file (a local file) or hub (a `datasets` dataset, streamed).
+    source: str = "python_docs"
+    # File path for text_file; dataset id for hub.
+    path: Optional[str] = None
+    # Hub dataset config/subset name (e.g. wikitext-103-raw-v1).
+    subset: Optional[str] = None
+    # Hub split to stream.
+    split: str = "train"
+    # Column holding the text in hub datasets.
+    text_field: str = "text"
+    # Number of non-overlapping windows analyzed.
+    num_sequences: int = 64
+    # Tokens per window, BOS included.
+    seq_len: int = 256
+    # Sequences per forward pass.
+    batch_size: int = 4
+    # Prepend a BOS token to every window when the tokenizer has one.
+    prepend_bos: bool = True
+    # Override the BOS token string (null: tokenizer's bos_token, else its cls_token).
+    bos_token: Optional[str] = None
+    # Cap on documents read from a hub stream (null: read until enough tokens).
+    max_documents: Optional[int] = None
+
+
+@dataclass
+class DetectorConfig:
+    # Detector name recorded in results.
+    name: str = "llm_int8"
+    # Magnitude threshold: |x| >= alpha is a hit (LLM.int8() uses 6.0).
+    alpha: float = 6.0
+    # A dim must hit in at least this fraction of analyzed blocks (inclusive).
+    min_layer_frac: float = 0.25
+    # A dim must hit in at least this fraction of sequence positions (inclusive).
+    min_seq_frac: float = 0.06
+    # Headline features qualify in at least this fraction of sequences.
+    min_sequence_frac: float = 0.5
+    # Canonical sites measured in every block.
+    sites: List[str] = field(default_factory=lambda: list(SITES))
+    # Block indices to analyze (null: all blocks).
+    layers: Optional[List[int]] = None
+    # Dims shown in the heatmap (most frequent outliers first).
+    heatmap_top_dims: int = 24
+    # Resolution of the outlier-value histogram used for quartiles (bins per factor of two).
+    bins_per_octave: int = 32
+
+
+@dataclass
+class HardwareConfig:
+    # local runs here; auto picks the cheapest fitting GPU class; a class name fixes it.
+    name: str = "local"
+    # GPU manufacturer allowed by hardware=auto.
+    vendor: str = "nvidia"
+    # Fixed GPU class (catalog key) or null for auto/local.
+    gpu_class: Optional[str] = None
+    # Fixed GPU count (null: the fewest that fit).
+    gpu_count: Optional[int] = None
+    # Required VRAM = estimated total x this factor.
+    vram_safety_factor: float = 1.3
+    # Minimum host RAM in GiB for the job (checkpoint loading goes through CPU memory).
+    ram_floor_gib: float = 64.0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    detector: DetectorConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    # cpu, cuda or auto (cuda when available).
+    device: str = "auto"
+    # Seed for anything random (ablation controls, hub shuffles).
+    seed: int = 0
+    # Show progress bars.
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Store the schema so every YAML is validated against it at compose time."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)

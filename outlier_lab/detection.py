@@ -1,0 +1,237 @@
+"""LLM.int8() outlier-feature criteria as a streaming, on-device, fp32 reduction over blocks and sequences."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+# The outlier-value histogram spans [alpha, alpha * 2**OCTAVES); larger values land in the last bin (max_abs is exact).
+OCTAVES = 14
+
+
+def min_count(frac: float, total: int) -> int:
+    """Smallest integer count c with c / total >= frac, immune to float rounding (0.06 * 100 must give 6)."""
+    return max(0, math.ceil(round(frac * total, 9)))
+
+
+@dataclass
+class Criteria:
+    alpha: float = 6.0
+    min_layer_frac: float = 0.25
+    min_seq_frac: float = 0.06
+    min_sequence_frac: float = 0.5
+    bins_per_octave: int = 32
+
+    @property
+    def num_bins(self) -> int:
+        return OCTAVES * self.bins_per_octave
+
+
+@dataclass
+class BatchStats:
+    """Per-sequence statistics of one batch, on the CPU: everything later stages need, nothing more."""
+
+    layer_frac: np.ndarray  # [B, D] fraction of analyzed blocks with a hit
+    seq_frac: np.ndarray  # [B, D] fraction of positions with a hit in any block
+    max_abs: np.ndarray  # [B, D] max |x| over all sites and blocks
+    qualifies: np.ndarray  # [B, D] bool: both criteria met in this sequence
+    any_hit: np.ndarray  # [B, D] bool
+
+
+class Int8Reducer:
+    """Streams site activations in, block by block, and keeps only compact per-dim state on the model's device.
+
+    Run-level state lives across batches (per-block max |x| and a signed histogram of outlier values);
+    batch-level state (per-block hit flags and the per-position hit union) is reset by `start_batch`.
+    """
+
+    def __init__(self, criteria: Criteria, num_blocks: int, hidden: int, device: torch.device | str = "cpu"):
+        self.criteria = criteria
+        self.num_blocks = num_blocks
+        self.hidden = hidden
+        self.device = torch.device(device)
+        nb = criteria.num_bins
+        self.block_max = torch.zeros(num_blocks, hidden, dtype=torch.float32, device=self.device)
+        # [D, sign(0=+,1=-), bin] counts of |x| >= alpha, for quartiles and one-sidedness.
+        self.hist = torch.zeros(hidden * 2 * nb, dtype=torch.int64, device=self.device)
+        self._log_alpha = math.log2(criteria.alpha) if criteria.alpha > 0 else 0.0
+        self._batch: Optional[Dict[str, torch.Tensor]] = None
+
+    def start_batch(self, batch: int, seq_len: int) -> None:
+        d, dev = self.hidden, self.device
+        self._batch = dict(
+            block_hits=torch.zeros(batch, self.num_blocks, d, dtype=torch.bool, device=dev),
+            pos_hits=torch.zeros(batch, seq_len, d, dtype=torch.bool, device=dev),
+            seq_max=torch.zeros(batch, d, dtype=torch.float32, device=dev),
+        )
+
+    @torch.no_grad()
+    def observe(self, block_slot: int, x: torch.Tensor) -> None:
+        """Fold one site's input [B, T, D] (any dtype, any device) of analyzed block `block_slot` into the state."""
+        state = self._batch
+        assert state is not None, "start_batch() first"
+        if x.dim() == 2:  # some MoE blocks flatten tokens before the router
+            x = x.view(state["pos_hits"].shape[0], -1, x.shape[-1])
+        x = x.to(self.device, torch.float32)  # statistics in fp32 whatever the model dtype
+        absx = x.abs()
+        hit = absx >= self.criteria.alpha
+        state["pos_hits"] |= hit
+        state["block_hits"][:, block_slot] |= hit.any(dim=1)
+        per_seq_max = absx.amax(dim=1)
+        torch.maximum(state["seq_max"], per_seq_max, out=state["seq_max"])
+        torch.maximum(self.block_max[block_slot], per_seq_max.amax(dim=0), out=self.block_max[block_slot])
+        self._histogram(x, hit)
+
+    def _histogram(self, x: torch.Tensor, hit: torch.Tensor) -> None:
+        flat_hit = hit.reshape(-1, self.hidden)
+        rows, dims = flat_hit.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return
+        values = x.reshape(-1, self.hidden)[rows, dims]
+        nb = self.criteria.num_bins
+        bins = ((values.abs().log2() - self._log_alpha) * self.criteria.bins_per_octave).floor().long().clamp_(0, nb - 1)
+        index = (dims * 2 + (values < 0).long()) * nb + bins
+        self.hist.index_put_((index,), torch.ones_like(index), accumulate=True)
+
+    @torch.no_grad()
+    def end_batch(self) -> BatchStats:
+        """Apply the per-sequence criteria (counts per block, not per site) and hand back CPU arrays."""
+        state, self._batch = self._batch, None
+        seq_len = state["pos_hits"].shape[1]
+        block_count = state["block_hits"].sum(dim=1)
+        pos_count = state["pos_hits"].sum(dim=1)
+        qualifies = (block_count >= min_count(self.criteria.min_layer_frac, self.num_blocks)) & (
+            pos_count >= min_count(self.criteria.min_seq_frac, seq_len)
+        )
+        return BatchStats(
+            layer_frac=(block_count.double() / self.num_blocks).cpu().numpy(),
+            seq_frac=(pos_count.double() / seq_len).cpu().numpy(),
+            max_abs=state["seq_max"].cpu().numpy(),
+            qualifies=qualifies.cpu().numpy(),
+            any_hit=(block_count > 0).cpu().numpy(),
+        )
+
+    def histogram(self) -> np.ndarray:
+        """[D, 2, bins] counts of outlier values (sign 0 positive, 1 negative)."""
+        return self.hist.view(self.hidden, 2, self.criteria.num_bins).cpu().numpy()
+
+
+def histogram_quantiles(hist: np.ndarray, criteria: Criteria, qs=(0.25, 0.5, 0.75)) -> List[float]:
+    """Signed quantiles of one dim's outlier values from its [2, bins] histogram (log-interpolated within a bin)."""
+    pos, neg = hist[0].astype(np.float64), hist[1].astype(np.float64)
+    nb, bpo, alpha = criteria.num_bins, criteria.bins_per_octave, criteria.alpha
+    lower = alpha * np.exp2(np.arange(nb) / bpo)
+    upper = alpha * np.exp2((np.arange(nb) + 1) / bpo)
+    # Ascending signed order: most negative first (high bins of neg), then positives from small to large.
+    counts = np.concatenate([neg[::-1], pos])
+    lo = np.concatenate([-upper[::-1], lower])
+    hi = np.concatenate([-lower[::-1], upper])
+    total = counts.sum()
+    if total == 0:
+        return [float("nan")] * len(qs)
+    cum = np.cumsum(counts)
+    out = []
+    for q in qs:
+        target = q * total
+        i = int(np.searchsorted(cum, target, side="left"))
+        i = min(i, len(counts) - 1)
+        before = cum[i] - counts[i]
+        frac = 0.0 if counts[i] == 0 else (target - before) / counts[i]
+        a, b = lo[i], hi[i]
+        if a > 0:
+            value = a * (b / a) ** frac
+        else:  # negative bin: interpolate magnitudes from |a| down to |b|
+            value = -((-a) * ((-b) / (-a)) ** frac)
+        out.append(float(value))
+    return out
+
+
+@dataclass
+class RunAccumulator:
+    """Folds per-batch statistics into per-dim run totals and the per-(sequence, dim) rows."""
+
+    criteria: Criteria
+    hidden: int
+    num_sequences: int = 0
+    qualified_sequences: np.ndarray = field(init=False)
+    layer_frac_sum: np.ndarray = field(init=False)
+    seq_frac_sum: np.ndarray = field(init=False)
+    rows: List[Dict[str, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.qualified_sequences = np.zeros(self.hidden, dtype=np.int64)
+        self.layer_frac_sum = np.zeros(self.hidden, dtype=np.float64)
+        self.seq_frac_sum = np.zeros(self.hidden, dtype=np.float64)
+
+    def add(self, stats: BatchStats) -> None:
+        q = stats.qualifies
+        self.qualified_sequences += q.sum(axis=0)
+        self.layer_frac_sum += np.where(q, stats.layer_frac, 0.0).sum(axis=0)
+        self.seq_frac_sum += np.where(q, stats.seq_frac, 0.0).sum(axis=0)
+        seq_idx, dims = np.nonzero(stats.any_hit)
+        self.rows.append(
+            dict(
+                sequence=(seq_idx + self.num_sequences).astype(np.int64),
+                dim=dims.astype(np.int64),
+                layer_frac=stats.layer_frac[seq_idx, dims],
+                seq_frac=stats.seq_frac[seq_idx, dims],
+                max_abs=stats.max_abs[seq_idx, dims].astype(np.float64),
+                qualifies=stats.qualifies[seq_idx, dims],
+            )
+        )
+        self.num_sequences += stats.qualifies.shape[0]
+
+    def per_sequence_table(self) -> Dict[str, np.ndarray]:
+        keys = ("sequence", "dim", "layer_frac", "seq_frac", "max_abs", "qualifies")
+        if not self.rows:
+            empty = dict(sequence=np.int64, dim=np.int64, layer_frac=np.float64, seq_frac=np.float64,
+                         max_abs=np.float64, qualifies=bool)
+            return {k: np.zeros(0, dtype=empty[k]) for k in keys}
+        return {k: np.concatenate([r[k] for r in self.rows]) for k in keys}
+
+
+def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> Dict[str, object]:
+    """Unique outlier dims across sequences, each with its statistics, and the LLM.int8() Table 4 summary row."""
+    crit = acc.criteria
+    n = max(acc.num_sequences, 1)
+    dim_max = block_max.max(axis=0) if block_max.size else np.zeros(acc.hidden)
+    positives, negatives = hist[:, 0].sum(axis=1), hist[:, 1].sum(axis=1)
+    qualified = np.nonzero(acc.qualified_sequences)[0]
+
+    def feature(d: int) -> Dict[str, object]:
+        k = int(acc.qualified_sequences[d])
+        return dict(
+            dim=int(d),
+            sequences=k,
+            sequence_frac=k / n,
+            layer_frac=float(acc.layer_frac_sum[d] / k),
+            seq_frac=float(acc.seq_frac_sum[d] / k),
+            max_abs=float(dim_max[d]),
+            one_sided=bool(positives[d] == 0 or negatives[d] == 0),
+            sign="+" if negatives[d] == 0 else "-" if positives[d] == 0 else "±",
+        )
+
+    everything = sorted((feature(d) for d in qualified), key=lambda f: (-f["sequences"], -f["layer_frac"], f["dim"]))
+    need = min_count(crit.min_sequence_frac, acc.num_sequences)
+    headline = [f for f in everything if f["sequences"] >= max(need, 1)]
+    summary: Dict[str, object] = dict(
+        num_outlier_features=len(headline),
+        num_one_sided=sum(f["one_sided"] for f in headline),
+        num_qualified_any_sequence=len(everything),
+        num_sequences=acc.num_sequences,
+        max_abs=float(dim_max.max()) if dim_max.size else 0.0,
+        most_common=None,
+    )
+    if everything:
+        top = (headline or everything)[0]
+        summary["most_common"] = dict(
+            dim=top["dim"],
+            layers_pct=100.0 * top["layer_frac"],
+            seq_dims_pct=100.0 * top["seq_frac"],
+            quartiles=histogram_quantiles(hist[top["dim"]], crit),
+            sequences=top["sequences"],
+        )
+    return dict(outlier_features=headline, qualified_dims=everything, summary=summary)
