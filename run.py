@@ -1,0 +1,18 @@
+"""Command line: compose the Hydra config and run one outlier-feature analysis job (or a sweep with --multirun)."""
+import hydra
+from omegaconf import DictConfig
+
+from outlier_lab.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    from outlier_lab.pipeline import main as run_job
+
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+# Starts (or reuses) a real single-node Slurm on 127.0.0.1 for the tests; source it: `. tests/services/slurm_up.sh`.
+# Exports SLURM_CONF, OUTLIER_LAB_SLURM_DIR, OUTLIER_LAB_TEST_SLURM=1 and PATH with a sacct stand-in first.
+# Idempotent: a cluster already answering in $OUTLIER_LAB_SLURM_DIR is reused. Stop it with tests/services/slurm_down.sh.
+# Facts behind the settings: /work/shared/reference/test-services.md (cgroups off, sacct needs a stand-in).
+
+_outlier_lab_slurm_wait() {  # wait up to $1 tenths of a second for command "${@:2}" to succeed
+    local tries=$1; shift
+    while [ "$tries" -gt 0 ]; do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+        tries=$((tries - 1))
+    done
+    return 1
+}
+
+_outlier_lab_slurm_node_ready() {
+    sinfo -h -N -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'
+}
+
+_outlier_lab_slurm_ping() {
+    scontrol ping 2>/dev/null | grep -q UP
+}
+
+_outlier_lab_slurm_up() {
+    local dir="${OUTLIER_LAB_SLURM_DIR:-/tmp/outlier_lab_slurm}"
+    local here
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    local ctld_port="${OUTLIER_LAB_SLURMCTLD_PORT:-6817}" slurmd_port="${OUTLIER_LAB_SLURMD_PORT:-6818}"
+
+    if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
+        || ! command -v munged >/dev/null; then
+        # policy-rc.d stops the packages' postinst from starting daemons outside our control.
+        local made_policy=0
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            munge slurmctld slurmd slurm-client >/dev/null 2>&1
+        [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+        if ! command -v slurmctld >/dev/null; then
+            echo "slurm_up: apt-get install of munge/slurmctld/slurmd/slurm-client failed" >&2
+            return 1
+        fi
+    fi
+
+    mkdir -p "$dir/bin" "$dir/state" "$dir/spool" "$dir/log"
+    install -m 0755 "$here/slurm/sacct" "$dir/bin/sacct"
+
+    if ! (munge -n | unmunge) >/dev/null 2>&1; then
+        install -d -o munge -g munge -m 0755 /run/munge
+        [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || create-munge-key -f >/dev/null 2>&1; }
+        runuser -u munge -- /usr/sbin/munged && touch "$dir/munged.started"
+        if ! _outlier_lab_slurm_wait 50 sh -c 'munge -n | unmunge'; then
+            echo "slurm_up: munged did not start" >&2
+            return 1
+        fi
+    fi
+
+    export SLURM_CONF="$dir/slurm.conf"
+    export OUTLIER_LAB_SLURM_DIR="$dir"
+    case ":$PATH:" in *":$dir/bin:"*) ;; *) export PATH="$dir/bin:$PATH" ;; esac
+
+    if [ -f "$SLURM_CONF" ] && _outlier_lab_slurm_ping && _outlier_lab_slurm_node_ready; then
+        export OUTLIER_LAB_TEST_SLURM=1
+        return 0
+    fi
+    # A half-dead cluster from an earlier run: stop it before writing a fresh config.
+    [ -f "$SLURM_CONF" ] && bash "$here/slurm_down.sh" >/dev/null 2>&1
+
+    local mem_mib
+    mem_mib=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
+    cat >"$SLURM_CONF" <<CONF
+ClusterName=ci
+SlurmctldHost=localhost
+SlurmUser=root
+AuthType=auth/munge
+MpiDefault=none
+# cgroup plugins fail silently on this machine kind (jobs COMPLETED with no output).
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+# Listen on 127.0.0.1 only.
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd.log
+ReturnToService=2
+# Finished jobs stay visible to scontrol (and so to the sacct stand-in) for an hour.
+MinJobAge=3600
+KillWait=5
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mib State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+
+    slurmctld -c -f "$SLURM_CONF" </dev/null >"$dir/log/slurmctld.out" 2>&1
+    if ! _outlier_lab_slurm_wait 100 _outlier_lab_slurm_ping; then
+        echo "slurm_up: slurmctld did not answer; log tail:" >&2
+        tail -n 20 "$dir/log/slurmctld.log" "$dir/log/slurmctld.out" >&2 2>/dev/null
+        return 1
+    fi
+    # The node is named localhost, which is not this machine's hostname, hence -N.
+    slurmd -N localhost -f "$SLURM_CONF" </dev/null >"$dir/log/slurmd.out" 2>&1
+    if ! _outlier_lab_slurm_wait 150 _outlier_lab_slurm_node_ready; then
+        echo "slurm_up: slurmd did not register; log tail:" >&2
+        tail -n 20 "$dir/log/slurmd.log" "$dir/log/slurmd.out" >&2 2>/dev/null
+        return 1
+    fi
+    export OUTLIER_LAB_TEST_SLURM=1
+}
+
+_outlier_lab_slurm_up || echo "slurm_up: Slurm is not running; the Slurm tests will try again and skip with a reason" >&2
