@@ -100,6 +100,12 @@ class HardwareConfig:
     vram_safety_factor: float = 1.3
     # Minimum host RAM in GiB for the job (checkpoint loading goes through CPU memory).
     ram_floor_gib: float = 64.0
+    # GPU catalog YAML (null: the shipped outlier_lab/data/gpus.yaml).
+    catalog: Optional[str] = None
+    # The remote GPU host has MXFP4 kernels (triton>=3.4 + kernels); false plans dequantized bf16 experts.
+    mxfp4_kernels: bool = True
+    # Set by a remote launcher on the job it starts, so the job runs instead of refusing a non-local plan.
+    launched_remotely: bool = False
 
 
 @dataclass

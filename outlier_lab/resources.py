@@ -1,0 +1,416 @@
+"""Memory, RAM and disk estimate of one analysis job, from the model's config built on the meta device."""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .detection import OCTAVES
+
+if TYPE_CHECKING:  # hardware imports this module; the type is only needed for annotations
+    from .hardware import GpuClass
+
+GIB = 2**30
+# CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
+CUDA_CONTEXT_GIB = 0.6
+# The caching allocator reserves more than it hands out (block rounding, fragmentation between batch shapes).
+ALLOCATOR_SLACK = 0.10
+# CPU runs: the interpreter's own growth while tracing (nnsight graph, tokenizer tables, per-batch numpy results).
+CPU_RUNTIME_GIB = 0.15
+# Hub download cache, tokenizer, dataset stream and result files, on top of the checkpoint itself.
+DISK_EXTRA_GIB = 2.0
+# MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
+MXFP4_BITS = 4.25
+# The LLM.int8() reducer's signed outlier histogram: int64 counts, OCTAVES x bins_per_octave bins, 2 signs.
+_HIST_BYTES_PER_DIM_PER_BIN = 2 * 8
+
+_DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_topk", "top_k")
+# Architectures whose FFN is up -> activation -> down (no gate): two intermediates live instead of three.
+_UNGATED = ("gpt2", "gptj", "opt", "bert")
+# Architectures without a sdpa path in transformers: attention scores are materialised.
+_EAGER_ONLY = ("gpt_oss",)
+
+
+@dataclass
+class Estimate:
+    """Memory breakdown of one job in GiB (2**30 bytes); `required_gib` already includes the safety factor."""
+
+    weights_gib: float
+    activations_gib: float
+    overhead_gib: float
+    total_gib: float
+    required_gib: float
+    ram_floor_gib: float
+    disk_gib: float
+    params_total: int
+    params_active: int
+    quantization: str
+    notes: List[str] = field(default_factory=list)
+    # Device and dtype the estimate is for, and the largest block's weights (device_map splits at block bounds).
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    block_weights_gib: float = 0.0
+    safety_factor: float = 1.3
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _first(config, keys, default=None):
+    return next((getattr(config, k) for k in keys if getattr(config, k, None)), default)
+
+
+def _target(cfg: DictConfig, gpu: "GpuClass | None") -> Tuple[str, str]:
+    """(device, dtype name) the job will run with: bf16 on a planned GPU, else what this machine offers."""
+    from .models import resolve_device
+
+    if gpu is not None:
+        device = "cuda"
+    elif cfg.hardware.name == "local":
+        device = resolve_device(cfg.get("device", "auto"))
+    else:
+        device = "cuda"
+    dtype = cfg.model.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    if dtype not in _DTYPE_BYTES:
+        from .errors import UserError
+
+        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(_DTYPE_BYTES)}")
+    return device, dtype
+
+
+def quantization_of(cfg: DictConfig, hf_config) -> Optional[str]:
+    """The checkpoint's quantization method: the model YAML wins, else the config's quantization_config."""
+    if cfg.model.get("quantization"):
+        return str(cfg.model.quantization).lower()
+    qc = getattr(hf_config, "quantization_config", None)
+    if isinstance(qc, dict):
+        return qc.get("quant_method")
+    return getattr(qc, "quant_method", None) if qc is not None else None
+
+
+def mxfp4_supported(device: str, gpu: "GpuClass | None", cfg: DictConfig) -> Tuple[bool, str]:
+    """Whether transformers keeps MXFP4 experts packed: CUDA with compute capability >= 7.5 and triton + kernels."""
+    if device != "cuda":
+        return False, "on CPU transformers dequantizes MXFP4 experts (it needs use_kernels=True to keep them)"
+    if gpu is not None:
+        if gpu.vendor != "nvidia":
+            return False, f"{gpu.name} is not an NVIDIA GPU; MXFP4 experts are dequantized"
+        if _cc_tuple(gpu.compute_capability) < (7, 5):
+            return False, f"{gpu.name} (compute capability {gpu.compute_capability} < 7.5) lacks MXFP4 kernels"
+        if not cfg.hardware.get("mxfp4_kernels", True):
+            return False, "hardware.mxfp4_kernels=false: the GPU host lacks triton>=3.4/kernels"
+        return True, f"MXFP4 experts stay packed on {gpu.name} (cc {gpu.compute_capability}, assumes triton>=3.4 + kernels)"
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible; MXFP4 experts are dequantized"
+    if torch.cuda.get_device_capability() < (7, 5):
+        return False, "this GPU's compute capability is < 7.5; MXFP4 experts are dequantized"
+    missing = [m for m in ("triton", "kernels") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not installed here; transformers dequantizes MXFP4 experts"
+    return True, "MXFP4 experts stay packed on this GPU"
+
+
+def _cc_tuple(cc: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(cc).split("."))
+    except ValueError:
+        return (0,)
+
+
+def _is_expert_weight(name: str) -> bool:
+    # Routed experts only: shared experts and the router stay in the model dtype under MXFP4.
+    return ".experts." in f".{name}" and "shared" not in name and not name.endswith("_bias")
+
+
+def _weights(model: torch.nn.Module, dtype_bytes: int, mxfp4: bool) -> Tuple[float, Dict[str, float]]:
+    """Resident bytes of parameters and buffers; per top-level block, for the device_map split."""
+    total = 0.0
+    per_block: Dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if mxfp4 and _is_expert_weight(name):
+            nbytes = p.numel() * MXFP4_BITS / 8
+        elif mxfp4 and ".experts." in f".{name}" and name.endswith("_bias"):
+            nbytes = p.numel() * 4.0  # transformers keeps MXFP4 expert biases in fp32
+        else:
+            nbytes = p.numel() * (dtype_bytes if p.is_floating_point() else p.element_size())
+        total += nbytes
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else ".".join(parts[:3])
+        per_block[key] = per_block.get(key, 0.0) + nbytes
+    for name, b in model.named_buffers():
+        size = dtype_bytes if b.is_floating_point() else b.element_size()
+        total += b.numel() * size
+    return total, per_block
+
+
+def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, quant: Optional[str]) -> Tuple[float, str]:
+    """Bytes of the checkpoint on disk: measured for local dirs, else counted (LM head and MTP layers included)."""
+    from .models import checkpoint_location
+
+    if cfg.model.source in ("local", "package"):
+        try:
+            location, _ = checkpoint_location(cfg.model)
+            files = [f for f in Path(location).rglob("*") if f.suffix in (".safetensors", ".bin", ".pt")]
+            if files:
+                return float(sum(f.stat().st_size for f in files)), "measured from the local checkpoint files"
+        except Exception:  # noqa: BLE001 - an estimate must not fail on an unreadable local dir; fall back to counting
+            pass
+    text = _text_config(hf_config)
+    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or "float32"
+    stored_bytes = _DTYPE_BYTES.get(str(stored).replace("torch.", ""), 4)
+    total, _ = _weights(model, stored_bytes, quant == "mxfp4")
+    if not getattr(text, "tie_word_embeddings", False):
+        total += text.vocab_size * text.hidden_size * stored_bytes
+    mtp = int(getattr(text, "num_nextn_predict_layers", 0) or 0)
+    if mtp:
+        # GLM/DeepSeek ship multi-token-prediction layers that transformers does not load but the hub download holds.
+        layers = _layers(model)
+        last = sum(p.numel() for p in layers[-1].parameters()) if layers is not None else 0
+        total += mtp * (last + 2 * text.hidden_size**2) * stored_bytes
+    return total, "counted from the config"
+
+
+def _layers(model: torch.nn.Module):
+    for path in ("layers", "h", "encoder.layer", "decoder.layers"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
+
+
+@dataclass
+class _Shape:
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    num_blocks: int
+    experts: int = 0
+    top_k: int = 0
+    expert_intermediate: int = 0
+    shared_intermediate: int = 0
+    dense_blocks: int = 0
+
+
+def _shape(text) -> _Shape:
+    hidden = text.hidden_size
+    heads = _first(text, ("num_attention_heads", "n_head"))
+    kv_heads = _first(text, ("num_key_value_heads",), heads)
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    intermediate = _first(text, ("intermediate_size", "n_inner"), None) or 4 * hidden
+    if getattr(text, "model_type", "") == "opt":
+        intermediate = getattr(text, "ffn_dim", intermediate)
+    blocks = _first(text, ("num_hidden_layers", "n_layer"))
+    shape = _Shape(hidden, heads, kv_heads, head_dim, intermediate, blocks)
+    experts = _first(text, _EXPERT_KEYS, 0) or 0
+    top_k = _first(text, _TOP_K_KEYS, 0) or 0
+    if experts and top_k:
+        shape.experts, shape.top_k = int(experts), int(top_k)
+        shape.expert_intermediate = _first(text, ("moe_intermediate_size",), None) or intermediate
+        shared = int(getattr(text, "n_shared_experts", 0) or 0) * shape.expert_intermediate
+        shape.shared_intermediate = shared or int(getattr(text, "shared_expert_intermediate_size", 0) or 0)
+        dense = int(getattr(text, "first_k_dense_replace", 0) or 0)
+        dense += len(getattr(text, "mlp_only_layers", None) or [])
+        shape.dense_blocks = min(dense, blocks)
+    return shape
+
+
+def _attention_impl(cfg: DictConfig, model_type: str) -> str:
+    impl = cfg.model.get("attn_implementation")
+    if impl:
+        return str(impl)
+    return "eager" if model_type in _EAGER_ONLY else "sdpa"
+
+
+def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str,
+                     widths: Dict[str, int], analyzed_blocks: int) -> Tuple[float, Dict[str, float]]:
+    """Peak transient memory of one forward (no KV cache, no logits) plus the detector's reduction state.
+
+    Blocks run one after another and free their temporaries, so the peak is the worst block's worst phase on top of
+    what lives through the whole forward. Each phase counts the tensors alive at its high point.
+    """
+    s = _shape(text)
+    model_type = getattr(text, "model_type", "")
+    n = batch * seq_len
+    a = act_bytes
+    d, q_width, kv_width = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim
+    # Through the whole forward: the residual stream, rotary cos/sin, token ids and the causal mask.
+    mask = batch * seq_len * seq_len * (a if attn_impl == "eager" else 1)
+    persistent = n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
+
+    # Attention: normed input, q/k/v, rotary temporaries for q and k, output and its contiguous copy.
+    attention = n * a * (d + 4 * q_width + 4 * kv_width)
+    if attn_impl == "eager":
+        score = batch * s.heads * seq_len * (seq_len + 1)
+        # scores, their fp32 softmax and the cast back (gpt-oss: logits+sinks, shifted, softmax)
+        attention += score * (3 * a if model_type in _EAGER_ONLY else (2 * a + 4 if a != 4 else 2 * a))
+        attention += 2 * n * q_width * a  # repeat_kv expands k and v to every query head
+    elif device == "cpu":
+        attention += 2 * n * q_width * a  # CPU sdpa repeats k/v for grouped-query attention
+    # Dense FFN: gated keeps act(gate), up and their product; ungated keeps fc output and its activation.
+    ffn_live = 2 if model_type in _UNGATED else 3
+    dense_ffn = n * a * (d + ffn_live * s.intermediate)
+    phases = dict(attention=attention, dense_ffn=dense_ffn if (not s.experts or s.dense_blocks) else 0.0)
+    if s.experts:
+        routed = n * s.top_k
+        router = n * s.experts * 4 * 3  # logits, fp32 softmax, top-k mask
+        # grouped_mm: gathered inputs, gate_up output, act(gate) and product ...
+        gate_phase = routed * a * (d + 4 * s.expert_intermediate)
+        # ... then the down projection, its routing-weighted fp32 copy and its un-permuted copy
+        down_phase = routed * (d * a + 2 * d * 4) + routed * 8 * 3
+        shared = n * a * 3 * s.shared_intermediate
+        phases["moe"] = n * a * d + router + max(gate_phase, down_phase) + shared + n * d * 4
+    # Detector: per batch block hits and position hits (bool), per-sequence max; per run block max and histogram.
+    bins = OCTAVES * 32
+    reducer_state = sum(
+        batch * analyzed_blocks * w + n * w + batch * w * 4 + analyzed_blocks * w * 4 + w * bins * _HIST_BYTES_PER_DIM_PER_BIN
+        for w in widths.values()
+    )
+    # Observing one site: an fp32 copy (unless already fp32), |x| and the hit mask, next to the block's own tensors.
+    widest = max(widths.values()) if widths else d
+    observe = n * widest * ((0 if a == 4 else 4) + 4 + 1) + n * a * (d + q_width + 2 * kv_width)
+    phases["observe"] = observe
+    peak_phase = max(phases.values())
+    parts = dict(persistent=persistent, reducer_state=reducer_state, **{f"phase_{k}": v for k, v in phases.items()})
+    return persistent + reducer_state + peak_phase, parts
+
+
+def _site_widths(model: torch.nn.Module, text, cfg: DictConfig) -> Tuple[Dict[str, int], int]:
+    """Feature spaces the detector keeps state for (hidden, plus o_proj's input when wider) and blocks analyzed."""
+    try:
+        from .adapters import discover_sites
+        from .capture import plan_probes
+
+        site_map = discover_sites(model, cfg.detector.get("sites"), cfg.detector.get("layers"))
+        _, widths = plan_probes(model, site_map)
+        return dict(widths), len(site_map.block_indices)
+    except Exception:  # noqa: BLE001 - unknown adapters still get an estimate; the run itself reports the adapter error
+        s = _shape(text)
+        return {"hidden": s.hidden, "wide": max(s.hidden, s.heads * s.head_dim)}, s.num_blocks
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(model_yaml: str):
+    """The model's config and its base model on the meta device, built once per model config (plans try many GPUs)."""
+    from .models import build_meta_model, load_hf_config
+
+    model_cfg = OmegaConf.create(model_yaml)
+    shipped = _shipped_config(model_cfg)
+    hf_config = shipped if shipped is not None else load_hf_config(model_cfg)
+    return hf_config, build_meta_model(model_cfg, hf_config)
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers at all (one quick TCP probe instead of minutes of download retries)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _shipped_config(model_cfg):
+    """The shipped config copy for a hub model when the hub is unreachable (overrides applied), else None."""
+    import json
+
+    from transformers import AutoConfig
+
+    from .models import CONF_DIR
+
+    if model_cfg.get("source") != "hub" or not model_cfg.get("config_file") or hub_reachable():
+        return None
+    path = CONF_DIR / model_cfg.config_file
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    for key, value in (model_cfg.get("config_overrides") or {}).items():
+        setattr(config, key, value)
+    return config
+
+
+def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
+    """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU)."""
+    from .models import moe_facts
+
+    device, dtype = _target(cfg, gpu)
+    dtype_bytes = _DTYPE_BYTES[dtype]
+    hf_config, model = _meta_model(OmegaConf.to_yaml(cfg.model))
+    text = _text_config(hf_config)
+    notes: List[str] = []
+
+    quant = quantization_of(cfg, hf_config)
+    mxfp4 = False
+    if quant == "mxfp4":
+        mxfp4, why = mxfp4_supported(device, gpu, cfg)
+        notes.append(why if mxfp4 else f"{why}: experts counted in {dtype}")
+        quant_label = "mxfp4" if mxfp4 else f"mxfp4->{dtype} (dequantized)"
+    elif quant:
+        quant_label = quant
+        notes.append(f"quantization {quant!r} is not modelled; weights counted in {dtype}")
+    else:
+        quant_label = "none"
+
+    weight_bytes, per_block = _weights(model, dtype_bytes, mxfp4)
+    params_total = sum(p.numel() for p in model.parameters())
+    moe = moe_facts(model, text)
+    params_active = int(moe["params_active"])
+    if moe["is_moe"]:
+        notes.append(f"all {moe['num_experts']} experts resident (top-{moe['experts_per_token']} active per token)")
+    notes.append("LM head skipped (base model, no logits)")
+
+    ds = cfg.dataset
+    batch = max(1, min(int(ds.batch_size), int(ds.num_sequences)))
+    attn_impl = _attention_impl(cfg, text.model_type)
+    widths, analyzed = _site_widths(model, text, cfg)
+    activations, _ = activation_bytes(text, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths, analyzed)
+
+    if device == "cuda":
+        overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
+    else:
+        overhead = CPU_RUNTIME_GIB * GIB
+    total = weight_bytes + activations + overhead
+    factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
+    disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, quant)
+    notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB cache and outputs")
+    notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
+    return Estimate(
+        weights_gib=weight_bytes / GIB,
+        activations_gib=activations / GIB,
+        overhead_gib=overhead / GIB,
+        total_gib=total / GIB,
+        required_gib=total * factor / GIB,
+        ram_floor_gib=float(cfg.hardware.get("ram_floor_gib", 64.0)),
+        disk_gib=disk / GIB + DISK_EXTRA_GIB,
+        params_total=int(params_total),
+        params_active=params_active,
+        quantization=quant_label,
+        notes=notes,
+        device=device,
+        dtype=dtype,
+        block_weights_gib=max(per_block.values(), default=0.0) / GIB,
+        safety_factor=factor,
+    )

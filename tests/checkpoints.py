@@ -1,0 +1,94 @@
+"""Tiny random checkpoints of the target architectures, built offline, with outlier dims planted in norm gains."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+HIDDEN = 64
+NUM_BLOCKS = 8
+PLANT_GAIN = 40.0
+
+# dim -> blocks whose attention-input norm gain is scaled (seen at attn_in). 6/8 and exactly 2/8 = 25% qualify,
+# 1/8 does not.
+ATTN_PLANTS: Dict[int, List[int]] = {5: [0, 1, 2, 3, 4, 5], 17: [2, 6], 40: [3]}
+# dim -> blocks whose FFN-input norm gain is scaled (seen at mlp_in, i.e. the whole MoE block's input).
+MLP_PLANTS: Dict[int, List[int]] = {29: [1, 4]}
+EXPECTED_OUTLIERS = {5, 17, 29}
+REJECTED_DIMS = {40}
+
+_COMMON = dict(hidden_size=HIDDEN, num_hidden_layers=NUM_BLOCKS, num_attention_heads=4, num_key_value_heads=2,
+               head_dim=16, intermediate_size=128, vocab_size=512, max_position_embeddings=512,
+               initializer_range=0.02, tie_word_embeddings=False)
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+CONFIGS = {
+    "llama": dict(_COMMON),
+    "olmoe": dict(_COMMON, **_MOE),
+    # head_dim 32 x 4 heads = 128 != hidden: o_proj's input is a separate feature space, as in Qwen3-30B-A3B.
+    "qwen3_moe": dict(_COMMON, **_MOE, head_dim=32, decoder_sparse_step=1, mlp_only_layers=[]),
+    "glm4_moe": dict(_COMMON, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=32,
+                     first_k_dense_replace=1, n_group=1, topk_group=1, partial_rotary_factor=0.5),
+    "gpt_oss": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=64,
+                    layer_types=["sliding_attention", "full_attention"] * (NUM_BLOCKS // 2)),
+    "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,
+                 initializer_range=0.02),
+}
+# (attention-input norm, FFN-input norm) inside a block, per architecture.
+NORMS = {"gpt2": ("ln_1", "ln_2")}
+_DEFAULT_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+def training_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def build_tokenizer(out_dir: Path):
+    """A 512-token byte-level BPE trained on Python's docs, with <s>/</s> so BOS and EOS exist."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(training_text().split("\n\n"), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", model_max_length=512)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def plant_outliers(model, model_type: str, attn: Optional[Dict[int, List[int]]] = None,
+                   mlp: Optional[Dict[int, List[int]]] = None, gain: float = PLANT_GAIN) -> None:
+    attn = ATTN_PLANTS if attn is None else attn
+    mlp = MLP_PLANTS if mlp is None else mlp
+    attn_norm, mlp_norm = NORMS.get(model_type, _DEFAULT_NORMS)
+    blocks = model.base_model.get_submodule("h" if model_type == "gpt2" else "layers")
+    with torch.no_grad():
+        for norm_name, plants in ((attn_norm, attn), (mlp_norm, mlp)):
+            for dim, block_ids in plants.items():
+                for b in block_ids:
+                    getattr(blocks[b], norm_name).weight[dim] *= gain
+
+
+def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[int, List[int]]] = None,
+                          mlp: Optional[Dict[int, List[int]]] = None, seed: int = 0, **overrides) -> Path:
+    """Save a random tiny causal LM of `model_type` (weights, config, tokenizer) with planted outlier dims."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(model_type, **{**CONFIGS[model_type], **special, **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    plant_outliers(model, model_type, attn, mlp)
+    model.save_pretrained(out_dir)
+    return out_dir
