@@ -1,0 +1,79 @@
+"""Structured config of the Fabric launcher (`hydra/launcher=fabric`), registered in Hydra's ConfigStore."""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class FabricLauncherConf:
+    _target_: str = "hydra_plugins.fabric_launcher.fabric_launcher.FabricLauncher"
+    # Where hosts come from: inventory (static SSH hosts) or command (user shell templates create/destroy them).
+    provider: str = "inventory"
+    # Inline inventory: a list of {address, port, user, key_path, labels, slots, usd_per_hour}; used before hosts_file.
+    hosts: List[Dict[str, Any]] = field(default_factory=list)
+    # Inventory file outside the repo (YAML list under `hosts:`); OUTLIER_LAB_HOSTS overrides the default path.
+    hosts_file: Optional[str] = "${oc.env:OUTLIER_LAB_HOSTS,'~/.config/outlier_lab/hosts.yaml'}"
+    # Only hosts carrying all these labels are considered.
+    host_labels: List[str] = field(default_factory=list)
+    # provider=command: shell template that creates an instance; gets {gpu_class} {gpu_count} {job_name}, prints
+    # one JSON line {"id", "address", "port", "user", "key_path"} on stdout. Every substituted value is shell-quoted.
+    create_command: Optional[str] = None
+    # provider=command: shell template that destroys it; gets {id} {address}. It always runs, whatever happened.
+    destroy_command: Optional[str] = None
+    # provider=command: seconds allowed for create and for destroy.
+    command_timeout_s: float = 1800.0
+    # A host without a GPU is refused unless this is false (tests and CPU-only hosts).
+    require_gpu: bool = True
+    # GPU manufacturers accepted on a host (probing uses nvidia-smi, so NVIDIA only unless configured).
+    vendors: List[str] = field(default_factory=lambda: ["nvidia"])
+    # Host keys: accept-new (trust on first use, refuse changed keys) or strict (only keys already in known_hosts).
+    host_key_policy: str = "accept-new"
+    # known_hosts file the launcher reads and, under accept-new, appends to.
+    known_hosts: str = "~/.config/outlier_lab/known_hosts"
+    # Remote working root for code, environments and job dirs; `~` is expanded on the remote side.
+    remote_root: str = "~/.cache/outlier_lab"
+    # Remote environment: interpreter (an existing python on the host) or venv (built once per dependency hash).
+    env_mode: str = "interpreter"
+    # Interpreter used directly (env_mode=interpreter) or to create the venv (env_mode=venv).
+    python: str = "python3"
+    # env_mode=venv: pip or uv installs the dependencies.
+    installer: str = "pip"
+    # env_mode=venv: let the venv see the host interpreter's packages (a preinstalled CUDA torch, say).
+    venv_system_site_packages: bool = False
+    # HF_HOME on the remote host (null: the host's default cache).
+    hf_home: Optional[str] = None
+    # Local environment variables forwarded through a 0600 env file, never a command line.
+    secret_env: List[str] = field(default_factory=lambda: ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"])
+    # Print the plan and the exact remote commands per job; connect to nothing.
+    dry_run: bool = False
+    # Seconds between polls of a running job.
+    poll_interval_s: float = 2.0
+    # Kill the remote job after this many seconds (null: no limit).
+    timeout_s: Optional[float] = None
+    # Attempts at every connect, transfer and poll before giving up.
+    retries: int = 6
+    # First backoff between attempts; doubles each time.
+    backoff_s: float = 0.5
+    # Cap on one backoff.
+    backoff_max_s: float = 15.0
+    # TCP connect / SSH banner / auth timeout in seconds.
+    connect_timeout_s: float = 15.0
+    # Results transfer: auto (rsync over SSH when both sides have it, else SFTP), rsync or sftp.
+    transfer: str = "auto"
+    # Remove the remote job dir once every file came back and verified.
+    cleanup_remote: bool = True
+    # Lines of remote log quoted in a failed job's error.
+    log_tail_lines: int = 40
+    # Echo the remote log to this terminal as it grows.
+    stream_log: bool = True
+    # Seconds a host probe (GPUs, RAM, disk) stays cached.
+    probe_cache_s: float = 600.0
+    # Cache file for host probes.
+    probe_cache_file: str = "~/.cache/outlier_lab/host_probes.json"
+    # Jobs running at once (0: as many as host slots allow).
+    max_parallel: int = 0
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="fabric", node=FabricLauncherConf, provider="fabric_launcher")
