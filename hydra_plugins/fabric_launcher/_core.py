@@ -28,6 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
+logging.getLogger("paramiko").setLevel(logging.WARNING)  # its per-channel INFO lines drown the job log
 
 CODE_MANIFEST = ".outlier_lab_code.sha256"
 CODE_MISMATCH_EXIT = 97
@@ -997,7 +998,7 @@ class Launch:
             "gpu_class": needs.gpu_class, "gpu_count": needs.gpu_count,
             "host_gpus": (self.probes.get(job.host) or {}).get("gpus") if job.host else None,
             "estimate": needs.plan,
-            "estimate_required_gib": needs.vram_gib_each * needs.gpu_count if needs.gpu_count else None,
+            "estimate_required_gib": (needs.plan or {}).get("required_gib"),
             "measured_peak_gib": peak,
             "measured_peak_kind": results.get("peak_memory_kind") if isinstance(results, dict) else None,
             "timings_s": {k: round(v, 3) for k, v in job.timings.items()},
@@ -1047,8 +1048,9 @@ class Launch:
                     probe = self.probes.get(host)
                     reason = host_refusal(probe, job.needs, self.params) if probe else "not probed yet (cached probe absent)"
                     choices.append(f"{host.name}: {'fits' if reason is None else reason}")
-                host_text = "; ".join(choices)
-            lines = [f"job {job.name}: {' '.join(filter_overrides(job.overrides))}",
+                host_text = "; ".join(choices) or "none configured (hydra.launcher.hosts or the hosts file)"
+            lines = [f"job {job.name}: {' '.join(filter_overrides(job.overrides))}"
+                     f"{'  (~ stands for the remote $HOME, resolved at launch)' if root.startswith('~') else ''}",
                      f"  estimate: {json.dumps(job.needs.plan) if job.needs.plan else job.needs.note}",
                      f"  needs: {self.describe_needs(job.needs)}",
                      f"  gpu class: {job.needs.gpu_class} x {job.needs.gpu_count}",
