@@ -18,17 +18,18 @@ stop_pid_file() {
     return 0
 }
 
-if [ -f "$SLURM_CONF" ] && scontrol ping 2>/dev/null | grep -q UP; then
+if [ -f "$SLURM_CONF" ] && timeout 3 scontrol ping 2>/dev/null | grep -q UP; then
     # Orphaned slurmstepd/srun processes survive when slurmd stops before its jobs are gone.
     scancel --full --user="$(id -un)" 2>/dev/null
     for _ in $(seq 300); do
-        [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
+        [ -z "$(timeout 3 squeue -h -o %i 2>/dev/null)" ] && break
         sleep 0.1
     done
 fi
 stop_pid_file "$dir/slurmd.pid"
 stop_pid_file "$dir/slurmctld.pid"
-if [ -f "$dir/munged.started" ]; then
+# slurm_up.sh passes --keep-munge when it only replaces a stale Slurm.
+if [ "${1:-}" != "--keep-munge" ] && [ -f "$dir/munged.started" ]; then
     stop_pid_file /run/munge/munged.pid
     rm -f "$dir/munged.started"
 fi

@@ -3,22 +3,21 @@
 # Idempotent: a cluster already answering in $OUTLIER_LAB_SLURM_DIR is reused. Stop it with tests/services/slurm_down.sh.
 # Facts behind the settings: /work/shared/reference/test-services.md (cgroups off, sacct needs a stand-in).
 
-_outlier_lab_slurm_wait() {  # wait up to $1 tenths of a second for command "${@:2}" to succeed
-    local tries=$1; shift
-    while [ "$tries" -gt 0 ]; do
+_outlier_lab_slurm_wait() {  # poll command "${@:2}" until it succeeds, for at most $1 seconds
+    local deadline=$((SECONDS + $1)); shift
+    while [ "$SECONDS" -le "$deadline" ]; do
         "$@" >/dev/null 2>&1 && return 0
         sleep 0.1
-        tries=$((tries - 1))
     done
     return 1
 }
 
 _outlier_lab_slurm_node_ready() {
-    sinfo -h -N -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'
+    timeout 3 sinfo -h -N -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'
 }
 
 _outlier_lab_slurm_ping() {
-    scontrol ping 2>/dev/null | grep -q UP
+    timeout 3 scontrol ping 2>/dev/null | grep -q UP
 }
 
 _outlier_lab_slurm_up() {
@@ -47,16 +46,6 @@ _outlier_lab_slurm_up() {
     mkdir -p "$dir/bin" "$dir/state" "$dir/spool" "$dir/log"
     install -m 0755 "$here/slurm/sacct" "$dir/bin/sacct"
 
-    if ! (munge -n | unmunge) >/dev/null 2>&1; then
-        install -d -o munge -g munge -m 0755 /run/munge
-        [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || create-munge-key -f >/dev/null 2>&1; }
-        runuser -u munge -- /usr/sbin/munged && touch "$dir/munged.started"
-        if ! _outlier_lab_slurm_wait 50 sh -c 'munge -n | unmunge'; then
-            echo "slurm_up: munged did not start" >&2
-            return 1
-        fi
-    fi
-
     export SLURM_CONF="$dir/slurm.conf"
     export OUTLIER_LAB_SLURM_DIR="$dir"
     case ":$PATH:" in *":$dir/bin:"*) ;; *) export PATH="$dir/bin:$PATH" ;; esac
@@ -65,8 +54,18 @@ _outlier_lab_slurm_up() {
         export OUTLIER_LAB_TEST_SLURM=1
         return 0
     fi
-    # A half-dead cluster from an earlier run: stop it before writing a fresh config.
-    [ -f "$SLURM_CONF" ] && bash "$here/slurm_down.sh" >/dev/null 2>&1
+    # A half-dead cluster from an earlier run: stop its Slurm daemons before writing a fresh config.
+    [ -f "$SLURM_CONF" ] && bash "$here/slurm_down.sh" --keep-munge >/dev/null 2>&1
+
+    if ! (munge -n | unmunge) >/dev/null 2>&1; then
+        install -d -o munge -g munge -m 0755 /run/munge
+        [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || create-munge-key -f >/dev/null 2>&1; }
+        runuser -u munge -- /usr/sbin/munged && touch "$dir/munged.started"
+        if ! _outlier_lab_slurm_wait 10 sh -c 'munge -n | unmunge'; then
+            echo "slurm_up: munged did not start" >&2
+            return 1
+        fi
+    fi
 
     local mem_mib
     mem_mib=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
@@ -101,14 +100,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
     slurmctld -c -f "$SLURM_CONF" </dev/null >"$dir/log/slurmctld.out" 2>&1
-    if ! _outlier_lab_slurm_wait 100 _outlier_lab_slurm_ping; then
+    if ! _outlier_lab_slurm_wait 20 _outlier_lab_slurm_ping; then
         echo "slurm_up: slurmctld did not answer; log tail:" >&2
         tail -n 20 "$dir/log/slurmctld.log" "$dir/log/slurmctld.out" >&2 2>/dev/null
         return 1
     fi
     # The node is named localhost, which is not this machine's hostname, hence -N.
     slurmd -N localhost -f "$SLURM_CONF" </dev/null >"$dir/log/slurmd.out" 2>&1
-    if ! _outlier_lab_slurm_wait 150 _outlier_lab_slurm_node_ready; then
+    if ! _outlier_lab_slurm_wait 30 _outlier_lab_slurm_node_ready; then
         echo "slurm_up: slurmd did not register; log tail:" >&2
         tail -n 20 "$dir/log/slurmd.log" "$dir/log/slurmd.out" >&2 2>/dev/null
         return 1
