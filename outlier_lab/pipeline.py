@@ -21,7 +21,7 @@ from .data import build_windows, documents
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError
 from .memory import PeakMemory
-from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
+from .models import (build_meta_model, count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
 from .report import write_report
 
@@ -136,11 +136,12 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
 
     tick = time.perf_counter()
     hf_config = load_hf_config(cfg.model)
+    # Validate the architecture, sites and layers on the meta device before any weight is read.
+    discover_sites(build_meta_model(cfg.model, hf_config), cfg.detector.sites, cfg.detector.layers)
     tokenizer = load_tokenizer(cfg.model)
     ds = cfg.dataset
     tokens = build_windows(tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token,
                            max_positions(hf_config))
-    store.write_tokens(out_dir / store.TOKENS, tokens)
     timings["tokenize_s"] = time.perf_counter() - tick
     if ds.batch_size < 1:
         raise UserError(f"dataset.batch_size={ds.batch_size}; it must be >= 1")
@@ -189,6 +190,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         environment=_environment(),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    # Nothing is written before the analysis succeeded, so a failed rerun never clobbers earlier results.
+    store.write_tokens(out_dir / store.TOKENS, tokens)
     store.write_per_sequence(out_dir / store.PER_SEQUENCE, analysis.per_sequence)
     store.write_json(out_dir / store.RESULTS_JSON, results)
     write_report(out_dir)

@@ -1,0 +1,79 @@
+"""Bad input ends with one clear line and exit code 2, never a stack trace, and leaves earlier results alone."""
+import json
+
+import pytest
+from conftest import run_cli, tiny_job_overrides
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_model_option_is_a_compose_error():
+    proc = run_cli("model=no_such_model", check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "no_such_model" in proc.stderr and "Available options" in proc.stderr
+
+
+def test_missing_checkpoint_dir(tmp_path):
+    proc = run_cli("model=local", f"model.path={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert_one_line_error(proc, "not a checkpoint directory")
+    assert proc.returncode == 2
+
+
+def test_unknown_architecture_lists_supported_ones(tmp_path):
+    from transformers import AutoConfig
+
+    # A real config of an architecture without an adapter (BLOOM), saved with no weights needed for the error.
+    AutoConfig.for_model("bloom", n_layer=1, hidden_size=8, n_head=2).save_pretrained(tmp_path / "bloom")
+    from checkpoints import build_tokenizer
+
+    build_tokenizer(tmp_path / "bloom")
+    from transformers import AutoModel
+
+    AutoModel.from_config(AutoConfig.from_pretrained(tmp_path / "bloom")).save_pretrained(tmp_path / "bloom")
+    proc = run_cli("model=local", f"model.path={tmp_path / 'bloom'}", "dataset.num_sequences=1", "dataset.seq_len=16",
+                   f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert_one_line_error(proc, "unsupported architecture 'bloom'", "olmoe", "gpt_oss", "adapters.py")
+
+
+def test_missing_text_file(tiny_checkpoint, tmp_path):
+    overrides = tiny_job_overrides(tiny_checkpoint("llama"), tmp_path / "missing.txt", tmp_path / "run")
+    assert_one_line_error(run_cli(*overrides, check=False), "does not exist")
+
+
+def test_too_few_tokens(tiny_checkpoint, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("def f(x):\n    return x + 1\n")
+    overrides = tiny_job_overrides(tiny_checkpoint("llama"), small, tmp_path / "run", num_sequences=4, seq_len=64)
+    assert_one_line_error(run_cli(*overrides, check=False), "tokens but 4 x 64", "lower dataset.num_sequences")
+
+
+def test_seq_len_beyond_max_positions(tiny_checkpoint, text_file, tmp_path):
+    overrides = tiny_job_overrides(tiny_checkpoint("llama"), text_file, tmp_path / "run", num_sequences=1,
+                                   seq_len=4096)
+    assert_one_line_error(run_cli(*overrides, check=False), "seq_len=4096 exceeds", "512")
+
+
+def test_bad_layer_index(tiny_checkpoint, text_file, tmp_path):
+    overrides = tiny_job_overrides(tiny_checkpoint("llama"), text_file, tmp_path / "run", num_sequences=1, seq_len=16)
+    assert_one_line_error(run_cli(*overrides, "detector.layers=[0,99]", check=False), "[99] out of range", "8 blocks")
+
+
+def test_a_failed_run_does_not_touch_existing_results(tiny_checkpoint, text_file, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(*tiny_job_overrides(tiny_checkpoint("llama"), text_file, run_dir, num_sequences=2, seq_len=16))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
+    proc = run_cli(*tiny_job_overrides(tiny_checkpoint("llama"), text_file, run_dir, num_sequences=3, seq_len=24),
+                   "detector.layers=[42]", check=False)
+    assert proc.returncode == 2
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
+    assert after == before
+    assert {"results.json", "tokens.safetensors", "per_sequence.parquet"} <= set(before)
+    assert json.loads(before["results.json"])["summary"]["num_outlier_features"] == 3
