@@ -601,13 +601,14 @@ def start_command(remote_dir: str) -> str:
 
 
 POLL_COMMAND = ("cd {dir} && if [ -f exit_code ]; then echo EXIT $(cat exit_code); "
-                "elif [ -f pgid ] && kill -0 -- -$(cat pgid) 2>/dev/null; then echo RUNNING; "
+                "elif [ -f pgid ] && kill -0 -$(cat pgid) 2>/dev/null; then echo RUNNING; "
                 "elif [ -f exit_code ]; then echo EXIT $(cat exit_code); "
                 "elif [ -f pgid ]; then echo GONE; else echo STARTING; fi")
 
-KILL_COMMAND = ("cd {dir} && [ -f pgid ] && pg=$(cat pgid) && kill -TERM -- -$pg 2>/dev/null; "
-                "i=0; while [ $i -lt 50 ] && kill -0 -- -$pg 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
-                "kill -KILL -- -$pg 2>/dev/null; true")
+# `kill -SIG -PGID` without `--`: dash (sh on Debian) rejects `--`.
+KILL_COMMAND = ("cd {dir} && [ -f pgid ] && pg=$(cat pgid) && kill -TERM -$pg 2>/dev/null; "
+                "i=0; while [ $i -lt 50 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
+                "kill -KILL -$pg 2>/dev/null; true")
 
 
 class TransferIncomplete(Exception):
@@ -885,6 +886,9 @@ class Launch:
         return "--- remote log tail ---\n" + "\n".join(line.split("\r")[-1] for line in lines[-keep:])
 
     def kill_remote(self, job: Job) -> None:
+        # Cleanup must still retry after a cancel, so it gets a retry policy of its own.
+        job.session.retry = RetryPolicy(self.retry.attempts, self.retry.backoff_s, self.retry.backoff_max_s,
+                                        threading.Event())
         try:
             job.session.run(KILL_COMMAND.format(dir=shlex.quote(job.remote_dir)), "kill remote job")
             self.say(job, "remote process group killed")

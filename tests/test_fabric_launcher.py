@@ -1,0 +1,301 @@
+"""Fabric launcher against a real OpenSSH server on 127.0.0.1: runs, sweeps, faults, crashes, SIGINT, security."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+import yaml
+
+from conftest import REPO, cli_env, run_cli, tiny_job_overrides
+from ssh_server import FaultProxy, SshServer, _free_port, fault_proxy, ssh_server  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.slow
+DETERMINISTIC_FILES = ("per_sequence.parquet", "tokens.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def job_overrides(tiny_checkpoint, text_file) -> List[str]:
+    return tiny_job_overrides(tiny_checkpoint("llama"), text_file, num_sequences=4, seq_len=32)
+
+
+def gated_python(tmp: Path) -> Path:
+    """A test interpreter that holds `run.py` until tmp/run.gate exists and the manifest step until manifest.gate."""
+    script = tmp / "gated_python.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = run.py ]; then while [ ! -e {tmp}/run.gate ]; do sleep 0.05; done; fi\n'
+        f'if [ "$#" -eq 3 ] && [ "$1" = -c ]; then while [ ! -e {tmp}/manifest.gate ]; do sleep 0.05; done; fi\n'
+        f'exec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def launcher_overrides(tmp: Path, hosts: List[dict], python: str = sys.executable, **extra) -> List[str]:
+    hosts_file = tmp / "hosts.yaml"
+    hosts_file.write_text(yaml.safe_dump({"hosts": hosts}))
+    settings = dict(require_gpu="false", hosts_file=hosts_file, known_hosts=tmp / "known_hosts",
+                    probe_cache_file=tmp / "probes.json", remote_root=tmp / "remote", poll_interval_s=0.2,
+                    backoff_s=0.1, backoff_max_s=1, python=python, stream_log="true", **extra)
+    return (["hardware=auto", "hardware.ram_floor_gib=1", f"hydra.sweep.dir={tmp / 'sweep'}"] +
+            [f"hydra.launcher.{k}={v}" for k, v in settings.items()])
+
+
+def start_cli(args: List[str], out: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=env or cli_env(),
+                            stdout=open(out, "w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], object], proc: subprocess.Popen, out: Path, what: str, timeout: float = 180):
+    """Poll a condition (not a fixed sleep) while the launcher runs; fail with its output if it ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"launcher exited ({proc.returncode}) before {what}:\n{out.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}:\n{out.read_text()[-4000:]}")
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen, out: Path, expect_ok: bool = True, timeout: float = 300) -> str:
+    proc.wait(timeout=timeout)
+    text = out.read_text()
+    if expect_ok:
+        assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def remote_job_dir(tmp: Path) -> Path | None:
+    found = sorted((tmp / "remote" / "jobs").glob("*/pgid"))
+    return found[0].parent if found else None
+
+
+def group_members(pgid: int) -> List[int]:
+    """Live (non-zombie) processes in a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def deterministic(job_dir: Path) -> dict:
+    results = json.loads((job_dir / "results.json").read_text())
+    return {"files": {name: sha256(job_dir / name) for name in DETERMINISTIC_FILES},
+            "outlier_features": results["outlier_features"], "summary": results["summary"]}
+
+
+@pytest.fixture(scope="module")
+def local_reference(tiny_checkpoint, text_file, tmp_path_factory) -> dict:
+    """The same job run locally, to compare remote results with."""
+    out = tmp_path_factory.mktemp("local_run")
+    run_cli(*job_overrides(tiny_checkpoint, text_file), f"hydra.run.dir={out}")
+    return deterministic(out)
+
+
+# ------------------------------------------------------------------------------------------------------------ tests
+def test_plugin_is_discovered():
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    names = [p.__name__ for p in Plugins.instance().discover(Launcher)]
+    assert "FabricLauncher" in names
+
+
+def test_dry_run_prints_plan_and_commands_and_connects_to_nothing(tiny_checkpoint, text_file, tmp_path):
+    dead_port = _free_port()  # nothing listens here: any connection attempt would fail the run
+    hosts = [{"address": "127.0.0.1", "port": dead_port, "user": "nobody"}]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *launcher_overrides(tmp_path, hosts, dry_run="true"))
+    assert "needs: 1 x T4" in proc.stdout
+    assert "hardware.launched_remotely=true" in proc.stdout and "run.py" in proc.stdout
+    assert "start: " in proc.stdout and "poll: " in proc.stdout and "sha256-verified" in proc.stdout
+    assert not (tmp_path / "known_hosts").exists() and not (tmp_path / "remote").exists()
+
+
+def test_remote_run_matches_local_and_keeps_secrets_secret(ssh_server, tiny_checkpoint, text_file, tmp_path,
+                                                           local_reference):
+    token = "hf_dummy" + uuid.uuid4().hex
+    env = dict(cli_env(), HF_TOKEN=token)
+    python = gated_python(tmp_path)
+    (tmp_path / "manifest.gate").touch()
+    out = tmp_path / "launcher.out"
+    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
+                     launcher_overrides(tmp_path, [ssh_server.host_entry()], python=str(python)), out, env)
+    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
+    pgid = int((job_dir / "pgid").read_text())
+
+    def token_reached_job():
+        for pid in group_members(pgid):
+            try:
+                if token.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                    return True
+            except OSError:
+                pass
+        return False
+
+    # The token reached the remote process through its environment ...
+    wait_for(token_reached_job, proc, out, "the job's interpreter to hold HF_TOKEN")
+    # ... but no command line shows it, and the 0600 env file is already gone.
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert token not in ps
+    assert not (job_dir / "secrets.env").exists()
+    (tmp_path / "run.gate").touch()
+    text = finish(proc, out)
+
+    local_dir = tmp_path / "sweep" / "0_llama"
+    assert deterministic(local_dir) == local_reference
+    launch = json.loads((local_dir / "launch.json").read_text())
+    assert launch["status"] == "COMPLETED" and launch["host"] == f"{ssh_server.user}@127.0.0.1:{ssh_server.port}"
+    assert launch["gpu_class"] == "T4" and launch["gpu_count"] == 1
+    assert launch["estimate"]["required_gib"] > 0 and launch["measured_peak_gib"] is not None
+    assert launch["indicative_cost_usd"] is not None and launch["timings_s"]["total_s"] > 0
+    assert (local_dir / "remote.log").stat().st_size > 0 and "outlier features" in text  # log streamed
+    assert not job_dir.exists()  # verified, then removed remotely
+    for path in [out, *(tmp_path / "sweep").rglob("*")]:
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_multirun_three_jobs_queue_on_a_busy_host(ssh_server, tiny_checkpoint, text_file, tmp_path):
+    hosts = [ssh_server.host_entry(slots=2)]
+    proc = run_cli("--multirun", *job_overrides(tiny_checkpoint, text_file)[:-3], "dataset.seq_len=32",
+                   "dataset.num_sequences=2,3,4", "progress=false", *launcher_overrides(tmp_path, hosts))
+    assert "queued" in proc.stdout
+    for num, job in enumerate(sorted((tmp_path / "sweep").glob("*_llama"))):
+        launch = json.loads((job / "launch.json").read_text())
+        results = json.loads((job / "results.json").read_text())
+        assert launch["status"] == "COMPLETED"
+        assert results["dataset"]["num_sequences"] == num + 2
+    assert len(list((tmp_path / "sweep").glob("*_llama"))) == 3
+
+
+@pytest.mark.parametrize("transfer", ["sftp", "rsync"])
+def test_faults_at_connect_mid_poll_and_mid_transfer(ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path,
+                                                     local_reference, transfer):
+    fault_proxy.refuse(2)
+    python = gated_python(tmp_path)
+    out = tmp_path / "launcher.out"
+    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
+                     launcher_overrides(tmp_path, [ssh_server.host_entry(port=fault_proxy.port)],
+                                        python=str(python), transfer=transfer), out)
+    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
+    assert fault_proxy.stats["refused"] == 2
+    fault_proxy.drop_all()  # the job is held at its gate, so this lands between polls
+    assert fault_proxy.stats["drops"] >= 1
+    (tmp_path / "run.gate").touch()
+    wait_for(lambda: (job_dir / "out" / "results.json").exists(), proc, out, "the job to finish")
+    fault_proxy.cut_after_bytes(16 * 1024)  # results are ~50 KB, so the cut lands inside the transfer
+    (tmp_path / "manifest.gate").touch()
+    text = finish(proc, out)
+
+    assert fault_proxy.stats["cuts"] == 1
+    assert "retrying" in text
+    local_dir = tmp_path / "sweep" / "0_llama"
+    launch = json.loads((local_dir / "launch.json").read_text())
+    assert launch["transfer_method"] == transfer and launch["transfer_retries"] >= 1
+    assert deterministic(local_dir) == local_reference
+
+
+def test_remote_crash_fails_the_job_with_the_log_tail(ssh_server, tiny_checkpoint, text_file, tmp_path):
+    overrides = [o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt"
+                 for o in job_overrides(tiny_checkpoint, text_file)]
+    proc = run_cli(*overrides, *launcher_overrides(tmp_path, [ssh_server.host_entry()]), check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "failed with exit code 2" in output and "remote log tail" in output
+    assert "missing.txt" in output.split("remote log tail")[-1]
+    launch = json.loads((tmp_path / "sweep" / "0_llama" / "launch.json").read_text())
+    assert launch["status"] == "FAILED" and launch["exit_code"] == 2
+
+
+def test_sigint_kills_the_remote_process_group_and_destroys_the_instance(ssh_server, tiny_checkpoint, text_file,
+                                                                         tmp_path):
+    ledger = tmp_path / "instances.log"
+    create = tmp_path / "create.sh"
+    create.write_text(f'echo "create $1 x $2" >> {ledger}\n'
+                      f"echo '{json.dumps({**ssh_server.host_entry(), 'id': 'inst-7'})}'\n")
+    destroy = tmp_path / "destroy.sh"
+    destroy.write_text(f'echo "destroy $1" >> {ledger}\n')
+    python = gated_python(tmp_path)
+    out = tmp_path / "launcher.out"
+    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
+                     launcher_overrides(tmp_path, [], python=str(python), provider="command",
+                                        create_command=f"'sh {create} {{gpu_class}} {{gpu_count}}'",
+                                        destroy_command=f"'sh {destroy} {{id}}'"), out)
+    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
+    pgid = int((job_dir / "pgid").read_text())
+    wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert group_members(pgid) == []
+    assert ledger.read_text().splitlines() == ["create T4 x 1", "destroy inst-7"]
+    assert json.loads((tmp_path / "sweep" / "0_llama" / "launch.json").read_text())["destroy"]["ok"] is True
+
+
+def test_nothing_listening_gives_a_clear_error_after_the_retry_budget(tiny_checkpoint, text_file, tmp_path):
+    hosts = [{"address": "127.0.0.1", "port": _free_port(), "user": "root"}]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *launcher_overrides(tmp_path, hosts, retries=3),
+                   check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "failed after 3 attempts" in output and "unreachable" in output
+
+
+def launcher_params(tmp: Path, **changes) -> dict:
+    from hydra_plugins.fabric_launcher.config import FabricLauncherConf
+
+    return {**asdict(FabricLauncherConf()), "known_hosts": str(tmp / "known_hosts"), "retries": 2,
+            "backoff_s": 0.05, **changes}
+
+
+def connect(server: SshServer, params: dict):
+    import threading
+
+    from hydra_plugins.fabric_launcher._core import Host, RetryPolicy, Session
+
+    host = Host.from_dict(server.host_entry())
+    retry = RetryPolicy(params["retries"], params["backoff_s"], params["backoff_max_s"], threading.Event())
+    return Session(host, params, retry).connect()
+
+
+def test_host_keys_strict_refuses_wrong_or_unknown_keys_accept_new_records(ssh_server, tmp_path):
+    from hydra_plugins.fabric_launcher._core import LaunchError
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{ssh_server.port} {other[0]} {other[1]}\n")
+    with pytest.raises(LaunchError, match="does not match"):
+        connect(ssh_server, launcher_params(tmp_path, host_key_policy="strict"))
+    with pytest.raises(LaunchError, match="does not match"):
+        connect(ssh_server, launcher_params(tmp_path, host_key_policy="accept-new"))
+    known.write_text("")
+    with pytest.raises(LaunchError, match="not in"):
+        connect(ssh_server, launcher_params(tmp_path, host_key_policy="strict"))
+    connect(ssh_server, launcher_params(tmp_path, host_key_policy="accept-new")).close()
+    recorded = known.read_text().split()
+    assert recorded[0] == f"[127.0.0.1]:{ssh_server.port}"
+    assert recorded[2] == Path(ssh_server.known_hosts).read_text().split()[2]
+    connect(ssh_server, launcher_params(tmp_path, host_key_policy="strict")).close()
