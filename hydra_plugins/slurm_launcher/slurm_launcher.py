@@ -1,0 +1,242 @@
+"""The `hydra/launcher=slurm` launcher: one submitit array per distinct per-job request; failures come back FAILED."""
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
+
+from . import sizing
+from .config import SlurmLauncherConf
+
+log = logging.getLogger(__name__)
+# Our own settings, which submitit must not see; the derived resources are set per array instead.
+OWN_KEYS = set(SlurmLauncherConf.__dataclass_fields__) - set(SlurmQueueConf.__dataclass_fields__)
+# submitit's executor-wide settings (constructor arguments, not sbatch parameters).
+INIT_KEYS = {"submitit_folder", "max_num_timeout"}
+# Slurm states after which no result will ever come, as sacct prints them (CANCELLED comes as "CANCELLED by UID").
+PREEMPTED = "PREEMPTED"
+SUMMARY_FILE = "slurm_jobs.json"
+
+
+class SlurmJobFailed(CompactHydraException):
+    """A job that did not complete on Slurm: its state, error and stderr tail (Hydra prints it without a traceback)."""
+
+
+@dataclass
+class SweepJob:
+    index: int
+    overrides: List[str]
+    sbatch: Dict[str, Any]
+    reasons: List[str]
+    job: Any = None
+    submitted_at: float = 0.0
+    finished_at: float = 0.0
+    state: str = "UNSUBMITTED"
+    result: Optional[JobReturn] = None
+    events: Dict[str, Any] = field(default_factory=dict)
+
+
+class SlurmLauncher(BaseSubmititLauncher):
+    _EXECUTOR = "slurm"
+
+    # ------------------------------------------------------------------------------------------- on the cluster node
+    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: Dict[type, Singleton]) -> JobReturn:
+        """Run the job on the allocated node; a failure leaves the process non-zero so Slurm records FAILED
+        (stock hydra-submitit returns it as a value and Slurm says COMPLETED: hydra#1928)."""
+        # The job runs on the hardware planned for it, so the app must not refuse its non-local plan.
+        overrides = list(sweep_overrides) + ["hardware.launched_remotely=true"]
+        ret = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
+        if ret.status == JobStatus.FAILED:
+            raise ret._return_value
+        return ret
+
+    # ------------------------------------------------------------------------------------------- on the submit host
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+
+        jobs = [self._size(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        arrays = self._group(jobs)
+        if self.params["dry_run"]:
+            return self._dry_run(arrays, jobs)
+        log.info("Slurm sweep output dir: %s (%d jobs in %d arrays)", sweep_dir, len(jobs), len(arrays))
+        try:
+            for sbatch, members in arrays:
+                self._submit(sbatch, members)
+            self._wait(jobs)
+        except BaseException:
+            self._cancel_unfinished(jobs)
+            raise
+        for job in jobs:
+            self._collect(job)
+        self._write_summary(sweep_dir, jobs)
+        return [job.result for job in jobs]
+
+    def _size(self, index: int, overrides: List[str]) -> SweepJob:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        plan = sizing.plan_job(cfg)
+        sbatch, reasons = sizing.request(cfg, plan, self.params)
+        return SweepJob(index, overrides, sbatch, reasons)
+
+    @staticmethod
+    def _group(jobs: List[SweepJob]) -> List[Tuple[Dict[str, Any], List[SweepJob]]]:
+        """Jobs with equal requests share one array, in order of first appearance."""
+        arrays: Dict[str, Tuple[Dict[str, Any], List[SweepJob]]] = {}
+        for job in jobs:
+            key = json.dumps(job.sbatch, sort_keys=True)
+            arrays.setdefault(key, (job.sbatch, []))[1].append(job)
+        return list(arrays.values())
+
+    def _executor(self, sbatch: Dict[str, Any]) -> Any:
+        """A submitit executor with the site's settings from hydra.launcher plus this array's resources."""
+        import submitit
+
+        shared = {k: v for k, v in self.params.items() if k not in OWN_KEYS and k not in sizing.DERIVED}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=shared["submitit_folder"],
+                                         slurm_max_num_timeout=shared["max_num_timeout"])
+        base = set(BaseQueueConf.__dataclass_fields__)
+        merged = {**{k: v for k, v in shared.items() if k not in INIT_KEYS}, **sbatch}
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in merged.items()})
+        return executor
+
+    def _job_args(self, members: List[SweepJob]) -> List[Tuple[Any, ...]]:
+        state = Singleton.get_state()
+        return [(job.overrides, "hydra.sweep.dir", job.index, f"job_id_for_{job.index}", state) for job in members]
+
+    def _submit(self, sbatch: Dict[str, Any], members: List[SweepJob]) -> None:
+        executor = self._executor(sbatch)
+        for job in members:
+            log.info("\t#%d : %s  [%s]", job.index, " ".join(filter_overrides(job.overrides)), _brief(sbatch))
+        submitted_at = time.monotonic()
+        handles = executor.map_array(self, *zip(*self._job_args(members)))
+        for job, handle in zip(members, handles):
+            handle._results_timeout_s = self.params["result_grace_s"]
+            job.job, job.submitted_at, job.state = handle, submitted_at, "PENDING"
+        log.info("submitted array %s (%d jobs) in %.2f s", handles[0].job_id.split("_")[0], len(handles),
+                 time.monotonic() - submitted_at)
+
+    def _wait(self, jobs: List[SweepJob]) -> None:
+        """Poll Slurm (one sacct call for every job) until each job ended; PREEMPTED without requeue counts as
+        ended after preempted_grace_s, so no job is waited on forever."""
+        from submitit.slurm.slurm import SlurmJob
+
+        watcher = SlurmJob.watcher
+        pending = [job for job in jobs if job.job is not None]
+        while pending:
+            watcher.update()
+            now = time.monotonic()
+            still = []
+            for job in pending:
+                state = watcher.get_state(job.job.job_id, mode="cache")
+                job.state = state
+                if state.upper().startswith(PREEMPTED):
+                    job.events.setdefault("preempted_at", now)
+                else:
+                    job.events.pop("preempted_at", None)
+                preempted_for = now - job.events.get("preempted_at", now)
+                if (job.job.paths.result_pickle.exists() or watcher.is_done(job.job.job_id, mode="cache")
+                        or preempted_for > self.params["preempted_grace_s"]):
+                    job.finished_at = now
+                else:
+                    still.append(job)
+            pending = still
+            if pending:
+                time.sleep(self.params["poll_interval_s"])
+
+    def _collect(self, job: SweepJob) -> None:
+        """Turn the finished job into its JobReturn: the node's own on success, FAILED with the error otherwise."""
+        import submitit
+
+        handle = job.job
+        try:
+            if job.state.upper().startswith(PREEMPTED) and not handle.paths.result_pickle.exists():
+                raise submitit.core.utils.UncompletedJobError("preempted and not requeued")
+            job.result = handle.result()
+            job.state = "COMPLETED"
+            return
+        except submitit.core.utils.FailedJobError as err:
+            headline = _last_line(str(err).split("----------------------")[1] if "------" in str(err) else str(err))
+            job.state = _settled_state(handle, "FAILED")
+        except submitit.core.utils.UncompletedJobError as err:
+            job.state = _settled_state(handle, job.state)
+            headline = "no result" + (" (preempted and not requeued)" if "preempted" in str(err) else "")
+        message = (f"job #{job.index} ({' '.join(filter_overrides(job.overrides))}) ended {job.state} on Slurm "
+                   f"(job {handle.job_id}): {headline}")
+        tail = _tail(handle.paths.stderr, self.params["stderr_tail_lines"])
+        if tail:
+            message += f"\n--- last lines of {handle.paths.stderr} ---\n{tail}"
+        log.error("%s", message)
+        job.result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=SlurmJobFailed(message))
+
+    def _cancel_unfinished(self, jobs: List[SweepJob]) -> None:
+        for job in jobs:
+            if job.job is not None and not job.finished_at:
+                log.warning("cancelling Slurm job %s (#%d)", job.job.job_id, job.index)
+                job.job.cancel(check=False)
+
+    @staticmethod
+    def _write_summary(sweep_dir: Path, jobs: List[SweepJob]) -> None:
+        rows = [dict(index=j.index, overrides=j.overrides, slurm_job_id=j.job.job_id, state=j.state, sbatch=j.sbatch,
+                     reasons=j.reasons, submit_to_done_s=round(j.finished_at - j.submitted_at, 3)) for j in jobs]
+        target = sweep_dir / f"{SUMMARY_FILE}.tmp"
+        target.write_text(json.dumps(rows, indent=2, default=str))
+        target.replace(sweep_dir / SUMMARY_FILE)
+        for row in rows:
+            log.info("#%d %s: Slurm %s %s, submit to done %.1f s", row["index"], " ".join(row["overrides"]),
+                     row["slurm_job_id"], row["state"], row["submit_to_done_s"])
+
+    def _dry_run(self, arrays: List[Tuple[Dict[str, Any], List[SweepJob]]], jobs: List[SweepJob]) -> List[JobReturn]:
+        """Print what would be submitted: each job's parameters and reasons, then each array's #SBATCH header."""
+        print(f"dry run: {len(jobs)} jobs in {len(arrays)} Slurm arrays; nothing submitted")
+        for number, (sbatch, members) in enumerate(arrays):
+            print(f"\narray {number}: {_brief(sbatch)}")
+            for job in members:
+                print(f"  #{job.index} {' '.join(filter_overrides(job.overrides))}")
+                for reason in job.reasons:
+                    print(f"      {reason}")
+            print("  " + "\n  ".join(self._sbatch_header(sbatch, len(members))))
+        return [JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=None) for job in jobs]
+
+    def _sbatch_header(self, sbatch: Dict[str, Any], count: int) -> List[str]:
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        executor = self._executor(sbatch)._executor
+        text = _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder,
+                                   map_count=count if count > 1 else None, **executor.parameters)
+        return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+def _brief(sbatch: Dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(sbatch.items()))
+
+
+def _settled_state(handle: Any, fallback: str) -> str:
+    state = handle.watcher.get_state(handle.job_id, mode="force")
+    return state if state and state != "UNKNOWN" else fallback
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
