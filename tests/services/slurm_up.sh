@@ -1,5 +1,6 @@
 # Starts (or reuses) a real single-node Slurm on 127.0.0.1 for the tests; source it: `. tests/services/slurm_up.sh`.
-# Exports SLURM_CONF, OUTLIER_LAB_SLURM_DIR, OUTLIER_LAB_TEST_SLURM=1 and PATH with a sacct stand-in first.
+# Exports SLURM_CONF, OUTLIER_LAB_SLURM_DIR, OUTLIER_LAB_TEST_SLURM=1, OUTLIER_LAB_SLURM_STARTED (1: this call started
+# the daemons) and PATH with a sacct stand-in first.
 # Idempotent: a cluster already answering in $OUTLIER_LAB_SLURM_DIR is reused. Stop it with tests/services/slurm_down.sh.
 # Facts behind the settings: /work/shared/reference/test-services.md (cgroups off, sacct needs a stand-in).
 
@@ -51,7 +52,7 @@ _outlier_lab_slurm_up() {
     case ":$PATH:" in *":$dir/bin:"*) ;; *) export PATH="$dir/bin:$PATH" ;; esac
 
     if [ -f "$SLURM_CONF" ] && _outlier_lab_slurm_ping && _outlier_lab_slurm_node_ready; then
-        export OUTLIER_LAB_TEST_SLURM=1
+        export OUTLIER_LAB_TEST_SLURM=1 OUTLIER_LAB_SLURM_STARTED=0
         return 0
     fi
     # A half-dead cluster from an earlier run: stop its Slurm daemons before writing a fresh config.
@@ -112,7 +113,8 @@ CONF
         tail -n 20 "$dir/log/slurmd.log" "$dir/log/slurmd.out" >&2 2>/dev/null
         return 1
     fi
-    export OUTLIER_LAB_TEST_SLURM=1
+    # Tells a caller (the pytest fixture) that this call started the daemons and so owns their teardown.
+    export OUTLIER_LAB_TEST_SLURM=1 OUTLIER_LAB_SLURM_STARTED=1
 }
 
 _outlier_lab_slurm_up || echo "slurm_up: Slurm is not running; the Slurm tests will try again and skip with a reason" >&2

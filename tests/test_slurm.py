@@ -1,0 +1,171 @@
+"""Slurm launcher (`hydra/launcher=slurm`) on a real single-node Slurm: sizing, arrays, failures, scancel, dry run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from checkpoints import build_tiny_checkpoint
+from conftest import REPO, cli_env, run_cli, tiny_job_overrides
+from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.slow
+# Small requests so the jobs fit a 2-core CI node; fine memory steps so tiny models of different size differ.
+SMALL_CLUSTER = ["hydra/launcher=slurm", "hardware.ram_floor_gib=0.25", "hydra.launcher.cpus_cpu_job=1",
+                 "hydra.launcher.mem_baseline_gb=0.5", "hydra.launcher.mem_round_gb=0.0625",
+                 "hydra.launcher.min_timeout_min=5", "hydra.launcher.poll_interval_s=1"]
+COMPARED = ("outlier_features", "qualified_dims", "summary")
+
+
+def sweep(cluster: SlurmCluster, sweep_dir: Path, *overrides: str, check: bool = True,
+          timeout: float = 600) -> subprocess.CompletedProcess:
+    return run_cli("--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", check=check, timeout=timeout,
+                   env={**cli_env(), **cluster.env})
+
+
+def dataset(text_file: Path) -> List[str]:
+    # tiny_job_overrides without the model part: the sweeps vary model.path themselves.
+    return [o for o in tiny_job_overrides(Path("unused"), text_file, num_sequences=4, seq_len=32)
+            if not o.startswith("model")] + ["model=local"]
+
+
+def summary(sweep_dir: Path) -> Dict[int, dict]:
+    return {row["index"]: row for row in json.loads((sweep_dir / "slurm_jobs.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def wide_checkpoint(tmp_path_factory) -> Path:
+    """A llama with 8x the hidden size of the tiny one (about 32M parameters): a clearly bigger estimate."""
+    return build_tiny_checkpoint("llama", tmp_path_factory.mktemp("wide") / "wide_llama", hidden_size=512,
+                                 head_dim=128, intermediate_size=2048)
+
+
+def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(slurm_cluster, tiny_checkpoint, text_file,
+                                                                 wide_checkpoint, tmp_path):
+    small = tiny_checkpoint("llama")
+    sweep_dir = tmp_path / "sweep"
+    # seed does not change the estimate: each model's two jobs must share one array.
+    sweep(slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, f"model.path={small},{wide_checkpoint}",
+          "seed=0,1")
+    jobs = summary(sweep_dir)
+    assert [jobs[i]["state"] for i in range(4)] == ["COMPLETED"] * 4
+
+    recorded = {i: slurm_cluster.job(jobs[i]["slurm_job_id"]) for i in range(4)}
+    arrays = {i: recorded[i]["ArrayJobId"] for i in range(4)}
+    by_model = {i: Path(jobs[i]["overrides"][-2].split("=", 1)[1]).name for i in range(4)}
+    small_jobs = [i for i in range(4) if by_model[i] == small.name]
+    wide_jobs = [i for i in range(4) if by_model[i] == wide_checkpoint.name]
+    assert len({arrays[i] for i in small_jobs}) == 1 and len({arrays[i] for i in wide_jobs}) == 1
+    assert arrays[small_jobs[0]] != arrays[wide_jobs[0]]
+    # What Slurm itself granted (MinMemoryNode, e.g. "704M"), not what we meant to ask for.
+    small_mem, wide_mem = (recorded[js[0]]["MinMemoryNode"] for js in (small_jobs, wide_jobs))
+    assert _mib(wide_mem) > _mib(small_mem), (small_mem, wide_mem)
+    for i in range(4):
+        assert recorded[i]["JobState"] == "COMPLETED"
+        assert recorded[i]["NumCPUs"] == "1"
+        assert recorded[i]["TimeLimit"] == "00:05:00"
+
+    local_dir = tmp_path / "local"
+    run_cli(*tiny_job_overrides(small, text_file, run_dir=local_dir, num_sequences=4, seq_len=32))
+    local = json.loads((local_dir / "results.json").read_text())
+    for i in small_jobs:
+        remote = json.loads((sweep_dir / f"{i}_{small.name}" / "results.json").read_text())
+        assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
+        assert (sweep_dir / f"{i}_{small.name}" / "tokens.safetensors").read_bytes() == \
+            (local_dir / "tokens.safetensors").read_bytes()
+
+
+def _mib(value: str) -> float:
+    units = {"M": 1, "G": 1024, "T": 1024 * 1024}
+    return float(value[:-1]) * units[value[-1]]
+
+
+def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster, tiny_checkpoint, text_file,
+                                                                   tmp_path):
+    good = tiny_checkpoint("llama")
+    broken = tmp_path / "broken_llama"
+    broken.mkdir()
+    for item in good.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    (broken / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:1000])
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, f"model.path={good},{broken}",
+                 check=False)
+    assert proc.returncode != 0
+    assert "ended FAILED on Slurm" in proc.stderr
+    assert "SafetensorError" in proc.stderr  # the job's own error, quoted from its stderr
+    assert "Traceback" not in proc.stderr.split("ended FAILED on Slurm")[0]  # no launcher stack trace before it
+    jobs = summary(sweep_dir)
+    assert jobs[0]["state"] == "COMPLETED" and jobs[1]["state"] == "FAILED"
+    # Slurm's own record agrees (hydra#1928: stock hydra-submitit leaves failed jobs COMPLETED).
+    assert slurm_cluster.job(jobs[1]["slurm_job_id"])["JobState"] == "FAILED"
+    assert (sweep_dir / f"0_{good.name}" / "results.json").is_file()
+    assert not (sweep_dir / f"1_{broken.name}" / "results.json").exists()
+
+
+def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    known = set(slurm_cluster.job_ids())
+    # The setup line holds the job in RUNNING, so the cancel hits a running job whatever the machine's speed.
+    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
+           f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
+           f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        job_id = _wait_for_running(slurm_cluster, known, proc)
+        slurm_cluster.run("scancel", job_id)
+        # Bounded: the poll interval (1 s) plus the result grace (15 s) plus start-up, not a hang.
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "ended CANCELLED on Slurm" in stderr, stderr[-3000:]
+    assert "CANCELLED AT" in stderr  # slurmstepd's own line, from the job's stderr tail
+    assert summary(sweep_dir)[0]["state"].startswith("CANCELLED")
+
+
+def _wait_for_running(cluster: SlurmCluster, known: set, proc: subprocess.Popen, limit_s: float = 120) -> str:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep exited early:\n{proc.stderr.read()[-3000:]}")
+        for job_id in set(cluster.job_ids()) - known:
+            if cluster.job(job_id)["JobState"] == "RUNNING":
+                return job_id
+        time.sleep(0.2)
+    raise AssertionError("the job never reached RUNNING")
+
+
+def test_dry_run_prints_sbatch_parameters_and_submits_nothing(slurm_cluster, tiny_checkpoint, text_file,
+                                                              wide_checkpoint, tmp_path):
+    known = set(slurm_cluster.job_ids())
+    proc = sweep(slurm_cluster, tmp_path / "sweep", *dataset(text_file), *SMALL_CLUSTER,
+                 f"model.path={tiny_checkpoint('llama')},{wide_checkpoint}", "hydra.launcher.dry_run=true",
+                 "hydra.launcher.partition=debug", "hydra.launcher.account=lab42",
+                 "+hydra.launcher.additional_parameters.comment=outliers")
+    out = proc.stdout
+    assert "2 jobs in 2 Slurm arrays; nothing submitted" in out
+    assert out.count("#SBATCH --mem=") == 2
+    assert "#SBATCH --cpus-per-task=1" in out and "#SBATCH --time=5" in out
+    # Site extras pass through to the sbatch header.
+    assert "#SBATCH --partition=debug" in out and "#SBATCH --account=lab42" in out
+    assert "#SBATCH --comment=outliers" in out
+    assert set(slurm_cluster.job_ids()) == known
+    assert not (tmp_path / "sweep" / ".submitit").exists()
+
+
+def test_stock_submitit_slurm_launcher_runs_our_app(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    ckpt = tiny_checkpoint("llama")
+    sweep(slurm_cluster, sweep_dir, *dataset(text_file), f"model.path={ckpt}", "hydra/launcher=submitit_slurm",
+          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5")
+    results = json.loads((sweep_dir / f"0_{ckpt.name}" / "results.json").read_text())
+    assert results["summary"]["num_outlier_features"] > 0
