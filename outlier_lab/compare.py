@@ -1,0 +1,454 @@
+"""Cross-job comparison (table, markdown, plots) built only from the results files in job directories."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from . import paper
+from .results import RESULTS_JSON, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+JOB_STATUS = "job_status.json"
+COMPARISON_MD = "comparison.md"
+COMPARISON_CSV = "comparison.csv"
+PLOT_FRACTIONS = "compare_fractions.png"
+PLOT_DIMS = "compare_dims.png"
+PLOT_HEATMAPS = "compare_heatmaps.png"
+PLOT_THRESHOLDS = "compare_thresholds.png"
+
+# One row per job; the CSV keeps this column order so diffs between sweeps stay readable.
+COLUMNS = (
+    "job", "status", "model", "overrides", "path", "architecture", "kind", "experts", "top_k",
+    "params_total", "params_active", "dataset", "num_sequences", "seq_len", "alpha", "alpha_mode",
+    "outlier_dims", "one_sided", "qualified_any_sequence", "top_dim", "layers_pct", "seq_dims_pct",
+    "q1", "median", "q3", "max_abs", "wall_time_s", "est_memory_gib", "peak_memory_gib", "peak_memory_kind",
+    "massive_hits", "massive_dims", "massive_max_abs", "massive_bos_frac",
+    "ppl", "bits_per_byte", "top1_prob", "ablated_dims",
+    "d_top1_outliers", "d_top1_random_mean", "d_top1_random_std",
+    "d_ppl_pct_outliers", "d_ppl_pct_random_mean", "d_ppl_pct_random_std",
+    "paper_model", "paper_outlier_dims", "paper_one_sided", "paper_layers_pct", "paper_seq_dims_pct",
+    "paper_q1", "paper_median", "paper_q3",
+    "error",
+)
+
+
+@dataclass
+class Job:
+    """One job directory: its results (None when the job failed or never finished) and its recorded status."""
+
+    directory: Path
+    label: str
+    results: Optional[Dict[str, Any]]
+    status: Dict[str, Any]
+    overrides: List[str]
+    num: Optional[int]
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_overrides(directory: Path) -> List[str]:
+    path = directory / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path)) or []]
+    except Exception:  # a damaged overrides file must not hide the job's row
+        return []
+
+
+def _job_number(directory: Path, status: Dict[str, Any]) -> Optional[int]:
+    if isinstance(status.get("job_num"), int):
+        return status["job_num"]
+    head = directory.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _is_job_dir(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in (RESULTS_JSON, JOB_STATUS, ".hydra/config.yaml"))
+
+
+def find_job_dirs(root: Path) -> List[Path]:
+    """The job directories under a sweep dir (or the dir itself when it is one run), in job order."""
+    root = Path(root)
+    if not root.is_dir():
+        from .errors import UserError
+
+        raise UserError(f"{root} is not a directory; give a sweep dir such as multirun_outputs/<date>/<time>")
+    if _is_job_dir(root):
+        return [root]
+    found = set()
+    for marker in (RESULTS_JSON, JOB_STATUS):
+        for path in root.rglob(marker):
+            if not any(part.startswith(".") for part in path.relative_to(root).parts[:-1]):
+                found.add(path.parent)
+    for path in root.rglob("config.yaml"):
+        if path.parent.name == ".hydra" and path.parent.parent != root:
+            found.add(path.parent.parent)
+    return sorted(found, key=lambda d: (str(d.parent), _job_number(d, {}) if _job_number(d, {}) is not None else 1 << 30,
+                                        d.name))
+
+
+def load_job(directory: Path, label: str) -> Job:
+    results = _read_json(directory / RESULTS_JSON)
+    status = _read_json(directory / JOB_STATUS) or {}
+    if not status:
+        status = {"status": "COMPLETED"} if results is not None else {
+            "status": "INCOMPLETE", "error": "no results.json and no job_status.json (still running, or killed)"}
+    elif status.get("status") == "COMPLETED" and results is None:
+        status = dict(status, status="INCOMPLETE", error="job reported success but results.json is missing")
+    return Job(directory, label, results, status, _read_overrides(directory), _job_number(directory, status))
+
+
+def collect_jobs(roots: Sequence[Path]) -> List[Job]:
+    """Every job under the given sweep dirs; labels are unique across roots (prefixed by the root when merged)."""
+    roots = [Path(r) for r in roots]
+    jobs = []
+    for root in roots:
+        for directory in find_job_dirs(root):
+            if directory == root:
+                label = root.name
+            else:
+                rel = directory.relative_to(root).as_posix()
+                label = rel if len(roots) == 1 else f"{root.name}/{rel}"
+            jobs.append(load_job(directory, label))
+    return jobs
+
+
+def _get(mapping: Optional[Dict[str, Any]], *keys: str, default: Any = None) -> Any:
+    value: Any = mapping
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def estimated_memory_gib(resources: Any) -> Optional[float]:
+    """The estimate's total GiB from a results `resources` block, whatever its nesting (read defensively)."""
+    if not isinstance(resources, dict):
+        return None
+    for path in (("estimate", "total_gib"), ("total_gib",), ("estimate", "required_gib"), ("required_gib",)):
+        value = _get(resources, *path)
+        if isinstance(value, (int, float)):
+            return float(value)
+    for value in resources.values():
+        found = estimated_memory_gib(value) if isinstance(value, dict) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _config_model_name(directory: Path) -> Optional[str]:
+    path = directory / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        return str(OmegaConf.load(path).model.name)
+    except Exception:  # an unresolvable or partial config still gets a row, just without a model name
+        return None
+
+
+def _stat(values: Iterable[float]) -> Dict[str, Optional[float]]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return dict(mean=None, std=None)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return dict(mean=mean, std=std)
+
+
+def job_row(job: Job) -> Dict[str, Any]:
+    """The comparison row of one job: identity, architecture, Table 4 columns, memory, massive and ablation."""
+    r = job.results
+    row: Dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(job=job.label, status=job.status.get("status"), error=job.status.get("error"))
+    if r is None:
+        row["model"] = job.status.get("model") or _config_model_name(job.directory)
+        return row
+    model, summary, det = r.get("model", {}), r.get("summary", {}), r.get("detector", {})
+    top = summary.get("most_common") or {}
+    quartiles = top.get("quartiles") or [None, None, None]
+    row.update(
+        model=model.get("name"), path=model.get("path"), architecture=model.get("architecture"),
+        kind="MoE" if model.get("is_moe") else "dense", experts=model.get("num_experts"),
+        top_k=model.get("experts_per_token"), params_total=model.get("params_total"),
+        params_active=model.get("params_active"), dataset=_get(r, "dataset", "name"),
+        num_sequences=_get(r, "dataset", "num_sequences"), seq_len=_get(r, "dataset", "seq_len"),
+        alpha=det.get("alpha"), alpha_mode=det.get("alpha_mode", "absolute"),
+        outlier_dims=summary.get("num_outlier_features"), one_sided=summary.get("num_one_sided"),
+        qualified_any_sequence=summary.get("num_qualified_any_sequence"), top_dim=top.get("dim"),
+        layers_pct=top.get("layers_pct"), seq_dims_pct=top.get("seq_dims_pct"),
+        q1=quartiles[0], median=quartiles[1], q3=quartiles[2], max_abs=summary.get("max_abs"),
+        wall_time_s=r.get("wall_time_s"), est_memory_gib=estimated_memory_gib(r.get("resources")),
+        peak_memory_gib=r.get("peak_memory_gib"), peak_memory_kind=r.get("peak_memory_kind"),
+    )
+    massive = r.get("massive")
+    if isinstance(massive, dict):
+        msum = massive.get("summary", {})
+        row.update(massive_hits=msum.get("num_hits"), massive_dims=len(msum.get("dims") or []),
+                   massive_max_abs=msum.get("max_abs"), massive_bos_frac=msum.get("bos_frac"))
+    ablation = r.get("ablation")
+    if isinstance(ablation, dict):
+        base = ablation.get("baseline") or {}
+        outl = ablation.get("outliers") or {}
+        rand = ablation.get("random") or {}
+        row.update(ppl=base.get("ppl"), bits_per_byte=base.get("bits_per_byte"), top1_prob=base.get("top1_prob"),
+                   ablated_dims=len(ablation.get("dims") or []),
+                   d_top1_outliers=_get(outl, "delta", "top1_prob"),
+                   d_top1_random_mean=_get(rand, "delta", "top1_prob", "mean"),
+                   d_top1_random_std=_get(rand, "delta", "top1_prob", "std"),
+                   d_ppl_pct_outliers=_get(outl, "delta", "ppl_pct"),
+                   d_ppl_pct_random_mean=_get(rand, "delta", "ppl_pct", "mean"),
+                   d_ppl_pct_random_std=_get(rand, "delta", "ppl_pct", "std"))
+    published = paper.match(model.get("path"))
+    if published is not None:
+        row.update(paper_model=published.label, paper_outlier_dims=published.count,
+                   paper_one_sided=published.one_sided, paper_layers_pct=published.layers_pct,
+                   paper_seq_dims_pct=published.seq_dims_pct, paper_q1=published.quartiles[0],
+                   paper_median=published.quartiles[1], paper_q3=published.quartiles[2])
+    return row
+
+
+def _varying_overrides(jobs: Sequence[Job]) -> List[str]:
+    """Per job, the overrides that differ between jobs (the sweep axes), joined for the table."""
+    shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
+    return [" ".join(o for o in j.overrides if o not in shared) for j in jobs]
+
+
+def build_rows(jobs: Sequence[Job]) -> List[Dict[str, Any]]:
+    rows = [job_row(j) for j in jobs]
+    for row, overrides in zip(rows, _varying_overrides(jobs)):
+        row["overrides"] = overrides or None
+    return rows
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    return str(value)
+
+
+def render_csv(rows: Sequence[Dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_csv_cell(row[c]) for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def read_csv(path: Path) -> List[Dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|")
+
+
+def _params(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return str(value)
+
+
+def _pm(mean: Any, std: Any, digits: int = 2) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots: Sequence[str]) -> str:
+    done = [r for r in rows if r["status"] == "COMPLETED"]
+    failed = [r for r in rows if r["status"] != "COMPLETED"]
+    lines = ["# Comparison of outlier-feature runs", "",
+             f"Sweep dir(s): {', '.join(f'`{r}`' for r in roots)}. {len(done)} completed, {len(failed)} not completed.",
+             "Rebuild anywhere from the results files: `python scripts/compare.py "
+             + " ".join(str(r) for r in roots) + "`.", "",
+             "| job | model | sweep overrides | arch | kind (experts/top-k) | params (active) | outlier dims | "
+             "one-sided | layers % | seq dims % | Q1 | median | Q3 | max abs | wall s | est / peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "COMPLETED":
+            lines.append(f"| {_fmt(r['job'])} | {_fmt(r['model'])} | {_fmt(r['overrides'])} | **{r['status']}** "
+                         + "| " * 12 + "|")
+            continue
+        kind = r["kind"] + (f" ({r['experts']}/{r['top_k']})" if r["kind"] == "MoE" else "")
+        alpha = "" if r["alpha_mode"] == "absolute" else " ×RMS"
+        lines.append(
+            f"| {_fmt(r['job'])} | {_fmt(r['model'])} | {_fmt(r['overrides'])} | {_fmt(r['architecture'])} | {kind} | "
+            f"{_params(r['params_total'])} ({_params(r['params_active'])}) | {_fmt(r['outlier_dims'])}{alpha} | "
+            f"{_fmt(r['one_sided'])} | {_fmt(r['layers_pct'])} | {_fmt(r['seq_dims_pct'])} | {_fmt(r['q1'])} | "
+            f"{_fmt(r['median'])} | {_fmt(r['q3'])} | {_fmt(r['max_abs'])} | {_fmt(r['wall_time_s'])} | "
+            f"{_fmt(r['est_memory_gib'], 2)} / {_fmt(r['peak_memory_gib'], 2)} |")
+    if failed:
+        lines += ["", "## Jobs that did not complete", ""]
+        for r in failed:
+            lines.append(f"- `{r['job']}` ({_fmt(r['model'])}, {r['status']}): {_fmt(r['error'])}")
+    matched = [r for r in done if r["paper_model"]]
+    if matched:
+        lines += ["", "## LLM.int8() Table 4: published vs ours", "",
+                  f"Published figures: {paper.CITATION}.", "",
+                  "| job | paper model | count (paper / ours) | one-sided | layers % | seq dims % | quartiles paper | "
+                  "quartiles ours |", "|---|---|---|---|---|---|---|---|"]
+        for r in matched:
+            lines.append(
+                f"| {r['job']} | {r['paper_model']} | {_fmt(r['paper_outlier_dims'])} / {_fmt(r['outlier_dims'])} | "
+                f"{_fmt(r['paper_one_sided'])} / {_fmt(r['one_sided'])} | {_fmt(r['paper_layers_pct'])} / "
+                f"{_fmt(r['layers_pct'])} | {_fmt(r['paper_seq_dims_pct'])} / {_fmt(r['seq_dims_pct'])} | "
+                f"{_fmt(r['paper_q1'])}, {_fmt(r['paper_median'])}, {_fmt(r['paper_q3'])} | "
+                f"{_fmt(r['q1'])}, {_fmt(r['median'])}, {_fmt(r['q3'])} |")
+    massive = [r for r in done if r["massive_hits"] is not None]
+    if massive:
+        lines += ["", "## Massive activations (Sun et al. 2024)", "",
+                  "| job | model | hits | dims | max abs | share of hits on BOS |", "|---|---|---|---|---|---|"]
+        for r in massive:
+            lines.append(f"| {r['job']} | {_fmt(r['model'])} | {r['massive_hits']} | {r['massive_dims']} | "
+                         f"{_fmt(r['massive_max_abs'])} | {_fmt(r['massive_bos_frac'], 2)} |")
+    ablated = [r for r in done if r["ppl"] is not None]
+    if ablated:
+        lines += ["", "## Ablation (LLM.int8() Sec. 4.2): zero the outlier dims vs the same number of random dims", "",
+                  "| job | model | ppl | bits/byte | top-1 prob | dims | Δ top-1 outliers | Δ top-1 random (mean ± sd) | "
+                  "Δ ppl % outliers | Δ ppl % random (mean ± sd) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ablated:
+            lines.append(
+                f"| {r['job']} | {_fmt(r['model'])} | {_fmt(r['ppl'], 2)} | {_fmt(r['bits_per_byte'], 3)} | "
+                f"{_fmt(r['top1_prob'], 3)} | {_fmt(r['ablated_dims'])} | {_fmt(r['d_top1_outliers'], 3)} | "
+                f"{_pm(r['d_top1_random_mean'], r['d_top1_random_std'], 3)} | {_fmt(r['d_ppl_pct_outliers'], 1)} | "
+                f"{_pm(r['d_ppl_pct_random_mean'], r['d_ppl_pct_random_std'], 1)} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _savefig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _scatter(ax, rows, x_key: str, y_key: str, marker: str, label: str) -> None:
+    points = [(r[x_key], r[y_key], r["job"]) for r in rows if r[x_key] and r[y_key] is not None]
+    if not points:
+        return
+    ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
+    for x, y, name in points:
+        ax.annotate(str(name), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+
+
+def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Job]) -> List[str]:
+    """PNG plots from the rows (and each job's stored heatmap); returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "COMPLETED"]
+    if not done:
+        return []
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, x_key, title in ((axes[0], "params_total", "total params"), (axes[1], "params_active", "active params")):
+        _scatter(ax, done, x_key, "layers_pct", "o", "layers % (most common outlier)")
+        _scatter(ax, done, x_key, "seq_dims_pct", "s", "seq dims % (most common outlier)")
+        ax.set_xscale("log")
+        ax.set_xlabel(title)
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Most common outlier: share of layers and of sequence positions", fontsize=10)
+    _savefig(fig, out_dir / PLOT_FRACTIONS)
+    written.append(PLOT_FRACTIONS)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    _scatter(ax, done, "params_total", "outlier_dims", "o", "vs total params")
+    _scatter(ax, done, "params_active", "outlier_dims", "x", "vs active params")
+    ax.set_xscale("log")
+    ax.set_xlabel("params")
+    ax.set_ylabel("unique outlier dims")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _savefig(fig, out_dir / PLOT_DIMS)
+    written.append(PLOT_DIMS)
+
+    alphas = {(r["alpha_mode"], r["alpha"]) for r in done}
+    if len(alphas) > 1:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        groups: Dict[Any, List[Dict[str, Any]]] = {}
+        for r in done:
+            groups.setdefault((r["model"], r["alpha_mode"]), []).append(r)
+        for (model, mode), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            group = sorted(group, key=lambda r: r["alpha"])
+            ax.plot([r["alpha"] for r in group], [r["outlier_dims"] for r in group], marker="o",
+                    linestyle="-" if mode == "absolute" else "--", label=f"{model} ({'|x|' if mode == 'absolute' else '×RMS'})")
+        ax.set_xlabel("alpha (absolute, or multiple of the site input's RMS)")
+        ax.set_ylabel("unique outlier dims")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        _savefig(fig, out_dir / PLOT_THRESHOLDS)
+        written.append(PLOT_THRESHOLDS)
+
+    with_heat = [j for j in jobs if j.results is not None and j.results.get("heatmap")]
+    if with_heat:
+        from .report import heatmap_axes
+
+        cols = min(len(with_heat), 4)
+        nrows = math.ceil(len(with_heat) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
+        for ax, job in zip(axes.flat, with_heat):
+            image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|")
+            fig.colorbar(image, ax=ax)
+        for ax in list(axes.flat)[len(with_heat):]:
+            ax.axis("off")
+        _savefig(fig, out_dir / PLOT_HEATMAPS)
+        written.append(PLOT_HEATMAPS)
+    return written
+
+
+def write_comparison(roots: Sequence[Path], out_dir: Optional[Path] = None, plots: bool = True) -> Path:
+    """Build comparison.md, comparison.csv and the PNG plots of every job under `roots` into out_dir."""
+    roots = [Path(r) for r in roots]
+    jobs = collect_jobs(roots)
+    if not jobs:
+        from .errors import UserError
+
+        raise UserError(f"no job directories (results.json, job_status.json or .hydra/) under {', '.join(map(str, roots))}")
+    out_dir = Path(out_dir) if out_dir is not None else roots[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = build_rows(jobs)
+    atomic_write_bytes(out_dir / COMPARISON_CSV, render_csv(rows).encode())
+    written = write_plots(out_dir, rows, jobs) if plots else []
+    atomic_write_bytes(out_dir / COMPARISON_MD, render_markdown(rows, roots, written).encode())
+    log.info("comparison of %d job(s) -> %s", len(rows), out_dir / COMPARISON_MD)
+    return out_dir / COMPARISON_MD
