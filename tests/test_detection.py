@@ -42,10 +42,10 @@ def random_acts(seed, blocks=8, sites=3, S=5, T=50, D=12):
     return acts
 
 
-def stream(acts, batch, dtype=torch.float32):
+def stream(acts, batch, dtype=torch.float32, dense=False):
     S, T, D = acts[0][0].shape
     crit = Criteria(alpha=ALPHA)
-    reducer = Int8Reducer(crit, len(acts), D)
+    reducer = Int8Reducer(crit, len(acts), D, dense_histogram=dense)
     acc = RunAccumulator(crit, D)
     for start in range(0, S, batch):
         reducer.start_batch(min(batch, S - start), T)
@@ -79,6 +79,15 @@ def test_chunked_streaming_equals_one_shot():
             np.testing.assert_array_equal(a[key], b[key])
         np.testing.assert_array_equal(reducer.histogram(), one_reducer.histogram())
         np.testing.assert_array_equal(reducer.block_max.numpy(), one_reducer.block_max.numpy())
+
+
+def test_dense_histogram_path_equals_sparse():
+    # The GPU path bins every element (no host sync); it must count exactly what the sparse CPU path counts.
+    acts = random_acts(11)
+    sparse, _ = stream(acts, batch=2)
+    dense, _ = stream(acts, batch=2, dense=True)
+    assert sparse.histogram().sum() > 0
+    np.testing.assert_array_equal(dense.histogram(), sparse.histogram())
 
 
 def test_exact_threshold_counts_and_just_below_does_not():
