@@ -34,7 +34,8 @@ def gated_python(tmp: Path) -> Path:
     script.write_text(
         "#!/bin/sh\n"
         f'if [ "$1" = run.py ]; then while [ ! -e {tmp}/run.gate ]; do sleep 0.05; done; fi\n'
-        f'if [ "$#" -eq 3 ] && [ "$1" = -c ]; then while [ ! -e {tmp}/manifest.gate ]; do sleep 0.05; done; fi\n'
+        f'if [ "$#" -eq 3 ] && [ "$1" = -c ]; then touch {tmp}/manifest.waiting; '
+        f'while [ ! -e {tmp}/manifest.gate ]; do sleep 0.05; done; fi\n'
         f'exec {sys.executable} "$@"\n')
     script.chmod(0o755)
     return script
@@ -204,7 +205,8 @@ def test_faults_at_connect_mid_poll_and_mid_transfer(ssh_server, fault_proxy, ti
     fault_proxy.drop_all()  # the job is held at its gate, so this lands between polls
     assert fault_proxy.stats["drops"] >= 1
     (tmp_path / "run.gate").touch()
-    wait_for(lambda: (job_dir / "out" / "results.json").exists(), proc, out, "the job to finish")
+    wait_for(lambda: (tmp_path / "manifest.waiting").exists(), proc, out, "the job to finish")
+    assert (job_dir / "out" / "results.json").exists(), (job_dir / "job.log").read_text()[-3000:]
     fault_proxy.cut_after_bytes(16 * 1024)  # results are ~50 KB, so the cut lands inside the transfer
     (tmp_path / "manifest.gate").touch()
     text = finish(proc, out)

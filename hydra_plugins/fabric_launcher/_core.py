@@ -28,7 +28,9 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
-logging.getLogger("paramiko").setLevel(logging.WARNING)  # its per-channel INFO lines drown the job log
+# paramiko logs every channel (INFO) and every dropped connection with a traceback (ERROR); the retry warnings
+# below already say what failed, so only its critical messages get through.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 CODE_MANIFEST = ".outlier_lab_code.sha256"
 CODE_MISMATCH_EXIT = 97
@@ -1076,6 +1078,18 @@ class Launch:
         return returns
 
     # orchestration -----------------------------------------------------------------------------------------------
+    def job_ended(self, job: Job, future: Future) -> None:
+        """Hydra's on_job_end callbacks, in the main thread, as a local launcher would call them after each job."""
+        callbacks = getattr(self.launcher.hydra_context, "callbacks", None)
+        if callbacks is None or future.exception() is not None:
+            return
+        with open_dict(job.cfg):
+            job.cfg.hydra.runtime.output_dir = str(job.local_dir.absolute())
+        try:
+            callbacks.on_job_end(config=job.cfg, job_return=future.result())
+        except Exception as err:  # noqa: BLE001 - a callback must not turn a finished job into a lost one
+            log.warning("on_job_end callback failed for %s: %s", job.name, err)
+
     def run(self) -> List[JobReturn]:
         if self.params["provider"] not in ("inventory", "command"):
             raise _user_error(f"hydra.launcher.provider={self.params['provider']!r}: use inventory or command")
@@ -1090,13 +1104,18 @@ class Launch:
             return self.dry_run(jobs, inventory)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=self.bundle.repo,
+                                   capture_output=True, text=True).stdout.split()
+        if untracked:
+            log.warning("not shipped (untracked, so the remote side will not have them): %s%s",
+                        " ".join(untracked[:10]), " ..." if len(untracked) > 10 else "")
         if self.bundle.dirty:
             log.warning("tracked files have uncommitted changes: shipping them as code %s (HEAD %s)",
                         self.bundle.code_id, self.bundle.commit)
         for job in jobs:
             self.say(job, f"#{job.idx} {' '.join(filter_overrides(job.overrides))} -> {self.describe_needs(job.needs)}")
-        slots = sum(h.slots for h in inventory) if inventory else len(jobs)
-        workers = min(len(jobs), int(self.params["max_parallel"]) or slots or 1) or 1
+        # One thread per job: a job waiting for a busy host queues in acquire_host, where it is announced.
+        workers = min(len(jobs), int(self.params["max_parallel"]) or len(jobs)) or 1
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fabric-job")
         futures: Dict[Future, Job] = {pool.submit(self.run_job, job, inventory): job for job in jobs}
         interrupted = False
@@ -1104,7 +1123,10 @@ class Launch:
             pending = set(futures)
             while pending:
                 try:
-                    _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        if not interrupted:
+                            self.job_ended(futures[future], future)
                 except KeyboardInterrupt:
                     if not interrupted:
                         interrupted = True
