@@ -34,6 +34,11 @@ def dataset(text_file: Path) -> List[str]:
             if not o.startswith("model")] + ["model=local"]
 
 
+def job_dir(sweep_dir: Path, index: int) -> Path:
+    (found,) = sweep_dir.glob(f"{index}_*")
+    return found
+
+
 def summary(sweep_dir: Path) -> Dict[int, dict]:
     return {row["index"]: row for row in json.loads((sweep_dir / "slurm_jobs.json").read_text())}
 
@@ -74,9 +79,9 @@ def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(slurm_cluster,
     run_cli(*tiny_job_overrides(small, text_file, run_dir=local_dir, num_sequences=4, seq_len=32))
     local = json.loads((local_dir / "results.json").read_text())
     for i in small_jobs:
-        remote = json.loads((sweep_dir / f"{i}_{small.name}" / "results.json").read_text())
+        remote = json.loads((job_dir(sweep_dir, i) / "results.json").read_text())
         assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
-        assert (sweep_dir / f"{i}_{small.name}" / "tokens.safetensors").read_bytes() == \
+        assert (job_dir(sweep_dir, i) / "tokens.safetensors").read_bytes() == \
             (local_dir / "tokens.safetensors").read_bytes()
 
 
@@ -104,8 +109,8 @@ def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster
     assert jobs[0]["state"] == "COMPLETED" and jobs[1]["state"] == "FAILED"
     # Slurm's own record agrees (hydra#1928: stock hydra-submitit leaves failed jobs COMPLETED).
     assert slurm_cluster.job(jobs[1]["slurm_job_id"])["JobState"] == "FAILED"
-    assert (sweep_dir / f"0_{good.name}" / "results.json").is_file()
-    assert not (sweep_dir / f"1_{broken.name}" / "results.json").exists()
+    assert (job_dir(sweep_dir, 0) / "results.json").is_file()
+    assert not (job_dir(sweep_dir, 1) / "results.json").exists()
 
 
 def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
@@ -167,5 +172,5 @@ def test_stock_submitit_slurm_launcher_runs_our_app(slurm_cluster, tiny_checkpoi
     ckpt = tiny_checkpoint("llama")
     sweep(slurm_cluster, sweep_dir, *dataset(text_file), f"model.path={ckpt}", "hydra/launcher=submitit_slurm",
           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5")
-    results = json.loads((sweep_dir / f"0_{ckpt.name}" / "results.json").read_text())
+    results = json.loads((job_dir(sweep_dir, 0) / "results.json").read_text())
     assert results["summary"]["num_outlier_features"] > 0
