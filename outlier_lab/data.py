@@ -37,6 +37,9 @@ def hub_dataset(dataset_cfg) -> Iterator[str]:
     """Stream a `datasets` hub dataset's text column; nothing is downloaded in full."""
     import datasets
 
+    from .models import hub_reachable
+
+    hub_reachable()
     try:
         stream = datasets.load_dataset(dataset_cfg.path, dataset_cfg.subset, split=dataset_cfg.split, streaming=True)
     except Exception as err:  # datasets raises many types for a missing/unreachable dataset

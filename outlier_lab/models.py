@@ -4,8 +4,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any, Dict, Tuple
+from urllib.parse import urlparse
 
 import torch
 
@@ -14,6 +17,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_HUB_REACHABLE = None
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -59,11 +63,41 @@ def checkpoint_location(model_cfg) -> Tuple[str, Dict[str, Any]]:
     raise UserError(f"model.source={source!r} is not one of hub, local, package")
 
 
+def hub_reachable() -> bool:
+    """Probe the hub endpoint once (3 s); when it is unreachable switch huggingface_hub to offline mode.
+
+    Without this, every hub call on a machine with no network spends about a minute in retries before failing;
+    offline mode answers from the local HF cache at once, or fails at once.
+    """
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is not None:
+        return _HUB_REACHABLE
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        _HUB_REACHABLE = False
+    elif any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        _HUB_REACHABLE = True  # a proxy decides; a direct probe would say nothing
+    else:
+        url = urlparse(constants.ENDPOINT)
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+            _HUB_REACHABLE = True
+        except OSError:
+            log.warning("%s is unreachable: using the local Hugging Face cache only (offline mode)", url.hostname)
+            constants.HF_HUB_OFFLINE = True
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            _HUB_REACHABLE = False
+    return _HUB_REACHABLE
+
+
 def load_hf_config(model_cfg):
     """The transformers config: from the checkpoint (hub at the pinned revision), else the shipped copy in conf/."""
     from transformers import AutoConfig
 
     location, kwargs = checkpoint_location(model_cfg)
+    if model_cfg.source == "hub":
+        hub_reachable()
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
