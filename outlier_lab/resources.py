@@ -35,6 +35,8 @@ _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_toke
 _UNGATED = ("gpt2", "gptj", "opt", "bert")
 # Architectures without a sdpa path in transformers: attention scores are materialised.
 _EAGER_ONLY = ("gpt_oss",)
+# Routers that hand fp32 routing weights to the experts, so the weighted expert outputs are fp32.
+_FP32_ROUTER = ("glm4_moe", "deepseek_v3")
 
 
 @dataclass
@@ -250,9 +252,10 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
     n = batch * seq_len
     a = act_bytes
     d, q_width, kv_width = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim
-    # Through the whole forward: the residual stream, rotary cos/sin, token ids and the causal mask.
+    # Through the whole forward: three residual-width tensors (the embedding output, which the model's forward keeps
+    # referenced, the block input its loop holds, the block's own residual), rotary cos/sin, ids and the causal mask.
     mask = batch * seq_len * seq_len * (a if attn_impl == "eager" else 1)
-    persistent = n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
+    persistent = 3 * n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
 
     # Attention: normed input, q/k/v, rotary temporaries for q and k, output and its contiguous copy.
     attention = n * a * (d + 4 * q_width + 4 * kv_width)
@@ -272,10 +275,13 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
         router = n * s.experts * 4 * 3  # logits, fp32 softmax, top-k mask
         # grouped_mm: gathered inputs, gate_up output, act(gate) and product ...
         gate_phase = routed * a * (d + 4 * s.expert_intermediate)
-        # ... then the down projection, its routing-weighted fp32 copy and its un-permuted copy
-        down_phase = routed * (d * a + 2 * d * 4) + routed * 8 * 3
-        shared = n * a * 3 * s.shared_intermediate
-        phases["moe"] = n * a * d + router + max(gate_phase, down_phase) + shared + n * d * 4
+        # ... then the gathered inputs, the down projection, its routing-weighted copy and its un-permuted copy
+        # (the weights are fp32 where the router keeps them so, e.g. GLM's sigmoid router).
+        weighted = 4 if model_type in _FP32_ROUTER else a
+        down_phase = routed * (2 * d * a + 2 * d * weighted) + routed * 8 * 3
+        # A shared expert runs after the routed ones, next to their output.
+        shared = n * a * (d + 3 * s.shared_intermediate) if s.shared_intermediate else 0.0
+        phases["moe"] = n * a * d + router + max(gate_phase, down_phase, shared)
     # Detector: per batch block hits and position hits (bool), per-sequence max; per run block max and histogram.
     bins = OCTAVES * 32
     reducer_state = sum(
