@@ -23,6 +23,8 @@ class SiteProbe:
     site: str
     path: str
     space: str
+    # Measure the module's output instead of its input (block outputs: the residual stream).
+    output: bool = False
 
 
 def input_width(module: torch.nn.Module, hidden: int) -> int:
@@ -92,7 +94,7 @@ class Capture:
         probes, envoys = self.probes, self.envoys
         with self.traced.trace(input_ids, **self.kwargs) as tracer:
             for probe, envoy in zip(probes, envoys):
-                observe(probe, envoy.input)
+                observe(probe, envoy.output if probe.output else envoy.input)
             if self._stop_early:
                 tracer.stop()  # blocks after the last analyzed one cannot change any statistic
 

@@ -65,6 +65,20 @@ class DatasetConfig:
 
 
 @dataclass
+class MassiveConfig:
+    # Also run the massive-activations detector (Sun et al. 2024) on block outputs, in the same pass.
+    enabled: bool = False
+    # A hit needs |x| > min_abs ...
+    min_abs: float = 100.0
+    # ... and |x| >= min_ratio x the median |x| of its hidden state (one sequence's block output).
+    min_ratio: float = 1000.0
+    # Hits kept per (block, batch) on the way to the host; counts stay exact beyond it.
+    hits_per_block_batch: int = 256
+    # Hits written to massive_hits.parquet over the run; counts stay exact beyond it.
+    max_hits: int = 20000
+
+
+@dataclass
 class DetectorConfig:
     # Detector name recorded in results.
     name: str = "llm_int8"
@@ -84,6 +98,11 @@ class DetectorConfig:
     heatmap_top_dims: int = 24
     # Resolution of the outlier-value histogram used for quartiles (bins per factor of two).
     bins_per_octave: int = 32
+    # absolute: |x| >= alpha; rms: |x| >= alpha x the RMS of that site input in that sequence (scale-free; all
+    # statistics, quartiles and heatmap included, are then in multiples of that RMS).
+    alpha_mode: str = "absolute"
+    # The massive-activations detector, run alongside (detector=massive or detector=[llm_int8,massive]).
+    massive: MassiveConfig = field(default_factory=MassiveConfig)
 
 
 @dataclass

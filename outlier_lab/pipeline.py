@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import results as store
 from .adapters import SiteMap, discover_sites
 from .capture import HIDDEN, Capture, plan_probes
-from .data import build_windows, documents
+from .data import build_windows, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError
 from .memory import PeakMemory
@@ -55,6 +55,17 @@ class Analysis:
     spaces: Dict[str, Dict[str, Any]]
     block_max: Dict[str, np.ndarray]
     per_sequence: Dict[str, np.ndarray]
+    # Block-output reducer of the massive-activations detector, when detector.massive.enabled.
+    massive: Optional[Any] = None
+
+
+def _int8_reducer_class(det_cfg):
+    from .thresholds import ALPHA_MODES, RmsInt8Reducer
+
+    mode = det_cfg.get("alpha_mode", "absolute")
+    if mode not in ALPHA_MODES:
+        raise UserError(f"detector.alpha_mode={mode!r} is not one of {', '.join(ALPHA_MODES)}")
+    return RmsInt8Reducer if mode == "rms" else Int8Reducer
 
 
 def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det_cfg, batch_size: int,
@@ -67,12 +78,25 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     criteria = Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_seq_frac, det_cfg.min_sequence_frac,
                         det_cfg.bins_per_octave)
     num_slots = len(site_map.block_indices)
-    reducers = {space: Int8Reducer(criteria, num_slots, width, device) for space, width in widths.items()}
+    reducer_class = _int8_reducer_class(det_cfg)
+    reducers = {space: reducer_class(criteria, num_slots, width, device) for space, width in widths.items()}
     accumulators = {space: RunAccumulator(criteria, width) for space, width in widths.items()}
+    massive = None
+    if det_cfg.get("massive") is not None and det_cfg.massive.enabled:
+        from . import massive as massive_detector
+
+        probes = massive_detector.with_block_outputs(probes, site_map)
+        m = det_cfg.massive
+        massive = massive_detector.MassiveReducer(
+            massive_detector.MassiveCriteria(m.min_abs, m.min_ratio, m.hits_per_block_batch, m.max_hits),
+            site_map.block_indices, model.config.get_text_config().hidden_size, device)
     capture = Capture(model, probes, site_map.num_blocks)
 
     def observe(probe, x):
-        reducers[probe.space].observe(probe.slot, x)
+        if probe.output:
+            massive.observe(probe.slot, x)
+        else:
+            reducers[probe.space].observe(probe.slot, x)
 
     num_sequences, seq_len = tokens.shape
     with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar:
@@ -80,9 +104,13 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
             batch = tokens[start:start + batch_size].to(device)
             for reducer in reducers.values():
                 reducer.start_batch(batch.shape[0], seq_len)
+            if massive is not None:
+                massive.start_batch(batch.shape[0], seq_len)
             capture.run(batch, observe)
             for space, reducer in reducers.items():
                 accumulators[space].add(reducer.end_batch())
+            if massive is not None:
+                massive.end_batch()
             bar.update(batch.shape[0])
 
     spaces, block_max, tables = {}, {}, []
@@ -94,7 +122,7 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
         table["space"] = np.full(len(table["dim"]), space, dtype=object)
         tables.append(table)
     per_sequence = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-    return Analysis(spaces, block_max, per_sequence)
+    return Analysis(spaces, block_max, per_sequence, massive)
 
 
 def heatmap_data(space: Dict[str, Any], block_max: np.ndarray, blocks, top: int) -> Dict[str, Any]:
@@ -174,7 +202,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
                       min_seq_frac=cfg.detector.min_seq_frac, min_sequence_frac=cfg.detector.min_sequence_frac,
                       sites=list(site_map.site_names), layers=list(site_map.block_indices),
                       num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
-                      statistics_dtype="float32"),
+                      statistics_dtype="float32", alpha_mode=cfg.detector.get("alpha_mode", "absolute")),
         outlier_features=hidden_space["outlier_features"],
         qualified_dims=hidden_space["qualified_dims"],
         summary=hidden_space["summary"],
@@ -190,7 +218,16 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         environment=_environment(),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    massive_hits = None
+    if analysis.massive is not None:
+        from . import massive as massive_detector
+
+        bos_id, _ = special_ids(tokenizer, ds.bos_token)
+        results["massive"], massive_hits = massive_detector.finalize(
+            analysis.massive, tokens, tokenizer, bos_id, bool(ds.prepend_bos and bos_id is not None))
     # Nothing is written before the analysis succeeded, so a failed rerun never clobbers earlier results.
+    if massive_hits is not None:
+        massive_detector.write_hits(out_dir / massive_detector.HITS_FILE, massive_hits)
     store.write_tokens(out_dir / store.TOKENS, tokens)
     store.write_per_sequence(out_dir / store.PER_SEQUENCE, analysis.per_sequence)
     store.write_json(out_dir / store.RESULTS_JSON, results)

@@ -1,0 +1,197 @@
+"""Massive activations (Sun et al. 2024): huge scalars in block outputs, streamed on the device like llm_int8."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+SPACE = "block_out"
+SITE = "block_out"
+HITS_FILE = "massive_hits.parquet"
+# Tokens that Sun et al. found carrying massive activations besides the first one: punctuation and line breaks.
+DELIMITER_TEXT = frozenset(".,;:!?\n")
+
+
+@dataclass
+class MassiveCriteria:
+    # A hit needs |x| > min_abs ...
+    min_abs: float = 100.0
+    # ... and |x| >= min_ratio x the median |x| of its hidden state (one sequence's block output).
+    min_ratio: float = 1000.0
+    # Hits kept per (block, batch) before the exact counts alone carry on (bounds device-to-host traffic).
+    hits_per_block_batch: int = 256
+    # Hits kept in massive_hits.parquet over the whole run (counts stay exact).
+    max_hits: int = 20000
+
+
+class MassiveReducer:
+    """Per analyzed block: exact hit counts per dim, hit max |x|, mean top-3 and median |x|; a bounded hit list.
+
+    Nothing in `observe` synchronizes with the host: candidate hits are picked with a fixed-size topk and copied
+    to the CPU once per batch in `end_batch`.
+    """
+
+    def __init__(self, criteria: MassiveCriteria, block_indices: Sequence[int], hidden: int,
+                 device: torch.device | str = "cpu"):
+        self.criteria = criteria
+        self.block_indices = list(block_indices)
+        self.hidden = hidden
+        self.device = torch.device(device)
+        slots = len(self.block_indices)
+        self.hit_count = torch.zeros(slots, hidden, dtype=torch.int64, device=self.device)
+        self.hit_max = torch.zeros(slots, hidden, dtype=torch.float32, device=self.device)
+        self.top3_sum = torch.zeros(slots, 3, dtype=torch.float64, device=self.device)
+        self.median_sum = torch.zeros(slots, dtype=torch.float64, device=self.device)
+        self.num_sequences = 0
+        self.hits: List[Dict[str, np.ndarray]] = []
+        self.num_stored = 0
+        self._pending: List[tuple] = []
+        self._shape: Optional[tuple] = None
+
+    def start_batch(self, batch: int, seq_len: int) -> None:
+        self._shape = (batch, seq_len)
+        self._pending = []
+
+    @torch.no_grad()
+    def observe(self, slot: int, output: Any) -> None:
+        """Fold one block's output (the residual stream, [B, T, D]; tuples unwrapped) into the state."""
+        x = output[0] if isinstance(output, (tuple, list)) else output
+        batch, seq_len = self._shape
+        x = x.reshape(batch, seq_len, -1).to(self.device, torch.float32)
+        absx = x.abs()
+        flat = absx.reshape(batch, -1)
+        median = flat.median(dim=1).values
+        mask = (absx > self.criteria.min_abs) & (absx >= (self.criteria.min_ratio * median)[:, None, None])
+        self.hit_count[slot] += mask.sum(dim=(0, 1))
+        hit_abs = torch.where(mask, absx, torch.zeros((), device=self.device))
+        torch.maximum(self.hit_max[slot], hit_abs.amax(dim=(0, 1)), out=self.hit_max[slot])
+        self.top3_sum[slot] += flat.topk(min(3, flat.shape[1]), dim=1).values.double().sum(dim=0)
+        self.median_sum[slot] += median.double().sum()
+        k = min(self.criteria.hits_per_block_batch, hit_abs.numel())
+        values, index = hit_abs.reshape(-1).topk(k)
+        self._pending.append((slot, values, x.reshape(-1)[index], index))
+
+    def end_batch(self) -> None:
+        batch, seq_len = self._shape
+        for slot, magnitude, signed, index in self._pending:
+            magnitude, signed, index = magnitude.cpu().numpy(), signed.cpu().numpy(), index.cpu().numpy()
+            keep = magnitude > 0  # non-hits were zeroed before the topk
+            room = self.criteria.max_hits - self.num_stored
+            index, signed = index[keep][:max(room, 0)], signed[keep][:max(room, 0)]
+            if index.size == 0:
+                continue
+            b, t, d = np.unravel_index(index, (batch, seq_len, self.hidden))
+            self.hits.append(dict(block=np.full(index.size, self.block_indices[slot], dtype=np.int64),
+                                  sequence=(b + self.num_sequences).astype(np.int64), position=t.astype(np.int64),
+                                  dim=d.astype(np.int64), value=signed.astype(np.float64)))
+            self.num_stored += index.size
+        self.num_sequences += batch
+        self._pending, self._shape = [], None
+
+    def hit_table(self) -> Dict[str, np.ndarray]:
+        keys = ("block", "sequence", "position", "dim", "value")
+        if not self.hits:
+            return {k: np.zeros(0, dtype=np.float64 if k == "value" else np.int64) for k in keys}
+        table = {k: np.concatenate([h[k] for h in self.hits]) for k in keys}
+        order = np.lexsort((table["dim"], table["position"], table["block"], table["sequence"]))
+        return {k: v[order] for k, v in table.items()}
+
+
+def token_texts(tokenizer, ids: Sequence[int]) -> Dict[int, str]:
+    """Readable text of each distinct token id (byte-level tokens decoded, not shown as Ġ/Ċ)."""
+    return {int(i): tokenizer.decode([int(i)]) for i in sorted(set(int(i) for i in ids))}
+
+
+def is_delimiter(text: str, token_id: int, special_ids: Sequence[int]) -> bool:
+    """Special tokens (EOS, SEP), punctuation and whitespace-only tokens: where Sun et al. saw massive activations."""
+    stripped = text.strip()
+    return token_id in special_ids or stripped == "" or stripped in DELIMITER_TEXT
+
+
+def finalize(reducer: MassiveReducer, tokens: torch.Tensor, tokenizer, bos_id: Optional[int],
+             prepended_bos: bool) -> tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """The results.json `massive` section and the full hit table (token text, BOS and delimiter marks added)."""
+    table = reducer.hit_table()
+    ids = tokens[table["sequence"], table["position"]].numpy() if table["sequence"].size else np.zeros(0, np.int64)
+    texts = token_texts(tokenizer, ids)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    table["token_id"] = ids.astype(np.int64)
+    table["token"] = np.array([texts[int(i)] for i in ids], dtype=object)
+    table["is_bos"] = (table["position"] == 0) & prepended_bos & (ids == (bos_id if bos_id is not None else -1))
+    table["is_delimiter"] = ~table["is_bos"] & np.array([is_delimiter(texts[int(i)], int(i), special) for i in ids],
+                                                         dtype=bool)
+
+    counts = reducer.hit_count.cpu().numpy()
+    hit_max = reducer.hit_max.cpu().numpy()
+    n = max(reducer.num_sequences, 1)
+    top3 = (reducer.top3_sum.cpu().numpy() / n)
+    medians = reducer.median_sum.cpu().numpy() / n
+    dims = []
+    for d in np.nonzero(counts.sum(axis=0))[0]:
+        rows = table["dim"] == d
+        tok_counts: Dict[str, int] = {}
+        for text in table["token"][rows]:
+            tok_counts[text] = tok_counts.get(text, 0) + 1
+        dims.append(dict(dim=int(d), hits=int(counts[:, d].sum()), max_abs=float(hit_max[:, d].max()),
+                         blocks=[reducer.block_indices[s] for s in np.nonzero(counts[:, d])[0]],
+                         positions=sorted({int(p) for p in table["position"][rows]})[:20],
+                         bos_frac=float(table["is_bos"][rows].mean()) if rows.any() else None,
+                         delimiter_frac=float(table["is_delimiter"][rows].mean()) if rows.any() else None,
+                         top_tokens=sorted(tok_counts.items(), key=lambda kv: -kv[1])[:5]))
+    dims.sort(key=lambda f: (-f["hits"], f["dim"]))
+    num_hits = int(counts.sum())
+    stored = int(table["dim"].size)
+    top = np.argsort(-np.abs(table["value"]), kind="stable")[:20]
+    section = dict(
+        criteria=dict(min_abs=reducer.criteria.min_abs, min_ratio=reducer.criteria.min_ratio,
+                      median_over="one sequence's block output (all positions and dims)", measured="block outputs"),
+        summary=dict(num_hits=num_hits, hits_stored=stored, truncated=stored < num_hits,
+                     max_abs=float(hit_max.max()) if hit_max.size else 0.0,
+                     dims=[f["dim"] for f in dims],
+                     first_block=min((b for f in dims for b in f["blocks"]), default=None),
+                     bos_frac=float(table["is_bos"].mean()) if stored else None,
+                     delimiter_frac=float(table["is_delimiter"].mean()) if stored else None),
+        dims=dims,
+        per_block=[dict(block=b, top1=float(top3[s, 0]), top2=float(top3[s, 1]) if top3.shape[1] > 1 else None,
+                        top3=float(top3[s, 2]) if top3.shape[1] > 2 else None, median=float(medians[s]),
+                        hits=int(counts[s].sum()))
+                   for s, b in enumerate(reducer.block_indices)],
+        top_hits=[dict(block=int(table["block"][i]), sequence=int(table["sequence"][i]),
+                       position=int(table["position"][i]), token=str(table["token"][i]), dim=int(table["dim"][i]),
+                       value=float(table["value"][i]), is_bos=bool(table["is_bos"][i]),
+                       is_delimiter=bool(table["is_delimiter"][i])) for i in top],
+        hits_file=HITS_FILE,
+    )
+    return section, table
+
+
+def write_hits(path: Path, table: Dict[str, np.ndarray]) -> None:
+    """Every stored hit as one Parquet row: block, sequence, position, dim, value, token_id, token, is_bos, is_delimiter."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .results import atomic_write_bytes
+
+    arrays = {k: pa.array(list(v) if v.dtype == object else v) for k, v in table.items()}
+    sink = io.BytesIO()
+    pq.write_table(pa.table(arrays), sink)
+    atomic_write_bytes(path, sink.getvalue())
+
+
+def with_block_outputs(probes: Sequence, site_map) -> List:
+    """The site probes plus one block-output probe per analyzed block, after that block's sites (execution order)."""
+    from .capture import SiteProbe
+
+    merged: List = []
+    slots = {block: slot for slot, block in enumerate(site_map.block_indices)}
+    by_block: Dict[int, List] = {}
+    for probe in probes:
+        by_block.setdefault(probe.block, []).append(probe)
+    for block in site_map.block_indices:
+        merged += by_block.get(block, [])
+        merged.append(SiteProbe(block, slots[block], SITE, site_map.block_path(block), SPACE, output=True))
+    return merged

@@ -1,0 +1,24 @@
+"""Scale-free LLM.int8() threshold: alpha as a multiple of the RMS of each site input, per sequence."""
+from __future__ import annotations
+
+import torch
+
+from .detection import Int8Reducer
+
+ALPHA_MODES = ("absolute", "rms")
+
+
+class RmsInt8Reducer(Int8Reducer):
+    """Int8Reducer on x / RMS(x): a hit is |x| >= alpha x RMS of that site input in that sequence.
+
+    A fixed alpha of 6 on gain-scaled RMSNorm outputs flags about half of all dims in some modern models; dividing
+    by the RMS first makes the criterion independent of the norm's gains. Every statistic (max |x|, quartiles,
+    heatmap) is then in multiples of that RMS.
+    """
+
+    @torch.no_grad()
+    def observe(self, block_slot: int, x: torch.Tensor) -> None:
+        batch = self._batch["pos_hits"].shape[0]
+        x = x.reshape(batch, -1, x.shape[-1]).to(self.device, torch.float32)
+        rms = x.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+        super().observe(block_slot, x / rms)
