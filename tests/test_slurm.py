@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +136,29 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
     assert "ended CANCELLED on Slurm" in stderr, stderr[-3000:]
     assert "CANCELLED AT" in stderr  # slurmstepd's own line, from the job's stderr tail
     assert summary(sweep_dir)[0]["state"].startswith("CANCELLED")
+    # The node never ran Hydra's on_job_end, so the launcher did: the comparison lists the job as FAILED.
+    status = json.loads((job_dir(sweep_dir, 0) / "job_status.json").read_text())
+    assert status["status"] == "FAILED" and "CANCELLED" in status["error"]
+
+
+def test_interrupted_sweep_cancels_its_jobs(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    known = set(slurm_cluster.job_ids())
+    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
+           f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        job_id = _wait_for_running(slurm_cluster, known, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    # No job left behind on the cluster: Ctrl-C of the sweep scancels what it submitted.
+    assert slurm_cluster.job(job_id)["JobState"] in ("CANCELLED", "COMPLETING")
 
 
 def _wait_for_running(cluster: SlurmCluster, known: set, proc: subprocess.Popen, limit_s: float = 120) -> str:

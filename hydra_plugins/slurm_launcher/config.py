@@ -49,7 +49,7 @@ class SlurmLauncherConf(SlurmQueueConf):
     # A job still PREEMPTED (not requeued) after this many seconds is reported as failed.
     preempted_grace_s: float = 120.0
     # Lines of the job's stderr quoted in a failure.
-    stderr_tail_lines: int = 40
+    stderr_tail_lines: int = 25
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=SlurmLauncherConf, provider="outlier_lab")

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import OmegaConf
+from omegaconf import open_dict, read_write
 
 from . import sizing
 from .config import SlurmLauncherConf
@@ -38,6 +39,7 @@ class SweepJob:
     overrides: List[str]
     sbatch: Dict[str, Any]
     reasons: List[str]
+    cfg: Any = None
     job: Any = None
     submitted_at: float = 0.0
     finished_at: float = 0.0
@@ -87,10 +89,20 @@ class SlurmLauncher(BaseSubmititLauncher):
         return [job.result for job in jobs]
 
     def _size(self, index: int, overrides: List[str]) -> SweepJob:
+        """Plan the job and derive its request; a user mistake (nothing fits, bad setting) ends the sweep with one
+        line and exit code 2, before anything is submitted."""
+        from outlier_lab.errors import UserError
+
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        plan = sizing.plan_job(cfg)
-        sbatch, reasons = sizing.request(cfg, plan, self.params)
-        return SweepJob(index, overrides, sbatch, reasons)
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = index
+        try:
+            plan = sizing.plan_job(cfg)
+            sbatch, reasons = sizing.request(cfg, plan, self.params)
+        except UserError as err:
+            print(f"error: job #{index} ({' '.join(filter_overrides(overrides))}): {err}", file=sys.stderr)
+            sys.exit(2)
+        return SweepJob(index, overrides, sbatch, reasons, cfg)
 
     @staticmethod
     def _group(jobs: List[SweepJob]) -> List[Tuple[Dict[str, Any], List[SweepJob]]]:
@@ -174,13 +186,35 @@ class SlurmLauncher(BaseSubmititLauncher):
         except submitit.core.utils.UncompletedJobError as err:
             job.state = _settled_state(handle, job.state)
             headline = "no result" + (" (preempted and not requeued)" if "preempted" in str(err) else "")
+            killed = True
+        else:
+            killed = False
         message = (f"job #{job.index} ({' '.join(filter_overrides(job.overrides))}) ended {job.state} on Slurm "
                    f"(job {handle.job_id}): {headline}")
         tail = _tail(handle.paths.stderr, self.params["stderr_tail_lines"])
         if tail:
             message += f"\n--- last lines of {handle.paths.stderr} ---\n{tail}"
         log.error("%s", message)
-        job.result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=SlurmJobFailed(message))
+        job.result = JobReturn(overrides=job.overrides, cfg=job.cfg, hydra_cfg=job.cfg, status=JobStatus.FAILED,
+                               _return_value=SlurmJobFailed(message))
+        if killed:
+            self._job_ended_without_hydra(job)
+
+    def _job_ended_without_hydra(self, job: SweepJob) -> None:
+        """A job killed by Slurm never ran Hydra's on_job_end on its node; run it here, so the sweep's job_status.json
+        and comparison list the job as FAILED (a Python error on the node already ran it there)."""
+        callbacks = getattr(self.hydra_context, "callbacks", None)
+        if callbacks is None:
+            return
+        try:
+            out_dir = Path(str(job.cfg.hydra.sweep.dir)) / str(job.cfg.hydra.sweep.subdir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with read_write(job.cfg.hydra.runtime), open_dict(job.cfg.hydra.runtime):
+                job.cfg.hydra.runtime.output_dir = str(out_dir.absolute())
+            job.result.working_dir = str(out_dir)
+            callbacks.on_job_end(config=job.cfg, job_return=job.result)
+        except Exception as err:  # noqa: BLE001 - a callback must not hide the job's own failure
+            log.warning("on_job_end callback failed for job #%d: %s", job.index, err)
 
     def _cancel_unfinished(self, jobs: List[SweepJob]) -> None:
         for job in jobs:
