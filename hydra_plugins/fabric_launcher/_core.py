@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import paramiko
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 # paramiko logs every channel (INFO) and every dropped connection with a traceback (ERROR); the retry warnings
@@ -1083,9 +1083,9 @@ class Launch:
         callbacks = getattr(self.launcher.hydra_context, "callbacks", None)
         if callbacks is None or future.exception() is not None:
             return
-        with open_dict(job.cfg):
-            job.cfg.hydra.runtime.output_dir = str(job.local_dir.absolute())
         try:
+            with read_write(job.cfg.hydra.runtime), open_dict(job.cfg.hydra.runtime):
+                job.cfg.hydra.runtime.output_dir = str(job.local_dir.absolute())
             callbacks.on_job_end(config=job.cfg, job_return=future.result())
         except Exception as err:  # noqa: BLE001 - a callback must not turn a finished job into a lost one
             log.warning("on_job_end callback failed for %s: %s", job.name, err)
