@@ -46,8 +46,18 @@ def main(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def _plan_resources(cfg: DictConfig) -> Optional[Any]:
-    """The resource plan (estimate + hardware) for this job; None until the estimator is available."""
-    return None
+    """The resource plan (estimate + hardware) for this job; a non-local plan runs only where a launcher put it."""
+    from .hardware import format_plan, plan
+
+    hardware_plan = plan(cfg)
+    log.info("resource plan (hardware=%s):\n%s", cfg.hardware.name, format_plan(hardware_plan))
+    if not hardware_plan.local and not cfg.hardware.get("launched_remotely", False):
+        gpu = hardware_plan.gpu
+        raise UserError(f"hardware={cfg.hardware.name} plans a remote run ({hardware_plan.count} x {gpu.name}, "
+                        f"{hardware_plan.estimate.required_gib:.1f} GiB required); use the fabric launcher "
+                        "(hydra/launcher=fabric, the default of every non-local hardware YAML) to launch it, "
+                        "or hardware=local to run on this machine")
+    return hardware_plan
 
 
 @dataclass

@@ -322,29 +322,13 @@ def _meta_model(model_yaml: str):
     return hf_config, build_meta_model(model_cfg, hf_config)
 
 
-@functools.lru_cache(maxsize=1)
-def hub_reachable() -> bool:
-    """Whether the Hugging Face hub answers at all (one quick TCP probe instead of minutes of download retries)."""
-    import os
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host.split(":")[0], 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
 def _shipped_config(model_cfg):
-    """The shipped config copy for a hub model when the hub is unreachable (overrides applied), else None."""
+    """The shipped config copy of a hub model when the hub is unreachable (skips seconds of download retries)."""
     import json
 
     from transformers import AutoConfig
 
-    from .models import CONF_DIR
+    from .models import CONF_DIR, hub_reachable
 
     if model_cfg.get("source") != "hub" or not model_cfg.get("config_file") or hub_reachable():
         return None
