@@ -134,61 +134,60 @@ def test_dry_run_prints_plan_and_commands_and_connects_to_nothing(tiny_checkpoin
     assert not (tmp_path / "known_hosts").exists() and not (tmp_path / "remote").exists()
 
 
-def test_remote_run_matches_local_and_keeps_secrets_secret(ssh_server, tiny_checkpoint, text_file, tmp_path,
-                                                           local_reference):
+def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(ssh_server, tiny_checkpoint, text_file,
+                                                                             tmp_path, local_reference):
     token = "hf_dummy" + uuid.uuid4().hex
     env = dict(cli_env(), HF_TOKEN=token)
     python = gated_python(tmp_path)
     (tmp_path / "manifest.gate").touch()
     out = tmp_path / "launcher.out"
-    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
-                     launcher_overrides(tmp_path, [ssh_server.host_entry()], python=str(python)), out, env)
-    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
-    pgid = int((job_dir / "pgid").read_text())
+    base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
+    proc = start_cli(["--multirun", *base, "dataset.num_sequences=4,2,3"] +
+                     launcher_overrides(tmp_path, [ssh_server.host_entry(slots=2)], python=str(python)), out, env)
+    jobs = tmp_path / "remote" / "jobs"
+    wait_for(lambda: len(list(jobs.glob("*/pgid"))) == 2 and "queued" in out.read_text(), proc, out,
+             "two jobs running on the 2-slot host and the third queued")
+    job_dirs = sorted(p.parent for p in jobs.glob("*/pgid"))
+    pgids = [int((d / "pgid").read_text()) for d in job_dirs]
 
-    def token_reached_job():
-        for pid in group_members(pgid):
-            try:
-                if token.encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                    return True
-            except OSError:
-                pass
-        return False
+    def token_reached_jobs():
+        found = set()
+        for pgid in pgids:
+            for pid in group_members(pgid):
+                try:
+                    if token.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                        found.add(pgid)
+                except OSError:
+                    pass
+        return len(found) == len(pgids)
 
-    # The token reached the remote process through its environment ...
-    wait_for(token_reached_job, proc, out, "the job's interpreter to hold HF_TOKEN")
-    # ... but no command line shows it, and the 0600 env file is already gone.
+    # The token reached the remote processes through their environment ...
+    wait_for(token_reached_jobs, proc, out, "the jobs' interpreters to hold HF_TOKEN")
+    # ... but no command line shows it, and the 0600 env files are already gone.
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert token not in ps
-    assert not (job_dir / "secrets.env").exists()
+    assert not any((d / "secrets.env").exists() for d in job_dirs)
     (tmp_path / "run.gate").touch()
     text = finish(proc, out)
 
-    local_dir = tmp_path / "sweep" / "0_llama"
-    assert deterministic(local_dir) == local_reference
-    launch = json.loads((local_dir / "launch.json").read_text())
-    assert launch["status"] == "COMPLETED" and launch["host"] == f"{ssh_server.user}@127.0.0.1:{ssh_server.port}"
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in sweep.glob("*_llama")) == ["0_llama", "1_llama", "2_llama"]
+    for job, num_sequences in zip(sorted(sweep.glob("*_llama")), (4, 2, 3)):
+        launch = json.loads((job / "launch.json").read_text())
+        assert launch["status"] == "COMPLETED", launch
+        assert json.loads((job / "results.json").read_text())["dataset"]["num_sequences"] == num_sequences
+        assert (job / "remote.log").stat().st_size > 0
+    assert deterministic(sweep / "0_llama") == local_reference
+    launch = json.loads((sweep / "0_llama" / "launch.json").read_text())
+    assert launch["host"] == f"{ssh_server.user}@127.0.0.1:{ssh_server.port}"
     assert launch["gpu_class"] == "T4" and launch["gpu_count"] == 1
     assert launch["estimate"]["required_gib"] > 0 and launch["measured_peak_gib"] is not None
     assert launch["indicative_cost_usd"] is not None and launch["timings_s"]["total_s"] > 0
-    assert (local_dir / "remote.log").stat().st_size > 0 and "outlier features" in text  # log streamed
-    assert not job_dir.exists()  # verified, then removed remotely
-    for path in [out, *(tmp_path / "sweep").rglob("*")]:
+    assert "outlier features" in text  # the remote log streamed to the terminal
+    assert not any(d.exists() for d in job_dirs)  # verified, then removed remotely
+    for path in [out, *sweep.rglob("*")]:
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
-
-
-def test_multirun_three_jobs_queue_on_a_busy_host(ssh_server, tiny_checkpoint, text_file, tmp_path):
-    hosts = [ssh_server.host_entry(slots=2)]
-    proc = run_cli("--multirun", *job_overrides(tiny_checkpoint, text_file)[:-3], "dataset.seq_len=32",
-                   "dataset.num_sequences=2,3,4", "progress=false", *launcher_overrides(tmp_path, hosts))
-    assert "queued" in proc.stdout
-    for num, job in enumerate(sorted((tmp_path / "sweep").glob("*_llama"))):
-        launch = json.loads((job / "launch.json").read_text())
-        results = json.loads((job / "results.json").read_text())
-        assert launch["status"] == "COMPLETED"
-        assert results["dataset"]["num_sequences"] == num + 2
-    assert len(list((tmp_path / "sweep").glob("*_llama"))) == 3
 
 
 @pytest.mark.parametrize("transfer", ["sftp", "rsync"])
