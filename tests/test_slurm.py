@@ -198,3 +198,58 @@ def test_stock_submitit_slurm_launcher_runs_our_app(slurm_cluster, tiny_checkpoi
           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5")
     results = json.loads((job_dir(sweep_dir, 0) / "results.json").read_text())
     assert results["summary"]["num_outlier_features"] > 0
+
+
+# ------------------------------------------------------------------ sizing from real plans of shipped models (no Slurm)
+def launcher_params(**changes) -> dict:
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.slurm_launcher.config import SlurmLauncherConf
+
+    params = OmegaConf.to_container(OmegaConf.structured(SlurmLauncherConf), resolve=False)
+    params.update(changes)
+    return params
+
+
+def planned(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from hydra_plugins.slurm_launcher import sizing
+    from outlier_lab.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return cfg, sizing.plan_job(cfg)
+
+
+def test_gpu_plans_become_gres_constraint_or_count_and_user_values_win():
+    from hydra_plugins.slurm_launcher.sizing import request
+
+    cfg, plan = planned("model=olmoe", "hardware=auto")
+    assert plan.gpu is not None and plan.count >= 1
+    params, reasons = request(cfg, plan, launcher_params())
+    assert params["gres"] == f"gpu:{plan.gpu.key}:{plan.count}" and "gpus_per_node" not in params
+    assert params["cpus_per_task"] == 8 * plan.count
+    assert params["mem_gb"] >= cfg.hardware.ram_floor_gib
+    params, _ = request(cfg, plan, launcher_params(gpu_request="constraint", gpu_types={plan.gpu.key: "site_gpu"}))
+    assert params["constraint"] == "site_gpu" and params["gpus_per_node"] == plan.count and "gres" not in params
+    params, _ = request(cfg, plan, launcher_params(require_gpu=False))
+    assert not {"gres", "gpus_per_node", "constraint"} & set(params) and params["cpus_per_task"] == 4
+    params, reasons = request(cfg, plan, launcher_params(gres="gpu:2", mem_gb=500, timeout_min=7))
+    assert (params["gres"], params["mem_gb"], params["timeout_min"]) == ("gpu:2", 500, 7)
+    assert any("set in hydra.launcher" in r for r in reasons)
+
+
+def test_bigger_models_and_longer_runs_ask_for_more():
+    from hydra_plugins.slurm_launcher.sizing import request
+
+    small = request(*planned("model=olmoe", "hardware=auto"), launcher_params())[0]
+    big = request(*planned("model=glm", "hardware=auto"), launcher_params())[0]
+    assert (big["mem_gb"], big["cpus_per_task"]) > (small["mem_gb"], small["cpus_per_task"])
+    assert big["gres"] != small["gres"]
+    quick = request(*planned("model=olmoe", "hardware=auto", "dataset.num_sequences=64"),
+                    launcher_params(min_timeout_min=1))[0]
+    long = request(*planned("model=olmoe", "hardware=auto", "dataset.num_sequences=200000"),
+                   launcher_params(min_timeout_min=1))[0]
+    assert long["timeout_min"] > quick["timeout_min"]
