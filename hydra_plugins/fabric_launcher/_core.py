@@ -741,7 +741,7 @@ class Launch:
         values = {"gpu_class": job.needs.gpu_class or "", "gpu_count": job.needs.gpu_count, "job_name": job.name}
         command = template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
         self.say(job, f"creating instance: {command}")
-        proc = subprocess.run(command, shell=True, capture_output=True, text=True,
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, start_new_session=True,
                               timeout=float(self.params["command_timeout_s"]))
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         if proc.returncode != 0 or not lines:
@@ -762,7 +762,7 @@ class Launch:
                                                         address=shlex.quote(host.address))
         self.say(job, f"destroying instance {host.instance_id}: {command}")
         try:
-            proc = subprocess.run(command, shell=True, capture_output=True, text=True,
+            proc = subprocess.run(command, shell=True, capture_output=True, text=True, start_new_session=True,
                                   timeout=float(self.params["command_timeout_s"]))
         except (OSError, subprocess.SubprocessError) as err:
             return f"{type(err).__name__}: {err}"
@@ -1141,7 +1141,15 @@ class Launch:
                         self.cancel.set()
                         self.say(None, "interrupted: killing remote jobs and destroying instances, please wait")
         finally:
-            pool.shutdown(wait=True)
+            # A second Ctrl-C must not abandon the cleanup (killing remote jobs, destroying instances).
+            while True:
+                try:
+                    pool.shutdown(wait=True)
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
+                    self.cancel.set()
+                    self.say(None, "still cleaning up remote jobs and instances; please wait")
         if interrupted:
             raise KeyboardInterrupt
         returns = []
