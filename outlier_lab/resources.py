@@ -35,6 +35,8 @@ _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_toke
 _UNGATED = ("gpt2", "gptj", "opt", "bert")
 # Architectures without a sdpa path in transformers: attention scores are materialised.
 _EAGER_ONLY = ("gpt_oss",)
+# Hub checkpoints that already store experts as fused 3-D tensors (others are fused by the loader).
+_FUSED_EXPERT_CHECKPOINTS = ("gpt_oss",)
 # Routers that hand fp32 routing weights to the experts, so the weighted expert outputs are fp32.
 _FP32_ROUTER = ("glm4_moe", "deepseek_v3")
 
@@ -172,8 +174,7 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, quant:
         except Exception:  # noqa: BLE001 - an estimate must not fail on an unreadable local dir; fall back to counting
             pass
     text = _text_config(hf_config)
-    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or "float32"
-    stored_bytes = _DTYPE_BYTES.get(str(stored).replace("torch.", ""), 4)
+    stored_bytes = _stored_bytes(hf_config)
     total, _ = _weights(model, stored_bytes, quant == "mxfp4")
     if not getattr(text, "tie_word_embeddings", False):
         total += text.vocab_size * text.hidden_size * stored_bytes
@@ -184,6 +185,36 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, quant:
         last = sum(p.numel() for p in layers[-1].parameters()) if layers is not None else 0
         total += mtp * (last + 2 * text.hidden_size**2) * stored_bytes
     return total, "counted from the config"
+
+
+def _stored_bytes(hf_config) -> int:
+    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or "float32"
+    return _DTYPE_BYTES.get(str(stored).replace("torch.", ""), 4)
+
+
+def _routed_expert_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if _is_expert_weight(name))
+
+
+def _per_expert_checkpoint(cfg: DictConfig, model_type: str) -> bool:
+    """Whether the checkpoint stores one tensor per expert (fused on load); read from local safetensors headers."""
+    import re
+
+    from .models import checkpoint_location
+
+    if cfg.model.source in ("local", "package"):
+        try:
+            from safetensors import safe_open
+
+            location, _ = checkpoint_location(cfg.model)
+            for shard in Path(location).glob("*.safetensors"):
+                with safe_open(str(shard), "pt") as f:
+                    if any(re.search(r"\.experts\.\d+\.", key) for key in f.keys()):
+                        return True
+            return False
+        except Exception:  # noqa: BLE001 - unreadable headers: assume the hub layout below
+            pass
+    return model_type not in _FUSED_EXPERT_CHECKPOINTS
 
 
 def _layers(model: torch.nn.Module):
@@ -382,6 +413,12 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
         overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
     else:
         overhead = CPU_RUNTIME_GIB * GIB
+        if moe["is_moe"] and _per_expert_checkpoint(cfg, text.model_type):
+            # The loader fuses per-expert tensors into 3-D ones; the per-expert pages it read from the mmapped
+            # checkpoint stay mapped (and in RSS) for the whole run.
+            pages = _routed_expert_params(model) * _stored_bytes(hf_config)
+            overhead += pages
+            notes.append(f"CPU: {pages / GIB:.2f} GiB of per-expert checkpoint pages stay mapped after fusing")
     total = weight_bytes + activations + overhead
     factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
     disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, quant)
