@@ -218,12 +218,16 @@ def test_faults_at_connect_mid_poll_and_mid_transfer(ssh_server, fault_proxy, ti
     assert deterministic(local_dir) == local_reference
 
 
-def test_remote_crash_fails_the_job_with_the_log_tail(ssh_server, tiny_checkpoint, text_file, tmp_path):
+def test_remote_crash_in_a_venv_fails_the_job_with_the_log_tail(ssh_server, tiny_checkpoint, text_file, tmp_path):
     overrides = [o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt"
                  for o in job_overrides(tiny_checkpoint, text_file)]
-    proc = run_cli(*overrides, *launcher_overrides(tmp_path, [ssh_server.host_entry()]), check=False)
+    # env_mode=venv builds the remote env keyed by the dependency hash; system site packages keep it offline here.
+    proc = run_cli(*overrides, *launcher_overrides(tmp_path, [ssh_server.host_entry()], python="python3",
+                                                   env_mode="venv", venv_system_site_packages="true"), check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
+    venvs = list((tmp_path / "remote" / "envs").glob("*/.ready"))
+    assert len(venvs) == 1 and (venvs[0].parent / "bin" / "python").exists()
     assert "failed with exit code 2" in output and "remote log tail" in output
     assert "missing.txt" in output.split("remote log tail")[-1]
     launch = json.loads((tmp_path / "sweep" / "0_llama" / "launch.json").read_text())
