@@ -174,6 +174,8 @@ class SlurmLauncher(BaseSubmititLauncher):
         import submitit
 
         handle = job.job
+        # A Python error on the node already ran Hydra's on_job_end there; a job Slurm killed never did.
+        killed = False
         try:
             if job.state.upper().startswith(PREEMPTED) and not handle.paths.result_pickle.exists():
                 raise submitit.core.utils.UncompletedJobError("preempted and not requeued")
@@ -187,8 +189,6 @@ class SlurmLauncher(BaseSubmititLauncher):
             job.state = _settled_state(handle, job.state)
             headline = "no result" + (" (preempted and not requeued)" if "preempted" in str(err) else "")
             killed = True
-        else:
-            killed = False
         message = (f"job #{job.index} ({' '.join(filter_overrides(job.overrides))}) ended {job.state} on Slurm "
                    f"(job {handle.job_id}): {headline}")
         tail = _tail(handle.paths.stderr, self.params["stderr_tail_lines"])
