@@ -112,6 +112,10 @@ def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster
     assert slurm_cluster.job(jobs[1]["slurm_job_id"])["JobState"] == "FAILED"
     assert (job_dir(sweep_dir, 0) / "results.json").is_file()
     assert not (job_dir(sweep_dir, 1) / "results.json").exists()
+    # The sweep's comparison report works on Slurm results and lists the failure.
+    status = json.loads((job_dir(sweep_dir, 1) / "job_status.json").read_text())
+    assert status["status"] == "FAILED" and "SafetensorError" in status["error"]
+    assert "FAILED" in (sweep_dir / "comparison.md").read_text()
 
 
 def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
