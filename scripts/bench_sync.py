@@ -75,13 +75,13 @@ def main() -> None:
     retry = RetryPolicy(3, 0.5, 2, threading.Event())
     session = Session(host, params, retry).connect()
 
-    def launcher_pull(use_rsync: bool):
+    def launcher_pull(method: str):
         def run(dest: Path) -> None:
             import json
 
             with session.sftp().open(str(manifest_path), "rb") as fh:
                 manifest = json.loads(fh.read())
-            Transfer(session, params, retry).pull(str(source), dest, manifest, use_rsync)
+            Transfer(session, params, retry).pull(str(source), dest, manifest, method)
         return run
 
     def plain_rsync(dest: Path) -> None:
@@ -90,8 +90,8 @@ def main() -> None:
         subprocess.run(["rsync", "-a", "-e", " ".join(shlex.quote(a) for a in ssh_cmd),
                         f"{ssh['USER']}@{ssh['HOST']}:{source}/", f"{dest}/"], check=True)
 
-    methods = {"rsync -a (baseline)": plain_rsync, "launcher, rsync path": launcher_pull(True),
-               "launcher, SFTP path": launcher_pull(False)}
+    methods = {"rsync -a (baseline)": plain_rsync, "launcher, rsync": launcher_pull("rsync"),
+               "launcher, stream": launcher_pull("stream"), "launcher, sftp": launcher_pull("sftp")}
     times = {name: [] for name in methods}
     for rep in range(args.repeats):
         for name, fn in methods.items():  # interleaved, so load drifts hit every method alike

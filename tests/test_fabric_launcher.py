@@ -190,7 +190,7 @@ def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(ss
             assert token.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.parametrize("transfer", ["sftp", "rsync"])
+@pytest.mark.parametrize("transfer", ["stream", "rsync"])
 def test_faults_at_connect_mid_poll_and_mid_transfer(ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path,
                                                      local_reference, transfer):
     fault_proxy.refuse(2)
@@ -275,14 +275,37 @@ def launcher_params(tmp: Path, **changes) -> dict:
             "backoff_s": 0.05, **changes}
 
 
-def connect(server: SshServer, params: dict):
+def connect(server: SshServer, params: dict, port: int | None = None):
     import threading
 
     from hydra_plugins.fabric_launcher._core import Host, RetryPolicy, Session
 
-    host = Host.from_dict(server.host_entry())
+    host = Host.from_dict(server.host_entry(port=port))
     retry = RetryPolicy(params["retries"], params["backoff_s"], params["backoff_max_s"], threading.Event())
     return Session(host, params, retry).connect()
+
+
+@pytest.mark.parametrize("method", ["stream", "sftp", "rsync"])
+def test_transfer_resumes_a_big_file_cut_mid_way_and_verifies_every_hash(ssh_server, fault_proxy, tmp_path, method):
+    from hydra_plugins.fabric_launcher._core import MANIFEST_PY, Transfer
+
+    source = tmp_path / "remote_out"
+    (source / "logs").mkdir(parents=True)
+    (source / "activations.bin").write_bytes(os.urandom(24 << 20))
+    for i in range(50):
+        (source / "logs" / f"seq{i}.json").write_bytes(os.urandom(2048))
+    manifest = json.loads(subprocess.run([sys.executable, "-c", MANIFEST_PY, str(source)], capture_output=True,
+                                         check=True).stdout)
+    params = launcher_params(tmp_path, retries=4)
+    session = connect(ssh_server, params, port=fault_proxy.port)
+    fault_proxy.cut_after_bytes(8 << 20)  # a third of the way into the big file
+    transfer = Transfer(session, params, session.retry)
+    transfer.pull(str(source), tmp_path / "dest", manifest, method)
+    session.close()
+    assert fault_proxy.stats["cuts"] == 1 and transfer.retries >= 1
+    assert len(manifest) == 51
+    for entry in manifest:
+        assert sha256(tmp_path / "dest" / entry["path"]) == entry["sha256"], entry["path"]
 
 
 def test_host_keys_strict_refuses_wrong_or_unknown_keys_accept_new_records(ssh_server, tmp_path):

@@ -36,6 +36,9 @@ CODE_MANIFEST = ".outlier_lab_code.sha256"
 CODE_MISMATCH_EXIT = 97
 RESULT_MANIFEST = "out.manifest.json"
 CHUNK = 1 << 20
+# auto: rsync when both ends have it, else stream (tar + byte streams over the launcher's SSH channel); sftp forces
+# SFTP for big files.
+TRANSFER_METHODS = ("auto", "rsync", "stream", "sftp")
 # The SFTP fallback sends files under this size as one tar stream; a big channel window keeps loopback links busy.
 SMALL_FILE_BYTES = 4 << 20
 WINDOW_BYTES = 64 << 20
@@ -916,10 +919,11 @@ class Launch:
                 raise LaunchError(f"result manifest of {job.name} names a path outside its dir: {entry['path']!r}")
         source = posixpath.join(job.remote_dir, "out")
         method = self.params["transfer"]
-        use_rsync = method == "rsync" or (method == "auto" and probe_rsync and shutil.which("rsync"))
+        if method == "auto":
+            method = "rsync" if probe_rsync and shutil.which("rsync") else "stream"
         transfer = Transfer(job.session, self.params, self.retry)
-        job.events["transfer_method"] = "rsync" if use_rsync else "sftp"
-        transfer.pull(source, job.local_dir, manifest, use_rsync)
+        job.events["transfer_method"] = method
+        transfer.pull(source, job.local_dir, manifest, method)
         job.events["transfer_retries"] = transfer.retries
         return manifest
 
@@ -1101,8 +1105,9 @@ class Launch:
     def run(self) -> List[JobReturn]:
         if self.params["provider"] not in ("inventory", "command"):
             raise _user_error(f"hydra.launcher.provider={self.params['provider']!r}: use inventory or command")
-        if self.params["transfer"] not in ("auto", "rsync", "sftp"):
-            raise _user_error(f"hydra.launcher.transfer={self.params['transfer']!r}: use auto, rsync or sftp")
+        if self.params["transfer"] not in TRANSFER_METHODS:
+            raise _user_error(f"hydra.launcher.transfer={self.params['transfer']!r}: use one of "
+                              f"{', '.join(TRANSFER_METHODS)}")
         inventory = load_inventory(self.params) if self.params["provider"] == "inventory" else []
         jobs = self.make_jobs()
         repo = Path(HydraConfig.get().runtime.cwd)
@@ -1171,9 +1176,9 @@ class Transfer:
         self.retry = retry
         self.retries = 0
 
-    def pull(self, source: str, dest: Path, manifest: List[Dict[str, Any]], use_rsync: bool) -> None:
+    def pull(self, source: str, dest: Path, manifest: List[Dict[str, Any]], method: str) -> None:
         dest.mkdir(parents=True, exist_ok=True)
-        rsync_ok = use_rsync
+        rsync_ok = method == "rsync"
 
         def attempt() -> None:
             nonlocal rsync_ok
@@ -1187,7 +1192,7 @@ class Transfer:
                     log.warning("rsync failed (%s); falling back to SFTP", err)
                     rsync_ok = False
             else:
-                self.sftp_pull(source, dest, bad)
+                self.channel_pull(source, dest, bad, big_over_sftp=method == "sftp")
             still = self.mismatched(dest, manifest)
             if still:
                 raise TransferIncomplete(f"{len(still)} file(s) missing or failing sha256: "
@@ -1244,26 +1249,49 @@ class Transfer:
             raise ConnectionDropped(f"rsync exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
         raise LaunchError(f"rsync exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
 
-    def sftp_pull(self, source: str, dest: Path, entries: List[Dict[str, Any]]) -> None:
-        """Small files in one tar stream (no per-file round trips), big ones over SFTP resuming partial copies."""
+    def channel_pull(self, source: str, dest: Path, entries: List[Dict[str, Any]], big_over_sftp: bool) -> None:
+        """Over the launcher's own SSH connection: small files in one tar stream (no per-file round trips), big
+        ones resuming partial copies, as a byte stream (`tail -c`, ~2.5x paramiko's SFTP) or over SFTP."""
         small = [e for e in entries if e["size"] < SMALL_FILE_BYTES]
         if small:
             self.tar_pull(source, dest, small)
-        sftp = self.session.sftp()
         for entry in entries:
             if entry["size"] < SMALL_FILE_BYTES:
                 continue
             local = dest / entry["path"]
             local.parent.mkdir(parents=True, exist_ok=True)
             offset = local.stat().st_size if local.exists() else 0
-            with sftp.open(posixpath.join(source, entry["path"]), "rb") as remote, open(local, "ab") as out:
-                remote.seek(offset)
-                remote.prefetch(entry["size"])
-                while True:
-                    block = remote.read(CHUNK)
-                    if not block:
-                        break
-                    out.write(block)
+            remote_path = posixpath.join(source, entry["path"])
+            with open(local, "ab") as out:
+                if big_over_sftp:
+                    self.sftp_append(remote_path, offset, entry["size"], out)
+                else:
+                    self.stream_append(remote_path, offset, entry["size"], out)
+
+    def sftp_append(self, remote_path: str, offset: int, size: int, out) -> None:
+        with self.session.sftp().open(remote_path, "rb") as remote:
+            remote.seek(offset)
+            remote.prefetch(size)
+            while True:
+                block = remote.read(CHUNK)
+                if not block:
+                    break
+                out.write(block)
+
+    def stream_append(self, remote_path: str, offset: int, size: int, out) -> None:
+        self.session._ensure()
+        channel = self.session.conn.transport.open_session(window_size=WINDOW_BYTES, max_packet_size=PACKET_BYTES)
+        try:
+            channel.exec_command(f"tail -c +{offset + 1} {shlex.quote(remote_path)}")
+            received = offset
+            while received < size:
+                block = channel.recv(CHUNK)
+                if not block:
+                    raise ConnectionDropped(f"stream of {remote_path} ended at byte {received} of {size}")
+                out.write(block)
+                received += len(block)
+        finally:
+            channel.close()
 
     def tar_pull(self, source: str, dest: Path, entries: List[Dict[str, Any]]) -> None:
         self.session._ensure()

@@ -60,7 +60,8 @@ class FabricLauncherConf:
     backoff_max_s: float = 15.0
     # TCP connect / SSH banner / auth timeout in seconds.
     connect_timeout_s: float = 15.0
-    # Results transfer: auto (rsync over SSH when both sides have it, else SFTP), rsync or sftp.
+    # Results transfer: auto (rsync over SSH when both sides have it, else stream), rsync, stream (tar + resumable
+    # byte streams over the launcher's own SSH connection) or sftp (like stream, big files over SFTP).
     transfer: str = "auto"
     # Remove the remote job dir once every file came back and verified.
     cleanup_remote: bool = True
