@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+import yaml
 
 from checkpoints import build_tiny_checkpoint
 from conftest import REPO, cli_env, run_cli, tiny_job_overrides
@@ -18,7 +19,8 @@ from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - fixture
 pytestmark = pytest.mark.slow
 # Small requests so the jobs fit a 2-core CI node; fine memory steps so tiny models of different size differ.
 SMALL_CLUSTER = ["hydra/launcher=slurm", "hardware.ram_floor_gib=0.25", "hydra.launcher.cpus_cpu_job=1",
-                 "hydra.launcher.mem_baseline_gb=0.5", "hydra.launcher.mem_round_gb=0.0625",
+                 "hydra.launcher.cpus_per_planned_gpu=1", "hydra.launcher.mem_baseline_gb=0.5",
+                 "hydra.launcher.mem_round_gb=0.015625",
                  "hydra.launcher.min_timeout_min=5", "hydra.launcher.poll_interval_s=1"]
 COMPARED = ("outlier_features", "qualified_dims", "summary")
 
@@ -51,26 +53,45 @@ def wide_checkpoint(tmp_path_factory) -> Path:
                                  head_dim=128, intermediate_size=2048)
 
 
+def gpu_catalog(path: Path, small: Path, wide: Path, text_file: Path) -> Path:
+    """A GPU catalog whose cheap class (t4) holds the small model's need but not the wide one's, which then goes to
+    l4: the test cluster's two stand-in gres types. The cut sits halfway between the planner's two figures."""
+    needs = []
+    for checkpoint in (small, wide):
+        _, plan = planned(*dataset(text_file), f"model.path={checkpoint}", "hardware=auto")
+        needs.append(plan.per_gpu_required_gib)
+    assert needs[0] < needs[1]
+    path.write_text(yaml.safe_dump({
+        "t4": dict(name="T4", vendor="nvidia", vram_gib=sum(needs) / 2, compute_capability="7.5", max_per_node=1,
+                   usd_per_hour=0.1),
+        "l4": dict(name="L4", vendor="nvidia", vram_gib=4 * needs[1], compute_capability="8.9", max_per_node=8,
+                   usd_per_hour=1.0)}))
+    return path
+
+
 def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(slurm_cluster, tiny_checkpoint, text_file,
                                                                  wide_checkpoint, tmp_path):
     small = tiny_checkpoint("llama")
+    catalog = gpu_catalog(tmp_path / "gpus.yaml", small, wide_checkpoint, text_file)
     sweep_dir = tmp_path / "sweep"
     # seed does not change the estimate: each model's two jobs must share one array.
-    sweep(slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, f"model.path={small},{wide_checkpoint}",
-          "seed=0,1")
+    sweep(slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, "hardware=auto",
+          f"hardware.catalog={catalog}", f"model.path={small},{wide_checkpoint}", "seed=0,1")
     jobs = summary(sweep_dir)
     assert [jobs[i]["state"] for i in range(4)] == ["COMPLETED"] * 4
 
     recorded = {i: slurm_cluster.job(jobs[i]["slurm_job_id"]) for i in range(4)}
     arrays = {i: recorded[i]["ArrayJobId"] for i in range(4)}
-    by_model = {i: Path(jobs[i]["overrides"][-2].split("=", 1)[1]).name for i in range(4)}
+    by_model = {i: next(Path(o.split("=", 1)[1]).name for o in jobs[i]["overrides"] if o.startswith("model.path="))
+                for i in range(4)}
     small_jobs = [i for i in range(4) if by_model[i] == small.name]
     wide_jobs = [i for i in range(4) if by_model[i] == wide_checkpoint.name]
     assert len({arrays[i] for i in small_jobs}) == 1 and len({arrays[i] for i in wide_jobs}) == 1
     assert arrays[small_jobs[0]] != arrays[wide_jobs[0]]
-    # What Slurm itself granted (MinMemoryNode, e.g. "704M"), not what we meant to ask for.
-    small_mem, wide_mem = (recorded[js[0]]["MinMemoryNode"] for js in (small_jobs, wide_jobs))
-    assert _mib(wide_mem) > _mib(small_mem), (small_mem, wide_mem)
+    # What Slurm itself recorded for each job (TresPerNode, MinMemoryNode such as "528M"), not our own objects.
+    small_job, wide_job = recorded[small_jobs[0]], recorded[wide_jobs[0]]
+    assert small_job["TresPerNode"] == "gres:gpu:t4:1" and wide_job["TresPerNode"] == "gres:gpu:l4:1"
+    assert _mib(wide_job["MinMemoryNode"]) > _mib(small_job["MinMemoryNode"])
     for i in range(4):
         assert recorded[i]["JobState"] == "COMPLETED"
         assert recorded[i]["NumCPUs"] == "1"
@@ -110,6 +131,8 @@ def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster
     assert jobs[0]["state"] == "COMPLETED" and jobs[1]["state"] == "FAILED"
     # Slurm's own record agrees (hydra#1928: stock hydra-submitit leaves failed jobs COMPLETED).
     assert slurm_cluster.job(jobs[1]["slurm_job_id"])["JobState"] == "FAILED"
+    # hardware=local: a CPU-only request, no GPU gres.
+    assert "TresPerNode" not in slurm_cluster.job(jobs[0]["slurm_job_id"])
     assert (job_dir(sweep_dir, 0) / "results.json").is_file()
     assert not (job_dir(sweep_dir, 1) / "results.json").exists()
     # The sweep's comparison report works on Slurm results and lists the failure.

@@ -51,7 +51,10 @@ _outlier_lab_slurm_up() {
     export OUTLIER_LAB_SLURM_DIR="$dir"
     case ":$PATH:" in *":$dir/bin:"*) ;; *) export PATH="$dir/bin:$PATH" ;; esac
 
-    if [ -f "$SLURM_CONF" ] && _outlier_lab_slurm_ping && _outlier_lab_slurm_node_ready; then
+    # The marker changes whenever the config below does, so a cluster from an older version is replaced.
+    local marker="# outlier_lab test cluster v2"
+    if [ -f "$SLURM_CONF" ] && grep -qx "$marker" "$SLURM_CONF" && _outlier_lab_slurm_ping \
+        && _outlier_lab_slurm_node_ready; then
         export OUTLIER_LAB_TEST_SLURM=1 OUTLIER_LAB_SLURM_STARTED=0
         return 0
     fi
@@ -70,7 +73,22 @@ _outlier_lab_slurm_up() {
 
     local mem_mib
     mem_mib=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
+    # Stand-in GPUs: slurmd counts gres/gpu by device files, so these are /dev/null-like character devices. Jobs
+    # ask for gpu:t4:N as on a GPU site, are scheduled by gres, and run on the CPU.
+    mkdir -p "$dir/dev"
+    local gpu_type index
+    for gpu_type in t4 l4; do
+        for index in 0 1 2 3 4 5 6 7; do
+            [ -e "$dir/dev/${gpu_type}_$index" ] || mknod "$dir/dev/${gpu_type}_$index" c 1 3 2>/dev/null \
+                || touch "$dir/dev/${gpu_type}_$index"
+        done
+    done
+    cat >"$dir/gres.conf" <<CONF
+NodeName=localhost Name=gpu Type=t4 File=$dir/dev/t4_[0-7]
+NodeName=localhost Name=gpu Type=l4 File=$dir/dev/l4_[0-7]
+CONF
     cat >"$SLURM_CONF" <<CONF
+$marker
 ClusterName=ci
 SlurmctldHost=localhost
 SlurmUser=root
@@ -96,7 +114,8 @@ ReturnToService=2
 # Finished jobs stay visible to scontrol (and so to the sacct stand-in) for an hour.
 MinJobAge=3600
 KillWait=5
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mib State=UNKNOWN
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mib Gres=gpu:t4:8,gpu:l4:8 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
