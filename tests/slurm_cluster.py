@@ -28,11 +28,12 @@ class SlurmCluster:
         line = self.run("scontrol", "show", "job", "-o", job_id).splitlines()[0]
         return dict(token.split("=", 1) for token in line.split() if "=" in token)
 
-    def job_ids(self) -> List[str]:
-        """Every job Slurm still knows (MinJobAge keeps finished ones for an hour)."""
+    def jobs_under(self, directory: Path) -> List[str]:
+        """Jobs whose stdout lies under `directory` (a sweep dir): ours, whatever else shares the cluster."""
         out = self.run("scontrol", "show", "job", "-o")
-        return [dict(t.split("=", 1) for t in line.split() if "=" in t)["JobId"] for line in out.splitlines()
+        jobs = [dict(t.split("=", 1) for t in line.split() if "=" in t) for line in out.splitlines()
                 if line.startswith("JobId=")]
+        return [j["JobId"] for j in jobs if j.get("StdOut", "").startswith(str(directory))]
 
     def is_up(self) -> bool:
         try:

@@ -143,7 +143,6 @@ def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster
 
 def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    known = set(slurm_cluster.job_ids())
     # The setup line holds the job in RUNNING, so the cancel hits a running job whatever the machine's speed.
     cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
            f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
@@ -151,7 +150,7 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
     proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        job_id = _wait_for_running(slurm_cluster, known, proc)
+        job_id = _wait_for_running(slurm_cluster, sweep_dir, proc)
         slurm_cluster.run("scancel", job_id)
         # Bounded: the poll interval (1 s) plus the result grace (15 s) plus start-up, not a hang.
         stdout, stderr = proc.communicate(timeout=120)
@@ -169,14 +168,13 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
 
 
 def test_interrupted_sweep_cancels_its_jobs(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
-    known = set(slurm_cluster.job_ids())
     cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
            f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        job_id = _wait_for_running(slurm_cluster, known, proc)
+        job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
     finally:
@@ -188,12 +186,13 @@ def test_interrupted_sweep_cancels_its_jobs(slurm_cluster, tiny_checkpoint, text
     assert slurm_cluster.job(job_id)["JobState"] in ("CANCELLED", "COMPLETING")
 
 
-def _wait_for_running(cluster: SlurmCluster, known: set, proc: subprocess.Popen, limit_s: float = 120) -> str:
+def _wait_for_running(cluster: SlurmCluster, sweep_dir: Path, proc: subprocess.Popen, limit_s: float = 120) -> str:
+    """The id of the sweep's job once Slurm runs it (jobs of other sweeps on the same cluster are left alone)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"sweep exited early:\n{proc.stderr.read()[-3000:]}")
-        for job_id in set(cluster.job_ids()) - known:
+        for job_id in cluster.jobs_under(sweep_dir):
             if cluster.job(job_id)["JobState"] == "RUNNING":
                 return job_id
         time.sleep(0.2)
@@ -202,7 +201,6 @@ def _wait_for_running(cluster: SlurmCluster, known: set, proc: subprocess.Popen,
 
 def test_dry_run_prints_sbatch_parameters_and_submits_nothing(slurm_cluster, tiny_checkpoint, text_file,
                                                               wide_checkpoint, tmp_path):
-    known = set(slurm_cluster.job_ids())
     proc = sweep(slurm_cluster, tmp_path / "sweep", *dataset(text_file), *SMALL_CLUSTER,
                  f"model.path={tiny_checkpoint('llama')},{wide_checkpoint}", "hydra.launcher.dry_run=true",
                  "hydra.launcher.partition=debug", "hydra.launcher.account=lab42",
@@ -214,7 +212,7 @@ def test_dry_run_prints_sbatch_parameters_and_submits_nothing(slurm_cluster, tin
     # Site extras pass through to the sbatch header.
     assert "#SBATCH --partition=debug" in out and "#SBATCH --account=lab42" in out
     assert "#SBATCH --comment=outliers" in out
-    assert set(slurm_cluster.job_ids()) == known
+    assert slurm_cluster.jobs_under(tmp_path) == []
     assert not (tmp_path / "sweep" / ".submitit").exists()
 
 
