@@ -48,8 +48,11 @@ def main(cfg: DictConfig) -> Dict[str, Any]:
 def _plan_resources(cfg: DictConfig) -> Optional[Any]:
     """The resource plan (estimate + hardware) for this job; a non-local plan runs only where a launcher put it."""
     from .hardware import format_plan, plan
+    from .resources import keep_cpu_memory_at_estimate
 
     hardware_plan = plan(cfg)
+    if hardware_plan.local and hardware_plan.estimate.device == "cpu":
+        keep_cpu_memory_at_estimate()
     log.info("resource plan (hardware=%s):\n%s", cfg.hardware.name, format_plan(hardware_plan))
     if not hardware_plan.local and not cfg.hardware.get("launched_remotely", False):
         gpu = hardware_plan.gpu

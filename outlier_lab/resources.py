@@ -19,8 +19,10 @@ GIB = 2**30
 CUDA_CONTEXT_GIB = 0.6
 # The caching allocator reserves more than it hands out (block rounding, fragmentation between batch shapes).
 ALLOCATOR_SLACK = 0.10
-# CPU runs: the interpreter's own growth while tracing (nnsight graph, tokenizer tables, per-batch numpy results).
-CPU_RUNTIME_GIB = 0.15
+# CPU runs: the interpreter's own growth while tracing (nnsight graph, per-batch numpy results), measured.
+CPU_RUNTIME_GIB = 0.03
+# glibc hands buffers of this size and up straight back to the OS when freed (see keep_cpu_memory_at_estimate).
+CPU_MMAP_THRESHOLD = 4 << 20
 # Hub download cache, tokenizer, dataset stream and result files, on top of the checkpoint itself.
 DISK_EXTRA_GIB = 2.0
 # MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
@@ -31,8 +33,8 @@ _HIST_BYTES_PER_DIM_PER_BIN = 2 * 8
 _DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 _EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_topk", "top_k")
-# Architectures whose FFN is up -> activation -> down (no gate): two intermediates live instead of three.
-_UNGATED = ("gpt2", "gptj", "opt", "bert")
+# Intermediate-width tensors alive at the FFN's peak where it is not the gated act(gate) * up (three).
+_FFN_LIVE = {"gpt2": 4, "gptj": 4, "opt": 2, "bert": 2}
 # Architectures without a sdpa path in transformers: attention scores are materialised.
 _EAGER_ONLY = ("gpt_oss",)
 # Hub checkpoints that already store experts as fused 3-D tensors (others are fused by the loader).
@@ -297,8 +299,9 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
         attention += 2 * n * q_width * a  # repeat_kv expands k and v to every query head
     elif device == "cpu":
         attention += 2 * n * q_width * a  # CPU sdpa repeats k/v for grouped-query attention
-    # Dense FFN: gated keeps act(gate), up and their product; ungated keeps fc output and its activation.
-    ffn_live = 2 if model_type in _UNGATED else 3
+    # Dense FFN: gated keeps act(gate), up and their product; ungated keeps fc output and its activation, or
+    # fc output plus three temporaries of the tanh-approximated GELU that GPT-2 and GPT-J compute op by op.
+    ffn_live = _FFN_LIVE.get(model_type, 3)
     dense_ffn = n * a * (d + ffn_live * s.intermediate)
     phases = dict(attention=attention, dense_ffn=dense_ffn if (not s.experts or s.dense_blocks) else 0.0)
     if s.experts:
@@ -441,3 +444,21 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
         block_weights_gib=max(per_block.values(), default=0.0) / GIB,
         safety_factor=factor,
     )
+
+
+def keep_cpu_memory_at_estimate() -> bool:
+    """Pin glibc's mmap threshold so freed activation buffers go back to the OS at once, as the estimate assumes.
+
+    By default glibc raises the threshold each time a large buffer is freed, after which buffers up to 32 MiB come
+    from its heap and stay cached there when freed: measured on CPU, that adds up to ~0.2 GiB of RSS on top of the
+    live tensors, varying with the tensor sizes of the model and batch.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        return bool(libc.mallopt(-3, CPU_MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False  # not glibc (musl, macOS): nothing to pin
