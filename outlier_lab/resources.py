@@ -412,6 +412,16 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
     widths, analyzed = _site_widths(model, text, cfg)
     activations, _ = activation_bytes(text, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths, analyzed)
 
+    analysis = cfg.get("analysis") or {}
+    if analysis.get("mode", "detect") == "ablation":
+        # The ablation scores next-token predictions: it loads the LM head and holds logits, the baseline's fp32
+        # log-probs for the KL term, and one row's fp32 log-softmax.
+        vocab, hidden = text.vocab_size, text.hidden_size
+        if not getattr(text, "tie_word_embeddings", False):
+            weight_bytes += vocab * hidden * dtype_bytes
+        activations += batch * int(ds.seq_len) * vocab * (dtype_bytes + 4) + 2 * int(ds.seq_len) * vocab * 4
+        notes[notes.index("LM head skipped (base model, no logits)")] = "analysis=ablation: LM head and logits counted"
+
     if device == "cuda":
         overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
     else:
