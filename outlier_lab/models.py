@@ -154,10 +154,17 @@ def load_model(model_cfg, device: str, with_lm_head: bool = False):
         kwargs["device_map"] = "auto"
     config = load_hf_config(model_cfg)
     cls = AutoModelForCausalLM if with_lm_head else AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    # A CausalLM checkpoint loaded as its base model reports the skipped lm_head as UNEXPECTED: expected here.
+    hf_logging.set_verbosity_error()
     try:
         model = cls.from_pretrained(location, config=config, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load weights of {location!r}: {str(err).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.eval()
 
 
