@@ -337,3 +337,22 @@ def test_host_keys_strict_refuses_wrong_or_unknown_keys_accept_new_records(ssh_s
     assert recorded[0] == f"[127.0.0.1]:{ssh_server.port}"
     assert recorded[2] == Path(ssh_server.known_hosts).read_text().split()[2]
     connect(ssh_server, launcher_params(tmp_path, host_key_policy="strict")).close()
+
+
+def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
+    from hydra_plugins.fabric_launcher._core import Needs, choose_gpus, host_refusal
+
+    params = launcher_params(Path("/nonexistent"))
+    probe = {"gpus": [{"name": "L4", "vram_gib": 22.0}, {"name": "A100", "vram_gib": 79.0},
+                      {"name": "A100", "vram_gib": 79.0}, {"name": "MI300X", "vram_gib": 191.0, "vendor": "amd"}],
+             "ram_gib": 500.0, "disk_free_gib": 900.0}
+    big = Needs(gpu_class="A100-80", gpu_count=1, vram_gib_each=40.0, ram_gib=64.0)
+    assert choose_gpus(probe, big, params, set()) == [1]
+    assert choose_gpus(probe, big, params, {1}) == [2]
+    assert choose_gpus(probe, big, params, {1, 2}) is None  # the L4 is too small, the AMD card is filtered out
+    pair = Needs(gpu_class="A100-80", gpu_count=2, vram_gib_each=40.0, ram_gib=64.0)
+    assert choose_gpus(probe, pair, params, set()) == [1, 2]
+    assert "needs 3 GPU(s)" in host_refusal(probe, Needs(gpu_count=3, vram_gib_each=40.0), params)
+    assert "RAM" in host_refusal({**probe, "ram_gib": 32.0}, big, params)
+    assert "no NVIDIA GPU" in host_refusal({**probe, "gpus": []}, big, params)
+    assert host_refusal({**probe, "gpus": []}, big, {**params, "require_gpu": False}) is None

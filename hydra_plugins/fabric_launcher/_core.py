@@ -123,7 +123,7 @@ class Host:
     user: Optional[str] = None
     key_path: Optional[str] = None
     labels: List[str] = field(default_factory=list)
-    slots: int = 1
+    slots: Optional[int] = None  # jobs at once; None: one per fitting GPU (one on a GPU-less host)
     usd_per_hour: Optional[float] = None
     instance_id: Optional[str] = None
 
@@ -143,7 +143,8 @@ class Host:
         key = raw.get("key_path")
         return cls(address=str(address), port=int(raw.get("port", 22)), user=raw.get("user"),
                    key_path=os.path.expanduser(str(key)) if key else None, labels=list(raw.get("labels") or []),
-                   slots=int(raw.get("slots", 1)), usd_per_hour=raw.get("usd_per_hour"),
+                   slots=int(raw["slots"]) if raw.get("slots") is not None else None,
+                   usd_per_hour=raw.get("usd_per_hour"),
                    instance_id=raw.get("id"))
 
 
@@ -432,6 +433,28 @@ def _first_number(obj: Any, names: Sequence[str]) -> Optional[float]:
     return None
 
 
+def fitting_gpu_indices(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any]) -> List[int]:
+    """Indices of the host's GPUs from an accepted vendor with enough VRAM for one share of the job."""
+    vendors = {v.lower() for v in params["vendors"]}
+    return [i for i, g in enumerate(probe["gpus"])
+            if g.get("vendor", "nvidia").lower() in vendors and g["vram_gib"] >= needs.vram_gib_each]
+
+
+def choose_gpus(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any], in_use: set) -> Optional[List[int]]:
+    """GPU indices to give a job on this host now ([] when it runs without GPUs), or None while too few are free."""
+    if not params["require_gpu"] or not probe["gpus"]:
+        return []
+    free = [i for i in fitting_gpu_indices(probe, needs, params) if i not in in_use]
+    want = max(needs.gpu_count, 1)
+    return free[:want] if len(free) >= want else None
+
+
+def host_capacity(host: Host, probe: Dict[str, Any]) -> int:
+    if host.slots is not None:
+        return host.slots
+    return max(1, len(probe["gpus"]))
+
+
 def host_refusal(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any]) -> Optional[str]:
     """Why a probed host cannot run the job, or None when it fits."""
     vendors = {v.lower() for v in params["vendors"]}
@@ -546,6 +569,7 @@ class Job:
     session: Optional[Session] = None
     remote_dir: Optional[str] = None
     started: bool = False
+    gpu_indices: List[int] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
     events: Dict[str, Any] = field(default_factory=dict)
 
@@ -578,6 +602,8 @@ def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bun
     q = shlex.quote
     d = job.remote_dir
     env_lines = ["export PYTHONUNBUFFERED=1"]
+    if job.gpu_indices:  # a shared host: this job sees only the GPUs it was given
+        env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in job.gpu_indices)}")
     if params.get("hf_home"):
         env_lines.append(f"export HF_HOME={q(str(params['hf_home']))}")
     command = " ".join(q(a) for a in remote_command(job, python))
@@ -651,6 +677,7 @@ class Launch:
         self.print_lock = threading.Lock()
         self.slot_cond = threading.Condition()
         self.busy: Dict[str, int] = {}
+        self.gpus_in_use: Dict[str, set] = {}
         self.probes = ProbeCache(self.params)
         self.secrets = {k: os.environ[k] for k in self.params["secret_env"] if os.environ.get(k)}
         self.redact = Redactor(self.secrets)
@@ -713,10 +740,17 @@ class Launch:
         with self.slot_cond:
             announced = False
             while True:
-                for host, _ in fitting:
-                    if self.busy.get(host.name, 0) < host.slots:
-                        self.busy[host.name] = self.busy.get(host.name, 0) + 1
-                        break
+                for host, probe in fitting:
+                    if self.busy.get(host.name, 0) >= host_capacity(host, probe):
+                        continue
+                    in_use = self.gpus_in_use.setdefault(host.name, set())
+                    gpus = choose_gpus(probe, job.needs, self.params, in_use)
+                    if gpus is None:
+                        continue
+                    self.busy[host.name] = self.busy.get(host.name, 0) + 1
+                    in_use.update(gpus)
+                    job.gpu_indices = gpus
+                    break
                 else:
                     if not announced:
                         self.say(job, "all fitting hosts are busy; queued")
@@ -729,12 +763,13 @@ class Launch:
         try:
             return host, Session(host, self.params, self.retry).connect()
         except BaseException:
-            self.release_host(host)
+            self.release_host(host, job)
             raise
 
-    def release_host(self, host: Host) -> None:
+    def release_host(self, host: Host, job: Job) -> None:
         with self.slot_cond:
             self.busy[host.name] = max(0, self.busy.get(host.name, 0) - 1)
+            self.gpus_in_use.get(host.name, set()).difference_update(job.gpu_indices)
             self.slot_cond.notify_all()
 
     def create_instance(self, job: Job) -> Host:
@@ -994,7 +1029,7 @@ class Launch:
                     log.error(banner)
                     sys.stderr.write(banner + "\n")
             elif job.host is not None:
-                self.release_host(job.host)
+                self.release_host(job.host, job)
             job.timings["total_s"] = time.monotonic() - t0
             self.write_launch_record(job, exit_code, failure, results)
         if failure is None and destroy_error:
@@ -1015,6 +1050,7 @@ class Launch:
             "provider": self.params["provider"],
             "gpu_class": needs.gpu_class, "gpu_count": needs.gpu_count,
             "host_gpus": (self.probes.get(job.host) or {}).get("gpus") if job.host else None,
+            "gpu_indices": job.gpu_indices,
             "estimate": needs.plan,
             "estimate_required_gib": (needs.plan or {}).get("required_gib"),
             "measured_peak_gib": peak,

@@ -12,6 +12,7 @@ class FabricLauncherConf:
     # Where hosts come from: inventory (static SSH hosts) or command (user shell templates create/destroy them).
     provider: str = "inventory"
     # Inline inventory: a list of {address, port, user, key_path, labels, slots, usd_per_hour}; used before hosts_file.
+    # slots (jobs at once) defaults to one per GPU; each job gets its own GPUs through CUDA_VISIBLE_DEVICES.
     hosts: List[Dict[str, Any]] = field(default_factory=list)
     # Inventory file outside the repo (YAML list under `hosts:`); OUTLIER_LAB_HOSTS overrides the default path.
     hosts_file: Optional[str] = "${oc.env:OUTLIER_LAB_HOSTS,'~/.config/outlier_lab/hosts.yaml'}"
