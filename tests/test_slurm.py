@@ -147,8 +147,12 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
     cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
            f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
            f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # Without the sacct stand-in: sacct fails as on a cluster without accounting, where submitit alone would wait
+    # forever on the cancelled job; the launcher must fall back to scontrol.
+    stand_in = str(Path(slurm_cluster.env["SLURM_CONF"]).parent / "bin")
+    path = ":".join(p for p in slurm_cluster.env["PATH"].split(":") if p != stand_in)
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env, "PATH": path},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         job_id = _wait_for_running(slurm_cluster, sweep_dir, proc)
         slurm_cluster.run("scancel", job_id)

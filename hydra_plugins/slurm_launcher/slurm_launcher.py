@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,8 +25,11 @@ log = logging.getLogger(__name__)
 OWN_KEYS = set(SlurmLauncherConf.__dataclass_fields__) - set(SlurmQueueConf.__dataclass_fields__)
 # submitit's executor-wide settings (constructor arguments, not sbatch parameters).
 INIT_KEYS = {"submitit_folder", "max_num_timeout"}
-# Slurm states after which no result will ever come, as sacct prints them (CANCELLED comes as "CANCELLED by UID").
+# Slurm states of a job that may still produce a result; any other (COMPLETED, FAILED, CANCELLED by UID, TIMEOUT,
+# OUT_OF_MEMORY, NODE_FAIL, ...) is final. PREEMPTED is final only when no requeue follows within preempted_grace_s.
 PREEMPTED = "PREEMPTED"
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "READY", "UNKNOWN", PREEMPTED}
 SUMMARY_FILE = "slurm_jobs.json"
 
 
@@ -142,8 +146,8 @@ class SlurmLauncher(BaseSubmititLauncher):
                  time.monotonic() - submitted_at)
 
     def _wait(self, jobs: List[SweepJob]) -> None:
-        """Poll Slurm (one sacct call for every job) until each job ended; PREEMPTED without requeue counts as
-        ended after preempted_grace_s, so no job is waited on forever."""
+        """Poll Slurm (one sacct call for every job; scontrol where sacct has no answer) until each job ended.
+        PREEMPTED without requeue counts as ended after preempted_grace_s, so no job is waited on forever."""
         from submitit.slurm.slurm import SlurmJob
 
         watcher = SlurmJob.watcher
@@ -153,14 +157,14 @@ class SlurmLauncher(BaseSubmititLauncher):
             now = time.monotonic()
             still = []
             for job in pending:
-                state = watcher.get_state(job.job.job_id, mode="cache")
-                job.state = state
-                if state.upper().startswith(PREEMPTED):
+                job.state = _state(watcher, job.job.job_id, "cache")
+                word = job.state.split()[0].upper()
+                if word == PREEMPTED:
                     job.events.setdefault("preempted_at", now)
                 else:
                     job.events.pop("preempted_at", None)
                 preempted_for = now - job.events.get("preempted_at", now)
-                if (job.job.paths.result_pickle.exists() or watcher.is_done(job.job.job_id, mode="cache")
+                if (job.job.paths.result_pickle.exists() or word not in ACTIVE_STATES
                         or preempted_for > self.params["preempted_grace_s"]):
                     job.finished_at = now
                 else:
@@ -170,25 +174,32 @@ class SlurmLauncher(BaseSubmititLauncher):
                 time.sleep(self.params["poll_interval_s"])
 
     def _collect(self, job: SweepJob) -> None:
-        """Turn the finished job into its JobReturn: the node's own on success, FAILED with the error otherwise."""
+        """Turn the finished job into its JobReturn: the node's own on success, FAILED with the error otherwise.
+        submitit's own result() is only asked once the result file exists: without it, it can wait forever."""
         import submitit
 
         handle = job.job
+        # Shared filesystems can show the result file a little after Slurm reports the end.
+        deadline = job.finished_at + self.params["result_grace_s"]
+        while not handle.paths.result_pickle.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
         # A Python error on the node already ran Hydra's on_job_end there; a job Slurm killed never did.
-        killed = False
-        try:
-            if job.state.upper().startswith(PREEMPTED) and not handle.paths.result_pickle.exists():
-                raise submitit.core.utils.UncompletedJobError("preempted and not requeued")
-            job.result = handle.result()
-            job.state = "COMPLETED"
-            return
-        except submitit.core.utils.FailedJobError as err:
-            headline = _last_line(str(err).split("----------------------")[1] if "------" in str(err) else str(err))
-            job.state = _settled_state(handle, "FAILED")
-        except submitit.core.utils.UncompletedJobError as err:
+        killed = not handle.paths.result_pickle.exists()
+        if killed:
+            preempted = job.state.split()[0].upper() == PREEMPTED
             job.state = _settled_state(handle, job.state)
-            headline = "no result" + (" (preempted and not requeued)" if "preempted" in str(err) else "")
-            killed = True
+            headline = "no result" + (" (preempted and not requeued)" if preempted else "")
+        else:
+            try:
+                job.result = handle.result()
+                job.state = "COMPLETED"
+                return
+            except submitit.core.utils.FailedJobError as err:
+                text = str(err)
+                headline = _last_line(text.split("----------------------")[1] if "------" in text else text)
+                # The node writes the error before its process exits: Slurm may still say RUNNING for a moment.
+                settled = _settled_state(handle, "FAILED")
+                job.state = "FAILED" if settled.split()[0].upper() in ACTIVE_STATES else settled
         message = (f"job #{job.index} ({' '.join(filter_overrides(job.overrides))}) ended {job.state} on Slurm "
                    f"(job {handle.job_id}): {headline}")
         tail = _tail(handle.paths.stderr, self.params["stderr_tail_lines"])
@@ -258,9 +269,34 @@ def _brief(sbatch: Dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(sbatch.items()))
 
 
+def _state(watcher: Any, job_id: str, mode: str) -> str:
+    """The job's Slurm state from sacct (through submitit's watcher), else from scontrol: clusters without
+    accounting have no sacct answer, and submitit alone would then wait forever on a killed job."""
+    state = watcher.get_state(job_id, mode=mode) or "UNKNOWN"
+    if state.upper() == "UNKNOWN":
+        state = _scontrol_state(job_id) or state
+    return state
+
+
+def _scontrol_state(job_id: str) -> Optional[str]:
+    """JobState of a job (or array task "A_T") from `scontrol show job`; GONE once Slurm has purged it."""
+    try:
+        done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return "GONE" if "invalid job id" in done.stderr.lower() else None
+    task = job_id.split("_", 1)[1] if "_" in job_id else None
+    records = [dict(t.split("=", 1) for t in line.split() if "=" in t) for line in done.stdout.splitlines()]
+    records = [r for r in records if "JobState" in r]
+    exact = [r for r in records if task is None or r.get("ArrayTaskId") == task]
+    chosen = exact or records  # a pending array range ("1-3%2") stands for its tasks
+    return chosen[0]["JobState"] if chosen else None
+
+
 def _settled_state(handle: Any, fallback: str) -> str:
-    state = handle.watcher.get_state(handle.job_id, mode="force")
-    return state if state and state != "UNKNOWN" else fallback
+    state = _state(handle.watcher, handle.job_id, "force")
+    return state if state.upper() not in ("UNKNOWN", "GONE") else fallback
 
 
 def _last_line(text: str) -> str:
