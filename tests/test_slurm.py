@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.slow
 SMALL_CLUSTER = ["hydra/launcher=slurm", "hardware.ram_floor_gib=0.25", "hydra.launcher.cpus_cpu_job=1",
                  "hydra.launcher.cpus_per_planned_gpu=1", "hydra.launcher.mem_baseline_gb=0.5",
                  "hydra.launcher.mem_round_gb=0.015625",
-                 "hydra.launcher.min_timeout_min=5", "hydra.launcher.poll_interval_s=1"]
+                 "hydra.launcher.min_timeout_min=5", "hydra.launcher.poll_interval_s=1",
+                 # Local disk: a result file is visible at once, so a killed job needs no long grace.
+                 "hydra.launcher.result_grace_s=3"]
 COMPARED = ("outlier_features", "qualified_dims", "summary")
 
 
@@ -156,7 +159,7 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
     try:
         job_id = _wait_for_running(slurm_cluster, sweep_dir, proc)
         slurm_cluster.run("scancel", job_id)
-        # Bounded: the poll interval (1 s) plus the result grace (15 s) plus start-up, not a hang.
+        # Bounded: the poll interval (1 s) plus the result grace (3 s) plus start-up, not a hang.
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -282,3 +285,28 @@ def test_bigger_models_and_longer_runs_ask_for_more():
     long = request(*planned("model=olmoe", "hardware=auto", "dataset.num_sequences=200000"),
                    launcher_params(min_timeout_min=1))[0]
     assert long["timeout_min"] > quick["timeout_min"]
+
+
+def test_preempted_job_is_reported_not_waited_on(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    cpus = str(len(os.sched_getaffinity(0)))
+    # The job takes every CPU of the node in the low-priority partition, so an "urgent" job must preempt it
+    # (PreemptMode=CANCEL: no requeue, the job stays PREEMPTED).
+    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
+           f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
+           "hydra.launcher.partition=debug", f"hydra.launcher.cpus_cpu_job={cpus}",
+           "hydra.launcher.preempted_grace_s=3", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_running(slurm_cluster, sweep_dir, proc)
+        slurm_cluster.run("sbatch", "--partition=urgent", f"--cpus-per-task={cpus}", "--mem=64M",
+                          f"--output={tmp_path / 'urgent.out'}", "--wrap=true")
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "ended PREEMPTED on Slurm" in stderr and "preempted and not requeued" in stderr, stderr[-3000:]
+    assert summary(sweep_dir)[0]["state"] == "PREEMPTED"

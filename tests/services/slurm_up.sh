@@ -52,7 +52,7 @@ _outlier_lab_slurm_up() {
     case ":$PATH:" in *":$dir/bin:"*) ;; *) export PATH="$dir/bin:$PATH" ;; esac
 
     # The marker changes whenever the config below does, so a cluster from an older version is replaced.
-    local marker="# outlier_lab test cluster v2"
+    local marker="# outlier_lab test cluster v3"
     if [ -f "$SLURM_CONF" ] && grep -qx "$marker" "$SLURM_CONF" && _outlier_lab_slurm_ping \
         && _outlier_lab_slurm_node_ready; then
         export OUTLIER_LAB_TEST_SLURM=1 OUTLIER_LAB_SLURM_STARTED=0
@@ -116,7 +116,11 @@ MinJobAge=3600
 KillWait=5
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mib Gres=gpu:t4:8,gpu:l4:8 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# Jobs in "urgent" preempt (cancel) jobs in "debug", so tests can produce a real PREEMPTED job.
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2
 CONF
 
     slurmctld -c -f "$SLURM_CONF" </dev/null >"$dir/log/slurmctld.out" 2>&1
