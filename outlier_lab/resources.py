@@ -22,7 +22,7 @@ ALLOCATOR_SLACK = 0.10
 # CPU runs: the interpreter's own growth while tracing (nnsight graph, per-batch numpy results), measured.
 CPU_RUNTIME_GIB = 0.03
 # glibc hands buffers of this size and up straight back to the OS when freed (see keep_cpu_memory_at_estimate).
-CPU_MMAP_THRESHOLD = 4 << 20
+CPU_MMAP_THRESHOLD = 1 << 20
 # Hub download cache, tokenizer, dataset stream and result files, on top of the checkpoint itself.
 DISK_EXTRA_GIB = 2.0
 # MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
@@ -288,7 +288,8 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
     # Through the whole forward: three residual-width tensors (the embedding output, which the model's forward keeps
     # referenced, the block input its loop holds, the block's own residual), rotary cos/sin, ids and the causal mask.
     mask = batch * seq_len * seq_len * (a if attn_impl == "eager" else 1)
-    persistent = 3 * n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
+    residual_copies = 4 if model_type in ("gpt2", "gptj") else 3  # + token and position embeddings summed
+    persistent = residual_copies * n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
 
     # Attention: normed input, q/k/v, rotary temporaries for q and k, output and its contiguous copy.
     attention = n * a * (d + 4 * q_width + 4 * kv_width)
@@ -322,9 +323,11 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
         batch * analyzed_blocks * w + n * w + batch * w * 4 + analyzed_blocks * w * 4 + w * bins * _HIST_BYTES_PER_DIM_PER_BIN
         for w in widths.values()
     )
-    # Observing one site: an fp32 copy (unless already fp32), |x| and the hit mask, next to the block's own tensors.
+    # Observing one site, next to the block's own tensors: an fp32 copy (unless already fp32), |x| and the hit mask;
+    # on CUDA the reducer bins every element (a sync-free dense histogram): 33 bytes per element, measured.
     widest = max(widths.values()) if widths else d
-    observe = n * widest * ((0 if a == 4 else 4) + 4 + 1) + n * a * (d + q_width + 2 * kv_width)
+    per_element = (0 if a == 4 else 4) + (33 if device == "cuda" else 5)
+    observe = n * widest * per_element + n * a * (d + q_width + 2 * kv_width)
     phases["observe"] = observe
     peak_phase = max(phases.values())
     parts = dict(persistent=persistent, reducer_state=reducer_state, **{f"phase_{k}": v for k, v in phases.items()})
