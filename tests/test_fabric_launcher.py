@@ -356,3 +356,15 @@ def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
     assert "RAM" in host_refusal({**probe, "ram_gib": 32.0}, big, params)
     assert "no NVIDIA GPU" in host_refusal({**probe, "gpus": []}, big, params)
     assert host_refusal({**probe, "gpus": []}, big, {**params, "require_gpu": False}) is None
+
+
+def test_host_probe_output_is_parsed():
+    from hydra_plugins.fabric_launcher._core import parse_probe
+
+    probe = parse_probe("gpus:\nNVIDIA H100 80GB HBM3, 81559, 80000\nNVIDIA H100 80GB HBM3, 81559, 1000\n"
+                        "mem:\nMemTotal: 263846400\nMemAvailable: 200000000\ndisk:\n1048576000\n"
+                        "rsync:\n/usr/bin/rsync\n")
+    assert [g["name"] for g in probe["gpus"]] == ["NVIDIA H100 80GB HBM3"] * 2
+    assert round(probe["gpus"][0]["vram_gib"], 1) == 79.6 and round(probe["gpus"][1]["free_gib"], 2) == 0.98
+    assert round(probe["ram_gib"]) == 252 and round(probe["disk_free_gib"]) == 1000 and probe["rsync"] is True
+    assert parse_probe("gpus:\nmem:\nMemTotal: 1048576\ndisk:\n0\nrsync:\n")["gpus"] == []

@@ -330,8 +330,11 @@ echo "rsync:"; command -v rsync || true
 
 
 def probe_host(session: Session, root: str) -> Dict[str, Any]:
-    """GPUs (nvidia-smi), RAM and free disk of a host, parsed from one SSH command."""
-    out = session.run(PROBE_SCRIPT.replace("{root}", shlex.quote(root)), "probe").stdout
+    """GPUs (nvidia-smi), RAM and free disk of a host, from one SSH command."""
+    return parse_probe(session.run(PROBE_SCRIPT.replace("{root}", shlex.quote(root)), "probe").stdout)
+
+
+def parse_probe(out: str) -> Dict[str, Any]:
     section, probe = None, {"gpus": [], "ram_gib": 0.0, "ram_available_gib": 0.0, "disk_free_gib": 0.0,
                             "rsync": False, "probed_at": time.time()}
     for line in out.splitlines():
@@ -347,7 +350,7 @@ def probe_host(session: Session, root: str) -> Dict[str, Any]:
                 probe["gpus"].append({"name": parts[0], "vendor": "nvidia", "vram_gib": float(parts[1]) / 1024,
                                       "free_gib": float(parts[2]) / 1024})
         elif section == "mem":
-            key, kib = line.split()
+            key, kib = line.split()[:2]
             probe["ram_gib" if key.startswith("MemTotal") else "ram_available_gib"] = int(kib) / 2 ** 20
         elif section == "disk":
             probe["disk_free_gib"] = int(line) / 2 ** 20
