@@ -53,6 +53,12 @@ CASES = [
     ("gpt2-mid", 512, 4, 8),
     ("minilm", 256, 8, 16),
 ]
+# Larger batches only a GPU runs quickly: activations then rival the weights.
+CUDA_CASES = [
+    ("llama-mid", 2048, 16, 16),
+    ("qwen3_moe-mid", 2048, 8, 8),
+    ("gpt_oss-mid", 2048, 4, 4),
+]
 
 
 def overrides_for(name: str, checkpoint: Path | None, text: Path, seq_len: int, batch: int, num: int, device: str):
@@ -128,7 +134,8 @@ def main() -> int:
         built = {}
         print(f"{'case':<34} {'dev':<4} {'weights':>8} {'activ':>7} {'predicted':>9} {'measured':>9} {'ratio':>6}")
         for device in devices:
-            for i, (name, seq_len, batch, num) in enumerate(cases):
+            extra = [c for c in CUDA_CASES if wanted is None or c[0] in wanted] if device == "cuda" else []
+            for i, (name, seq_len, batch, num) in enumerate(cases + extra):
                 checkpoint = None
                 if name != "minilm":
                     if name not in built:
