@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO, cli_env, run_cli, tiny_job_overrides
-from ssh_server import FaultProxy, SshServer, _free_port, fault_proxy, ssh_server  # noqa: F401 - fixtures
+from ssh_server import SshServer, _free_port, fault_proxy, ssh_server  # noqa: F401 - fixtures used by name
 
 pytestmark = pytest.mark.slow
 DETERMINISTIC_FILES = ("per_sequence.parquet", "tokens.safetensors")

@@ -1278,7 +1278,7 @@ class Transfer:
         host = self.session.host
         target = f"{host.user + '@' if host.user else ''}{host.address}"
         files_from = "\n".join(paths) + "\n"
-        cmd = ["rsync", "-a", "--partial", "--append-verify", "--protect-args", f"--files-from=-",
+        cmd = ["rsync", "-a", "--partial", "--append-verify", "--protect-args", "--files-from=-",
                "-e", " ".join(shlex.quote(a) for a in self.ssh_command()), f"{target}:{source}/", f"{dest}/"]
         proc = subprocess.run(cmd, input=files_from, capture_output=True, text=True)
         if proc.returncode == 0:
