@@ -179,8 +179,8 @@ def plan(cfg: DictConfig) -> HardwarePlan:
         vendor = str(hw.get("vendor") or "nvidia").lower()
         chosen = cheapest_fit(cfg, catalog, vendor)
         if chosen is None:
-            est = estimate(cfg, None)
             biggest = max(_candidates(cfg, catalog, vendor), key=lambda g: g.vram_gib * g.max_per_node)
+            est = estimate(cfg, biggest)
             raise UserError(f"no {vendor} GPU class in the catalog fits this job, even {biggest.max_per_node} x "
                             f"{biggest.name} ({biggest.vram_gib:g} GiB each) with RAM floor {hw.ram_floor_gib:g} GiB; "
                             f"{_describe(est)}. Reduce dataset.batch_size / seq_len, or use a quantized checkpoint")
