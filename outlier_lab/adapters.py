@@ -40,6 +40,11 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
         Adapter("gptj", "h", dict(attn_in="attn.q_proj", attn_out_in="attn.out_proj", mlp_in="mlp.fc_in")),
     ),
     (
+        # fairseq dense models (LLM.int8() Table 4) as converted to transformers' XGLM classes.
+        ("xglm",),
+        Adapter("xglm", "layers", dict(attn_in="self_attn.q_proj", attn_out_in="self_attn.out_proj", mlp_in="fc1")),
+    ),
+    (
         ("opt",),
         Adapter("opt", "decoder.layers", dict(attn_in="self_attn.q_proj", attn_out_in="self_attn.out_proj", mlp_in="fc1")),
     ),

@@ -128,11 +128,28 @@ class HardwareConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    # detect: find outlier features. ablation: detect, then zero the outlier dims in the attention-projection and
+    # FFN inputs and measure next-token top-1 probability, perplexity and bits per byte, vs random dims (Sec. 4.2).
+    mode: str = "detect"
+    # Random-dims control runs (seeds seed, seed+1, ...); each zeroes as many random non-outlier dims.
+    random_seeds: int = 5
+    # Sites whose inputs are zeroed (attn_in covers q, k and v; sites outside the residual space are skipped).
+    sites: List[str] = field(default_factory=lambda: list(SITES))
+    # Dims to zero (null: the detected headline outlier dims of the residual space).
+    dims: Optional[List[int]] = None
+    # Sequences used for the LM metrics (null: all analyzed sequences).
+    num_sequences: Optional[int] = None
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     detector: DetectorConfig = MISSING
     hardware: HardwareConfig = MISSING
+    # What the job does with the model: conf/analysis/{detect,ablation}.yaml.
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     # cpu, cuda or auto (cuda when available).
     device: str = "auto"
     # Seed for anything random (ablation controls, hub shuffles).

@@ -138,6 +138,30 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     return Analysis(spaces, block_max, per_sequence, massive)
 
 
+def _ablation_requested(cfg: DictConfig) -> bool:
+    mode = cfg.get("analysis", {}).get("mode", "detect")
+    if mode not in ("detect", "ablation"):
+        raise UserError(f"analysis.mode={mode!r} is not one of detect, ablation (e.g. analysis=ablation)")
+    return mode == "ablation"
+
+
+def _ablation(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, tokenizer, outliers) -> Dict[str, Any]:
+    """LLM.int8() Sec. 4.2 on this job's tokens: zero the detected (or configured) dims vs random dims."""
+    from .ablation import run_ablation
+
+    a = cfg.analysis
+    hidden = model.config.get_text_config().hidden_size
+    dims = list(a.dims) if a.dims is not None else [f["dim"] for f in outliers]
+    bad = [d for d in dims if not 0 <= d < hidden]
+    if bad:
+        raise UserError(f"analysis.dims {bad} out of range: the hidden size is {hidden}")
+    if a.random_seeds < 0:
+        raise UserError(f"analysis.random_seeds={a.random_seeds}; it must be >= 0")
+    count = tokens.shape[0] if a.num_sequences is None else max(1, min(a.num_sequences, tokens.shape[0]))
+    return run_ablation(model, site_map, tokens[:count], tokenizer, dims, list(a.sites),
+                        [cfg.seed + i for i in range(a.random_seeds)], cfg.dataset.batch_size)
+
+
 def heatmap_data(space: Dict[str, Any], block_max: np.ndarray, blocks, top: int) -> Dict[str, Any]:
     """Blocks x dims of max |x|: headline outliers first, then the largest remaining dims."""
     dims = [f["dim"] for f in space["outlier_features"][:top]]
@@ -187,9 +211,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     if ds.batch_size < 1:
         raise UserError(f"dataset.batch_size={ds.batch_size}; it must be >= 1")
 
+    ablate = _ablation_requested(cfg)
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
-        model = load_model(cfg.model, device)
+        model = load_model(cfg.model, device, with_lm_head=ablate)
         timings["load_s"] = time.perf_counter() - tick
         site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
         tick = time.perf_counter()
@@ -197,8 +222,9 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         timings["analyze_s"] = time.perf_counter() - tick
 
     text_config = model.config.get_text_config()
-    params_total = count_parameters(model)
-    moe = moe_facts(model, text_config)
+    counted = model.base_model  # the same counts whether or not the LM head was loaded (ablation needs it)
+    params_total = count_parameters(counted)
+    moe = moe_facts(counted, text_config)
     hidden_space = analysis.spaces.get(HIDDEN) or next(iter(analysis.spaces.values()))
     hidden_key = HIDDEN if HIDDEN in analysis.spaces else next(iter(analysis.spaces))
     results: Dict[str, Any] = dict(
@@ -231,6 +257,12 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         environment=_environment(),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    if ablate:
+        tick = time.perf_counter()
+        results["ablation"] = _ablation(cfg, model, site_map, tokens, tokenizer, results["outlier_features"]
+                                        if hidden_key == HIDDEN else [])
+        timings["ablation_s"] = time.perf_counter() - tick
+        results["wall_time_s"] = time.perf_counter() - started
     massive_hits = None
     if analysis.massive is not None:
         from . import massive as massive_detector

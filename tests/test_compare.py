@@ -27,7 +27,8 @@ def test_callback_writes_comparison_listing_the_failed_job(sweep):
     assert [r["status"] for r in rows] == ["COMPLETED", "FAILED", "COMPLETED"], proc.stderr[-2000:]
     # The job after the failure still ran: a failure is listed, not fatal to the sweep.
     assert [r["overrides"] for r in rows] == ["dataset.seq_len=32", "dataset.seq_len=100000", "dataset.seq_len=48"]
-    assert "exceeds the model's maximum of 512" in rows[1]["error"]
+    # Rejected before any weight is read (seq_len beyond the model, or the memory plan for it): a one-line UserError.
+    assert rows[1]["error"].startswith("UserError: ") and "\n" not in rows[1]["error"]
     for row in (rows[0], rows[2]):
         assert row["outlier_dims"] == "3" and row["architecture"] == "llama" and row["kind"] == "dense"
         assert float(row["layers_pct"]) == 75.0 and row["params_total"] == row["params_active"]
@@ -80,3 +81,42 @@ def test_estimated_memory_is_read_defensively():
     assert estimated_memory_gib(None) is None
     assert estimated_memory_gib({"plan": {"estimate": {"total_gib": 3.5}}}) == 3.5
     assert estimated_memory_gib({"total_gib": 2}) == 2.0
+
+
+def test_rms_alpha_is_scale_free():
+    import numpy as np
+    import torch
+
+    from outlier_lab.detection import Criteria, Int8Reducer
+    from outlier_lab.thresholds import RmsInt8Reducer
+
+    x = torch.randn(3, 20, 16, generator=torch.Generator().manual_seed(0))
+    x[:, :, 4] *= 8.0
+
+    def stats(reducer_class, tensor):
+        reducer = reducer_class(Criteria(alpha=3.0), 1, 16)
+        reducer.start_batch(3, 20)
+        reducer.observe(0, tensor)
+        return reducer.end_batch()
+
+    base, scaled = stats(RmsInt8Reducer, x), stats(RmsInt8Reducer, 250.0 * x)
+    np.testing.assert_array_equal(base.qualifies, scaled.qualifies)
+    np.testing.assert_allclose(base.max_abs, scaled.max_abs, rtol=1e-5)
+    by_hand = stats(Int8Reducer, x / x.pow(2).mean(dim=(1, 2), keepdim=True).sqrt())
+    np.testing.assert_array_equal(base.qualifies, by_hand.qualifies)
+    assert base.qualifies[:, 4].all() and base.qualifies.sum() == 3
+    # A fixed alpha is not scale-free: the same tensor x250 flags every dim.
+    assert stats(Int8Reducer, 250.0 * x).qualifies.all()
+
+
+def test_threshold_sensitivity_experiment(tiny_checkpoint, text_file, tmp_path):
+    overrides = [o for o in tiny_job_overrides(tiny_checkpoint("llama"), text_file, num_sequences=2, seq_len=32)]
+    run_cli("--multirun", "+experiment=threshold_sensitivity", *overrides, f"hydra.sweep.dir={tmp_path}")
+    rows = read_csv(tmp_path / COMPARISON_CSV)
+    assert sorted((r["alpha_mode"], float(r["alpha"])) for r in rows) == sorted(
+        (mode, a) for mode in ("absolute", "rms") for a in (4.0, 6.0, 8.0, 12.0))
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    absolute = {float(r["alpha"]): int(r["outlier_dims"]) for r in rows if r["alpha_mode"] == "absolute"}
+    assert absolute[6.0] == 3  # the planted dims
+    assert (tmp_path / "compare_thresholds.png").read_bytes()[:8] == PNG
+    assert "×RMS" in (tmp_path / COMPARISON_MD).read_text()

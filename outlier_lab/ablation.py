@@ -1,0 +1,184 @@
+"""LLM.int8() Sec. 4.2 ablation: zero the outlier dims in projection inputs and measure the LM, vs random dims."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .adapters import SiteMap
+from .capture import forward_kwargs, input_width
+from .models import input_device
+
+log = logging.getLogger(__name__)
+
+METRICS = ("nll", "ppl", "bits_per_byte", "top1_prob", "top1_acc", "target_prob", "kl_from_baseline")
+# q_proj's input is also k_proj's and v_proj's: zeroing a feature of "the attention input" means all three.
+_QKV_SIBLINGS = {"q_proj": ("k_proj", "v_proj"), "query": ("key", "value")}
+
+
+def ablation_paths(model: torch.nn.Module, site_map: SiteMap, sites: Sequence[str]) -> List[str]:
+    """Module paths whose inputs get zeroed: each analyzed block's chosen sites in the residual (hidden) space."""
+    hidden = model.config.get_text_config().hidden_size
+    paths = []
+    for block in site_map.block_indices:
+        for site in sites:
+            if site not in site_map.site_names:
+                continue
+            path = site_map.site_path(block, site)
+            # o_proj's input is the attention heads' space when heads x head_dim != hidden: its dim indices name
+            # other features, so the residual dims detected there cannot be zeroed in it.
+            if input_width(model.get_submodule(path), hidden) != hidden:
+                continue
+            paths.append(path)
+            parent, _, leaf = path.rpartition(".")
+            for sibling in _QKV_SIBLINGS.get(leaf, ()):
+                candidate = f"{parent}.{sibling}"
+                with contextlib.suppress(AttributeError):
+                    model.get_submodule(candidate)
+                    paths.append(candidate)
+    return paths
+
+
+@contextlib.contextmanager
+def zeroed_inputs(model: torch.nn.Module, paths: Sequence[str], dims: Sequence[int]) -> Iterator[None]:
+    """Forward pre-hooks that set the given feature dims of each module's input to zero, removed on exit."""
+    if not dims:
+        yield
+        return
+    index = torch.as_tensor(list(dims), dtype=torch.long)
+
+    def zero(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[..., index.to(x.device)] = 0
+        return x
+
+    def hook(module, args, kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            return (zero(args[0]), *args[1:]), kwargs
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            return args, dict(kwargs, hidden_states=zero(kwargs["hidden_states"]))
+        return None
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(hook, with_kwargs=True) for p in paths]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_bytes(tokenizer, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes of each token's text (special tokens count 0), for bits per byte."""
+    lengths = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(min(vocab_size, len(tokenizer))):
+        lengths[i] = len(tokenizer.decode([i], skip_special_tokens=True).encode("utf-8"))
+    return lengths
+
+
+class Meter:
+    """Running next-token metrics of one condition: perplexity, bits per byte, top-1 probability and accuracy, and
+    the KL divergence from the unablated model's distribution (0 for the baseline itself)."""
+
+    def __init__(self):
+        self.nll = self.top1_prob = self.target_prob = self.kl = 0.0
+        self.correct = self.count = self.bytes = 0
+
+    def update(self, logits: torch.Tensor, batch: torch.Tensor, byte_lengths: np.ndarray,
+               base_logp: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+        """Fold one batch's logits [B, T, V] in; returns its per-sequence log-probs for KL against this condition."""
+        targets = batch[:, 1:]
+        self.bytes += int(byte_lengths[targets.cpu().numpy()].sum())
+        kept = []
+        for row in range(batch.shape[0]):  # one sequence at a time bounds the fp32 [T, vocab] copy
+            logp = torch.log_softmax(logits[row, :-1].float(), dim=-1)
+            target_logp = logp.gather(-1, targets[row, :, None]).squeeze(-1)
+            best_logp, best = logp.max(dim=-1)
+            self.nll -= float(target_logp.double().sum())
+            self.target_prob += float(target_logp.double().exp().sum())
+            self.top1_prob += float(best_logp.double().exp().sum())
+            self.correct += int((best == targets[row]).sum())
+            self.count += targets.shape[1]
+            if base_logp is not None:
+                base = base_logp[row]
+                self.kl += float((base.exp() * (base - logp)).sum(dim=-1).double().sum())
+            else:
+                kept.append(logp)
+        return kept
+
+    def result(self) -> Dict[str, float]:
+        nll = self.nll / self.count
+        return dict(nll=nll, ppl=math.exp(nll), bits_per_byte=self.nll / math.log(2) / max(self.bytes, 1),
+                    top1_prob=self.top1_prob / self.count, top1_acc=self.correct / self.count,
+                    target_prob=self.target_prob / self.count, kl_from_baseline=self.kl / self.count,
+                    tokens=self.count, bytes=self.bytes)
+
+
+@torch.inference_mode()
+def measure(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int, byte_lengths: np.ndarray, paths: Sequence[str],
+            conditions: Sequence[Sequence[int]]) -> List[Dict[str, float]]:
+    """Metrics of the unablated model, then of each condition (dims zeroed), batch by batch on the same tokens."""
+    device = input_device(model)
+    kwargs = forward_kwargs(model)
+    meters = [Meter() for _ in range(len(conditions) + 1)]
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start:start + batch_size].to(device)
+        base_logp = meters[0].update(model(input_ids=batch, **kwargs).logits, batch, byte_lengths)
+        for meter, dims in zip(meters[1:], conditions):
+            with zeroed_inputs(model, paths, dims):
+                meter.update(model(input_ids=batch, **kwargs).logits, batch, byte_lengths, base_logp)
+    return [m.result() for m in meters]
+
+
+def _deltas(metrics: Dict[str, float], baseline: Dict[str, float]) -> Dict[str, float]:
+    out = {k: metrics[k] - baseline[k] for k in METRICS}
+    out["ppl_pct"] = 100.0 * (metrics["ppl"] / baseline["ppl"] - 1.0)
+    out["top1_prob_pct"] = 100.0 * (metrics["top1_prob"] / baseline["top1_prob"] - 1.0) if baseline["top1_prob"] else None
+    return out
+
+
+def _spread(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return dict(mean=None, std=None, min=None, max=None)
+    array = np.asarray(values, dtype=np.float64)
+    return dict(mean=float(array.mean()), std=float(array.std(ddof=1)) if array.size > 1 else 0.0,
+                min=float(array.min()), max=float(array.max()))
+
+
+def random_dims(hidden: int, exclude: Sequence[int], count: int, seed: int) -> List[int]:
+    """`count` dims drawn without replacement from those that are not outliers."""
+    pool = np.setdiff1d(np.arange(hidden), np.asarray(list(exclude), dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    return sorted(int(d) for d in rng.choice(pool, size=min(count, pool.size), replace=False))
+
+
+def run_ablation(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, tokenizer, dims: Sequence[int],
+                 sites: Sequence[str], seeds: Sequence[int], batch_size: int) -> Dict[str, Any]:
+    """Baseline, outlier dims zeroed, and the same number of random dims zeroed once per seed."""
+    hidden = model.config.get_text_config().hidden_size
+    byte_lengths = token_bytes(tokenizer, model.config.get_text_config().vocab_size)
+    paths = ablation_paths(model, site_map, sites)
+    dims = sorted(int(d) for d in dims)
+    if not dims:
+        (baseline,) = measure(model, tokens, batch_size, byte_lengths, paths, [])
+        return dict(dims=[], sites=list(sites), zeroed_modules=len(paths), num_sequences=int(tokens.shape[0]),
+                    seeds=list(seeds), baseline=baseline, outliers=None, random=None,
+                    note="no outlier dims to zero: baseline metrics only")
+    controls = [random_dims(hidden, dims, len(dims), seed) for seed in seeds]
+    baseline, ablated, *randoms = measure(model, tokens, batch_size, byte_lengths, paths, [dims, *controls])
+    runs = [dict(seed=seed, dims=control, metrics=metrics, delta=_deltas(metrics, baseline))
+            for seed, control, metrics in zip(seeds, controls, randoms)]
+    keys = list(_deltas(baseline, baseline))
+    section: Dict[str, Any] = dict(
+        dims=dims, sites=list(sites), zeroed_modules=len(paths), num_sequences=int(tokens.shape[0]),
+        seeds=list(seeds), baseline=baseline, outliers=dict(metrics=ablated, delta=_deltas(ablated, baseline)),
+        random=dict(runs=runs, delta={k: _spread([r["delta"][k] for r in runs]) for k in keys}) if runs else None)
+    if runs:
+        log.info("ablation: ppl %.3f -> %.3f zeroing %d outlier dims; random dims: %+.2f%% +- %.2f%%",
+                 baseline["ppl"], ablated["ppl"], len(dims), section["random"]["delta"]["ppl_pct"]["mean"],
+                 section["random"]["delta"]["ppl_pct"]["std"])
+    return section
