@@ -62,6 +62,9 @@ class Estimate:
     device: str = "cuda"
     dtype: str = "bfloat16"
     block_weights_gib: float = 0.0
+    # GPU memory the checkpoint loader needs beyond the weights (before the forward); total counts the larger of
+    # this and the activations.
+    load_transient_gib: float = 0.0
     safety_factor: float = 1.3
 
     def to_dict(self) -> Dict[str, Any]:
@@ -196,6 +199,15 @@ def _stored_bytes(hf_config) -> int:
 
 def _routed_expert_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if _is_expert_weight(name))
+
+
+def _largest_block_expert_params(model: torch.nn.Module) -> int:
+    per_block: Dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if _is_expert_weight(name):
+            key = name.split(".experts.")[0]
+            per_block[key] = per_block.get(key, 0) + p.numel()
+    return max(per_block.values(), default=0)
 
 
 def _per_expert_checkpoint(cfg: DictConfig, model_type: str) -> bool:
@@ -435,7 +447,13 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
             pages = _routed_expert_params(model) * _stored_bytes(hf_config)
             overhead += pages
             notes.append(f"CPU: {pages / GIB:.2f} GiB of per-expert checkpoint pages stay mapped after fusing")
-    total = weight_bytes + activations + overhead
+    load_transient = 0.0
+    if device == "cuda" and moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, text.model_type):
+        # The loader stacks each block's per-expert tensors on the GPU: the list and the stacked copy coexist.
+        load_transient = _largest_block_expert_params(model) * dtype_bytes
+        if load_transient > activations:
+            notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
+    total = weight_bytes + max(activations, load_transient) + overhead
     factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
     disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, quant)
     notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB cache and outputs")
@@ -455,6 +473,7 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
         device=device,
         dtype=dtype,
         block_weights_gib=max(per_block.values(), default=0.0) / GIB,
+        load_transient_gib=load_transient / GIB,
         safety_factor=factor,
     )
 

@@ -5,7 +5,8 @@ per case in a fresh process so every peak starts clean, and prints the estimator
 recorded in results.json: peak RSS growth on CPU, torch.cuda.max_memory_allocated on GPU.
 
 Compared figure: on CPU the estimate's total (weights + activations + interpreter overhead), since RSS sees all of it;
-on CUDA weights + activations, since max_memory_allocated sees neither the CUDA context nor allocator slack.
+on CUDA weights + activations (or the loader's transient, if larger), since max_memory_allocated sees neither the
+CUDA context nor allocator slack.
 Target: ratio predicted / measured in [1.00, 1.10], before the safety factor.
 """
 from __future__ import annotations
@@ -102,7 +103,7 @@ def predicted(overrides, device: str) -> tuple:
     from outlier_lab.resources import estimate
 
     est = estimate(compose(overrides))
-    compared = est.total_gib if device == "cpu" else est.weights_gib + est.activations_gib
+    compared = est.total_gib if device == "cpu" else est.weights_gib + max(est.activations_gib, est.load_transient_gib)
     return est, compared
 
 
