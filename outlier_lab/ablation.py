@@ -182,3 +182,25 @@ def run_ablation(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor
                  baseline["ppl"], ablated["ppl"], len(dims), section["random"]["delta"]["ppl_pct"]["mean"],
                  section["random"]["delta"]["ppl_pct"]["std"])
     return section
+
+
+def markdown_section(section: Dict[str, Any]) -> List[str]:
+    """report.md lines for one run's ablation: baseline, outlier dims zeroed, random dims (mean ± sd over seeds)."""
+    base = section["baseline"]
+    lines = ["## Ablation (LLM.int8() Sec. 4.2)", "",
+             f"Baseline on {section['num_sequences']} sequences: perplexity {base['ppl']:.3f}, "
+             f"{base['bits_per_byte']:.4f} bits per byte, mean top-1 probability {base['top1_prob']:.4f}.", ""]
+    if section.get("outliers") is None:
+        return lines + [section.get("note", ""), ""]
+    out = section["outliers"]["delta"]
+    lines += [f"Zeroed dims {section['dims']} in {section['zeroed_modules']} module inputs ({', '.join(section['sites'])}).",
+              "", "| zeroed | Δ top-1 prob % | Δ ppl % | Δ bits/byte | KL from baseline |", "|---|---|---|---|---|",
+              f"| outlier dims | {out['top1_prob_pct']:.2f} | {out['ppl_pct']:.2f} | {out['bits_per_byte']:.4f} | "
+              f"{out['kl_from_baseline']:.4f} |"]
+    if section.get("random"):
+        r = section["random"]["delta"]
+        lines.append(f"| random dims ({len(section['seeds'])} seeds, mean ± sd) | {r['top1_prob_pct']['mean']:.2f} ± "
+                     f"{r['top1_prob_pct']['std']:.2f} | {r['ppl_pct']['mean']:.2f} ± {r['ppl_pct']['std']:.2f} | "
+                     f"{r['bits_per_byte']['mean']:.4f} ± {r['bits_per_byte']['std']:.4f} | "
+                     f"{r['kl_from_baseline']['mean']:.4f} ± {r['kl_from_baseline']['std']:.4f} |")
+    return lines + [""]

@@ -195,3 +195,21 @@ def with_block_outputs(probes: Sequence, site_map) -> List:
         merged += by_block.get(block, [])
         merged.append(SiteProbe(block, slots[block], SITE, site_map.block_path(block), SPACE, output=True))
     return merged
+
+
+def markdown_section(section: Dict[str, Any]) -> List[str]:
+    """report.md lines for one run's massive activations."""
+    s, c = section["summary"], section["criteria"]
+    lines = ["## Massive activations (Sun et al. 2024)", "",
+             f"Block outputs with |x| > {c['min_abs']:g} and >= {c['min_ratio']:g}x the median |x| of their hidden "
+             f"state: {s['num_hits']} hits in dims {s['dims'][:20]}"
+             + (f", from block {s['first_block']}" if s["first_block"] is not None else "")
+             + (f"; {100 * s['bos_frac']:.0f}% on BOS, {100 * s['delimiter_frac']:.0f}% on delimiters"
+                if s["bos_frac"] is not None else "") + f". All stored hits: `{section['hits_file']}`.", ""]
+    if section["dims"]:
+        lines += ["| dim | hits | max abs | blocks | positions | top tokens |", "|---|---|---|---|---|---|"]
+        for d in section["dims"][:20]:
+            tokens = ", ".join(f"{text!r} x{n}" for text, n in d["top_tokens"]).replace("|", "\\|")
+            lines.append(f"| {d['dim']} | {d['hits']} | {d['max_abs']:.1f} | {d['blocks'][0]}-{d['blocks'][-1]} "
+                         f"({len(d['blocks'])}) | {d['positions'][:8]} | {tokens} |")
+    return lines + [""]
