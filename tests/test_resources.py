@@ -213,3 +213,18 @@ def test_in_process_run_refuses_a_remote_plan(text_file):
     assert proc.returncode == 2
     assert "hardware=auto plans a remote run" in proc.stderr and "fabric launcher" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_results_record_the_plan_and_the_measured_peak(tiny_checkpoint, text_file, tmp_path):
+    from conftest import tiny_job_overrides
+
+    run_dir = tmp_path / "run"
+    run_cli(*tiny_job_overrides(tiny_checkpoint("olmoe"), text_file, run_dir), "device=cpu")
+    results = json.loads((run_dir / "results.json").read_text())
+    resources = results["resources"]
+    assert resources["local"] is True and resources["gpu"] is None
+    assert resources["params_total"] == results["model"]["params_total"]
+    assert resources["params_active"] == results["model"]["params_active"]
+    assert resources["total_gib"] == pytest.approx(
+        resources["weights_gib"] + resources["activations_gib"] + resources["overhead_gib"])
+    assert results["peak_memory_kind"] == "cpu_peak_rss_growth" and results["peak_memory_gib"] > 0
