@@ -61,7 +61,9 @@ class SlurmLauncher(BaseSubmititLauncher):
         """Run the job on the allocated node; a failure leaves the process non-zero so Slurm records FAILED
         (stock hydra-submitit returns it as a value and Slurm says COMPLETED: hydra#1928)."""
         # The job runs on the hardware planned for it, so the app must not refuse its non-local plan.
-        overrides = list(sweep_overrides) + ["hardware.launched_remotely=true"]
+        overrides = list(sweep_overrides)
+        if not any(o.lstrip("+~").startswith("hardware.launched_remotely=") for o in overrides):
+            overrides.append("hardware.launched_remotely=true")
         ret = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
         if ret.status == JobStatus.FAILED:
             raise ret._return_value
