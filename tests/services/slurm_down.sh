@@ -18,7 +18,7 @@ stop_pid_file() {
     return 0
 }
 
-if [ -f "$SLURM_CONF" ] && timeout 3 scontrol ping 2>/dev/null | grep -q UP; then
+if [ -f "$SLURM_CONF" ] && [[ "$(timeout 3 scontrol ping 2>/dev/null)" == *UP* ]]; then
     # Orphaned slurmstepd/srun processes survive when slurmd stops before its jobs are gone.
     scancel --full --user="$(id -un)" 2>/dev/null
     for _ in $(seq 300); do

@@ -13,12 +13,24 @@ _outlier_lab_slurm_wait() {  # poll command "${@:2}" until it succeeds, for at m
     return 1
 }
 
+# No pipes in these checks: .ci/run sources this file under `set -o pipefail`, where grep -q's early exit can fail a
+# pipeline that matched.
 _outlier_lab_slurm_node_ready() {
-    timeout 3 sinfo -h -N -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'
+    local states
+    states=$(timeout 3 sinfo -h -N -o %T 2>/dev/null) || return 1
+    grep -Eq '^(idle|mixed|allocated)' <<<"$states"
 }
 
 _outlier_lab_slurm_ping() {
-    timeout 3 scontrol ping 2>/dev/null | grep -q UP
+    local answer
+    answer=$(timeout 3 scontrol ping 2>/dev/null) || return 1
+    [[ "$answer" == *UP* ]]
+}
+
+_outlier_lab_munge_works() {
+    local credential
+    credential=$(munge -n 2>/dev/null) || return 1
+    unmunge >/dev/null 2>&1 <<<"$credential"
 }
 
 _outlier_lab_slurm_up() {
@@ -61,11 +73,14 @@ _outlier_lab_slurm_up() {
     # A half-dead cluster from an earlier run: stop its Slurm daemons before writing a fresh config.
     [ -f "$SLURM_CONF" ] && bash "$here/slurm_down.sh" --keep-munge >/dev/null 2>&1
 
-    if ! (munge -n | unmunge) >/dev/null 2>&1; then
+    if ! _outlier_lab_munge_works; then
         install -d -o munge -g munge -m 0755 /run/munge
-        [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || create-munge-key -f >/dev/null 2>&1; }
+        if [ ! -s /etc/munge/munge.key ]; then
+            mungekey --create --force >/dev/null 2>&1 || create-munge-key -f >/dev/null 2>&1
+            chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
+        fi
         runuser -u munge -- /usr/sbin/munged && touch "$dir/munged.started"
-        if ! _outlier_lab_slurm_wait 10 sh -c 'munge -n | unmunge'; then
+        if ! _outlier_lab_slurm_wait 10 _outlier_lab_munge_works; then
             echo "slurm_up: munged did not start" >&2
             return 1
         fi
