@@ -43,12 +43,14 @@ class ComparisonCallback(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        out_dir = Path(config.hydra.runtime.output_dir)
+        # Launchers call this hook too (locally, for remote or Slurm-killed jobs) with configs that may lack a field;
+        # the status file is best effort, and the comparison below still lists the job from what is on disk.
         try:
+            out_dir = Path(config.hydra.runtime.output_dir)
             atomic_write_bytes(out_dir / JOB_STATUS, (json.dumps(job_status(config, job_return), indent=2) + "\n").encode())
-        except OSError as err:
-            log.warning("could not write %s: %s", out_dir / JOB_STATUS, err)
-        if config.hydra.mode == RunMode.MULTIRUN:
+        except Exception as err:  # noqa: BLE001 - see above
+            log.warning("job_status.json not written: %s", _one_line(err))
+        if config.hydra.get("mode") == RunMode.MULTIRUN:
             self._refresh(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -54,9 +54,9 @@ def test_massive_hits_at_planted_block_position_dim(massive_checkpoint, text_fil
     assert massive["summary"]["dims"] == sorted({BOS_DIM, COLON_DIM}, key=lambda d: -sum(k[3] == d for k in expected))
     for dim, value, bos, token in zip(hits["dim"], hits["value"], hits["is_bos"], hits["token"]):
         if dim == BOS_DIM:
-            assert bos and token == "<s>" and value == pytest.approx(BOS_VALUE, rel=1e-3)
+            assert bos and token == "<s>" and value == pytest.approx(BOS_VALUE, rel=1e-2)  # bf16 on a GPU
         else:
-            assert not bos and token == ":" and value == pytest.approx(COLON_VALUE, rel=1e-3)
+            assert not bos and token == ":" and value == pytest.approx(COLON_VALUE, rel=1e-2)
     assert all(d == (dim != BOS_DIM) for d, dim in zip(hits["is_delimiter"], hits["dim"]))
     by_dim = {d["dim"]: d for d in massive["dims"]}
     assert by_dim[BOS_DIM]["blocks"] == list(blocks) and by_dim[BOS_DIM]["bos_frac"] == 1.0
