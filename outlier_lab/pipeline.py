@@ -138,11 +138,19 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     return Analysis(spaces, block_max, per_sequence, massive)
 
 
-def _ablation_requested(cfg: DictConfig) -> bool:
+def _ablation_requested(cfg: DictConfig, hf_config) -> bool:
+    """True for analysis=ablation, which needs a checkpoint that ships a trained next-token head."""
     mode = cfg.get("analysis", {}).get("mode", "detect")
     if mode not in ("detect", "ablation"):
         raise UserError(f"analysis.mode={mode!r} is not one of detect, ablation (e.g. analysis=ablation)")
-    return mode == "ablation"
+    if mode != "ablation":
+        return False
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        # Loading a causal-LM class on such a checkpoint would add a randomly initialized head: meaningless metrics.
+        raise UserError(f"analysis=ablation needs a causal language model; {cfg.model.name} ships "
+                        f"{architectures or 'no architectures entry'} (no trained next-token head)")
+    return True
 
 
 def _ablation(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, tokenizer, outliers) -> Dict[str, Any]:
@@ -203,6 +211,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     hf_config = load_hf_config(cfg.model)
     # Validate the architecture, sites and layers on the meta device before any weight is read.
     discover_sites(build_meta_model(cfg.model, hf_config), cfg.detector.sites, cfg.detector.layers)
+    ablate = _ablation_requested(cfg, hf_config)
     tokenizer = load_tokenizer(cfg.model)
     ds = cfg.dataset
     tokens = build_windows(tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token,
@@ -211,7 +220,6 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     if ds.batch_size < 1:
         raise UserError(f"dataset.batch_size={ds.batch_size}; it must be >= 1")
 
-    ablate = _ablation_requested(cfg)
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
         model = load_model(cfg.model, device, with_lm_head=ablate)

@@ -20,5 +20,7 @@ class RmsInt8Reducer(Int8Reducer):
     def observe(self, block_slot: int, x: torch.Tensor) -> None:
         batch = self._batch["pos_hits"].shape[0]
         x = x.reshape(batch, -1, x.shape[-1]).to(self.device, torch.float32)
-        rms = x.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+        # vector_norm avoids materializing x**2; one scaled copy is the only full-size temporary.
+        norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+        rms = (norm / (x.shape[1] * x.shape[2]) ** 0.5).clamp_min(torch.finfo(torch.float32).tiny)
         super().observe(block_slot, x / rms)

@@ -84,3 +84,10 @@ def test_ablation_in_comparison_and_bad_dims(trained_checkpoint, text_file, tmp_
                    "analysis=ablation", "analysis.dims=[9999]", check=False)
     assert proc.returncode == 2 and "analysis.dims [9999] out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_ablation_refuses_a_model_without_a_trained_lm_head():
+    # MiniLM ships a BertModel: a causal-LM class would bolt on a random head and report meaningless perplexities.
+    proc = run_cli("+experiment=smoke", "analysis=ablation", "progress=false", check=False)
+    assert proc.returncode == 2 and "analysis=ablation needs a causal language model" in proc.stderr
+    assert "Traceback" not in proc.stderr
