@@ -99,8 +99,11 @@ def find_job_dirs(root: Path) -> List[Path]:
     for path in root.rglob("config.yaml"):
         if path.parent.name == ".hydra" and path.parent.parent != root:
             found.add(path.parent.parent)
-    return sorted(found, key=lambda d: (str(d.parent), _job_number(d, {}) if _job_number(d, {}) is not None else 1 << 30,
-                                        d.name))
+    def job_order(directory: Path):
+        num = _job_number(directory, {})
+        return str(directory.parent), num if num is not None else 1 << 30, directory.name
+
+    return sorted(found, key=job_order)
 
 
 def load_job(directory: Path, label: str) -> Job:
