@@ -228,3 +228,15 @@ def test_results_record_the_plan_and_the_measured_peak(tiny_checkpoint, text_fil
     assert resources["total_gib"] == pytest.approx(
         resources["weights_gib"] + resources["activations_gib"] + resources["overhead_gib"])
     assert results["peak_memory_kind"] == "cpu_peak_rss_growth" and results["peak_memory_gib"] > 0
+
+
+SHIPPED_MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if p.stem != "local")
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_every_shipped_model_is_estimable_offline(name):
+    planned = hardware.plan(compose(f"model={name}", "hardware=auto"))
+    est = planned.estimate
+    assert est.params_total > 0 and 0 < est.params_active <= est.params_total
+    assert est.weights_gib > 0 and est.activations_gib > 0 and est.disk_gib > est.weights_gib / 2
+    assert planned.gpu.vendor == "nvidia" and planned.per_gpu_required_gib <= planned.gpu.vram_gib
