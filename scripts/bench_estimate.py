@@ -37,6 +37,9 @@ CHECKPOINTS = {
     "glm4_moe-mid": ("glm4_moe", dict(_MID, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4,
                                       moe_intermediate_size=256, first_k_dense_replace=1, n_group=1, topk_group=1,
                                       partial_rotary_factor=0.5)),
+    # Wide per-expert MoE, two blocks: loading (stacking each block's experts) rather than the forward peaks.
+    "qwen3_moe-wide": ("qwen3_moe", dict(_MID, num_hidden_layers=2, num_experts=64, num_experts_per_tok=4,
+                                         moe_intermediate_size=1024, decoder_sparse_step=1, mlp_only_layers=[])),
     "gpt2-mid": ("gpt2", dict(n_embd=1024, n_layer=8, n_head=16, n_positions=2048)),
 }
 # (checkpoint, seq_len, batch_size, num_sequences)
@@ -59,6 +62,7 @@ CUDA_CASES = [
     ("llama-mid", 2048, 16, 16),
     ("qwen3_moe-mid", 2048, 8, 8),
     ("gpt_oss-mid", 2048, 4, 4),
+    ("qwen3_moe-wide", 128, 1, 2),
 ]
 
 
