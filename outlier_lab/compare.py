@@ -439,7 +439,8 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
         nrows = math.ceil(len(with_heat) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
         for ax, job in zip(axes.flat, with_heat):
-            image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|")
+            rms = _get(job.results, "detector", "alpha_mode") == "rms"
+            image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|{' / RMS' if rms else ''}")
             fig.colorbar(image, ax=ax)
         for ax in list(axes.flat)[len(with_heat):]:
             ax.axis("off")
