@@ -83,8 +83,8 @@ def test_reducer_streaming_equals_one_shot():
     x[4, 0, 2] = -800.0
     x[4, 9, 2] = 90.0  # above 1000x the median but not above min_abs, until doubled in block 1
 
-    def hits(batch_size):
-        reducer = MassiveReducer(MassiveCriteria(), [0, 1], 16)
+    def hits(batch_size, sync_free):
+        reducer = MassiveReducer(MassiveCriteria(), [0, 1], 16, sync_free=sync_free)
         for start in range(0, 6, batch_size):
             chunk = x[start:start + batch_size]
             reducer.start_batch(chunk.shape[0], 10)
@@ -92,8 +92,12 @@ def test_reducer_streaming_equals_one_shot():
             reducer.observe(1, (chunk * 2,))  # decoder layers that return tuples are unwrapped
             reducer.end_batch()
         table = reducer.hit_table()
+        counts = reducer.hit_count.numpy()
+        assert counts.sum() == len(table["dim"]) and counts[1, 2] == 2 and reducer.hit_max[0, 2] == 800.0
         return sorted(zip(table["block"], table["sequence"], table["position"], table["dim"], table["value"]))
 
     expected = sorted([(0, 1, 3, 5, 500.0), (0, 4, 0, 2, -800.0), (1, 1, 3, 5, 1000.0), (1, 4, 0, 2, -1600.0),
                        (1, 4, 9, 2, 180.0)])
-    assert hits(6) == hits(2) == hits(1) == expected
+    # The GPU's sync-free path (topk) and the CPU's (nonzero) agree, whatever the batching.
+    for sync_free in (False, True):
+        assert hits(6, sync_free) == hits(2, sync_free) == hits(1, sync_free) == expected
