@@ -48,8 +48,7 @@ class Int8Reducer:
     batch-level state (per-block hit flags and the per-position hit union) is reset by `start_batch`.
     """
 
-    def __init__(self, criteria: Criteria, num_blocks: int, hidden: int, device: torch.device | str = "cpu",
-                 dense_histogram: Optional[bool] = None):
+    def __init__(self, criteria: Criteria, num_blocks: int, hidden: int, device: torch.device | str = "cpu"):
         self.criteria = criteria
         self.num_blocks = num_blocks
         self.hidden = hidden
@@ -57,11 +56,7 @@ class Int8Reducer:
         nb = criteria.num_bins
         self.block_max = torch.zeros(num_blocks, hidden, dtype=torch.float32, device=self.device)
         # [D, sign(0=+,1=-), bin] counts of |x| >= alpha, for quartiles and one-sidedness.
-        # One spare slot at the end absorbs non-hits in the dense path.
-        self.hist = torch.zeros(hidden * 2 * nb + 1, dtype=torch.int64, device=self.device)
-        # Dense binning never syncs the host (no nonzero()), which keeps a GPU's queue full; sparse is cheaper on CPU.
-        self.dense_histogram = self.device.type == "cuda" if dense_histogram is None else dense_histogram
-        self._dims = torch.arange(hidden, device=self.device)
+        self.hist = torch.zeros(hidden * 2 * nb, dtype=torch.int64, device=self.device)
         self._log_alpha = math.log2(criteria.alpha) if criteria.alpha > 0 else 0.0
         self._batch: Optional[Dict[str, torch.Tensor]] = None
 
@@ -80,15 +75,22 @@ class Int8Reducer:
         assert state is not None, "start_batch() first"
         if x.dim() == 2:  # some MoE blocks flatten tokens before the router
             x = x.view(state["pos_hits"].shape[0], -1, x.shape[-1])
-        x = x.to(self.device, torch.float32)  # statistics in fp32 whatever the model dtype
+        x = x.to(self.device)
+        if not self._exact_in(x.dtype):
+            x = x.float()
+        # |x|, >= alpha and max are exact in any float dtype when alpha is representable in it, so a bf16 input is
+        # compared as is (no full fp32 copy); every value that leaves this method is fp32 or an integer count.
         absx = x.abs()
         hit = absx >= self.criteria.alpha
         state["pos_hits"] |= hit
         state["block_hits"][:, block_slot] |= hit.any(dim=1)
-        per_seq_max = absx.amax(dim=1)
+        per_seq_max = absx.amax(dim=1).float()
         torch.maximum(state["seq_max"], per_seq_max, out=state["seq_max"])
         torch.maximum(self.block_max[block_slot], per_seq_max.amax(dim=0), out=self.block_max[block_slot])
         self._histogram(x, hit)
+
+    def _exact_in(self, dtype: torch.dtype) -> bool:
+        return dtype == torch.float32 or float(torch.tensor(self.criteria.alpha, dtype=dtype)) == self.criteria.alpha
 
     def _bin_index(self, values: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
         nb = self.criteria.num_bins
@@ -97,15 +99,12 @@ class Int8Reducer:
         return (dims * 2 + (values < 0).long()) * nb + bins
 
     def _histogram(self, x: torch.Tensor, hit: torch.Tensor) -> None:
-        if self.dense_histogram:
-            index = torch.where(hit, self._bin_index(x, self._dims), self.hist.numel() - 1)
-            self.hist.index_add_(0, index.view(-1), hit.view(-1).long())
-            return
+        # Sparse: hits are rare in most models, and binning every element costs far more than the nonzero() sync.
         flat_hit = hit.reshape(-1, self.hidden)
         rows, dims = flat_hit.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return
-        index = self._bin_index(x.reshape(-1, self.hidden)[rows, dims], dims)
+        index = self._bin_index(x.reshape(-1, self.hidden)[rows, dims].float(), dims)
         self.hist.index_put_((index,), torch.ones_like(index), accumulate=True)
 
     @torch.no_grad()
@@ -128,7 +127,7 @@ class Int8Reducer:
 
     def histogram(self) -> np.ndarray:
         """[D, 2, bins] counts of outlier values (sign 0 positive, 1 negative)."""
-        return self.hist[:-1].view(self.hidden, 2, self.criteria.num_bins).cpu().numpy()
+        return self.hist.view(self.hidden, 2, self.criteria.num_bins).cpu().numpy()
 
 
 def histogram_quantiles(hist: np.ndarray, criteria: Criteria, qs=(0.25, 0.5, 0.75)) -> List[float]:

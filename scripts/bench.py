@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--memory-sequences", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the 1-vs-many-sequences memory probes")
     parser.add_argument("--probe-sequences", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_sequences:
@@ -90,12 +91,18 @@ def main() -> None:
     def full():
         analyze(model, site_map, tokens, detector, args.batch_size, progress=False)
 
+    def hooks_only():
+        # Diagnostic: the same reductions fed by plain forward pre-hooks, to split nnsight's cost from the reducer's.
+        reduce_with_hooks(model, site_map, tokens, detector, args.batch_size, args.device)
+
     bare(), full()  # warm-up: allocator, kernels, nnsight's first trace
     # Interleaved so that machine noise hits both sides alike.
-    bare_s, full_s = [], []
+    hooks_only()
+    bare_s, full_s, hook_s = [], [], []
     for _ in range(args.repeats):
         bare_s.append(timed(bare, 1, args.device))
         full_s.append(timed(full, 1, args.device))
+        hook_s.append(timed(hooks_only, 1, args.device))
     with PeakMemory(args.device) as bare_mem:
         bare()
     with PeakMemory(args.device) as full_mem:
@@ -106,12 +113,38 @@ def main() -> None:
     print(f"bare forward   : {b:8.3f} s   peak {bare_mem.peak_gib:7.3f} GiB")
     print(f"full analysis  : {f:8.3f} s   peak {full_mem.peak_gib:7.3f} GiB")
     print(f"ratio analysis/bare = {f / b:.3f}   (target <= {1.05 if args.device == 'cuda' else 1.25})")
+    h = statistics.median(hook_s)
+    print(f"same reductions via torch hooks (no nnsight): {h:8.3f} s, ratio {h / b:.3f}")
 
+    if args.skip_memory:
+        return
     # Each memory probe runs in a fresh process, so allocator caches and earlier high-water marks don't blur it.
     peaks = {n: memory_probe(args, n) for n in (args.batch_size, args.memory_sequences)}
     one, lots = peaks[args.batch_size], peaks[args.memory_sequences]
     print(f"analysis peak at {args.batch_size} sequences (one batch): {one:.3f} GiB; at {args.memory_sequences} "
           f"sequences: {lots:.3f} GiB; ratio {lots / max(one, 1e-9):.3f} (target <= 1.0 plus noise)")
+
+
+def reduce_with_hooks(model, site_map, tokens, detector, batch_size: int, device: str) -> None:
+    from outlier_lab.capture import plan_probes
+    from outlier_lab.detection import Criteria, Int8Reducer
+
+    probes, widths = plan_probes(model, site_map)
+    crit = Criteria(detector.alpha, detector.min_layer_frac, detector.min_seq_frac, detector.min_sequence_frac)
+    reducers = {s: Int8Reducer(crit, len(site_map.block_indices), w, device) for s, w in widths.items()}
+    handles = [model.get_submodule(p.path).register_forward_pre_hook(
+        lambda mod, args, p=p: reducers[p.space].observe(p.slot, args[0])) for p in probes]
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            batch = tokens[start:start + batch_size].to(device)
+            for r in reducers.values():
+                r.start_batch(batch.shape[0], batch.shape[1])
+            bare_forward(model, batch)
+            for r in reducers.values():
+                r.end_batch()
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def memory_probe(args, sequences: int) -> float:

@@ -42,10 +42,10 @@ def random_acts(seed, blocks=8, sites=3, S=5, T=50, D=12):
     return acts
 
 
-def stream(acts, batch, dtype=torch.float32, dense=False):
+def stream(acts, batch, dtype=torch.float32, alpha=ALPHA):
     S, T, D = acts[0][0].shape
-    crit = Criteria(alpha=ALPHA)
-    reducer = Int8Reducer(crit, len(acts), D, dense_histogram=dense)
+    crit = Criteria(alpha=alpha)
+    reducer = Int8Reducer(crit, len(acts), D)
     acc = RunAccumulator(crit, D)
     for start in range(0, S, batch):
         reducer.start_batch(min(batch, S - start), T)
@@ -79,15 +79,6 @@ def test_chunked_streaming_equals_one_shot():
             np.testing.assert_array_equal(a[key], b[key])
         np.testing.assert_array_equal(reducer.histogram(), one_reducer.histogram())
         np.testing.assert_array_equal(reducer.block_max.numpy(), one_reducer.block_max.numpy())
-
-
-def test_dense_histogram_path_equals_sparse():
-    # The GPU path bins every element (no host sync); it must count exactly what the sparse CPU path counts.
-    acts = random_acts(11)
-    sparse, _ = stream(acts, batch=2)
-    dense, _ = stream(acts, batch=2, dense=True)
-    assert sparse.histogram().sum() > 0
-    np.testing.assert_array_equal(dense.histogram(), sparse.histogram())
 
 
 def test_exact_threshold_counts_and_just_below_does_not():
@@ -129,6 +120,16 @@ def test_bf16_input_statistics_are_fp32():
     np.testing.assert_array_equal(reducer.histogram(), ref_reducer.histogram())
     for key, value in ref.per_sequence_table().items():
         np.testing.assert_array_equal(got.per_sequence_table()[key], value)
+
+
+def test_alpha_not_representable_in_bf16_is_compared_in_fp32():
+    # 6.1 is 6.09375 in bf16: a bf16 comparison would wrongly count 6.09375. The reducer must compare in fp32.
+    acts = [[np.zeros((1, 10, 1), dtype=np.float32)] for _ in range(2)]
+    acts[0][0][0, :, 0] = 6.09375  # exactly representable in bf16, and below 6.1
+    _, acc = stream(acts, batch=1, dtype=torch.bfloat16, alpha=6.1)
+    assert acc.per_sequence_table()["dim"].size == 0
+    _, acc = stream(acts, batch=1, dtype=torch.bfloat16, alpha=6.09375)
+    assert acc.per_sequence_table()["dim"].tolist() == [0]
 
 
 def test_unique_dims_across_sequences_and_headline_fraction():
