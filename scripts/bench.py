@@ -152,7 +152,7 @@ def memory_probe(args, sequences: int) -> float:
     import subprocess
 
     argv = [sys.executable, __file__, "--probe-sequences", str(sequences)] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("probe_sequences",)]
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("probe_sequences", "skip_memory")]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
