@@ -94,6 +94,14 @@ def render_markdown(results: Dict[str, Any]) -> str:
         lines += ["", f"## Separate feature space: {space} (width {sub['width']})", "",
                   f"{sub['summary']['num_outlier_features']} outlier dims: "
                   + ", ".join(str(f["dim"]) for f in sub["outlier_features"][:40])]
+    if results.get("massive"):
+        from .massive import markdown_section as massive_section
+
+        lines += [""] + massive_section(results["massive"])
+    if results.get("ablation"):
+        from .ablation import markdown_section as ablation_section
+
+        lines += [""] + ablation_section(results["ablation"])
     lines += ["", f"![heatmap]({HEATMAP})", ""]
     return "\n".join(lines)
 
