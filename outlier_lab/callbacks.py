@@ -54,6 +54,8 @@ class ComparisonCallback(Callback):
             self._refresh(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.launcher.get("dry_run", False):
+            return  # a dry run launched nothing, so there is nothing to compare
         self._refresh(Path(config.hydra.sweep.dir))
 
     @staticmethod
