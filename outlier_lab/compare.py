@@ -8,7 +8,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from . import paper
 from .results import RESULTS_JSON, atomic_write_bytes
@@ -166,15 +166,6 @@ def _config_model_name(directory: Path) -> Optional[str]:
         return str(OmegaConf.load(path).model.name)
     except Exception:  # an unresolvable or partial config still gets a row, just without a model name
         return None
-
-
-def _stat(values: Iterable[float]) -> Dict[str, Optional[float]]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return dict(mean=None, std=None)
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return dict(mean=mean, std=std)
 
 
 def job_row(job: Job) -> Dict[str, Any]:

@@ -80,14 +80,19 @@ def special_ids(tokenizer, bos_token: Optional[str]):
     return bos, sep
 
 
-def build_windows(tokenizer, docs: Iterable[str], num_sequences: int, seq_len: int, prepend_bos: bool = True,
-                  bos_token: Optional[str] = None, max_positions: Optional[int] = None) -> torch.Tensor:
-    """[num_sequences, seq_len] token ids: documents joined with EOS, cut into consecutive non-overlapping windows."""
+def check_window_shape(num_sequences: int, seq_len: int, max_positions: Optional[int]) -> None:
+    """Reject window shapes the model cannot take, before anything is planned, tokenized or loaded."""
     if num_sequences < 1 or seq_len < 2:
         raise UserError(f"need dataset.num_sequences >= 1 and dataset.seq_len >= 2 (got {num_sequences}, {seq_len})")
     if max_positions is not None and seq_len > max_positions:
         raise UserError(f"dataset.seq_len={seq_len} exceeds the model's maximum of {max_positions} positions; "
                         f"use dataset.seq_len<={max_positions}")
+
+
+def build_windows(tokenizer, docs: Iterable[str], num_sequences: int, seq_len: int, prepend_bos: bool = True,
+                  bos_token: Optional[str] = None, max_positions: Optional[int] = None) -> torch.Tensor:
+    """[num_sequences, seq_len] token ids: documents joined with EOS, cut into consecutive non-overlapping windows."""
+    check_window_shape(num_sequences, seq_len, max_positions)
     bos, sep = special_ids(tokenizer, bos_token)
     with_bos = prepend_bos and bos is not None
     body = seq_len - 1 if with_bos else seq_len
@@ -112,7 +117,8 @@ def build_windows(tokenizer, docs: Iterable[str], num_sequences: int, seq_len: i
     if chunk:
         flush()
     if len(stream) < needed:
-        raise UserError(f"the text has {len(stream)} tokens but {num_sequences} x {seq_len} needs {needed}; "
+        raise UserError(f"the text has {len(stream)} tokens but {num_sequences} x {seq_len} needs {needed}"
+                        f"{' (BOS excluded)' if with_bos else ''}; "
                         "lower dataset.num_sequences or dataset.seq_len, or give more text")
     windows = torch.tensor(stream[:needed], dtype=torch.long).view(num_sequences, body)
     if with_bos:

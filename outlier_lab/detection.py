@@ -25,6 +25,18 @@ class Criteria:
     min_sequence_frac: float = 0.5
     bins_per_octave: int = 32
 
+    def __post_init__(self) -> None:
+        from .errors import UserError
+
+        if not self.alpha > 0:
+            raise UserError(f"detector.alpha={self.alpha} must be > 0")
+        for name in ("min_layer_frac", "min_seq_frac", "min_sequence_frac"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise UserError(f"detector.{name}={value} must be in (0, 1]")
+        if self.bins_per_octave < 1:
+            raise UserError(f"detector.bins_per_octave={self.bins_per_octave} must be >= 1")
+
     @property
     def num_bins(self) -> int:
         return OCTAVES * self.bins_per_octave
@@ -244,5 +256,7 @@ def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> D
             seq_dims_pct=100.0 * top["seq_frac"],
             quartiles=histogram_quantiles(hist[top["dim"]], crit),
             sequences=top["sequences"],
+            # False: no dim reached min_sequence_frac; this is the most frequent dim that qualified at all.
+            headline=bool(headline),
         )
     return dict(outlier_features=headline, qualified_dims=everything, summary=summary)

@@ -38,10 +38,10 @@ def main(cfg: DictConfig) -> Dict[str, Any]:
     try:
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
     except UserError as err:
-        log.error("%s", err)
         if hydra_cfg.mode == RunMode.RUN:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        log.error("%s", err)
         raise  # a sweep records it as this job's FAILED status
 
 
@@ -72,6 +72,12 @@ class Analysis:
     massive: Optional[Any] = None
 
 
+def criteria_of(det_cfg) -> Criteria:
+    """The LLM.int8() criteria of a detector config (validated: a bad threshold is a UserError)."""
+    return Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_seq_frac, det_cfg.min_sequence_frac,
+                    det_cfg.bins_per_octave)
+
+
 def _int8_reducer_class(det_cfg):
     from .thresholds import ALPHA_MODES, RmsInt8Reducer
 
@@ -88,8 +94,7 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
 
     probes, widths = plan_probes(model, site_map)
     device = input_device(model)
-    criteria = Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_seq_frac, det_cfg.min_sequence_frac,
-                        det_cfg.bins_per_octave)
+    criteria = criteria_of(det_cfg)
     num_slots = len(site_map.block_indices)
     reducer_class = _int8_reducer_class(det_cfg)
     reducers = {space: reducer_class(criteria, num_slots, width, device) for space, width in widths.items()}
@@ -204,6 +209,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     started = time.perf_counter()
     timings: Dict[str, float] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    criteria_of(cfg.detector)  # bad thresholds fail before anything is planned or loaded
     plan = _plan_resources(cfg)
     device = resolve_device(cfg.device)
 
@@ -233,8 +239,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     counted = model.base_model  # the same counts whether or not the LM head was loaded (ablation needs it)
     params_total = count_parameters(counted)
     moe = moe_facts(counted, text_config)
-    hidden_space = analysis.spaces.get(HIDDEN) or next(iter(analysis.spaces.values()))
+    # The residual stream is the headline; only when no selected site is residual-wide does another space lead,
+    # and `headline_space` then says which.
     hidden_key = HIDDEN if HIDDEN in analysis.spaces else next(iter(analysis.spaces))
+    hidden_space = analysis.spaces[hidden_key]
     results: Dict[str, Any] = dict(
         schema_version=store.SCHEMA_VERSION,
         model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, revision=cfg.model.revision,
@@ -253,6 +261,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         outlier_features=hidden_space["outlier_features"],
         qualified_dims=hidden_space["qualified_dims"],
         summary=hidden_space["summary"],
+        headline_space=hidden_key,
         other_spaces={k: v for k, v in analysis.spaces.items() if k != hidden_key},
         heatmap=heatmap_data(hidden_space, analysis.block_max[hidden_key], site_map.block_indices,
                              cfg.detector.heatmap_top_dims),

@@ -397,12 +397,14 @@ def _shipped_config(model_cfg):
 
 def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
     """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU)."""
-    from .models import moe_facts
+    from .data import check_window_shape
+    from .models import max_positions, moe_facts
 
     device, dtype = _target(cfg, gpu)
     dtype_bytes = _DTYPE_BYTES[dtype]
     hf_config, model = _meta_model(OmegaConf.to_yaml(cfg.model))
     text = _text_config(hf_config)
+    check_window_shape(int(cfg.dataset.num_sequences), int(cfg.dataset.seq_len), max_positions(hf_config))
     notes: List[str] = []
 
     quant = quantization_of(cfg, hf_config)

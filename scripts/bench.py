@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -127,10 +126,11 @@ def main() -> None:
 
 def reduce_with_hooks(model, site_map, tokens, detector, batch_size: int, device: str) -> None:
     from outlier_lab.capture import plan_probes
-    from outlier_lab.detection import Criteria, Int8Reducer
+    from outlier_lab.detection import Int8Reducer
+    from outlier_lab.pipeline import criteria_of
 
     probes, widths = plan_probes(model, site_map)
-    crit = Criteria(detector.alpha, detector.min_layer_frac, detector.min_seq_frac, detector.min_sequence_frac)
+    crit = criteria_of(detector)
     reducers = {s: Int8Reducer(crit, len(site_map.block_indices), w, device) for s, w in widths.items()}
     handles = [model.get_submodule(p.path).register_forward_pre_hook(
         lambda mod, args, p=p: reducers[p.space].observe(p.slot, args[0])) for p in probes]

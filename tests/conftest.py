@@ -57,7 +57,7 @@ def run_cli(*overrides: str, script: str = "run.py", timeout: float = 600, check
 def tiny_job_overrides(checkpoint: Path, text: Path, run_dir: Path | None = None, num_sequences: int = 4,
                        seq_len: int = 64) -> list:
     """Overrides for a seconds-long job on a tiny checkpoint."""
-    overrides = [f"model=local", f"model.path={checkpoint}", f"model.name={checkpoint.name}", "dataset=text_file",
+    overrides = ["model=local", f"model.path={checkpoint}", f"model.name={checkpoint.name}", "dataset=text_file",
                  f"dataset.path={text}", f"dataset.num_sequences={num_sequences}", f"dataset.seq_len={seq_len}",
                  "progress=false"]
     if run_dir is not None:

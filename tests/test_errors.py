@@ -77,3 +77,18 @@ def test_a_failed_run_does_not_touch_existing_results(tiny_checkpoint, text_file
     assert after == before
     assert {"results.json", "tokens.safetensors", "per_sequence.parquet"} <= set(before)
     assert json.loads(before["results.json"])["summary"]["num_outlier_features"] == 3
+
+
+@pytest.mark.parametrize("override,needle", [("detector.alpha=0", "detector.alpha=0.0 must be > 0"),
+                                             ("detector.min_seq_frac=2", "min_seq_frac=2.0 must be in (0, 1]")])
+def test_bad_thresholds_fail_before_anything_runs(override, needle, tmp_path):
+    proc = run_cli(override, f"hydra.run.dir={tmp_path}", check=False)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_seq_len_too_long_is_refused_before_planning(tmp_path):
+    # The launchers plan in the parent process: an impossible window must fail there, not on a paid remote GPU.
+    proc = run_cli("dataset.seq_len=100000", "hardware=auto", "hydra.launcher.dry_run=true", check=False)
+    assert proc.returncode != 0
+    assert "seq_len=100000 exceeds the model's maximum of 512 positions" in proc.stderr + proc.stdout

@@ -608,14 +608,18 @@ def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bun
     if job.gpu_indices:  # a shared host: this job sees only the GPUs it was given
         env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in job.gpu_indices)}")
     if params.get("hf_home"):
-        env_lines.append(f"export HF_HOME={q(str(params['hf_home']))}")
+        hf_home = str(params["hf_home"])
+        # A quoted `~` would stay literal: expand it through the remote shell's $HOME.
+        value = f'"$HOME"/{q(hf_home[2:])}' if hf_home.startswith("~/") else q(hf_home)
+        env_lines.append(f"export HF_HOME={value}")
     command = " ".join(q(a) for a in remote_command(job, python))
     return f"""#!/bin/sh
 # outlier_lab remote job {job.name}: detached, its own process group; the launcher polls exit_code.
 JOB={q(d)}
 echo $$ > "$JOB/pgid"
-cd {q(code_dir)} || {{ echo 1 > "$JOB/exit_code"; exit 1; }}
+# Secrets first, so the 0600 file is gone whatever happens next.
 if [ -f "$JOB/secrets.env" ]; then set -a; . "$JOB/secrets.env"; set +a; rm -f "$JOB/secrets.env"; fi
+cd {q(code_dir)} || {{ echo 1 > "$JOB/exit_code"; exit 1; }}
 {chr(10).join(env_lines)}
 if ! sha256sum --quiet --strict -c {CODE_MANIFEST} > "$JOB/code_check.log" 2>&1; then
     echo "outlier_lab: remote code in {code_dir} does not match the local tree {bundle.code_id} (commit {bundle.commit}):" >> "$JOB/job.log"
@@ -888,6 +892,7 @@ class Launch:
         job.local_dir.mkdir(parents=True, exist_ok=True)
         offset = 0
         pending = b""
+        log_pending = b""
         started = time.monotonic()
         timeout = self.params.get("timeout_s")
         interval = float(self.params["poll_interval_s"])
@@ -900,12 +905,21 @@ class Launch:
                 except FileNotFoundError:
                     return b""
 
+            def write_log(final: bool = False) -> None:
+                # Redact whole lines only: a secret split across two reads must not slip through.
+                nonlocal log_pending
+                cut = len(log_pending) if final else log_pending.rfind(b"\n") + 1
+                if cut:
+                    local_log.write(self.redact(log_pending[:cut].decode(errors="replace")).encode())
+                    local_log.flush()
+                    log_pending = log_pending[cut:]
+
             def drain() -> None:
-                nonlocal offset, pending
+                nonlocal offset, pending, log_pending
                 data = job.session.with_sftp("read job log", read_log)
                 offset += len(data)
-                local_log.write(self.redact(data.decode(errors="replace")).encode())
-                local_log.flush()
+                log_pending += data
+                write_log()
                 if self.params["stream_log"]:
                     pending += data
                     *lines, pending = pending.split(b"\n")
@@ -913,18 +927,23 @@ class Launch:
                         # tqdm redraws with \r; show only the last state of a line
                         self.say(job, line.decode(errors="replace").split("\r")[-1])
 
-            while True:
-                state = job.session.run(POLL_COMMAND.format(dir=shlex.quote(job.remote_dir)), "poll job").stdout.split()
-                drain()
-                if state and state[0] == "EXIT":
-                    return int(state[1])
-                if state and state[0] == "GONE":
-                    raise LaunchError(f"remote job {job.name} on {job.host.name} vanished without an exit code "
-                                      f"(killed or host rebooted)\n{self.tail(job)}")
-                if timeout and time.monotonic() - started > float(timeout):
-                    raise Cancelled(f"timeout after {timeout}s")
-                if self.cancel.wait(interval):
-                    raise Cancelled("interrupted")
+            try:
+                while True:
+                    state = job.session.run(POLL_COMMAND.format(dir=shlex.quote(job.remote_dir)),
+                                            "poll job").stdout.split()
+                    drain()
+                    if state and state[0] == "EXIT":
+                        return int(state[1])
+                    if state and state[0] == "GONE":
+                        write_log(final=True)
+                        raise LaunchError(f"remote job {job.name} on {job.host.name} vanished without an exit code "
+                                          f"(killed or host rebooted)\n{self.tail(job)}")
+                    if timeout and time.monotonic() - started > float(timeout):
+                        raise Cancelled(f"timeout after {timeout}s")
+                    if self.cancel.wait(interval):
+                        raise Cancelled("interrupted")
+            finally:
+                write_log(final=True)
 
     def tail(self, job: Job) -> str:
         lines = (job.local_dir / "remote.log").read_text(errors="replace").splitlines() \
