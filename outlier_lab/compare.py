@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import paper
-from .results import RESULTS_JSON, atomic_write_bytes
+from .results import RESULTS_JSON, atomic_write_bytes, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,14 @@ PLOT_THRESHOLDS = "compare_thresholds.png"
 COLUMNS = (
     "job", "status", "model", "overrides", "path", "architecture", "kind", "experts", "top_k",
     "params_total", "params_active", "dataset", "num_sequences", "seq_len", "alpha", "alpha_mode",
-    "outlier_dims", "one_sided", "qualified_any_sequence", "top_dim", "layers_pct", "seq_dims_pct",
+    "outlier_dims", "one_sided", "qualified_any_sequence", "top_dim", "layers_pct", "positions_pct",
     "q1", "median", "q3", "max_abs", "wall_time_s", "est_memory_gib", "peak_memory_gib", "peak_memory_kind",
     "massive_hits", "massive_dims", "massive_max_abs", "massive_bos_frac",
     "ppl", "bits_per_byte", "top1_prob", "ablated_dims",
     "d_top1_pct_outliers", "d_top1_pct_random_mean", "d_top1_pct_random_std",
     "d_ppl_pct_outliers", "d_ppl_pct_random_mean", "d_ppl_pct_random_std",
     "kl_outliers", "kl_random_mean", "kl_random_std",
-    "paper_model", "paper_outlier_dims", "paper_one_sided", "paper_layers_pct", "paper_seq_dims_pct",
+    "paper_model", "paper_outlier_dims", "paper_one_sided", "paper_layers_pct", "paper_positions_pct",
     "paper_q1", "paper_median", "paper_q3",
     "error",
 )
@@ -107,7 +107,7 @@ def find_job_dirs(root: Path) -> List[Path]:
 
 
 def load_job(directory: Path, label: str) -> Job:
-    results = _read_json(directory / RESULTS_JSON)
+    results = upgrade(_read_json(directory / RESULTS_JSON))
     status = _read_json(directory / JOB_STATUS) or {}
     if not status:
         status = {"status": "COMPLETED"} if results is not None else {
@@ -188,7 +188,7 @@ def job_row(job: Job) -> Dict[str, Any]:
         alpha=det.get("alpha"), alpha_mode=det.get("alpha_mode", "absolute"),
         outlier_dims=summary.get("num_outlier_features"), one_sided=summary.get("num_one_sided"),
         qualified_any_sequence=summary.get("num_qualified_any_sequence"), top_dim=top.get("dim"),
-        layers_pct=top.get("layers_pct"), seq_dims_pct=top.get("seq_dims_pct"),
+        layers_pct=top.get("layers_pct"), positions_pct=top.get("positions_pct"),
         q1=quartiles[0], median=quartiles[1], q3=quartiles[2], max_abs=summary.get("max_abs"),
         wall_time_s=r.get("wall_time_s"), est_memory_gib=estimated_memory_gib(r.get("resources")),
         peak_memory_gib=r.get("peak_memory_gib"), peak_memory_kind=r.get("peak_memory_kind"),
@@ -218,7 +218,7 @@ def job_row(job: Job) -> Dict[str, Any]:
     if published is not None:
         row.update(paper_model=published.label, paper_outlier_dims=published.count,
                    paper_one_sided=published.one_sided, paper_layers_pct=published.layers_pct,
-                   paper_seq_dims_pct=published.seq_dims_pct, paper_q1=published.quartiles[0],
+                   paper_positions_pct=published.positions_pct, paper_q1=published.quartiles[0],
                    paper_median=published.quartiles[1], paper_q3=published.quartiles[2])
     return row
 
@@ -289,7 +289,7 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
              "Rebuild anywhere from the results files: `python scripts/compare.py "
              + " ".join(str(r) for r in roots) + "`.", "",
              "| job | model | sweep overrides | arch | kind (experts/top-k) | params (active) | outlier dims | "
-             "one-sided | layers % | seq dims % | Q1 | median | Q3 | max abs | wall s | est / peak GiB |",
+             "one-sided | layers % | positions % | Q1 | median | Q3 | max abs | wall s | est / peak GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "COMPLETED":
@@ -301,7 +301,7 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
         lines.append(
             f"| {_fmt(r['job'])} | {_fmt(r['model'])} | {_fmt(r['overrides'])} | {_fmt(r['architecture'])} | {kind} | "
             f"{_params(r['params_total'])} ({_params(r['params_active'])}) | {_fmt(r['outlier_dims'])}{alpha} | "
-            f"{_fmt(r['one_sided'])} | {_fmt(r['layers_pct'])} | {_fmt(r['seq_dims_pct'])} | {_fmt(r['q1'])} | "
+            f"{_fmt(r['one_sided'])} | {_fmt(r['layers_pct'])} | {_fmt(r['positions_pct'])} | {_fmt(r['q1'])} | "
             f"{_fmt(r['median'])} | {_fmt(r['q3'])} | {_fmt(r['max_abs'])} | {_fmt(r['wall_time_s'])} | "
             f"{_fmt(r['est_memory_gib'], 2)} / {_fmt(r['peak_memory_gib'], 2)} |")
     if failed:
@@ -312,13 +312,13 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
     if matched:
         lines += ["", "## LLM.int8() Table 4: published vs ours", "",
                   f"Published figures: {paper.CITATION}.", "",
-                  "| job | paper model | count (paper / ours) | one-sided | layers % | seq dims % | quartiles paper | "
+                  "| job | paper model | count (paper / ours) | one-sided | layers % | positions % (paper: seq dims %) | quartiles paper | "
                   "quartiles ours |", "|---|---|---|---|---|---|---|---|"]
         for r in matched:
             lines.append(
                 f"| {r['job']} | {r['paper_model']} | {_fmt(r['paper_outlier_dims'])} / {_fmt(r['outlier_dims'])} | "
                 f"{_fmt(r['paper_one_sided'])} / {_fmt(r['one_sided'])} | {_fmt(r['paper_layers_pct'])} / "
-                f"{_fmt(r['layers_pct'])} | {_fmt(r['paper_seq_dims_pct'])} / {_fmt(r['seq_dims_pct'])} | "
+                f"{_fmt(r['layers_pct'])} | {_fmt(r['paper_positions_pct'])} / {_fmt(r['positions_pct'])} | "
                 f"{_fmt(r['paper_q1'])}, {_fmt(r['paper_median'])}, {_fmt(r['paper_q3'])} | "
                 f"{_fmt(r['q1'])}, {_fmt(r['median'])}, {_fmt(r['q3'])} |")
     massive = [r for r in done if r["massive_hits"] is not None]
@@ -383,7 +383,7 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, x_key, title in ((axes[0], "params_total", "total params"), (axes[1], "params_active", "active params")):
         _scatter(ax, done, x_key, "layers_pct", "o", "layers % (most common outlier)")
-        _scatter(ax, done, x_key, "seq_dims_pct", "s", "seq dims % (most common outlier)")
+        _scatter(ax, done, x_key, "positions_pct", "s", "positions % (most common outlier)")
         ax.set_xscale("log")
         ax.set_xlabel(title)
         ax.set_ylim(0, 105)

@@ -87,9 +87,9 @@ class DetectorConfig:
     # A dim must hit in at least this fraction of analyzed blocks (inclusive).
     min_layer_frac: float = 0.25
     # A dim must hit in at least this fraction of sequence positions (inclusive).
-    min_seq_frac: float = 0.06
+    min_position_frac: float = 0.06
     # Headline features qualify in at least this fraction of sequences.
-    min_sequence_frac: float = 0.5
+    min_sequences_frac: float = 0.5
     # Canonical sites measured in every block.
     sites: List[str] = field(default_factory=lambda: list(SITES))
     # Block indices to analyze (null: all blocks).

@@ -21,8 +21,8 @@ def min_count(frac: float, total: int) -> int:
 class Criteria:
     alpha: float = 6.0
     min_layer_frac: float = 0.25
-    min_seq_frac: float = 0.06
-    min_sequence_frac: float = 0.5
+    min_position_frac: float = 0.06
+    min_sequences_frac: float = 0.5
     bins_per_octave: int = 32
 
     def __post_init__(self) -> None:
@@ -30,7 +30,7 @@ class Criteria:
 
         if not self.alpha > 0:
             raise UserError(f"detector.alpha={self.alpha} must be > 0")
-        for name in ("min_layer_frac", "min_seq_frac", "min_sequence_frac"):
+        for name in ("min_layer_frac", "min_position_frac", "min_sequences_frac"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise UserError(f"detector.{name}={value} must be in (0, 1]")
@@ -47,7 +47,7 @@ class BatchStats:
     """Per-sequence statistics of one batch, on the CPU: everything later stages need, nothing more."""
 
     layer_frac: np.ndarray  # [B, D] fraction of analyzed blocks with a hit
-    seq_frac: np.ndarray  # [B, D] fraction of positions with a hit in any block
+    position_frac: np.ndarray  # [B, D] fraction of positions with a hit in any block
     max_abs: np.ndarray  # [B, D] max |x| over all sites and blocks
     qualifies: np.ndarray  # [B, D] bool: both criteria met in this sequence
     any_hit: np.ndarray  # [B, D] bool
@@ -127,11 +127,11 @@ class Int8Reducer:
         block_count = state["block_hits"].sum(dim=1)
         pos_count = state["pos_hits"].sum(dim=1)
         qualifies = (block_count >= min_count(self.criteria.min_layer_frac, self.num_blocks)) & (
-            pos_count >= min_count(self.criteria.min_seq_frac, seq_len)
+            pos_count >= min_count(self.criteria.min_position_frac, seq_len)
         )
         return BatchStats(
             layer_frac=(block_count.double() / self.num_blocks).cpu().numpy(),
-            seq_frac=(pos_count.double() / seq_len).cpu().numpy(),
+            position_frac=(pos_count.double() / seq_len).cpu().numpy(),
             max_abs=state["seq_max"].cpu().numpy(),
             qualifies=qualifies.cpu().numpy(),
             any_hit=(block_count > 0).cpu().numpy(),
@@ -181,26 +181,26 @@ class RunAccumulator:
     num_sequences: int = 0
     qualified_sequences: np.ndarray = field(init=False)
     layer_frac_sum: np.ndarray = field(init=False)
-    seq_frac_sum: np.ndarray = field(init=False)
+    position_frac_sum: np.ndarray = field(init=False)
     rows: List[Dict[str, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.qualified_sequences = np.zeros(self.hidden, dtype=np.int64)
         self.layer_frac_sum = np.zeros(self.hidden, dtype=np.float64)
-        self.seq_frac_sum = np.zeros(self.hidden, dtype=np.float64)
+        self.position_frac_sum = np.zeros(self.hidden, dtype=np.float64)
 
     def add(self, stats: BatchStats) -> None:
         q = stats.qualifies
         self.qualified_sequences += q.sum(axis=0)
         self.layer_frac_sum += np.where(q, stats.layer_frac, 0.0).sum(axis=0)
-        self.seq_frac_sum += np.where(q, stats.seq_frac, 0.0).sum(axis=0)
+        self.position_frac_sum += np.where(q, stats.position_frac, 0.0).sum(axis=0)
         seq_idx, dims = np.nonzero(stats.any_hit)
         self.rows.append(
             dict(
                 sequence=(seq_idx + self.num_sequences).astype(np.int64),
                 dim=dims.astype(np.int64),
                 layer_frac=stats.layer_frac[seq_idx, dims],
-                seq_frac=stats.seq_frac[seq_idx, dims],
+                position_frac=stats.position_frac[seq_idx, dims],
                 max_abs=stats.max_abs[seq_idx, dims].astype(np.float64),
                 qualifies=stats.qualifies[seq_idx, dims],
             )
@@ -208,9 +208,9 @@ class RunAccumulator:
         self.num_sequences += stats.qualifies.shape[0]
 
     def per_sequence_table(self) -> Dict[str, np.ndarray]:
-        keys = ("sequence", "dim", "layer_frac", "seq_frac", "max_abs", "qualifies")
+        keys = ("sequence", "dim", "layer_frac", "position_frac", "max_abs", "qualifies")
         if not self.rows:
-            empty = dict(sequence=np.int64, dim=np.int64, layer_frac=np.float64, seq_frac=np.float64,
+            empty = dict(sequence=np.int64, dim=np.int64, layer_frac=np.float64, position_frac=np.float64,
                          max_abs=np.float64, qualifies=bool)
             return {k: np.zeros(0, dtype=empty[k]) for k in keys}
         return {k: np.concatenate([r[k] for r in self.rows]) for k in keys}
@@ -229,16 +229,16 @@ def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> D
         return dict(
             dim=int(d),
             sequences=k,
-            sequence_frac=k / n,
+            sequences_frac=k / n,
             layer_frac=float(acc.layer_frac_sum[d] / k),
-            seq_frac=float(acc.seq_frac_sum[d] / k),
+            position_frac=float(acc.position_frac_sum[d] / k),
             max_abs=float(dim_max[d]),
             one_sided=bool(positives[d] == 0 or negatives[d] == 0),
             sign="+" if negatives[d] == 0 else "-" if positives[d] == 0 else "±",
         )
 
     everything = sorted((feature(d) for d in qualified), key=lambda f: (-f["sequences"], -f["layer_frac"], f["dim"]))
-    need = min_count(crit.min_sequence_frac, acc.num_sequences)
+    need = min_count(crit.min_sequences_frac, acc.num_sequences)
     headline = [f for f in everything if f["sequences"] >= max(need, 1)]
     summary: Dict[str, object] = dict(
         num_outlier_features=len(headline),
@@ -253,10 +253,10 @@ def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> D
         summary["most_common"] = dict(
             dim=top["dim"],
             layers_pct=100.0 * top["layer_frac"],
-            seq_dims_pct=100.0 * top["seq_frac"],
+            positions_pct=100.0 * top["position_frac"],
             quartiles=histogram_quantiles(hist[top["dim"]], crit),
             sequences=top["sequences"],
-            # False: no dim reached min_sequence_frac; this is the most frequent dim that qualified at all.
+            # False: no dim reached min_sequences_frac; this is the most frequent dim that qualified at all.
             headline=bool(headline),
         )
     return dict(outlier_features=headline, qualified_dims=everything, summary=summary)

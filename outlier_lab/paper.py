@@ -13,7 +13,7 @@ CITATION = ("Dettmers et al. 2022, LLM.int8(), arXiv:2208.07339, Table 4 (|x| >=
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One published row: outlier count, one-sided count, layers % and seq dims % of the most common outlier, quartiles."""
+    """One published row: outlier count, one-sided count, layers % and positions % of the most common outlier, quartiles."""
 
     label: str
     params: str
@@ -21,7 +21,7 @@ class PaperRow:
     count: int
     one_sided: int
     layers_pct: float
-    seq_dims_pct: float
+    positions_pct: float
     quartiles: Tuple[Optional[float], Optional[float], Optional[float]]
 
 

@@ -74,7 +74,7 @@ class Analysis:
 
 def criteria_of(det_cfg) -> Criteria:
     """The LLM.int8() criteria of a detector config (validated: a bad threshold is a UserError)."""
-    return Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_seq_frac, det_cfg.min_sequence_frac,
+    return Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_position_frac, det_cfg.min_sequences_frac,
                     det_cfg.bins_per_octave)
 
 
@@ -254,7 +254,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
                      num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
                      prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),
         detector=dict(name=cfg.detector.name, alpha=cfg.detector.alpha, min_layer_frac=cfg.detector.min_layer_frac,
-                      min_seq_frac=cfg.detector.min_seq_frac, min_sequence_frac=cfg.detector.min_sequence_frac,
+                      min_position_frac=cfg.detector.min_position_frac, min_sequences_frac=cfg.detector.min_sequences_frac,
                       sites=list(site_map.site_names), layers=list(site_map.block_indices),
                       num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
                       statistics_dtype="float32", alpha_mode=cfg.detector.get("alpha_mode", "absolute")),

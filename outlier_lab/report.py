@@ -67,27 +67,27 @@ def render_markdown(results: Dict[str, Any]) -> str:
         f"{model['params_total']:,} params, {model['params_active']:,} active)",
         f"- data: {data['name']}, {data['num_sequences']} sequences x {data['seq_len']} tokens",
         f"- criteria: |x| >= {det['alpha']} in >= {100 * det['min_layer_frac']:.0f}% of {det['num_blocks_analyzed']} blocks "
-        f"and >= {100 * det['min_seq_frac']:.0f}% of positions; headline: in >= {100 * det['min_sequence_frac']:.0f}% of sequences",
+        f"and >= {100 * det['min_position_frac']:.0f}% of positions; headline: in >= {100 * det['min_sequences_frac']:.0f}% of sequences",
         f"- sites: {', '.join(det['sites'])}; wall time {results['wall_time_s']:.1f} s; "
         f"peak memory {_fmt(results.get('peak_memory_gib'), 3)} GiB ({results.get('peak_memory_kind', '?')})",
         "",
         "## Summary (LLM.int8() Table 4 style)",
         "",
-        "| outlier dims | one-sided | layers % | seq dims % | Q1 | median | Q3 | max abs |",
+        "| outlier dims | one-sided | layers % | positions % | Q1 | median | Q3 | max abs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     top = summary.get("most_common") or {}
     q = top.get("quartiles") or [None, None, None]
     lines.append(f"| {summary['num_outlier_features']} | {summary['num_one_sided']} | {_fmt(top.get('layers_pct'), 1)} | "
-                 f"{_fmt(top.get('seq_dims_pct'), 1)} | {_fmt(q[0], 1)} | {_fmt(q[1], 1)} | {_fmt(q[2], 1)} | "
+                 f"{_fmt(top.get('positions_pct'), 1)} | {_fmt(q[0], 1)} | {_fmt(q[1], 1)} | {_fmt(q[2], 1)} | "
                  f"{_fmt(summary.get('max_abs'), 1)} |")
     lines += ["", f"Most common outlier: dim {top.get('dim', '–')}. "
               f"{summary['num_qualified_any_sequence']} dims qualified in at least one sequence.", "",
-              "## Outlier features", "", "| dim | sequences | seq frac | layer frac | pos frac | max abs | sign |",
+              "## Outlier features", "", "| dim | sequences | sequences_frac | layer_frac | position_frac | max abs | sign |",
               "|---|---|---|---|---|---|---|"]
     for f in results["outlier_features"][:50]:
-        lines.append(f"| {f['dim']} | {f['sequences']} | {f['sequence_frac']:.2f} | {f['layer_frac']:.2f} | "
-                     f"{f['seq_frac']:.3f} | {f['max_abs']:.1f} | {f['sign']} |")
+        lines.append(f"| {f['dim']} | {f['sequences']} | {f['sequences_frac']:.2f} | {f['layer_frac']:.2f} | "
+                     f"{f['position_frac']:.3f} | {f['max_abs']:.1f} | {f['sign']} |")
     if len(results["outlier_features"]) > 50:
         lines.append(f"| … {len(results['outlier_features']) - 50} more in results.json | | | | | | |")
     for space, sub in (results.get("other_spaces") or {}).items():

@@ -15,8 +15,13 @@ PER_SEQUENCE = "per_sequence.parquet"
 TOKENS = "tokens.safetensors"
 HEATMAP = "heatmap.png"
 REPORT = "report.md"
-SCHEMA_VERSION = 1
-PER_SEQUENCE_COLUMNS = ("sequence", "dim", "layer_frac", "seq_frac", "max_abs", "qualifies", "space")
+# 2: self-explaining fraction names (position_frac, sequences_frac, positions_pct); `upgrade` reads version 1.
+SCHEMA_VERSION = 2
+PER_SEQUENCE_COLUMNS = ("sequence", "dim", "layer_frac", "position_frac", "max_abs", "qualifies", "space")
+# Version 1 names -> current names, per part of results.json (and the Parquet column).
+_V1_FEATURE = {"seq_frac": "position_frac", "sequence_frac": "sequences_frac"}
+_V1_DETECTOR = {"min_seq_frac": "min_position_frac", "min_sequence_frac": "min_sequences_frac"}
+_V1_MOST_COMMON = {"seq_dims_pct": "positions_pct"}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -54,8 +59,39 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
 
 
+def _renamed(mapping: Any, names: Mapping[str, str]) -> Any:
+    if not isinstance(mapping, dict):
+        return mapping
+    return {names.get(k, k): v for k, v in mapping.items()}
+
+
+def _upgrade_space(space: Dict[str, Any]) -> Dict[str, Any]:
+    space = dict(space)
+    for key in ("outlier_features", "qualified_dims"):
+        if isinstance(space.get(key), list):
+            space[key] = [_renamed(f, _V1_FEATURE) for f in space[key]]
+    summary = space.get("summary")
+    if isinstance(summary, dict) and isinstance(summary.get("most_common"), dict):
+        space["summary"] = dict(summary, most_common=_renamed(summary["most_common"], _V1_MOST_COMMON))
+    return space
+
+
+def upgrade(results: Dict[str, Any]) -> Dict[str, Any]:
+    """A results.json of any schema version in the current names (older files stay as written on disk)."""
+    if not isinstance(results, dict) or results.get("schema_version", 1) >= SCHEMA_VERSION:
+        return results
+    out = _upgrade_space(results)
+    out["detector"] = _renamed(results.get("detector"), _V1_DETECTOR)
+    if isinstance(results.get("other_spaces"), dict):
+        out["other_spaces"] = {k: _upgrade_space(v) for k, v in results["other_spaces"].items()}
+    out["schema_version"] = SCHEMA_VERSION
+    out["upgraded_from_schema_version"] = results.get("schema_version", 1)
+    return out
+
+
 def read_results(run_dir: Path) -> Dict[str, Any]:
-    return json.loads((Path(run_dir) / RESULTS_JSON).read_text())
+    """results.json of a run dir, in the current schema whatever version wrote it."""
+    return upgrade(json.loads((Path(run_dir) / RESULTS_JSON).read_text()))
 
 
 def write_per_sequence(path: Path, table: Mapping[str, np.ndarray]) -> None:
@@ -71,9 +107,11 @@ def write_per_sequence(path: Path, table: Mapping[str, np.ndarray]) -> None:
 
 
 def read_per_sequence(run_dir: Path):
+    """per_sequence.parquet as a pyarrow Table, version-1 column names renamed to the current ones."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(run_dir) / PER_SEQUENCE)
+    table = pq.read_table(Path(run_dir) / PER_SEQUENCE)
+    return table.rename_columns([_V1_FEATURE.get(n, n) for n in table.column_names])
 
 
 def write_tokens(path: Path, input_ids) -> None:

@@ -47,7 +47,7 @@ def test_defaults_are_the_offline_analysis():
     cfg = compose_with()
     assert (cfg.model.name, cfg.model.source, cfg.dataset.source, cfg.detector.name, cfg.hardware.name) == (
         "minilm", "package", "python_docs", "llm_int8", "local")
-    assert (cfg.detector.alpha, cfg.detector.min_layer_frac, cfg.detector.min_seq_frac) == (6.0, 0.25, 0.06)
+    assert (cfg.detector.alpha, cfg.detector.min_layer_frac, cfg.detector.min_position_frac) == (6.0, 0.25, 0.06)
 
 
 @pytest.mark.parametrize("override", ["detector.alpah=5", "dataset.seq_len=abc", "model.nme=x"])

@@ -10,7 +10,7 @@ from outlier_lab.detection import Criteria, Int8Reducer, RunAccumulator, histogr
 ALPHA = 6.0
 
 
-def brute_force(acts, alpha=ALPHA, layer_frac=Fraction(1, 4), seq_frac=Fraction(6, 100)):
+def brute_force(acts, alpha=ALPHA, layer_frac=Fraction(1, 4), position_frac=Fraction(6, 100)):
     """acts: [blocks][sites] arrays of [S, T, D]. Returns qualifies [S, D] with exact rational comparisons."""
     blocks = len(acts)
     S, T, D = acts[0][0].shape
@@ -20,7 +20,7 @@ def brute_force(acts, alpha=ALPHA, layer_frac=Fraction(1, 4), seq_frac=Fraction(
             hit_blocks = sum(any(np.any(np.abs(site[s, :, d]) >= alpha) for site in block) for block in acts)
             hit_positions = sum(
                 any(abs(site[s, t, d]) >= alpha for block in acts for site in block) for t in range(T))
-            qualifies[s, d] = Fraction(hit_blocks, blocks) >= layer_frac and Fraction(hit_positions, T) >= seq_frac
+            qualifies[s, d] = Fraction(hit_blocks, blocks) >= layer_frac and Fraction(hit_positions, T) >= position_frac
     return qualifies
 
 
@@ -102,7 +102,7 @@ def test_counts_blocks_not_sites_and_positions_across_blocks():
     acts[5][2][0, 1, 1] = -7.0
     _, acc = stream(acts, batch=1)
     table = acc.per_sequence_table()
-    rows = {int(d): (lf, sf, q) for d, lf, sf, q in zip(table["dim"], table["layer_frac"], table["seq_frac"],
+    rows = {int(d): (lf, sf, q) for d, lf, sf, q in zip(table["dim"], table["layer_frac"], table["position_frac"],
                                                          table["qualifies"])}
     assert rows[0] == (1 / 8, 1.0, False)
     assert rows[1] == (2 / 8, 2 / 20, True)

@@ -80,7 +80,7 @@ def test_a_failed_run_does_not_touch_existing_results(tiny_checkpoint, text_file
 
 
 @pytest.mark.parametrize("override,needle", [("detector.alpha=0", "detector.alpha=0.0 must be > 0"),
-                                             ("detector.min_seq_frac=2", "min_seq_frac=2.0 must be in (0, 1]")])
+                                             ("detector.min_position_frac=2", "min_position_frac=2.0 must be in (0, 1]")])
 def test_bad_thresholds_fail_before_anything_runs(override, needle, tmp_path):
     proc = run_cli(override, f"hydra.run.dir={tmp_path}", check=False)
     assert_one_line_error(proc, needle)

@@ -52,15 +52,15 @@ def test_default_model_end_to_end(tmp_path):
     # BOS ([CLS], id 101) starts every window; windows are consecutive and do not overlap.
     assert (tokens[:, 0] == 101).all()
 
-    qualifies, layer_frac, seq_frac = hooked_reference(tokens)
+    qualifies, layer_frac, position_frac = hooked_reference(tokens)
     table = read_per_sequence(tmp_path).to_pydict()
     got = np.zeros_like(qualifies)
     for s, d, q in zip(table["sequence"], table["dim"], table["qualifies"]):
         got[s, d] = q
     np.testing.assert_array_equal(got, qualifies)
     assert qualifies.any(), "MiniLM has real outlier dims on this text"
-    for s, d, lf, sf in zip(table["sequence"], table["dim"], table["layer_frac"], table["seq_frac"]):
-        assert lf == layer_frac[s, d] and abs(sf - seq_frac[s, d]) < 1e-12
+    for s, d, lf, sf in zip(table["sequence"], table["dim"], table["layer_frac"], table["position_frac"]):
+        assert lf == layer_frac[s, d] and abs(sf - position_frac[s, d]) < 1e-12
     expected_headline = {int(d) for d in np.nonzero(qualifies.sum(axis=0) >= 3)[0]}
     assert {f["dim"] for f in results["outlier_features"]} == expected_headline
     assert results["summary"]["num_outlier_features"] == len(expected_headline)

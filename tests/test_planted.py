@@ -20,11 +20,13 @@ def test_cli_finds_exactly_the_planted_dims(arch, tiny_checkpoint, text_file, tm
     assert by_dim[17]["layer_frac"] == len(ATTN_PLANTS[17]) / NUM_BLOCKS == 0.25
     assert by_dim[5]["layer_frac"] == len(ATTN_PLANTS[5]) / NUM_BLOCKS
     assert all(f["sequences"] == 6 for f in results["outlier_features"])
+    assert results["schema_version"] == 2
+    assert {"sequences_frac", "position_frac"} <= set(by_dim[5]) and not {"seq_frac", "sequence_frac"} & set(by_dim[5])
     assert results["model"]["architecture"] == arch
     assert results["model"]["num_blocks"] == NUM_BLOCKS
     # Every file of the results contract is there and consistent.
     table = read_per_sequence(tmp_path).to_pydict()
-    assert set(table) >= {"sequence", "dim", "layer_frac", "seq_frac", "max_abs", "qualifies"}
+    assert set(table) >= {"sequence", "dim", "layer_frac", "position_frac", "max_abs", "qualifies"}
     qualified_rows = {(s, d) for s, d, q in zip(table["sequence"], table["dim"], table["qualifies"]) if q}
     assert {d for _, d in qualified_rows} == EXPECTED_OUTLIERS
     assert tuple(read_tokens(tmp_path).shape) == (6, 48)
