@@ -1,0 +1,107 @@
+"""JSON-over-HTTPS client for provider APIs: key in the Authorization header only, bounded retries with backoff."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Dict, Optional
+
+import requests
+
+from . import ProviderError
+
+log = logging.getLogger(__name__)
+# urllib3 logs every request line at DEBUG; our URLs carry no secret, but keep its noise out of job logs.
+logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class AnswerLost(ProviderError):
+    """A non-idempotent request was sent but no usable answer came back: it may have taken effect."""
+
+
+class ApiError(ProviderError):
+    """The API answered with an error status that retrying will not fix."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _not_sent(err: requests.RequestException) -> bool:
+    """True when the request never reached the server (refused or connect timeout), so a retry is always safe."""
+    if isinstance(err, requests.ConnectTimeout):
+        return True
+    text = str(err)
+    return isinstance(err, requests.ConnectionError) and ("NewConnectionError" in text or "refused" in text)
+
+
+def _error_text(response: requests.Response) -> str:
+    """The provider's own error message, else the body's start (RunPod: problem+json title/detail; Vast: error/msg
+    or plain text, https://docs.vast.ai/api-reference/rate-limits-and-errors)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300]
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("title", "detail", "error", "msg", "message") if body.get(k)]
+        if parts:
+            return ": ".join(parts)
+    return str(body)[:300]
+
+
+class ApiClient:
+    """One provider API: base URL, bearer key, per-request timeout, retries on 429 / 5xx / network faults."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float, retries: int, backoff_s: float,
+                 backoff_max_s: float, cancel: threading.Event, what: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.session.trust_env = False  # no proxy or .netrc from the environment gets near the key
+        self.timeout_s = timeout_s
+        self.retries = max(1, retries)
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.cancel = cancel
+        self.what = what
+        self.retried = 0  # retries made, for the launch record
+
+    def request(self, method: str, path: str, *, json: Any = None, params: Optional[Dict[str, Any]] = None,
+                idempotent: bool = True, missing_ok: bool = False) -> Any:
+        """Send one call and return its JSON (None for an empty body or a 404 when missing_ok).
+
+        429 is always retried (the server refused the call). 5xx and network faults are retried only for idempotent
+        calls; for the others they raise AnswerLost, because the call may have taken effect (a create)."""
+        label = f"{self.what} {method} {path}"
+        delay = self.backoff_s
+        for attempt in range(1, self.retries + 1):
+            wait = delay
+            try:
+                response = self.session.request(method, self.base_url + path, json=json, params=params,
+                                                timeout=(min(10.0, self.timeout_s), self.timeout_s))
+            except requests.RequestException as err:
+                if not (idempotent or _not_sent(err)):
+                    raise AnswerLost(f"{label}: no answer ({type(err).__name__}); it may have been carried out")
+                problem = f"{type(err).__name__}"
+            else:
+                if response.status_code < 300:
+                    return response.json() if response.content.strip() else None
+                if response.status_code == 404 and missing_ok:
+                    return None
+                problem = f"HTTP {response.status_code} {_error_text(response)}"
+                if response.status_code == 429:
+                    retry_after = response.headers.get("Retry-After", "")
+                    wait = min(float(retry_after), self.backoff_max_s) if retry_after.isdigit() else delay
+                elif response.status_code >= 500:
+                    if not idempotent:
+                        raise AnswerLost(f"{label}: {problem}; it may have been carried out")
+                else:
+                    raise ApiError(f"{label} failed: {problem}", response.status_code)
+            if attempt == self.retries:
+                raise ProviderError(f"{label} failed after {attempt} attempts: {problem}")
+            self.retried += 1
+            log.warning("%s: %s (attempt %d/%d, retrying in %.1fs)", label, problem, attempt, self.retries, wait)
+            if self.cancel.wait(wait):
+                raise ProviderError(f"{label}: interrupted")
+            delay = min(delay * 2, self.backoff_max_s)
+        raise AssertionError("unreachable")

@@ -1,0 +1,78 @@
+"""RunPod through its documented REST API v2 (https://docs.runpod.io/api-reference-v2/overview).
+
+The `runpod` SDK is not used: it speaks GraphQL with the API key in the URL's query string, which would put the key
+in proxy and debug logs; REST v2 takes it as a bearer header and has the GPU catalog with a manufacturer field."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from . import TAG_PREFIX, Instance, Offer, Provider
+
+CLOUDS = ("SECURE", "COMMUNITY")
+
+
+def _instance(pod: Dict[str, Any]) -> Instance:
+    """A Pod object (schema `Pod`, https://docs.runpod.io/api-reference-v2/pods/get-a-pod) as an Instance."""
+    # ssh.direct is null until the pod runs and 22/tcp has a public port (schema `PodSsh`); the proxy carries no
+    # SFTP, so only direct is usable.
+    direct = (pod.get("ssh") or {}).get("direct") or {}
+    return Instance(provider="runpod", id=str(pod["id"]), name=str(pod.get("name") or ""),
+                    status=str(pod.get("status") or "").lower(), address=direct.get("host"),
+                    port=int(direct["port"]) if direct.get("port") else None,
+                    user=str(direct.get("username") or "root"), usd_per_hour=pod.get("cost"))
+
+
+class RunPod(Provider):
+    name = "runpod"
+    key_env = "RUNPOD_API_KEY"
+    default_url = "https://api.runpod.io"
+
+    def offers(self) -> List[Offer]:
+        """GET /v2/catalog/gpus once per cloud (https://docs.runpod.io/api-reference-v2/catalog/list-gpu-types).
+
+        A GPU type can be rented 1..maxCount at a time, at `price` per GPU; types with availability NONE are left
+        out. RunPod reports no host RAM per type (it is probed after create) and sizes the disk at create."""
+        offers = []
+        for cloud in CLOUDS:
+            body = self.api.request("GET", "/v2/catalog/gpus",
+                                    params={"include": "AVAILABILITY", "product": "POD", "cloud": cloud})
+            for gpu in body.get("gpus", []):
+                key = cloud.lower()
+                if not gpu.get(key) or gpu.get("availability") == "NONE":
+                    continue
+                regions = [dc["id"] for dc in gpu.get("dataCenters") or [] if dc.get("availability") != "NONE"]
+                for count in range(1, int((gpu.get("maxCount") or {}).get(key) or 1) + 1):
+                    offers.append(Offer(
+                        provider=self.name, offer_id=f"{gpu['id']}/{cloud}/{count}", gpu_name=str(gpu["name"]),
+                        manufacturer=str(gpu.get("manufacturer") or "unknown").lower(), gpu_count=count,
+                        vram_gib=float(gpu["memory"]), ram_gib=None, disk_gib=None,
+                        usd_per_hour=float(gpu["price"][key]) * count, region=",".join(regions[:3]) or None,
+                        create_args={"gpu_type_id": gpu["id"], "cloud": cloud}))
+        return offers
+
+    def create(self, offer: Offer, name: str, public_key: str, disk_gib: int, image: str) -> Instance:
+        """POST /v2/pods (https://docs.runpod.io/api-reference-v2/pods/create-a-pod): PUBLIC_KEY is the SSH
+        convention of RunPod images, 22/tcp makes `ssh.direct` appear."""
+        body = {"name": name, "image": image, "cloud": offer.create_args["cloud"],
+                "gpu": {"id": offer.create_args["gpu_type_id"], "count": offer.gpu_count},
+                "disk": int(disk_gib), "ports": ["22/tcp"], "env": {"PUBLIC_KEY": public_key}, "startSsh": True}
+        return _instance(self.api.request("POST", "/v2/pods", json=body, idempotent=False))
+
+    def get(self, instance_id: str) -> Optional[Instance]:
+        pod = self.api.request("GET", f"/v2/pods/{instance_id}", missing_ok=True)
+        return None if pod is None else _instance(pod)
+
+    def destroy(self, instance_id: str) -> None:
+        """DELETE /v2/pods/{id} (https://docs.runpod.io/api-reference-v2/pods/terminate-a-pod): 204, or 404 when
+        it is already gone."""
+        self.api.request("DELETE", f"/v2/pods/{instance_id}", missing_ok=True)
+
+    def list_ours(self, prefix: str = TAG_PREFIX) -> List[Instance]:
+        """GET /v2/pods (https://docs.runpod.io/api-reference-v2/pods/list-pods), filtered by name here."""
+        pods = (self.api.request("GET", "/v2/pods") or {}).get("pods", [])
+        return [_instance(p) for p in pods
+                if str(p.get("name") or "").startswith(prefix) and p.get("status") != "TERMINATED"]
+
+    def console_command(self, instance_id: str) -> str:
+        return (f"curl -X DELETE -H \"Authorization: Bearer $RUNPOD_API_KEY\" "
+                f"https://api.runpod.io/v2/pods/{instance_id}   (or the console: https://console.runpod.io/pods)")
