@@ -1,12 +1,15 @@
 """RunPod / Vast.ai adapters against the fake provider API: offers, fit and rank, retries, lost answers, destroy."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
+from conftest import REPO
 from provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from ssh_server import ssh_server  # noqa: F401 - fixture used by name
 
@@ -160,3 +163,34 @@ def test_budget_guard_refuses_by_hour_and_by_job():
     assert "$5.00 (2.00 h by hydra.launcher.timeout_s" in budget_refusal(cheapest, {"max_usd_per_job": 1.0,
                                                                                     "timeout_s": 7200})
     assert budget_refusal(cheapest, {"max_usd_per_job": 6.0, "timeout_s": 7200}) is None
+
+
+@pytest.mark.slow
+def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after_confirmation(
+        fake_cloud, tiny_checkpoint, text_file):
+    from conftest import cli_env, run_cli, tiny_job_overrides
+
+    fake_cloud.vast_offers = [vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),
+                              vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 8 * 1024, 500, 0.20),
+                              vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),
+                              vast_offer(4, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10)]
+    env = dict(cli_env(), VAST_API_KEY=fake_cloud.api_key)
+    job = tiny_job_overrides(tiny_checkpoint("llama"), text_file)
+    proc = run_cli("provider=vast", *job, "hardware.ram_floor_gib=16", f"hydra.launcher.api_url={fake_cloud.url()}",
+                   script="scripts/offers.py", env=env, timeout=300)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("*", "   vast"))]
+    assert [r.lstrip("* ").split()[:2] for r in rows] == [["vast", "3"], ["vast", "4"]] and rows[0].startswith("*")
+    assert "manufacturer amd" in proc.stdout and "host RAM 8 GiB < floor 16" in proc.stdout
+    assert "would rent: vast 3" in proc.stdout and fake_cloud.api_key not in proc.stdout + proc.stderr
+
+    leftover = fake_cloud.add_instance("vast", "outlier-lab-20260101-000000-abcdef-0")
+    fake_cloud.add_instance("vast", "someone-elses-box")
+    cleanup = ["scripts/offers.py", "provider=vast", "--cleanup", f"hydra.launcher.api_url={fake_cloud.url()}"]
+    refused = subprocess.run([sys.executable, *cleanup], input="n\n", capture_output=True, text=True, env=env,
+                             cwd=REPO, timeout=120)
+    assert refused.returncode == 1 and leftover in refused.stdout and "nothing destroyed" in refused.stdout
+    assert not fake_cloud.destroyed
+    done = subprocess.run([sys.executable, *cleanup], input="y\n", capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert dict(fake_cloud.destroyed) == {leftover: 1}

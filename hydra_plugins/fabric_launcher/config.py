@@ -9,7 +9,8 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class FabricLauncherConf:
     _target_: str = "hydra_plugins.fabric_launcher.fabric_launcher.FabricLauncher"
-    # Where hosts come from: inventory (static SSH hosts) or command (user shell templates create/destroy them).
+    # Where hosts come from: inventory (static SSH hosts), command (user shell templates create/destroy them), or
+    # runpod / vast (rent the cheapest fitting NVIDIA offer live, destroy it after the job, whatever happens).
     provider: str = "inventory"
     # Inline inventory: a list of {address, port, user, key_path, labels, slots, usd_per_hour}; used before hosts_file.
     # slots (jobs at once) defaults to one per GPU; each job gets its own GPUs through CUDA_VISIBLE_DEVICES.
@@ -25,6 +26,24 @@ class FabricLauncherConf:
     destroy_command: Optional[str] = None
     # provider=command: seconds allowed for create and for destroy.
     command_timeout_s: float = 1800.0
+    # provider=runpod|vast: API base URL (null: the provider's public API; tests point it at a local fake).
+    api_url: Optional[str] = None
+    # provider=runpod|vast: environment variable holding the API key (null: RUNPOD_API_KEY / VAST_API_KEY). The key
+    # is read from the environment only and sent only in request headers.
+    api_key_env: Optional[str] = None
+    # provider=runpod|vast: seconds one API call may take before it counts as lost.
+    api_timeout_s: float = 30.0
+    # provider=runpod|vast: private key for rented instances; its .pub is what the instance receives.
+    ssh_key_path: str = "~/.ssh/id_ed25519"
+    # provider=runpod|vast: container image of the instance (null: a PyTorch CUDA image of the provider's).
+    image: Optional[str] = None
+    # provider=runpod|vast: seconds to wait for a created instance to answer SSH before destroying it.
+    ready_timeout_s: float = 900.0
+    # provider=runpod|vast: refuse, before renting, an offer over this price (null: no limit).
+    max_usd_per_hour: Optional[float] = None
+    # provider=runpod|vast: refuse, before renting, a job whose price x time (the plan's time estimate, else
+    # timeout_s) is over this (null: no limit).
+    max_usd_per_job: Optional[float] = None
     # A host without a GPU is refused unless this is false (tests and CPU-only hosts).
     require_gpu: bool = True
     # GPU manufacturers accepted on a host (probing uses nvidia-smi, so NVIDIA only unless configured).

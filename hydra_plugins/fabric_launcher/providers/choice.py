@@ -136,7 +136,29 @@ def table(fitting: Sequence[Choice], refused: Sequence[Choice], picked: Optional
                      "-" if c.job_usd is None else f"{c.job_usd:.2f}", o.region or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    for c in list(refused)[:show_refused]:
-        lines.append(f"  refused {c.offer.provider} {c.offer.offer_id} ({c.offer.gpu_count} x {c.offer.gpu_name}): "
-                     f"{c.refusal}")
+    # The refusals worth seeing are the offers cheaper than the pick: why was that bargain not taken?
+    cheaper = sorted((c for c in refused if picked is None or c.offer.usd_per_hour < picked.offer.usd_per_hour),
+                     key=lambda c: c.offer.usd_per_hour)
+    for c in cheaper[:show_refused]:
+        lines.append(f"  refused {c.offer.provider} {c.offer.offer_id} ({c.offer.gpu_count} x {c.offer.gpu_name}, "
+                     f"${c.offer.usd_per_hour:.3f}/h): {c.refusal}")
     return "\n".join(lines)
+
+
+class NoOffer(Exception):
+    """No live offer fits the job, or the cheapest one breaks the budget: nothing is rented."""
+
+
+def choose(offers: Sequence[Offer], needs: Any, params: Dict[str, Any], provider: str) -> Choice:
+    """The cheapest fitting offer within the budget; NoOffer (with the closest refusals) otherwise."""
+    fitting, refused = rank(offers, needs, params["vendors"])
+    if not fitting:
+        close = sorted(refused, key=lambda c: -c.offer.vram_gib * c.offer.gpu_count)[:3]
+        detail = "; ".join(f"{c.offer.gpu_count} x {c.offer.gpu_name}: {c.refusal}" for c in close)
+        raise NoOffer(f"none of the {len(offers)} live {provider} offers fits this job"
+                      f"{' (largest: ' + detail + ')' if detail else ''}; see `python scripts/offers.py "
+                      f"provider={provider} ...`")
+    reason = budget_refusal(fitting[0], params)
+    if reason:
+        raise NoOffer(reason)
+    return fitting[0]
