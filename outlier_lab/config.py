@@ -143,6 +143,12 @@ class AnalysisConfig:
 
 
 @dataclass
+class ReportConfig:
+    # Draw heatmap.png (matplotlib, ~1 s per job); report.heatmap=false skips it in sweeps of many small jobs.
+    heatmap: bool = True
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -156,6 +162,8 @@ class RunConfig:
     seed: int = 0
     # Show progress bars.
     progress: bool = True
+    # What each job writes besides results.json, per_sequence.parquet, tokens.safetensors and report.md.
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_configs() -> None:

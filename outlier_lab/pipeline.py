@@ -20,10 +20,11 @@ from .capture import HIDDEN, Capture, plan_probes
 from .data import build_windows, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError
-from .memory import PeakMemory
-from .models import (build_meta_model, count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
+from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
+from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
 from .report import write_report
+from .resources import meta_model
 
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -48,11 +49,10 @@ def main(cfg: DictConfig) -> Dict[str, Any]:
 def _plan_resources(cfg: DictConfig) -> Optional[Any]:
     """The resource plan (estimate + hardware) for this job; a non-local plan runs only where a launcher put it."""
     from .hardware import format_plan, plan
-    from .resources import keep_cpu_memory_at_estimate
 
     hardware_plan = plan(cfg)
     if hardware_plan.local and hardware_plan.estimate.device == "cpu":
-        keep_cpu_memory_at_estimate()
+        configure_cpu_heap()
     log.info("resource plan (hardware=%s):\n%s", cfg.hardware.name, format_plan(hardware_plan))
     if not hardware_plan.local and not cfg.hardware.get("launched_remotely", False):
         gpu = hardware_plan.gpu
@@ -129,6 +129,8 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
                 accumulators[space].add(reducer.end_batch())
             if massive is not None:
                 massive.end_batch()
+            if device.type == "cpu":
+                trim_cpu_heap()  # this batch's freed buffers leave RSS before the next one starts
             bar.update(batch.shape[0])
 
     spaces, block_max, tables = {}, {}, []
@@ -216,7 +218,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     tick = time.perf_counter()
     hf_config = load_hf_config(cfg.model)
     # Validate the architecture, sites and layers on the meta device before any weight is read.
-    discover_sites(build_meta_model(cfg.model, hf_config), cfg.detector.sites, cfg.detector.layers)
+    discover_sites(meta_model(cfg.model)[1], cfg.detector.sites, cfg.detector.layers)
     ablate = _ablation_requested(cfg, hf_config)
     tokenizer = load_tokenizer(cfg.model)
     ds = cfg.dataset

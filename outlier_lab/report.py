@@ -102,14 +102,22 @@ def render_markdown(results: Dict[str, Any]) -> str:
         from .ablation import markdown_section as ablation_section
 
         lines += [""] + ablation_section(results["ablation"])
-    lines += ["", f"![heatmap]({HEATMAP})", ""]
+    if wants_heatmap(results):
+        lines += ["", f"![heatmap]({HEATMAP})"]
+    lines.append("")
     return "\n".join(lines)
 
 
+def wants_heatmap(results: Dict[str, Any]) -> bool:
+    """report.heatmap of the run's own config (true for results written before the option existed)."""
+    return bool(((results.get("config") or {}).get("report") or {}).get("heatmap", True))
+
+
 def write_report(run_dir: Path) -> Path:
-    """(Re)build report.md and heatmap.png from the run dir's results.json."""
+    """(Re)build report.md and, unless the run set report.heatmap=false, heatmap.png from results.json."""
     results = read_results(run_dir)
-    write_heatmap(run_dir, results)
+    if wants_heatmap(results):
+        write_heatmap(run_dir, results)
     path = Path(run_dir) / REPORT
     atomic_write_bytes(path, render_markdown(results).encode())
     return path

@@ -25,8 +25,6 @@ CUDA_ROUNDING_BYTES = 4 * 2**20
 ALLOCATOR_SLACK = 0.10
 # CPU runs: the interpreter's own growth while tracing (nnsight graph, per-batch numpy results), measured.
 CPU_RUNTIME_GIB = 0.03
-# glibc hands buffers of this size and up straight back to the OS when freed (see keep_cpu_memory_at_estimate).
-CPU_MMAP_THRESHOLD = 1 << 20
 # Hub download cache, tokenizer, dataset stream and result files, on top of the checkpoint itself.
 DISK_EXTRA_GIB = 2.0
 # MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
@@ -364,6 +362,14 @@ def _site_widths(model: torch.nn.Module, text, cfg: DictConfig) -> Tuple[Dict[st
         return {"hidden": s.hidden, "wide": max(s.hidden, s.heads * s.head_dim)}, s.num_blocks
 
 
+def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
+    """The model's config and its base model on the meta device, built once per process for each model config.
+
+    The plan, the site check and the estimate of every candidate GPU share it: building it costs ~1 s per call.
+    """
+    return _meta_model(OmegaConf.to_yaml(model_cfg))
+
+
 @functools.lru_cache(maxsize=8)
 def _meta_model(model_yaml: str):
     """The model's config and its base model on the meta device, built once per model config (plans try many GPUs)."""
@@ -402,7 +408,7 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
 
     device, dtype = _target(cfg, gpu)
     dtype_bytes = _DTYPE_BYTES[dtype]
-    hf_config, model = _meta_model(OmegaConf.to_yaml(cfg.model))
+    hf_config, model = meta_model(cfg.model)
     text = _text_config(hf_config)
     check_window_shape(int(cfg.dataset.num_sequences), int(cfg.dataset.seq_len), max_positions(hf_config))
     notes: List[str] = []
@@ -485,21 +491,3 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
         load_transient_gib=load_transient / GIB,
         safety_factor=factor,
     )
-
-
-def keep_cpu_memory_at_estimate() -> bool:
-    """Pin glibc's mmap threshold so freed activation buffers go back to the OS at once, as the estimate assumes.
-
-    By default glibc raises the threshold each time a large buffer is freed, after which buffers up to 32 MiB come
-    from its heap and stay cached there when freed: measured on CPU, that adds up to ~0.2 GiB of RSS on top of the
-    live tensors, varying with the tensor sizes of the model and batch.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        return bool(libc.mallopt(-3, CPU_MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False  # not glibc (musl, macOS): nothing to pin
