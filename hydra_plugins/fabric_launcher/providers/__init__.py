@@ -1,5 +1,6 @@
 """GPU cloud providers behind one interface: live offers, create with an SSH key, wait for SSH, destroy, list ours."""
-from __future__ import annotations
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in sys.modules,
+# and dataclasses with string annotations look their module up there (AttributeError on every run).
 
 import os
 import socket

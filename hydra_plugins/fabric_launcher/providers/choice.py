@@ -1,5 +1,6 @@
 """Which live offers fit a job (manufacturer, count x VRAM, RAM, disk), ranked by job cost, and the budget guard."""
-from __future__ import annotations
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in sys.modules,
+# and dataclasses with string annotations look their module up there (AttributeError on every run).
 
 import dataclasses
 from dataclasses import dataclass
