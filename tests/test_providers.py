@@ -194,3 +194,12 @@ def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after
                           cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert dict(fake_cloud.destroyed) == {leftover: 1}
+
+
+def test_hydra_plugin_scan_imports_the_providers_package():
+    # Hydra's scan executes every public module under hydra_plugins/ before it is in sys.modules; a module it
+    # cannot execute hides the Fabric launcher from every run. A fresh interpreter, so nothing is imported yet.
+    probe = ("from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+             "print([p.__name__ for p in Plugins.instance().discover(Launcher)])")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "FabricLauncher" in proc.stdout, proc.stderr[-2000:]
