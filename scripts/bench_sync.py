@@ -20,8 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hydra_plugins.fabric_launcher._core import (MANIFEST_PY, Host, RetryPolicy, Session,  # noqa: E402
-                                                 Transfer)
+from hydra_plugins.fabric_launcher import MANIFEST_PY, Host, RetryPolicy, Session, Transfer  # noqa: E402
 from hydra_plugins.fabric_launcher.config import FabricLauncherConf  # noqa: E402
 
 

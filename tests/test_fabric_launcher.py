@@ -288,7 +288,7 @@ def launcher_params(tmp: Path, **changes) -> dict:
 def connect(server: SshServer, params: dict, port: int | None = None):
     import threading
 
-    from hydra_plugins.fabric_launcher._core import Host, RetryPolicy, Session
+    from hydra_plugins.fabric_launcher import Host, RetryPolicy, Session
 
     host = Host.from_dict(server.host_entry(port=port))
     retry = RetryPolicy(params["retries"], params["backoff_s"], params["backoff_max_s"], threading.Event())
@@ -297,7 +297,7 @@ def connect(server: SshServer, params: dict, port: int | None = None):
 
 @pytest.mark.parametrize("method", ["stream", "sftp", "rsync"])
 def test_transfer_resumes_a_big_file_cut_mid_way_and_verifies_every_hash(ssh_server, fault_proxy, tmp_path, method):
-    from hydra_plugins.fabric_launcher._core import MANIFEST_PY, Transfer
+    from hydra_plugins.fabric_launcher import MANIFEST_PY, Transfer
 
     source = tmp_path / "remote_out"
     (source / "logs").mkdir(parents=True)
@@ -319,7 +319,7 @@ def test_transfer_resumes_a_big_file_cut_mid_way_and_verifies_every_hash(ssh_ser
 
 
 def test_host_keys_strict_refuses_wrong_or_unknown_keys_accept_new_records(ssh_server, tmp_path):
-    from hydra_plugins.fabric_launcher._core import LaunchError
+    from hydra_plugins.fabric_launcher import LaunchError
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other = (tmp_path / "other.pub").read_text().split()
@@ -340,7 +340,7 @@ def test_host_keys_strict_refuses_wrong_or_unknown_keys_accept_new_records(ssh_s
 
 
 def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
-    from hydra_plugins.fabric_launcher._core import Needs, choose_gpus, host_refusal
+    from hydra_plugins.fabric_launcher import Needs, choose_gpus, host_refusal
 
     params = launcher_params(Path("/nonexistent"))
     probe = {"gpus": [{"name": "L4", "vram_gib": 22.0}, {"name": "A100", "vram_gib": 79.0},
@@ -359,7 +359,7 @@ def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
 
 
 def test_host_probe_output_is_parsed():
-    from hydra_plugins.fabric_launcher._core import parse_probe
+    from hydra_plugins.fabric_launcher import parse_probe
 
     probe = parse_probe("gpus:\nNVIDIA H100 80GB HBM3, 81559, 80000\nNVIDIA H100 80GB HBM3, 81559, 1000\n"
                         "mem:\nMemTotal: 263846400\nMemAvailable: 200000000\ndisk:\n1048576000\n"

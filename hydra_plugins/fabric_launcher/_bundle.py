@@ -1,0 +1,102 @@
+"""The code a job runs: the repo's git-tracked files as one content-addressed bundle, shipped once per host."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+import shlex
+import subprocess
+import tarfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from ._errors import user_error
+from ._ssh import Session
+
+CODE_MANIFEST = ".outlier_lab_code.sha256"
+
+
+@dataclass
+class CodeBundle:
+    """The repo's tracked files as shipped: content id, commit, and a gzip tarball with a sha256 manifest inside."""
+    repo: Path
+    code_id: str
+    commit: Optional[str]
+    dirty: bool
+    tarball: bytes
+    requirements: List[str]
+    env_id: str
+
+
+def bundle_code(repo: Path) -> CodeBundle:
+    """Tar the git-tracked files (outputs and caches stay local) and name the bundle by its content."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise user_error(f"the Fabric launcher ships git-tracked files, but {repo} is not a git checkout ({err})")
+    paths = sorted(p for p in listed.decode().split("\0") if p and (repo / p).is_file())
+    lines, digest = [], hashlib.sha256()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for rel in paths:
+            data = (repo / rel).read_bytes()
+            file_hash = hashlib.sha256(data).hexdigest()
+            mode = 0o755 if os.access(repo / rel, os.X_OK) else 0o644
+            digest.update(f"{rel}\0{file_hash}\0{mode:o}\n".encode())
+            lines.append(f"{file_hash}  {rel}\n")
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+        manifest = "".join(lines).encode()
+        info = tarfile.TarInfo(CODE_MANIFEST)
+        info.size, info.mode = len(manifest), 0o644
+        tar.addfile(info, io.BytesIO(manifest))
+    requirements = _requirements(repo)
+    env_id = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
+    return CodeBundle(repo, digest.hexdigest()[:20], commit or None, dirty, buffer.getvalue(), requirements, env_id)
+
+
+def _requirements(repo: Path) -> List[str]:
+    pyproject = repo / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    import tomllib
+
+    return list(tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", []))
+
+
+class CodeShipper:
+    """Uploads the bundle once per host and content id; concurrent jobs for the same host wait for the first upload."""
+
+    def __init__(self, bundle: CodeBundle) -> None:
+        self.bundle = bundle
+        self.shipped: Dict[Tuple[str, str], threading.Lock] = {}
+        self.guard = threading.Lock()
+
+    def ship(self, session: Session, root: str) -> str:
+        """The remote code dir of this bundle under root, uploaded and sha256-checked unless already there."""
+        bundle = self.bundle
+        code_dir = posixpath.join(root, "code", bundle.code_id)
+        with self.guard:
+            lock = self.shipped.setdefault((session.host.name, bundle.code_id), threading.Lock())
+        q = shlex.quote
+        with lock:
+            if session.run(f"test -f {q(code_dir + '/' + CODE_MANIFEST)}", "check code", check=False).exited == 0:
+                return code_dir
+            staging = f"{code_dir}.incoming-{uuid.uuid4().hex[:8]}"
+            session.run(f"mkdir -p {q(staging)}", "prepare code dir")
+            tarball = posixpath.join(staging, "code.tar.gz")
+            session.with_sftp("upload code", lambda s: s.putfo(io.BytesIO(bundle.tarball), tarball))
+            # Rename is atomic, so a concurrent launcher either sees the whole tree or none of it.
+            session.run(f"cd {q(staging)} && tar -xzf code.tar.gz && rm code.tar.gz && "
+                        f"sha256sum --quiet --strict -c {CODE_MANIFEST} && "
+                        f"(mv -T {q(staging)} {q(code_dir)} 2>/dev/null || rm -rf {q(staging)}); "
+                        f"test -f {q(code_dir + '/' + CODE_MANIFEST)}", "unpack code")
+        return code_dir

@@ -1,0 +1,90 @@
+"""The shell a host runs for a job: the detached wrapper script, and the commands that start, poll and kill it."""
+from __future__ import annotations
+
+import posixpath
+import shlex
+from typing import TYPE_CHECKING, Any, Dict, List
+
+from ._bundle import CODE_MANIFEST, CodeBundle
+
+if TYPE_CHECKING:
+    from ._job import Job
+
+CODE_MISMATCH_EXIT = 97
+RESULT_MANIFEST = "out.manifest.json"
+
+
+def remote_command(overrides: List[str], remote_dir: str, python: str) -> List[str]:
+    """The job re-invokes our own CLI with its overrides; it knows it is the remote side and runs locally there."""
+    return [python, "run.py", *overrides, "hardware.launched_remotely=true", "hydra.mode=RUN",
+            f"hydra.run.dir={posixpath.join(remote_dir, 'out')}"]
+
+
+MANIFEST_PY = r"""
+import hashlib, json, os, sys
+root = sys.argv[1]
+entries = []
+for base, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+        path = os.path.join(base, name)
+        digest = hashlib.sha256()
+        with open(path, 'rb') as fh:
+            for block in iter(lambda: fh.read(1 << 20), b''):
+                digest.update(block)
+        entries.append({'path': os.path.relpath(path, root), 'size': os.path.getsize(path), 'sha256': digest.hexdigest()})
+json.dump(entries, sys.stdout)
+"""
+
+
+def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bundle: CodeBundle) -> str:
+    """The detached wrapper: own process group, secrets from a 0600 file, code check, log, manifest, exit code."""
+    q = shlex.quote
+    d = job.remote_dir
+    env_lines = ["export PYTHONUNBUFFERED=1"]
+    if job.gpu_indices:  # a shared host: this job sees only the GPUs it was given
+        env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in job.gpu_indices)}")
+    if params.get("hf_home"):
+        hf_home = str(params["hf_home"])
+        # A quoted `~` would stay literal: expand it through the remote shell's $HOME.
+        value = f'"$HOME"/{q(hf_home[2:])}' if hf_home.startswith("~/") else q(hf_home)
+        env_lines.append(f"export HF_HOME={value}")
+    command = " ".join(q(a) for a in remote_command(job.overrides, d, python))
+    return f"""#!/bin/sh
+# outlier_lab remote job {job.name}: detached, its own process group; the launcher polls exit_code.
+JOB={q(d)}
+echo $$ > "$JOB/pgid"
+# Secrets first, so the 0600 file is gone whatever happens next.
+if [ -f "$JOB/secrets.env" ]; then set -a; . "$JOB/secrets.env"; set +a; rm -f "$JOB/secrets.env"; fi
+cd {q(code_dir)} || {{ echo 1 > "$JOB/exit_code"; exit 1; }}
+{chr(10).join(env_lines)}
+if ! sha256sum --quiet --strict -c {CODE_MANIFEST} > "$JOB/code_check.log" 2>&1; then
+    echo "outlier_lab: remote code in {code_dir} does not match the local tree {bundle.code_id} (commit {bundle.commit}):" >> "$JOB/job.log"
+    cat "$JOB/code_check.log" >> "$JOB/job.log"
+    code={CODE_MISMATCH_EXIT}
+else
+    {command} >> "$JOB/job.log" 2>&1 </dev/null
+    code=$?
+fi
+mkdir -p "$JOB/out"
+{q(params['python'])} -c {q(MANIFEST_PY)} "$JOB/out" > "$JOB/{RESULT_MANIFEST}.tmp" && mv "$JOB/{RESULT_MANIFEST}.tmp" "$JOB/{RESULT_MANIFEST}"
+echo $code > "$JOB/exit_code.tmp" && mv "$JOB/exit_code.tmp" "$JOB/exit_code"
+"""
+
+
+def start_command(remote_dir: str) -> str:
+    """Start job.sh detached once: mkdir is the atomic guard that makes a retried start harmless."""
+    q = shlex.quote
+    return (f"cd {q(remote_dir)} && if mkdir started.lock 2>/dev/null; then "
+            f"setsid nohup sh {q(remote_dir + '/job.sh')} </dev/null >/dev/null 2>&1 & fi; true")
+
+
+POLL_COMMAND = ("cd {dir} && if [ -f exit_code ]; then echo EXIT $(cat exit_code); "
+                "elif [ -f pgid ] && kill -0 -$(cat pgid) 2>/dev/null; then echo RUNNING; "
+                "elif [ -f exit_code ]; then echo EXIT $(cat exit_code); "
+                "elif [ -f pgid ]; then echo GONE; else echo STARTING; fi")
+
+# `kill -SIG -PGID` without `--`: dash (sh on Debian) rejects `--`.
+KILL_COMMAND = ("cd {dir} && [ -f pgid ] && pg=$(cat pgid) && kill -TERM -$pg 2>/dev/null; "
+                "i=0; while [ $i -lt 50 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
+                "kill -KILL -$pg 2>/dev/null; true")

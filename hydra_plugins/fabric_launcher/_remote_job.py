@@ -1,0 +1,179 @@
+"""A job on its host: the Python env it runs in, its detached start, the log-streaming poll, and its kill."""
+from __future__ import annotations
+
+import io
+import posixpath
+import shlex
+import time
+from typing import Any, Dict, Optional
+
+import paramiko
+
+from ._bundle import CodeBundle
+from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
+from ._job import Job
+from ._job_script import KILL_COMMAND, POLL_COMMAND, job_script, start_command
+from ._output import Console
+
+
+def env_python(params: Dict[str, Any], root: str, bundle: CodeBundle) -> str:
+    """The remote interpreter: the venv keyed by the dependency hash, or hydra.launcher.python as given."""
+    if params["env_mode"] == "venv":
+        return posixpath.join(root, "envs", bundle.env_id, "bin", "python")
+    return str(params["python"])
+
+
+def env_setup_command(params: Dict[str, Any], root: str, bundle: CodeBundle) -> Optional[str]:
+    """Shell that builds the venv keyed by the dependency hash once (flock'd), or None for interpreter mode."""
+    if params["env_mode"] == "interpreter":
+        return None
+    if params["env_mode"] != "venv":
+        raise user_error(f"hydra.launcher.env_mode={params['env_mode']!r}: use interpreter or venv")
+    env = posixpath.join(root, "envs", bundle.env_id)
+    q = shlex.quote
+    reqs = " ".join(q(r) for r in bundle.requirements)
+    site = " --system-site-packages" if params["venv_system_site_packages"] else ""
+    if params["installer"] == "uv":
+        build = f"uv venv{site} --python {q(params['python'])} {q(env)} && uv pip install --python {q(env + '/bin/python')} {reqs}"
+    elif params["installer"] == "pip":
+        build = (f"{q(params['python'])} -m venv{site} {q(env)} && {q(env + '/bin/python')} -m pip install -q "
+                 f"--disable-pip-version-check {reqs}")
+    else:
+        raise user_error(f"hydra.launcher.installer={params['installer']!r}: use pip or uv")
+    return (f"mkdir -p {q(posixpath.dirname(env))} && exec 9>{q(env + '.lock')} && flock 9 && "
+            f"if [ ! -f {q(env + '/.ready')} ]; then rm -rf {q(env)} && {build} && touch {q(env + '/.ready')}; fi")
+
+
+class RemoteJobs:
+    """Runs planned and placed jobs on their hosts for one launch; cancel ends polls and queues."""
+
+    def __init__(self, params: Dict[str, Any], bundle: CodeBundle, secrets: Dict[str, str], console: Console,
+                 retry: RetryPolicy) -> None:
+        self.params = params
+        self.bundle = bundle
+        self.secrets = secrets
+        self.console = console
+        self.cancel = retry.cancel
+        # Cleanup must still retry after a cancel, so it gets a retry policy of its own.
+        self.cleanup_retry = retry.ignoring_cancel()
+
+    def prepare_env(self, job: Job, root: str) -> str:
+        """Build the venv when asked, then check the interpreter runs and has the job's key packages."""
+        command = env_setup_command(self.params, root, self.bundle)
+        python = env_python(self.params, root, self.bundle)
+        if command:
+            job.session.run(command, "build remote venv")
+        probe = ("import importlib.util as u, sys; "
+                 "print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))")
+        missing = job.session.run(f"{shlex.quote(python)} -c {shlex.quote(probe)} hydra omegaconf torch "
+                                  "transformers nnsight", "check remote interpreter", check=False)
+        if missing.exited != 0:
+            raise LaunchError(f"remote interpreter {python} on {job.host.name} does not run: "
+                              f"{(missing.stderr or missing.stdout).strip()[-500:]}")
+        if missing.stdout.strip():
+            raise LaunchError(f"remote interpreter {python} on {job.host.name} lacks {missing.stdout.strip()}; use "
+                              "hydra.launcher.env_mode=venv or install them there")
+        return python
+
+    def start(self, job: Job, code_dir: str, python: str) -> None:
+        """Upload job.sh and the 0600 secrets file, then start the job detached (a retried start is harmless)."""
+        q = shlex.quote
+        session = job.session
+        session.run(f"mkdir -p -m 700 {q(job.remote_dir)}", "create job dir")
+        script = job_script(job, self.params, code_dir, python, self.bundle)
+        secrets = "".join(f"{k}={q(v)}\n" for k, v in self.secrets.items())
+
+        def upload(sftp: paramiko.SFTPClient) -> None:
+            sftp.putfo(io.BytesIO(script.encode()), posixpath.join(job.remote_dir, "job.sh"))
+            if secrets:
+                path = posixpath.join(job.remote_dir, "secrets.env")
+                with sftp.open(path, "w") as fh:
+                    sftp.chmod(path, 0o600)  # before any byte of a secret lands in it
+                    fh.write(secrets.encode())
+
+        session.with_sftp("upload job script", upload)
+        session.run(start_command(job.remote_dir), "start job")
+        job.mark_started()
+
+    def poll(self, job: Job) -> int:
+        """Stream the log until the job writes its exit code; reconnects on faults; honours cancel and timeout."""
+        job.local_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        timeout = self.params.get("timeout_s")
+        interval = float(self.params["poll_interval_s"])
+        with open(job.local_dir / "remote.log", "ab") as local_log:
+            follower = LogFollower(job, local_log, self.console, bool(self.params["stream_log"]))
+            try:
+                while True:
+                    state = job.session.run(POLL_COMMAND.format(dir=shlex.quote(job.remote_dir)),
+                                            "poll job").stdout.split()
+                    follower.drain()
+                    if state and state[0] == "EXIT":
+                        return int(state[1])
+                    if state and state[0] == "GONE":
+                        follower.write_log(final=True)
+                        raise LaunchError(f"remote job {job.name} on {job.host.name} vanished without an exit code "
+                                          f"(killed or host rebooted)\n{self.tail(job)}")
+                    if timeout and time.monotonic() - started > float(timeout):
+                        raise Cancelled(f"timeout after {timeout}s")
+                    if self.cancel.wait(interval):
+                        raise Cancelled("interrupted")
+            finally:
+                follower.write_log(final=True)
+
+    def tail(self, job: Job) -> str:
+        lines = (job.local_dir / "remote.log").read_text(errors="replace").splitlines() \
+            if (job.local_dir / "remote.log").exists() else []
+        keep = int(self.params["log_tail_lines"])
+        return "--- remote log tail ---\n" + "\n".join(line.split("\r")[-1] for line in lines[-keep:])
+
+    def kill(self, job: Job) -> None:
+        """Kill the job's remote process group (TERM, then KILL); a failure is reported, never raised."""
+        try:
+            job.session.run(KILL_COMMAND.format(dir=shlex.quote(job.remote_dir)), "kill remote job",
+                            retry=self.cleanup_retry)
+            self.console.say(job, "remote process group killed")
+        except Exception as err:  # noqa: BLE001 - report and go on to destroy
+            self.console.say(job, f"could not kill the remote job: {err}")
+
+
+class LogFollower:
+    """Copies the remote job.log into the local remote.log (whole lines, redacted) and onto the console."""
+
+    def __init__(self, job: Job, local_log: Any, console: Console, stream: bool) -> None:
+        self.job = job
+        self.local_log = local_log
+        self.console = console
+        self.stream = stream
+        self.path = posixpath.join(job.remote_dir, "job.log")
+        self.offset = 0
+        self.pending = b""      # not yet shown on the console
+        self.log_pending = b""  # not yet written to remote.log
+
+    def read_log(self, sftp: paramiko.SFTPClient) -> bytes:
+        try:
+            with sftp.open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                return fh.read()
+        except FileNotFoundError:
+            return b""
+
+    def write_log(self, final: bool = False) -> None:
+        # Redact whole lines only: a secret split across two reads must not slip through.
+        cut = len(self.log_pending) if final else self.log_pending.rfind(b"\n") + 1
+        if cut:
+            self.local_log.write(self.console.redact(self.log_pending[:cut].decode(errors="replace")).encode())
+            self.local_log.flush()
+            self.log_pending = self.log_pending[cut:]
+
+    def drain(self) -> None:
+        data = self.job.session.with_sftp("read job log", self.read_log)
+        self.offset += len(data)
+        self.log_pending += data
+        self.write_log()
+        if self.stream:
+            self.pending += data
+            *lines, self.pending = self.pending.split(b"\n")
+            for line in lines:
+                # tqdm redraws with \r; show only the last state of a line
+                self.console.say(self.job, line.decode(errors="replace").split("\r")[-1])
