@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import shlex
@@ -16,6 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 from ._errors import user_error
 from ._ssh import Session
+
+log = logging.getLogger(__name__)
 
 CODE_MANIFEST = ".outlier_lab_code.sha256"
 
@@ -71,6 +74,18 @@ def _requirements(repo: Path) -> List[str]:
 
     return list(tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", []))
 
+
+
+def warn_unshipped(bundle: CodeBundle) -> None:
+    """Say what the remote side will miss (untracked files) or get uncommitted (a dirty tree)."""
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=bundle.repo,
+                               capture_output=True, text=True).stdout.split()
+    if untracked:
+        log.warning("not shipped (untracked, so the remote side will not have them): %s%s",
+                    " ".join(untracked[:10]), " ..." if len(untracked) > 10 else "")
+    if bundle.dirty:
+        log.warning("tracked files have uncommitted changes: shipping them as code %s (HEAD %s)",
+                    bundle.code_id, bundle.commit)
 
 class CodeShipper:
     """Uploads the bundle once per host and content id; concurrent jobs for the same host wait for the first upload."""

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import OmegaConf, open_dict, read_write
 
-from ._bundle import CodeBundle, CodeShipper, bundle_code
+from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
 from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
 from ._hosts import Host, HostPool, ProbeCache, load_inventory, probe_host
@@ -71,7 +71,7 @@ class Launch:
             return dry_run(jobs, inventory, self.params, self.bundle, self.probes, self.console)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
-        self.warn_unshipped()
+        warn_unshipped(self.bundle)
         for job in jobs:
             self.console.say(job, f"#{job.idx} {' '.join(filter_overrides(job.overrides))} -> {job.needs.describe()}")
         return self.run_all(jobs, inventory)
@@ -98,16 +98,6 @@ class Launch:
             jobs.append(Job(idx=idx, overrides=list(overrides), cfg=cfg, local_dir=local_dir,
                             name=local_dir.name, needs=needs, key=f"{run_key}-{idx}"))
         return jobs
-
-    def warn_unshipped(self) -> None:
-        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=self.bundle.repo,
-                                   capture_output=True, text=True).stdout.split()
-        if untracked:
-            log.warning("not shipped (untracked, so the remote side will not have them): %s%s",
-                        " ".join(untracked[:10]), " ..." if len(untracked) > 10 else "")
-        if self.bundle.dirty:
-            log.warning("tracked files have uncommitted changes: shipping them as code %s (HEAD %s)",
-                        self.bundle.code_id, self.bundle.commit)
 
     def run_all(self, jobs: List[Job], inventory: List[Host]) -> List[JobReturn]:
         """One thread per job (a job waiting for a busy host queues in the pool); Ctrl-C cancels, cleanup runs."""
