@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import paper
+from .errors import UserError
+from .report import heatmap_axes
 from .results import RESULTS_JSON, atomic_write_bytes, upgrade
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ COLUMNS = (
 
 
 @dataclass
-class Job:
+class JobDir:
     """One job directory: its results (None when the job failed or never finished) and its recorded status."""
 
     directory: Path
@@ -86,8 +88,6 @@ def find_job_dirs(root: Path) -> List[Path]:
     """The job directories under a sweep dir (or the dir itself when it is one run), in job order."""
     root = Path(root)
     if not root.is_dir():
-        from .errors import UserError
-
         raise UserError(f"{root} is not a directory; give a sweep dir such as multirun_outputs/<date>/<time>")
     if _is_job_dir(root):
         return [root]
@@ -106,7 +106,7 @@ def find_job_dirs(root: Path) -> List[Path]:
     return sorted(found, key=job_order)
 
 
-def load_job(directory: Path, label: str) -> Job:
+def load_job(directory: Path, label: str) -> JobDir:
     results = upgrade(_read_json(directory / RESULTS_JSON))
     status = _read_json(directory / JOB_STATUS) or {}
     if not status:
@@ -114,10 +114,10 @@ def load_job(directory: Path, label: str) -> Job:
             "status": "INCOMPLETE", "error": "no results.json and no job_status.json (still running, or killed)"}
     elif status.get("status") == "COMPLETED" and results is None:
         status = dict(status, status="INCOMPLETE", error="job reported success but results.json is missing")
-    return Job(directory, label, results, status, _read_overrides(directory), _job_number(directory, status))
+    return JobDir(directory, label, results, status, _read_overrides(directory), _job_number(directory, status))
 
 
-def collect_jobs(roots: Sequence[Path]) -> List[Job]:
+def collect_jobs(roots: Sequence[Path]) -> List[JobDir]:
     """Every job under the given sweep dirs; labels are unique across roots (prefixed by the root when merged)."""
     roots = [Path(r) for r in roots]
     jobs = []
@@ -142,18 +142,9 @@ def _get(mapping: Optional[Dict[str, Any]], *keys: str, default: Any = None) -> 
 
 
 def estimated_memory_gib(resources: Any) -> Optional[float]:
-    """The estimate's total GiB from a results `resources` block, whatever its nesting (read defensively)."""
-    if not isinstance(resources, dict):
-        return None
-    for path in (("estimate", "total_gib"), ("total_gib",), ("estimate", "required_gib"), ("required_gib",)):
-        value = _get(resources, *path)
-        if isinstance(value, (int, float)):
-            return float(value)
-    for value in resources.values():
-        found = estimated_memory_gib(value) if isinstance(value, dict) else None
-        if found is not None:
-            return found
-    return None
+    """The estimate's total GiB from a results `resources` block (the plan: estimate fields at its top level)."""
+    value = resources.get("total_gib") if isinstance(resources, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _config_model_name(directory: Path) -> Optional[str]:
@@ -168,7 +159,7 @@ def _config_model_name(directory: Path) -> Optional[str]:
         return None
 
 
-def job_row(job: Job) -> Dict[str, Any]:
+def job_row(job: JobDir) -> Dict[str, Any]:
     """The comparison row of one job: identity, architecture, Table 4 columns, memory, massive and ablation."""
     r = job.results
     row: Dict[str, Any] = {c: None for c in COLUMNS}
@@ -223,13 +214,13 @@ def job_row(job: Job) -> Dict[str, Any]:
     return row
 
 
-def _varying_overrides(jobs: Sequence[Job]) -> List[str]:
+def _varying_overrides(jobs: Sequence[JobDir]) -> List[str]:
     """Per job, the overrides that differ between jobs (the sweep axes), joined for the table."""
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     return [" ".join(o for o in j.overrides if o not in shared) for j in jobs]
 
 
-def build_rows(jobs: Sequence[Job]) -> List[Dict[str, Any]]:
+def build_rows(jobs: Sequence[JobDir]) -> List[Dict[str, Any]]:
     rows = [job_row(j) for j in jobs]
     for row, overrides in zip(rows, _varying_overrides(jobs)):
         row["overrides"] = overrides or None
@@ -369,7 +360,7 @@ def _scatter(ax, rows, x_key: str, y_key: str, marker: str, label: str) -> None:
         ax.annotate(str(name), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
 
 
-def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Job]) -> List[str]:
+def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[JobDir]) -> List[str]:
     """PNG plots from the rows (and each job's stored heatmap); returns the file names written."""
     import matplotlib
 
@@ -424,8 +415,6 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
 
     with_heat = [j for j in jobs if j.results is not None and j.results.get("heatmap")]
     if with_heat:
-        from .report import heatmap_axes
-
         cols = min(len(with_heat), 4)
         nrows = math.ceil(len(with_heat) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
@@ -445,8 +434,6 @@ def write_comparison(roots: Sequence[Path], out_dir: Optional[Path] = None, plot
     roots = [Path(r) for r in roots]
     jobs = collect_jobs(roots)
     if not jobs:
-        from .errors import UserError
-
         raise UserError(f"no job directories (results.json, job_status.json or .hydra/) under {', '.join(map(str, roots))}")
     out_dir = Path(out_dir) if out_dir is not None else roots[0]
     out_dir.mkdir(parents=True, exist_ok=True)

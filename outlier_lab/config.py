@@ -26,12 +26,11 @@ class ModelConfig:
     attn_implementation: Optional[str] = None
     # Only for checkpoints whose code lives on the hub; off by default for safety.
     trust_remote_code: bool = False
-    # Shipped copy of the checkpoint's config.json (relative to conf/), so estimation works offline.
+    # Shipped copy of the checkpoint's config.json, so estimation works offline: a file name under
+    # outlier_lab/data/hf_configs/ (package data), or a path to a file.
     config_file: Optional[str] = None
     # Checkpoint quantization as shipped (e.g. mxfp4 for gpt-oss experts); null means none.
     quantization: Optional[str] = None
-    # Free-form notes shown in reports (family, size label).
-    family: Optional[str] = None
     # Architecture facts that override the config (tests and offline estimates).
     config_overrides: Dict[str, Any] = field(default_factory=dict)
 

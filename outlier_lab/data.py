@@ -8,6 +8,7 @@ from typing import Iterable, Iterator, List, Optional
 import torch
 
 from .errors import UserError
+from .models import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ def text_file(path: str) -> Iterator[str]:
 def hub_dataset(dataset_cfg) -> Iterator[str]:
     """Stream a `datasets` hub dataset's text column; nothing is downloaded in full."""
     import datasets
-
-    from .models import hub_reachable
 
     hub_reachable()
     try:

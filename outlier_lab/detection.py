@@ -9,6 +9,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from .errors import UserError
+
 # The outlier-value histogram spans [alpha, alpha * 2**OCTAVES); larger values land in the last bin (max_abs is exact).
 OCTAVES = 14
 
@@ -27,8 +29,6 @@ class Criteria:
     bins_per_octave: int = 32
 
     def __post_init__(self) -> None:
-        from .errors import UserError
-
         if not self.alpha > 0:
             raise UserError(f"detector.alpha={self.alpha} must be > 0")
         for name in ("min_layer_frac", "min_position_frac", "min_sequences_frac"):

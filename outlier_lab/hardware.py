@@ -3,32 +3,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
+import psutil
 from omegaconf import DictConfig
 
+from .catalog import GpuClass, load_catalog
 from .errors import UserError
 from .resources import GIB, Estimate, estimate
 
 log = logging.getLogger(__name__)
-CATALOG = Path(__file__).resolve().parent / "data" / "gpus.yaml"
-_FIELDS = ("name", "vendor", "vram_gib", "compute_capability", "max_per_node", "usd_per_hour")
-
-
-@dataclass
-class GpuClass:
-    name: str
-    vendor: str
-    vram_gib: float
-    compute_capability: str
-    max_per_node: int
-    usd_per_hour: float
-    # Catalog key (hardware=<key>), architecture family and host RAM per GPU on typical nodes.
-    key: str = ""
-    arch: str = ""
-    host_ram_gib_per_gpu: float = 0.0
 
 
 @dataclass
@@ -52,25 +36,6 @@ class HardwarePlan:
         out["usd_per_hour"] = self.usd_per_hour
         out["warnings"] = list(self.warnings)
         return out
-
-
-def load_catalog(path: Optional[str | Path] = None) -> Dict[str, GpuClass]:
-    """GPU classes keyed by catalog key, from the shipped YAML or `path`."""
-    source = Path(path).expanduser() if path else CATALOG
-    if not source.is_file():
-        raise UserError(f"GPU catalog {source} not found; set hardware.catalog=PATH or null for the shipped one")
-    raw = yaml.safe_load(source.read_text()) or {}
-    catalog: Dict[str, GpuClass] = {}
-    for key, entry in raw.items():
-        missing = [f for f in _FIELDS if f not in (entry or {})]
-        if missing:
-            raise UserError(f"GPU catalog {source}: class {key!r} lacks {', '.join(missing)}")
-        catalog[key] = GpuClass(
-            name=str(entry["name"]), vendor=str(entry["vendor"]).lower(), vram_gib=float(entry["vram_gib"]),
-            compute_capability=str(entry["compute_capability"]), max_per_node=int(entry["max_per_node"]),
-            usd_per_hour=float(entry["usd_per_hour"]), key=str(key), arch=str(entry.get("arch", "")),
-            host_ram_gib_per_gpu=float(entry.get("host_ram_gib_per_gpu", 0.0)))
-    return catalog
 
 
 def per_gpu_required(est: Estimate, count: int) -> float:
@@ -132,7 +97,6 @@ def _describe(est: Estimate) -> str:
 
 def _local_plan(cfg: DictConfig) -> HardwarePlan:
     """Check the job against this machine's GPUs (per-GPU split) or RAM; fail when it cannot fit, warn when tight."""
-    import psutil
     import torch
 
     est = estimate(cfg, None)

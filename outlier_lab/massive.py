@@ -9,6 +9,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .capture import SiteProbe
+from .results import atomic_write_bytes
+
 SPACE = "block_out"
 SITE = "block_out"
 HITS_FILE = "massive_hits.parquet"
@@ -195,8 +198,6 @@ def write_hits(path: Path, table: Dict[str, np.ndarray]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .results import atomic_write_bytes
-
     arrays = {k: pa.array(list(v) if v.dtype == object else v) for k, v in table.items()}
     sink = io.BytesIO()
     pq.write_table(pa.table(arrays), sink)
@@ -205,8 +206,6 @@ def write_hits(path: Path, table: Dict[str, np.ndarray]) -> None:
 
 def with_block_outputs(probes: Sequence, site_map) -> List:
     """The site probes plus one block-output probe per analyzed block, after that block's sites (execution order)."""
-    from .capture import SiteProbe
-
     merged: List = []
     slots = {block: slot for slot, block in enumerate(site_map.block_indices)}
     by_block: Dict[int, List] = {}

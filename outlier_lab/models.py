@@ -16,7 +16,8 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Shipped hub config.json copies (package data), so a hub model is estimable offline.
+HF_CONFIGS_DIR = Path(__file__).resolve().parent / "data" / "hf_configs"
 _HUB_REACHABLE = None
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -91,8 +92,17 @@ def hub_reachable() -> bool:
     return _HUB_REACHABLE
 
 
+def shipped_config_path(model_cfg) -> Path | None:
+    """Where `model.config_file` points: a path as given, or a file name under the shipped hf_configs."""
+    name = model_cfg.get("config_file")
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or path.is_file() else HF_CONFIGS_DIR / name
+
+
 def load_hf_config(model_cfg):
-    """The transformers config: from the checkpoint (hub at the pinned revision), else the shipped copy in conf/."""
+    """The transformers config: from the checkpoint (hub at the pinned revision), else the shipped copy (model.config_file)."""
     from transformers import AutoConfig
 
     location, kwargs = checkpoint_location(model_cfg)
@@ -101,7 +111,7 @@ def load_hf_config(model_cfg):
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
-        shipped = CONF_DIR / model_cfg.config_file if model_cfg.get("config_file") else None
+        shipped = shipped_config_path(model_cfg)
         if shipped is None or not shipped.is_file():
             raise UserError(f"cannot read the config of {location!r} ({type(err).__name__}); "
                             "check model.path, the network, or ship a config copy via model.config_file") from None

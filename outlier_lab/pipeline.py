@@ -14,20 +14,24 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import massive as massive_detector
 from . import results as store
+from .ablation import run_ablation
 from .adapters import SiteMap, discover_sites
 from .capture import HIDDEN, Capture, plan_probes
 from .data import build_windows, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError
+from .hardware import HardwarePlan, format_plan, plan
 from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
 from .report import write_report
 from .resources import meta_model
+from .rms_reducer import ALPHA_MODES, RmsInt8Reducer
 
 log = logging.getLogger(__name__)
-REPO_DIR = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def main(cfg: DictConfig) -> Dict[str, Any]:
@@ -48,8 +52,6 @@ def main(cfg: DictConfig) -> Dict[str, Any]:
 
 def _plan_resources(cfg: DictConfig) -> Optional[Any]:
     """The resource plan (estimate + hardware) for this job; a non-local plan runs only where a launcher put it."""
-    from .hardware import format_plan, plan
-
     hardware_plan = plan(cfg)
     if hardware_plan.local and hardware_plan.estimate.device == "cpu":
         configure_cpu_heap()
@@ -79,8 +81,6 @@ def criteria_of(det_cfg) -> Criteria:
 
 
 def _int8_reducer_class(det_cfg):
-    from .thresholds import ALPHA_MODES, RmsInt8Reducer
-
     mode = det_cfg.get("alpha_mode", "absolute")
     if mode not in ALPHA_MODES:
         raise UserError(f"detector.alpha_mode={mode!r} is not one of {', '.join(ALPHA_MODES)}")
@@ -101,8 +101,6 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     accumulators = {space: RunAccumulator(criteria, width) for space, width in widths.items()}
     massive = None
     if det_cfg.get("massive") is not None and det_cfg.massive.enabled:
-        from . import massive as massive_detector
-
         probes = massive_detector.with_block_outputs(probes, site_map)
         m = det_cfg.massive
         massive = massive_detector.MassiveReducer(
@@ -162,8 +160,6 @@ def _ablation_requested(cfg: DictConfig, hf_config) -> bool:
 
 def _ablation(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, tokenizer, outliers) -> Dict[str, Any]:
     """LLM.int8() Sec. 4.2 on this job's tokens: zero the detected (or configured) dims vs random dims."""
-    from .ablation import run_ablation
-
     a = cfg.analysis
     hidden = model.config.get_text_config().hidden_size
     dims = list(a.dims) if a.dims is not None else [f["dim"] for f in outliers]
@@ -190,8 +186,13 @@ def heatmap_data(space: Dict[str, Any], block_max: np.ndarray, blocks, top: int)
 
 
 def _git_commit() -> Optional[str]:
+    """The commit of the checkout this package runs from; None for an installed copy (not tracked by any git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=PACKAGE_DIR,
+                                 capture_output=True, timeout=10)
+        if tracked.returncode != 0:
+            return None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -204,6 +205,52 @@ def _environment() -> Dict[str, Any]:
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
                 nnsight=getattr(nnsight, "__version__", "?"), git_commit=_git_commit(),
                 cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+
+
+def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, analysis: Analysis,
+                  plan: Optional[HardwarePlan], device: str, memory: PeakMemory, timings: Dict[str, float],
+                  started: float) -> Dict[str, Any]:
+    """The results.json payload of one job: model, data and detector facts, the statistics, plan and environment."""
+    ds = cfg.dataset
+    text_config = model.config.get_text_config()
+    counted = model.base_model  # the same counts whether or not the LM head was loaded (ablation needs it)
+    params_total = count_parameters(counted)
+    moe = moe_facts(counted, text_config)
+    # The residual stream is the headline; only when no selected site is residual-wide does another space lead,
+    # and `headline_space` then says which.
+    hidden_key = HIDDEN if HIDDEN in analysis.spaces else next(iter(analysis.spaces))
+    hidden_space = analysis.spaces[hidden_key]
+    return dict(
+        schema_version=store.SCHEMA_VERSION,
+        model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, revision=cfg.model.revision,
+                   architecture=text_config.model_type, model_class=type(model).__name__,
+                   num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
+                   params_total=params_total, params_active=moe.pop("params_active"), **moe,
+                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")),
+        dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
+                     num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
+                     prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),
+        detector=dict(name=cfg.detector.name, alpha=cfg.detector.alpha, min_layer_frac=cfg.detector.min_layer_frac,
+                      min_position_frac=cfg.detector.min_position_frac, min_sequences_frac=cfg.detector.min_sequences_frac,
+                      sites=list(site_map.site_names), layers=list(site_map.block_indices),
+                      num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
+                      statistics_dtype="float32", alpha_mode=cfg.detector.get("alpha_mode", "absolute")),
+        outlier_features=hidden_space["outlier_features"],
+        qualified_dims=hidden_space["qualified_dims"],
+        summary=hidden_space["summary"],
+        headline_space=hidden_key,
+        other_spaces={k: v for k, v in analysis.spaces.items() if k != hidden_key},
+        heatmap=heatmap_data(hidden_space, analysis.block_max[hidden_key], site_map.block_indices,
+                             cfg.detector.heatmap_top_dims),
+        device=device,
+        wall_time_s=time.perf_counter() - started,
+        timings=timings,
+        peak_memory_gib=memory.peak_gib,
+        peak_memory_kind=memory.kind,
+        resources=plan.to_dict() if plan is not None else None,
+        environment=_environment(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
@@ -237,45 +284,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         analysis = analyze(model, site_map, tokens, cfg.detector, ds.batch_size, cfg.progress)
         timings["analyze_s"] = time.perf_counter() - tick
 
-    text_config = model.config.get_text_config()
-    counted = model.base_model  # the same counts whether or not the LM head was loaded (ablation needs it)
-    params_total = count_parameters(counted)
-    moe = moe_facts(counted, text_config)
-    # The residual stream is the headline; only when no selected site is residual-wide does another space lead,
-    # and `headline_space` then says which.
-    hidden_key = HIDDEN if HIDDEN in analysis.spaces else next(iter(analysis.spaces))
-    hidden_space = analysis.spaces[hidden_key]
-    results: Dict[str, Any] = dict(
-        schema_version=store.SCHEMA_VERSION,
-        model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, revision=cfg.model.revision,
-                   architecture=text_config.model_type, model_class=type(model).__name__,
-                   num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
-                   params_total=params_total, params_active=moe.pop("params_active"), **moe,
-                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")),
-        dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
-                     num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
-                     prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),
-        detector=dict(name=cfg.detector.name, alpha=cfg.detector.alpha, min_layer_frac=cfg.detector.min_layer_frac,
-                      min_position_frac=cfg.detector.min_position_frac, min_sequences_frac=cfg.detector.min_sequences_frac,
-                      sites=list(site_map.site_names), layers=list(site_map.block_indices),
-                      num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
-                      statistics_dtype="float32", alpha_mode=cfg.detector.get("alpha_mode", "absolute")),
-        outlier_features=hidden_space["outlier_features"],
-        qualified_dims=hidden_space["qualified_dims"],
-        summary=hidden_space["summary"],
-        headline_space=hidden_key,
-        other_spaces={k: v for k, v in analysis.spaces.items() if k != hidden_key},
-        heatmap=heatmap_data(hidden_space, analysis.block_max[hidden_key], site_map.block_indices,
-                             cfg.detector.heatmap_top_dims),
-        device=device,
-        wall_time_s=time.perf_counter() - started,
-        timings=timings,
-        peak_memory_gib=memory.peak_gib,
-        peak_memory_kind=memory.kind,
-        resources=plan.to_dict() if plan is not None else None,
-        environment=_environment(),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    results = build_results(cfg, model, site_map, tokens, analysis, plan, device, memory, timings, started)
+    hidden_key = results["headline_space"]
     if ablate:
         tick = time.perf_counter()
         results["ablation"] = _ablation(cfg, model, site_map, tokens, tokenizer, results["outlier_features"]
@@ -284,8 +294,6 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         results["wall_time_s"] = time.perf_counter() - started
     massive_hits = None
     if analysis.massive is not None:
-        from . import massive as massive_detector
-
         bos_id, _ = special_ids(tokenizer, ds.bos_token)
         results["massive"], massive_hits = massive_detector.finalize(
             analysis.massive, tokens, tokenizer, bos_id, bool(ds.prepend_bos and bos_id is not None))

@@ -4,15 +4,22 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+import importlib.util
+import json
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .adapters import discover_sites
+from .capture import plan_probes
+from .catalog import GpuClass
+from .data import check_window_shape
 from .detection import OCTAVES
-
-if TYPE_CHECKING:  # hardware imports this module; the type is only needed for annotations
-    from .hardware import GpuClass
+from .errors import UserError
+from .models import (build_meta_model, checkpoint_location, hub_reachable, load_hf_config, max_positions, moe_facts,
+                     resolve_device, shipped_config_path)
 
 GIB = 2**30
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
@@ -81,10 +88,8 @@ def _first(config, keys, default=None):
     return next((getattr(config, k) for k in keys if getattr(config, k, None)), default)
 
 
-def _target(cfg: DictConfig, gpu: "GpuClass | None") -> Tuple[str, str]:
+def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
     """(device, dtype name) the job will run with: bf16 on a planned GPU, else what this machine offers."""
-    from .models import resolve_device
-
     if gpu is not None:
         device = "cuda"
     elif cfg.hardware.name == "local":
@@ -95,8 +100,6 @@ def _target(cfg: DictConfig, gpu: "GpuClass | None") -> Tuple[str, str]:
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
     if dtype not in _DTYPE_BYTES:
-        from .errors import UserError
-
         raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(_DTYPE_BYTES)}")
     return device, dtype
 
@@ -111,7 +114,7 @@ def quantization_of(cfg: DictConfig, hf_config) -> Optional[str]:
     return getattr(qc, "quant_method", None) if qc is not None else None
 
 
-def mxfp4_supported(device: str, gpu: "GpuClass | None", cfg: DictConfig) -> Tuple[bool, str]:
+def mxfp4_supported(device: str, gpu: GpuClass | None, cfg: DictConfig) -> Tuple[bool, str]:
     """Whether transformers keeps MXFP4 experts packed: CUDA with compute capability >= 7.5 and triton + kernels."""
     if device != "cuda":
         return False, "on CPU transformers dequantizes MXFP4 experts (it needs use_kernels=True to keep them)"
@@ -123,8 +126,6 @@ def mxfp4_supported(device: str, gpu: "GpuClass | None", cfg: DictConfig) -> Tup
         if not cfg.hardware.get("mxfp4_kernels", True):
             return False, "hardware.mxfp4_kernels=false: the GPU host lacks triton>=3.4/kernels"
         return True, f"MXFP4 experts stay packed on {gpu.name} (cc {gpu.compute_capability}, assumes triton>=3.4 + kernels)"
-    import importlib.util
-
     if not torch.cuda.is_available():
         return False, "no CUDA GPU visible; MXFP4 experts are dequantized"
     if torch.cuda.get_device_capability() < (7, 5):
@@ -170,8 +171,6 @@ def _weights(model: torch.nn.Module, dtype_bytes: int, mxfp4: bool) -> Tuple[flo
 
 def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, quant: Optional[str]) -> Tuple[float, str]:
     """Bytes of the checkpoint on disk: measured for local dirs, else counted (LM head and MTP layers included)."""
-    from .models import checkpoint_location
-
     if cfg.model.source in ("local", "package"):
         try:
             location, _ = checkpoint_location(cfg.model)
@@ -214,10 +213,6 @@ def _largest_block_expert_params(model: torch.nn.Module) -> int:
 
 def _per_expert_checkpoint(cfg: DictConfig, model_type: str) -> bool:
     """Whether the checkpoint stores one tensor per expert (fused on load); read from local safetensors headers."""
-    import re
-
-    from .models import checkpoint_location
-
     if cfg.model.source in ("local", "package"):
         try:
             from safetensors import safe_open
@@ -288,7 +283,7 @@ def _attention_impl(cfg: DictConfig, model_type: str) -> str:
 
 
 def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str,
-                     widths: Dict[str, int], analyzed_blocks: int) -> Tuple[float, Dict[str, float]]:
+                     widths: Dict[str, int], analyzed_blocks: int, bins_per_octave: int) -> Tuple[float, Dict[str, float]]:
     """Peak transient memory of one forward (no KV cache, no logits) plus the detector's reduction state.
 
     Blocks run one after another and free their temporaries, so the peak is the worst block's worst phase on top of
@@ -332,7 +327,7 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
         shared = n * a * (d + 3 * s.shared_intermediate) if s.shared_intermediate else 0.0
         phases["moe"] = n * a * d + router + max(gate_phase, down_phase, shared)
     # Detector: per batch block hits and position hits (bool), per-sequence max; per run block max and histogram.
-    bins = OCTAVES * 32
+    bins = OCTAVES * bins_per_octave
     reducer_state = sum(
         batch * analyzed_blocks * w + n * w + batch * w * 4 + analyzed_blocks * w * 4 + w * bins * _HIST_BYTES_PER_DIM_PER_BIN
         for w in widths.values()
@@ -351,9 +346,6 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
 def _site_widths(model: torch.nn.Module, text, cfg: DictConfig) -> Tuple[Dict[str, int], int]:
     """Feature spaces the detector keeps state for (hidden, plus o_proj's input when wider) and blocks analyzed."""
     try:
-        from .adapters import discover_sites
-        from .capture import plan_probes
-
         site_map = discover_sites(model, cfg.detector.get("sites"), cfg.detector.get("layers"))
         _, widths = plan_probes(model, site_map)
         return dict(widths), len(site_map.block_indices)
@@ -373,8 +365,6 @@ def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
 @functools.lru_cache(maxsize=8)
 def _meta_model(model_yaml: str):
     """The model's config and its base model on the meta device, built once per model config (plans try many GPUs)."""
-    from .models import build_meta_model, load_hf_config
-
     model_cfg = OmegaConf.create(model_yaml)
     shipped = _shipped_config(model_cfg)
     hf_config = shipped if shipped is not None else load_hf_config(model_cfg)
@@ -383,15 +373,11 @@ def _meta_model(model_yaml: str):
 
 def _shipped_config(model_cfg):
     """The shipped config copy of a hub model when the hub is unreachable (skips seconds of download retries)."""
-    import json
-
     from transformers import AutoConfig
-
-    from .models import CONF_DIR, hub_reachable
 
     if model_cfg.get("source") != "hub" or not model_cfg.get("config_file") or hub_reachable():
         return None
-    path = CONF_DIR / model_cfg.config_file
+    path = shipped_config_path(model_cfg)
     if not path.is_file():
         return None
     raw = json.loads(path.read_text())
@@ -401,11 +387,8 @@ def _shipped_config(model_cfg):
     return config
 
 
-def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
+def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
     """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU)."""
-    from .data import check_window_shape
-    from .models import max_positions, moe_facts
-
     device, dtype = _target(cfg, gpu)
     dtype_bytes = _DTYPE_BYTES[dtype]
     hf_config, model = meta_model(cfg.model)
@@ -437,7 +420,8 @@ def estimate(cfg: DictConfig, gpu: "GpuClass | None" = None) -> Estimate:
     batch = max(1, min(int(ds.batch_size), int(ds.num_sequences)))
     attn_impl = _attention_impl(cfg, text.model_type)
     widths, analyzed = _site_widths(model, text, cfg)
-    activations, _ = activation_bytes(text, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths, analyzed)
+    activations, _ = activation_bytes(text, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths, analyzed,
+                                      int(cfg.detector.get("bins_per_octave", 32)))
 
     analysis = cfg.get("analysis") or {}
     if analysis.get("mode", "detect") == "ablation":

@@ -13,7 +13,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from outlier_lab.inspect import describe_model
+    from outlier_lab.inspection import describe_model
 
     describe_model(cfg)
 

@@ -63,7 +63,7 @@ def test_paper_row_sits_next_to_ours(sweep, tmp_path):
     shutil.copytree(sweep_dir / "0_llama", job)
     results = json.loads((job / "results.json").read_text())
     results["model"]["path"] = "openai-community/gpt2"
-    results["resources"] = {"estimate": {"total_gib": 1.25, "weights_gib": 0.5}, "gpu_class": None}
+    results["resources"] = dict(results["resources"], total_gib=1.25)
     (job / "results.json").write_text(json.dumps(results))
     run_cli(str(tmp_path / "sweep"), script="scripts/compare.py")
     row = read_csv(tmp_path / "sweep" / COMPARISON_CSV)[0]
@@ -77,9 +77,9 @@ def test_script_rejects_a_missing_dir(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
-def test_estimated_memory_is_read_defensively():
+def test_estimated_memory_is_the_plans_total_or_none():
     assert estimated_memory_gib(None) is None
-    assert estimated_memory_gib({"plan": {"estimate": {"total_gib": 3.5}}}) == 3.5
+    assert estimated_memory_gib({"required_gib": 3.5}) is None
     assert estimated_memory_gib({"total_gib": 2}) == 2.0
 
 
@@ -88,7 +88,7 @@ def test_rms_alpha_is_scale_free():
     import torch
 
     from outlier_lab.detection import Criteria, Int8Reducer
-    from outlier_lab.thresholds import RmsInt8Reducer
+    from outlier_lab.rms_reducer import RmsInt8Reducer
 
     x = torch.randn(3, 20, 16, generator=torch.Generator().manual_seed(0))
     x[:, :, 4] *= 8.0

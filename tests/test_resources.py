@@ -82,6 +82,23 @@ def test_activations_grow_with_seq_len_and_batch(tiny_checkpoint, arch):
     assert len(weights) == 1  # the weights do not depend on the data shape
 
 
+def test_histogram_resolution_is_counted_as_configured(tiny_checkpoint):
+    # The reducer's histogram grows with detector.bins_per_octave; the estimate must grow by exactly its size.
+    from outlier_lab.detection import Criteria, Int8Reducer
+
+    checkpoint = tiny_checkpoint("llama")
+    coarse = estimate(local_model(checkpoint, "detector.bins_per_octave=32"))
+    fine = estimate(local_model(checkpoint, "detector.bins_per_octave=256"))
+    from checkpoints import HIDDEN as hidden  # the tiny llama's residual width, its only feature space
+
+    def hist_bytes(bins):
+        reducer = Int8Reducer(Criteria(bins_per_octave=bins), num_blocks=1, hidden=hidden)
+        return reducer.hist.numel() * reducer.hist.element_size()
+
+    grown = (fine.activations_gib - coarse.activations_gib) * GIB
+    assert grown == pytest.approx(hist_bytes(256) - hist_bytes(32), rel=1e-9)
+
+
 def test_every_expert_counts_not_only_the_active_ones(tiny_checkpoint):
     checkpoint = tiny_checkpoint("qwen3_moe")
     four = estimate(local_model(checkpoint))
