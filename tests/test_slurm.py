@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,23 +175,81 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
     assert status["status"] == "FAILED" and "CANCELLED" in status["error"]
 
 
-def test_interrupted_sweep_cancels_its_jobs(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
-    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
-           f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
+def _start_held_sweep(cluster: SlurmCluster, text_file: Path, checkpoint: Path, sweep_dir: Path, *overrides: str,
+                      env: Dict[str, str] | None = None) -> subprocess.Popen:
+    """A sweep whose one job the setup line holds in RUNNING, so a signal always meets a running job."""
+    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER, f"model.path={checkpoint}",
+           'hydra.launcher.setup=["sleep 600"]', f"hydra.sweep.dir={sweep_dir}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **cluster.env, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """The sweep's whole output once it exits (killed, so nothing lingers, if it does not within the bound)."""
     try:
-        job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    return stdout + stderr
+
+
+def test_interrupted_sweep_cancels_its_jobs(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    proc = _start_held_sweep(slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep")
+    try:
+        job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        _finish(proc)
     assert proc.returncode != 0
     # No job left behind on the cluster: Ctrl-C of the sweep scancels what it submitted.
     assert slurm_cluster.job(job_id)["JobState"] in ("CANCELLED", "COMPLETING")
+
+
+def test_sigterm_cancels_the_jobs_and_a_second_signal_does_not_cut_the_cancel(slurm_cluster, tiny_checkpoint,
+                                                                                text_file, tmp_path):
+    # A slow scancel keeps the cleanup open, so the second and third signals land inside it.
+    real = shutil.which("scancel", path=slurm_cluster.env["PATH"])
+    stand_in = tmp_path / "bin" / "scancel"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f'#!/bin/sh\ntouch {tmp_path}/scancel.started\nsleep 2\nexec {real} "$@"\n')
+    stand_in.chmod(0o755)
+    path = f"{stand_in.parent}:{slurm_cluster.env['PATH']}"
+    proc = _start_held_sweep(slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep",
+                             env={"PATH": path})
+    try:
+        job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "scancel.started").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGHUP)
+    finally:
+        output = _finish(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "SIGTERM received (kill" in output and "received again: ignored" in output, output[-3000:]
+    assert "cancelling Slurm job" in output
+    assert slurm_cluster.job(job_id)["JobState"] in ("CANCELLED", "COMPLETING")
+
+
+def test_sighup_with_cancel_on_exit_false_leaves_the_job_running(slurm_cluster, tiny_checkpoint, text_file,
+                                                                  tmp_path):
+    proc = _start_held_sweep(slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep",
+                             "hydra.launcher.cancel_on_exit=false")
+    try:
+        job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
+        proc.send_signal(signal.SIGHUP)
+    finally:
+        output = _finish(proc)
+    try:
+        assert proc.returncode == 128 + signal.SIGHUP, output[-3000:]
+        assert "left running on Slurm (hydra.launcher.cancel_on_exit=false)" in output, output[-3000:]
+        assert "cancel them with: scancel" in output
+        assert slurm_cluster.job(job_id)["JobState"] == "RUNNING"
+    finally:
+        slurm_cluster.run("scancel", job_id)
 
 
 def _wait_for_running(cluster: SlurmCluster, sweep_dir: Path, proc: subprocess.Popen, limit_s: float = 120) -> str:

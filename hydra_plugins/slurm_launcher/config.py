@@ -48,6 +48,9 @@ class SlurmLauncherConf(SlurmQueueConf):
     result_grace_s: float = 15.0
     # A job still PREEMPTED (not requeued) after this many seconds is reported as failed.
     preempted_grace_s: float = 120.0
+    # When the sweep stops before its jobs end (Ctrl-C, SIGTERM, SIGHUP, an error): true scancels them; false leaves
+    # them running (their outputs still land in the sweep dir) and prints their ids.
+    cancel_on_exit: bool = True
     # Lines of the job's stderr quoted in a failure.
     stderr_tail_lines: int = 25
 

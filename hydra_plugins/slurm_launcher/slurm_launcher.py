@@ -18,6 +18,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import open_dict, read_write
 
 from . import sizing
+from ._signals import ExitSignal, SignalGuard
 from .config import SlurmLauncherConf
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,19 @@ class SlurmLauncher(BaseSubmititLauncher):
         if self.params["dry_run"]:
             return self._dry_run(arrays, jobs)
         log.info("Slurm sweep output dir: %s (%d jobs in %d arrays)", sweep_dir, len(jobs), len(arrays))
-        try:
-            for sbatch, members in arrays:
-                self._submit(sbatch, members)
-            self._wait(jobs)
-        except BaseException:
-            self._cancel_unfinished(jobs)
-            raise
+        # SIGTERM and SIGHUP stop the sweep as Ctrl-C does; what happens to its jobs is cancel_on_exit's choice.
+        with SignalGuard(lambda text: log.warning("%s", text)) as guard:
+            try:
+                for sbatch, members in arrays:
+                    with guard.held():
+                        self._submit(sbatch, members)
+                self._wait(jobs)
+            except BaseException as err:
+                guard.cleaning()
+                self._stop_early(jobs, sweep_dir)
+                if isinstance(err, ExitSignal):
+                    raise SystemExit(err.exit_code) from None
+                raise
         for job in jobs:
             self._collect(job)
         self._write_summary(sweep_dir, jobs)
@@ -229,11 +236,20 @@ class SlurmLauncher(BaseSubmititLauncher):
         except Exception as err:  # noqa: BLE001 - a callback must not hide the job's own failure
             log.warning("on_job_end callback failed for job #%d: %s", job.index, err)
 
-    def _cancel_unfinished(self, jobs: List[SweepJob]) -> None:
-        for job in jobs:
-            if job.job is not None and not job.finished_at:
-                log.warning("cancelling Slurm job %s (#%d)", job.job.job_id, job.index)
-                job.job.cancel(check=False)
+    def _stop_early(self, jobs: List[SweepJob], sweep_dir: Path) -> None:
+        """The sweep ends before its jobs (a signal or an error): scancel them, or leave them running when
+        hydra.launcher.cancel_on_exit=false, and say which."""
+        unfinished = [job for job in jobs if job.job is not None and not job.finished_at]
+        if not unfinished:
+            return
+        if not self.params["cancel_on_exit"]:
+            ids = " ".join(job.job.job_id for job in unfinished)
+            log.warning("left running on Slurm (hydra.launcher.cancel_on_exit=false): %s; their outputs will land "
+                        "under %s; cancel them with: scancel %s", ids, sweep_dir, ids)
+            return
+        for job in unfinished:
+            log.warning("cancelling Slurm job %s (#%d)", job.job.job_id, job.index)
+            job.job.cancel(check=False)
 
     @staticmethod
     def _write_summary(sweep_dir: Path, jobs: List[SweepJob]) -> None:
