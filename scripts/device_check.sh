@@ -36,6 +36,18 @@ for arch in ("qwen3_moe", "gpt_oss"):
     print(arch, "dtype", r["model"]["dtype"], "found", sorted(found), "expected", sorted(EXPECTED_OUTLIERS),
           "OK" if found == EXPECTED_OUTLIERS else "MISMATCH", "peak", r["peak_memory_gib"], r["peak_memory_kind"])
 PY
+# 1b. The fused reducer kernel (torch.compile) equals its eager twin exactly on CUDA, in bf16 and fp32.
+step fused_kernel 90 python3 - <<'PY'
+import torch
+from outlier_lab.detection import fused_site_step, site_step
+fused = fused_site_step(torch.device("cuda"))
+for dtype in (torch.bfloat16, torch.float32):
+    for shape in ((4, 512, 4096), (3, 37, 1024)):
+        x = (torch.randn(*shape, device="cuda") * 3).to(dtype)
+        a = torch.zeros(shape, dtype=torch.bool, device="cuda"); b = a.clone()
+        same = torch.equal(site_step(x, a, 6.0), fused(x, b, 6.0)) and torch.equal(a, b)
+        print(dtype, shape, "fused == eager" if same else "MISMATCH", "compiled" if fused is not site_step else "eager")
+PY
 # 2. Analysis vs bare forward: the issue's mid-size config, then a larger one where GPU work dominates.
 step bench_mid 110 python3 scripts/bench.py --device cuda
 step bench_large 130 python3 scripts/bench.py --device cuda --hidden 4096 --blocks 16 --seq-len 1024 --batch-size 8 --sequences 32 --memory-sequences 128
