@@ -63,7 +63,8 @@ class SlurmLauncher(BaseSubmititLauncher):
         (stock hydra-submitit returns it as a value and Slurm says COMPLETED: hydra#1928)."""
         # The job runs on the hardware planned for it, so the app must not refuse its non-local plan.
         overrides = list(sweep_overrides)
-        if not any(o.lstrip("+~").startswith("hardware.launched_remotely=") for o in overrides):
+        if _is_outlier_lab_job(self.config) and not any(
+                o.lstrip("+~").startswith("hardware.launched_remotely=") for o in overrides):
             overrides.append("hardware.launched_remotely=true")
         ret = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
         if ret.status == JobStatus.FAILED:
@@ -109,6 +110,12 @@ class SlurmLauncher(BaseSubmititLauncher):
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg.hydra.job):
             cfg.hydra.job.num = index
+        if not _is_outlier_lab_job(cfg):
+            # Another Hydra app (Hydra's own launcher test suites use this): nothing to plan, so the resources are
+            # those set in hydra.launcher, as with the stock submitit launcher.
+            given = {k: self.params[k] for k in sizing.DERIVED if self.params.get(k) is not None}
+            return SweepJob(index, overrides, given, ["no outlier_lab plan (the app has no hardware config): "
+                                                      "resources as set in hydra.launcher"], cfg)
         try:
             plan = sizing.plan_job(cfg)
             sbatch, reasons = sizing.request(cfg, plan, self.params)
@@ -281,6 +288,10 @@ class SlurmLauncher(BaseSubmititLauncher):
         text = _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder,
                                    map_count=count if count > 1 else None, **executor.parameters)
         return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+def _is_outlier_lab_job(cfg: Any) -> bool:
+    return cfg is not None and "hardware" in cfg
 
 
 def _brief(sbatch: Dict[str, Any]) -> str:
