@@ -9,15 +9,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .adapters import SiteMap
-from .capture import forward_kwargs, input_width
+from .adapters import SiteMap, input_width
+from .capture import forward_kwargs
 from .models import input_device
 
 log = logging.getLogger(__name__)
 
 METRICS = ("nll", "ppl", "bits_per_byte", "top1_prob", "top1_acc", "target_prob", "kl_from_baseline")
-# q_proj's input is also k_proj's and v_proj's: zeroing a feature of "the attention input" means all three.
-_QKV_SIBLINGS = {"q_proj": ("k_proj", "v_proj"), "query": ("key", "value")}
 
 
 def ablation_paths(model: torch.nn.Module, site_map: SiteMap, sites: Sequence[str]) -> List[str]:
@@ -31,15 +29,10 @@ def ablation_paths(model: torch.nn.Module, site_map: SiteMap, sites: Sequence[st
             path = site_map.site_path(block, site)
             # o_proj's input is the attention heads' space when heads x head_dim != hidden: its dim indices name
             # other features, so the residual dims detected there cannot be zeroed in it.
-            if input_width(model.get_submodule(path), hidden) != hidden:
+            if input_width(model.get_submodule(path), hidden, site_map.adapter) != hidden:
                 continue
-            paths.append(path)
-            parent, _, leaf = path.rpartition(".")
-            for sibling in _QKV_SIBLINGS.get(leaf, ()):
-                candidate = f"{parent}.{sibling}"
-                with contextlib.suppress(AttributeError):
-                    model.get_submodule(candidate)
-                    paths.append(candidate)
+            # q_proj's input is also k_proj's and v_proj's: zeroing a feature of "the attention input" means all.
+            paths += [path, *site_map.sibling_paths(block, site)]
     return paths
 
 

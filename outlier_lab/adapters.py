@@ -1,60 +1,308 @@
-"""Architecture adapters: map canonical site names onto module paths, one adapter per model_type."""
+"""Architecture adapters: every fact about an architecture family (site paths per block kind, layout, MoE keys,
+memory facts) as data, one adapter per family of transformers `config.model_type`s."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Tuple
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .config import SITES
 from .errors import UserError
 
 
 @dataclass(frozen=True)
+class Mixer:
+    """One kind of token mixer (softmax attention, linear attention, state-space layer) and its two sites.
+
+    `attn_in` is the first projection reading the normed residual; `attn_out_in` the projection writing the mixer's
+    output back to the residual. The canonical names say "attn" for every mixer kind.
+    """
+
+    attn_in: str
+    attn_out_in: str
+    # Other modules reading attn_in's very input (k/v beside q): ablating a feature of the mixer input zeroes all.
+    siblings: Tuple[str, ...] = ()
+    # The norm whose output attn_in reads (None for post-norm blocks); fixtures plant outliers in its gain.
+    norm: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Ffn:
+    """One kind of FFN (dense MLP or MoE block): the module whose input is mlp_in, and its memory fact."""
+
+    mlp_in: str
+    norm: Optional[str]
+    # Intermediate-width tensors alive at a dense FFN's peak: gated act(gate) * up keeps three; GPT-2/GPT-J's
+    # op-by-op tanh GELU four; a plain fc + activation two.
+    live_tensors: int
+
+
+@dataclass(frozen=True)
+class Moe:
+    """Mixture-of-experts facts: the config keys that size the experts, and how routing and checkpoints behave."""
+
+    experts: str  # config key: routed experts per MoE block
+    top_k: str  # config key: experts per token
+    expert_width: str  # config key: one routed expert's intermediate width
+    path: str = "mlp.experts"  # routed experts' module, relative to a block
+    shared_count: Optional[str] = None  # config key: shared experts, each expert_width wide (GLM, DeepSeek)
+    shared_width: Optional[str] = None  # config key: the shared expert's total intermediate width (Qwen2-MoE)
+    fp32_router: bool = False  # the router hands fp32 routing weights to the experts (weighted outputs are fp32)
+    fused_checkpoint: bool = False  # hub checkpoints already store experts as fused 3-D tensors
+
+
+@dataclass(frozen=True)
+class BlockKind:
+    """What one block is made of: its mixer and FFN kinds decide its site paths."""
+
+    name: str
+    mixer: Mixer
+    ffn: Ffn
+    is_moe: bool
+
+    @property
+    def sites(self) -> Dict[str, str]:
+        return dict(attn_in=self.mixer.attn_in, attn_out_in=self.mixer.attn_out_in, mlp_in=self.ffn.mlp_in)
+
+    def norm(self, site: str) -> Optional[str]:
+        return {"attn_in": self.mixer.norm, "mlp_in": self.ffn.norm}.get(site)
+
+    def siblings(self, site: str) -> Tuple[str, ...]:
+        return self.mixer.siblings if site == "attn_in" else ()
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A run of consecutive blocks of one kind."""
+
+    kind: BlockKind
+    blocks: range
+
+    @property
+    def sites(self) -> Dict[str, str]:
+        return self.kind.sites
+
+
+def _text(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def config_value(config, key: str):
+    """A config attribute the adapter relies on; a config without it is a mismatched adapter, never a default."""
+    text = _text(config)
+    if not hasattr(text, key):
+        raise UserError(f"{type(text).__name__} has no {key!r}, which the {text.model_type!r} adapter reads; "
+                        "the adapter in outlier_lab/adapters.py does not match this config")
+    return getattr(text, key)
+
+
+# Per-block kind rules: config -> one mixer (or FFN) kind name per block.
+@dataclass(frozen=True)
+class Uniform:
+    kind: str
+
+    def __call__(self, config) -> List[str]:
+        return [self.kind] * int(config_value(config, "num_hidden_layers"))
+
+
+@dataclass(frozen=True)
+class ByLayerTypes:
+    """The config's per-block list (e.g. `layer_types`) names each block's mixer kind."""
+
+    kinds: Mapping[str, str]
+    key: str = "layer_types"
+
+    def __call__(self, config) -> List[str]:
+        values = list(config_value(config, self.key))
+        unknown = sorted(set(values) - set(self.kinds))
+        if unknown:
+            raise UserError(f"{self.key} {unknown} of {_text(config).model_type!r} have no block kind in its adapter "
+                            f"(known: {sorted(self.kinds)}); add them in outlier_lab/adapters.py")
+        return [self.kinds[v] for v in values]
+
+
+@dataclass(frozen=True)
+class FirstKDense:
+    """Dense FFN in the first k blocks, MoE after (GLM-4.5, DeepSeek-V3)."""
+
+    key: str = "first_k_dense_replace"
+
+    def __call__(self, config) -> List[str]:
+        k = int(config_value(config, self.key) or 0)
+        return ["dense" if i < k else "moe" for i in range(int(config_value(config, "num_hidden_layers")))]
+
+
+@dataclass(frozen=True)
+class SparseStep:
+    """Qwen-MoE: MoE every `decoder_sparse_step` blocks except `mlp_only_layers`, dense without experts."""
+
+    experts: str = "num_experts"
+
+    def __call__(self, config) -> List[str]:
+        step = int(config_value(config, "decoder_sparse_step") or 1)
+        dense = set(config_value(config, "mlp_only_layers") or ())
+        has_experts = bool(config_value(config, self.experts))
+        return ["moe" if has_experts and i not in dense and (i + 1) % step == 0 else "dense"
+                for i in range(int(config_value(config, "num_hidden_layers")))]
+
+
+@dataclass(frozen=True)
+class MoeLayerList:
+    """The config lists its MoE blocks (Llama-4's `moe_layers`, derived from interleave_moe_layer_step)."""
+
+    key: str = "moe_layers"
+
+    def __call__(self, config) -> List[str]:
+        moe = set(config_value(config, self.key) or ())
+        return ["moe" if i in moe else "dense" for i in range(int(config_value(config, "num_hidden_layers")))]
+
+
+@dataclass(frozen=True)
 class Adapter:
-    """Where the blocks live and which module's input each canonical site is, relative to a block."""
+    """Where the blocks live, what kinds of block there are and which module's input each canonical site is."""
 
     name: str
     # ModuleList of blocks, relative to the transformers base model (`model.base_model`).
     blocks: str
-    # Canonical site -> module whose *input* is measured (relative to one block).
-    sites: Dict[str, str]
+    mixers: Mapping[str, Mixer]
+    ffns: Mapping[str, Ffn]
+    # Config key of the dense FFN's intermediate width (None in a config means 4 x hidden, GPT-2's convention).
+    intermediate_key: str
+    mixer_of: object = Uniform("attention")
+    ffn_of: object = Uniform("dense")
+    moe: Optional[Moe] = None
+    # transformers has an sdpa path (else attention scores are materialised: eager only).
+    sdpa: bool = True
+    # Attention sinks are concatenated to the scores (an extra score-sized copy under eager attention).
+    attention_sinks: bool = False
+    # Weights stored [in, out] (GPT-2's Conv1D) instead of nn.Linear's [out, in].
+    transposed_weights: bool = False
+    # Residual-width tensors alive through the whole forward (4 where token and position embeddings are summed).
+    residual_copies: int = 3
+    # False for adapters the structural fallback discovered on the model itself.
+    curated: bool = True
+    site_names: Tuple[str, ...] = field(default=SITES)
+
+    def block_kinds(self, config) -> List[BlockKind]:
+        """One BlockKind per block, from the config (the block kind decides the site paths)."""
+        mixers, ffns = self.mixer_of(config), self.ffn_of(config)
+        if len(mixers) != len(ffns):
+            raise UserError(f"the {self.name} adapter's layout rules disagree on the block count "
+                            f"({len(mixers)} vs {len(ffns)})")
+        for kind, table in ((mixers, self.mixers), (ffns, self.ffns)):
+            missing = sorted(set(kind) - set(table))
+            if missing:
+                raise UserError(f"the {self.name} adapter has no definition of block kind(s) {missing}")
+        return [BlockKind(f"{m}+{f}", self.mixers[m], self.ffns[f], f == "moe") for m, f in zip(mixers, ffns)]
+
+    def block_layouts(self, config) -> List[BlockLayout]:
+        """Runs of consecutive blocks of one kind: [(kind, block range, sites)], e.g. GLM-4.5's dense first block."""
+        layouts: List[BlockLayout] = []
+        for i, kind in enumerate(self.block_kinds(config)):
+            if layouts and layouts[-1].kind == kind:
+                layouts[-1] = BlockLayout(kind, range(layouts[-1].blocks.start, i + 1))
+            else:
+                layouts.append(BlockLayout(kind, range(i, i + 1)))
+        return layouts
+
+    def experts(self, config) -> Tuple[int, int]:
+        """(routed experts, experts per token), (0, 0) for a dense model or a MoE config without experts."""
+        if self.moe is None:
+            return 0, 0
+        experts, top_k = config_value(config, self.moe.experts), config_value(config, self.moe.top_k)
+        return (int(experts), int(top_k)) if experts and top_k else (0, 0)
+
+    def ffn_width(self, config) -> int:
+        return int(config_value(config, self.intermediate_key) or 4 * _text(config).hidden_size)
+
+    def expert_widths(self, config) -> Tuple[int, int]:
+        """(one routed expert's intermediate width, the shared experts' total width)."""
+        moe = self.moe
+        width = int(config_value(config, moe.expert_width))
+        shared = int(config_value(config, moe.shared_count) or 0) * width if moe.shared_count else 0
+        if moe.shared_width:
+            shared = int(config_value(config, moe.shared_width) or 0)
+        return width, shared
+
+    def is_routed_expert(self, param_name: str) -> bool:
+        """Whether a parameter (named from the base model or the causal LM) belongs to a routed expert."""
+        if self.moe is None:
+            return False
+        pattern = rf"(^|\.){re.escape(self.blocks)}\.\d+\.{re.escape(self.moe.path)}\."
+        return re.search(pattern, param_name) is not None
 
 
-# The input of q_proj is shared by k_proj and v_proj; `mlp` is the whole FFN or MoE block (router, experts, shared
-# expert), so its input is the FFN expansion's input. The FFN contraction (down_proj) is deliberately absent.
-_DECODER = dict(attn_in="self_attn.q_proj", attn_out_in="self_attn.o_proj", mlp_in="mlp")
+_ATTN = Mixer("self_attn.q_proj", "self_attn.o_proj", ("self_attn.k_proj", "self_attn.v_proj"), "input_layernorm")
+_GATED = Ffn("mlp", "post_attention_layernorm", live_tensors=3)
+_DENSE = dict(mixers={"attention": _ATTN}, ffns={"dense": _GATED}, intermediate_key="intermediate_size")
+_MOE_FFNS = {"dense": _GATED, "moe": _GATED}  # the whole MoE block's input (router, experts, shared experts)
+_FAIRSEQ_ATTN = Mixer("self_attn.q_proj", "self_attn.out_proj", ("self_attn.k_proj", "self_attn.v_proj"),
+                      "self_attn_layer_norm")
+_FAIRSEQ = dict(mixers={"attention": _FAIRSEQ_ATTN}, ffns={"dense": Ffn("fc1", "final_layer_norm", live_tensors=2)},
+                intermediate_key="ffn_dim")
+_QWEN_MOE = Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size")
 
+# The FFN contraction (down_proj) is deliberately absent: the sites are the inputs reading the residual stream, and
+# the mixer output's projection.
 _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
+    (("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo"), Adapter("llama", "layers", **_DENSE)),
     (
-        ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite"),
-        Adapter("llama", "layers", _DECODER),
+        # Post-norm blocks: attn_in and mlp_in read the raw residual.
+        ("olmo2",),
+        Adapter("olmo2", "layers", mixers={"attention": Mixer(_ATTN.attn_in, _ATTN.attn_out_in, _ATTN.siblings)},
+                ffns={"dense": Ffn("mlp", None, 3)}, intermediate_key="intermediate_size"),
     ),
-    (("olmoe",), Adapter("olmoe", "layers", _DECODER)),
-    (("qwen2_moe", "qwen3_moe"), Adapter("qwen_moe", "layers", _DECODER)),
-    (("glm4_moe",), Adapter("glm4_moe", "layers", _DECODER)),
-    (("gpt_oss",), Adapter("gpt_oss", "layers", _DECODER)),
-    (("mixtral",), Adapter("mixtral", "layers", _DECODER)),
-    (("gpt2",), Adapter("gpt2", "h", dict(attn_in="attn.c_attn", attn_out_in="attn.c_proj", mlp_in="mlp.c_fc"))),
     (
+        # A norm before and after each sublayer: the FFN reads pre_feedforward_layernorm's output.
+        ("gemma2", "gemma3_text"),
+        Adapter("gemma2", "layers", mixers={"attention": _ATTN}, ffns={"dense": Ffn("mlp", "pre_feedforward_layernorm", 3)},
+                intermediate_key="intermediate_size"),
+    ),
+    (("olmoe",), Adapter("olmoe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
+                         ffn_of=Uniform("moe"), moe=_QWEN_MOE)),
+    (("qwen3_moe",), Adapter("qwen_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
+                             ffn_of=SparseStep(), moe=_QWEN_MOE)),
+    (("qwen2_moe",), Adapter("qwen2_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=SparseStep(),
+                             moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                     shared_width="shared_expert_intermediate_size"))),
+    (("glm4_moe",), Adapter("glm4_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
+                            ffn_of=FirstKDense(),
+                            moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                    shared_count="n_shared_experts", fp32_router=True))),
+    (
+        ("gpt_oss",),
+        Adapter("gpt_oss", "layers", {"sliding_attention": _ATTN, "full_attention": _ATTN}, _MOE_FFNS,
+                "intermediate_size", ByLayerTypes({"sliding_attention": "sliding_attention",
+                                                   "full_attention": "full_attention"}), Uniform("moe"),
+                Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", fused_checkpoint=True),
+                sdpa=False, attention_sinks=True),
+    ),
+    (("mixtral",), Adapter("mixtral", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
+                           moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
+    (
+        ("gpt2",),
+        Adapter("gpt2", "h", {"attention": Mixer("attn.c_attn", "attn.c_proj", (), "ln_1")},
+                {"dense": Ffn("mlp.c_fc", "ln_2", live_tensors=4)}, "n_inner", transposed_weights=True,
+                residual_copies=4),
+    ),
+    (
+        # Parallel attention and MLP: both read ln_1's output.
         ("gptj",),
-        Adapter("gptj", "h", dict(attn_in="attn.q_proj", attn_out_in="attn.out_proj", mlp_in="mlp.fc_in")),
+        Adapter("gptj", "h", {"attention": Mixer("attn.q_proj", "attn.out_proj", ("attn.k_proj", "attn.v_proj"), "ln_1")},
+                {"dense": Ffn("mlp.fc_in", "ln_1", live_tensors=4)}, "n_inner", residual_copies=4),
     ),
+    # fairseq dense models (LLM.int8() Table 4) as converted to transformers' XGLM classes.
+    (("xglm",), Adapter("xglm", "layers", **_FAIRSEQ)),
+    (("opt",), Adapter("opt", "decoder.layers", **_FAIRSEQ)),
     (
-        # fairseq dense models (LLM.int8() Table 4) as converted to transformers' XGLM classes.
-        ("xglm",),
-        Adapter("xglm", "layers", dict(attn_in="self_attn.q_proj", attn_out_in="self_attn.out_proj", mlp_in="fc1")),
-    ),
-    (
-        ("opt",),
-        Adapter("opt", "decoder.layers", dict(attn_in="self_attn.q_proj", attn_out_in="self_attn.out_proj", mlp_in="fc1")),
-    ),
-    (
+        # Post-norm encoder: attention reads the previous block's output.
         ("bert",),
-        Adapter(
-            "bert",
-            "encoder.layer",
-            dict(attn_in="attention.self.query", attn_out_in="attention.output.dense", mlp_in="intermediate.dense"),
-        ),
+        Adapter("bert", "encoder.layer",
+                {"attention": Mixer("attention.self.query", "attention.output.dense",
+                                    ("attention.self.key", "attention.self.value"))},
+                {"dense": Ffn("intermediate.dense", None, live_tensors=2)}, "intermediate_size"),
     ),
 )
 
@@ -72,7 +320,7 @@ def adapter_for(model_type: str) -> Adapter:
     except KeyError:
         raise UserError(
             f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}. "
-            "Add an Adapter(blocks=..., sites=...) for it in outlier_lab/adapters.py"
+            "Add an Adapter(blocks=..., mixers=..., ffns=...) for it in outlier_lab/adapters.py"
         ) from None
 
 
@@ -84,6 +332,16 @@ def get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
         raise UserError(f"module path {path!r} not found in {type(root).__name__}; the adapter does not match") from None
 
 
+def input_width(module: torch.nn.Module, hidden: int, adapter: Adapter) -> int:
+    """Width of a module's input: a Linear's in_features, a transposed (Conv1D) weight's rows, else the residual."""
+    if isinstance(getattr(module, "in_features", None), int):
+        return module.in_features
+    weight = getattr(module, "weight", None)
+    if adapter.transposed_weights and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return weight.shape[0]
+    return hidden
+
+
 @dataclass(frozen=True)
 class SiteMap:
     """Resolved site paths: absolute module path (from the loaded root model) per (block, site)."""
@@ -93,26 +351,39 @@ class SiteMap:
     num_blocks: int
     block_indices: Tuple[int, ...]
     site_names: Tuple[str, ...]
+    # Every block's kind (not only the analyzed ones).
+    kinds: Tuple[BlockKind, ...] = ()
 
     def block_path(self, block: int) -> str:
         return f"{self.blocks_path}.{block}"
 
     def site_path(self, block: int, site: str) -> str:
-        return f"{self.block_path(block)}.{self.adapter.sites[site]}"
+        return f"{self.block_path(block)}.{self.kinds[block].sites[site]}"
+
+    def sibling_paths(self, block: int, site: str) -> List[str]:
+        """Modules reading the same input as the site (k_proj, v_proj beside q_proj)."""
+        return [f"{self.block_path(block)}.{s}" for s in self.kinds[block].siblings(site)]
+
+
+def blocks_path(model: torch.nn.Module, adapter: Adapter) -> str:
+    """The blocks' path from the root of `model` (the base model or a model with a head around it)."""
+    base = model.base_model
+    prefix = next((name for name, module in model.named_modules() if module is base), "")
+    return f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks
 
 
 def discover_sites(model: torch.nn.Module, sites=None, layers=None) -> SiteMap:
     """Resolve the adapter's sites on a loaded (or meta) model; validate the block and site selection."""
     adapter = adapter_for(model.config.model_type)
-    base = model.base_model
-    prefix = next((name for name, module in model.named_modules() if module is base), "")
-    blocks_path = f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks
-    blocks = get_submodule(model, blocks_path)
-    num_blocks = len(blocks)
-    site_names = tuple(sites) if sites else tuple(adapter.sites)
-    unknown = [s for s in site_names if s not in adapter.sites]
+    path = blocks_path(model, adapter)
+    num_blocks = len(get_submodule(model, path))
+    kinds = tuple(adapter.block_kinds(model.config))
+    if len(kinds) != num_blocks:
+        raise UserError(f"the {adapter.name} adapter's layout gives {len(kinds)} blocks, the model has {num_blocks}")
+    site_names = tuple(sites) if sites else tuple(adapter.site_names)
+    unknown = [s for s in site_names if s not in adapter.site_names]
     if unknown:
-        raise UserError(f"unknown site(s) {unknown}; choose from {list(adapter.sites)}")
+        raise UserError(f"unknown site(s) {unknown}; choose from {list(adapter.site_names)}")
     if layers is None:
         block_indices = tuple(range(num_blocks))
     else:
@@ -122,8 +393,9 @@ def discover_sites(model: torch.nn.Module, sites=None, layers=None) -> SiteMap:
         block_indices = tuple(sorted({i % num_blocks for i in layers}))
         if not block_indices:
             raise UserError("detector.layers is empty; give block indices or null for all blocks")
-    site_map = SiteMap(adapter, blocks_path, num_blocks, block_indices, site_names)
+    site_map = SiteMap(adapter, path, num_blocks, block_indices, site_names, kinds)
     for block in block_indices:
         for site in site_names:
-            get_submodule(model, site_map.site_path(block, site))
+            for path in (site_map.site_path(block, site), *site_map.sibling_paths(block, site)):
+                get_submodule(model, path)
     return site_map

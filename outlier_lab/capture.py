@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from .adapters import SiteMap
+from .adapters import SiteMap, input_width
 from .config import SITES
 
 HIDDEN = "hidden"
@@ -27,16 +27,6 @@ class SiteProbe:
     output: bool = False
 
 
-def input_width(module: torch.nn.Module, hidden: int) -> int:
-    """Width of a module's input: Linear.in_features, GPT-2 Conv1D rows, else the residual width."""
-    if isinstance(getattr(module, "in_features", None), int):
-        return module.in_features
-    weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and weight is not None:
-        return weight.shape[0]
-    return hidden
-
-
 def plan_probes(model: torch.nn.Module, site_map: SiteMap) -> Tuple[List[SiteProbe], Dict[str, int]]:
     """Probes in execution order, and the width of each feature space.
 
@@ -50,7 +40,7 @@ def plan_probes(model: torch.nn.Module, site_map: SiteMap) -> Tuple[List[SitePro
     for slot, block in enumerate(site_map.block_indices):
         for site in order:
             path = site_map.site_path(block, site)
-            width = input_width(model.get_submodule(path), hidden)
+            width = input_width(model.get_submodule(path), hidden, site_map.adapter)
             space = HIDDEN if width == hidden else site
             spaces[space] = width
             probes.append(SiteProbe(block, slot, site, path, space))

@@ -20,7 +20,7 @@ def describe_model(cfg: DictConfig) -> str:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     probes, widths = plan_probes(model, site_map)
-    facts = moe_facts(model, config.get_text_config())
+    facts = moe_facts(model, site_map.adapter)
     lines = [
         f"model: {cfg.model.name} ({cfg.model.path}) architecture={config.model_type} class={type(model).__name__} "
         f"adapter={site_map.adapter.name}",

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 # Shipped hub config.json copies (package data), so a hub model is estimable offline.
 HF_CONFIGS_DIR = Path(__file__).resolve().parent / "data" / "hf_configs"
 _HUB_REACHABLE = None
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+# model.dtype names (and config `dtype` strings) -> torch dtypes: the one dtype table (bytes: `.itemsize`).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 def resolve_device(device: str) -> str:
@@ -39,9 +40,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
     try:
-        return _DTYPES[dtype]
+        return DTYPES[dtype]
     except KeyError:
-        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}") from None
+        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}") from None
 
 
 def checkpoint_location(model_cfg) -> Tuple[str, Dict[str, Any]]:
@@ -101,26 +102,46 @@ def shipped_config_path(model_cfg) -> Path | None:
     return path if path.is_absolute() or path.is_file() else HF_CONFIGS_DIR / name
 
 
-def load_hf_config(model_cfg):
-    """The transformers config: from the checkpoint (hub at the pinned revision), else the shipped copy (model.config_file)."""
+def shipped_config(model_cfg):
+    """The shipped config copy of this model (model.config_file), or None when there is none."""
     from transformers import AutoConfig
 
-    location, kwargs = checkpoint_location(model_cfg)
-    if model_cfg.source == "hub":
-        hub_reachable()
-    try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
-    except (OSError, ValueError) as err:
-        shipped = shipped_config_path(model_cfg)
-        if shipped is None or not shipped.is_file():
-            raise UserError(f"cannot read the config of {location!r} ({type(err).__name__}); "
-                            "check model.path, the network, or ship a config copy via model.config_file") from None
-        log.info("hub unreachable for %s; using the shipped config %s", location, shipped)
-        raw = json.loads(shipped.read_text())
-        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    shipped = shipped_config_path(model_cfg)
+    if shipped is None or not shipped.is_file():
+        return None
+    raw = json.loads(shipped.read_text())
+    return _with_overrides(AutoConfig.for_model(raw.pop("model_type"), **raw), model_cfg)
+
+
+def _with_overrides(config, model_cfg):
     for key, value in (model_cfg.get("config_overrides") or {}).items():
         setattr(config, key, value)
     return config
+
+
+def load_hf_config(model_cfg, prefer_shipped: bool = False):
+    """The transformers config: from the checkpoint (hub at the pinned revision), else the shipped copy.
+
+    `prefer_shipped` takes the shipped copy of a hub model at once when the hub is unreachable (an estimate then
+    skips seconds of download retries).
+    """
+    from transformers import AutoConfig
+
+    location, kwargs = checkpoint_location(model_cfg)
+    if model_cfg.source == "hub" and not hub_reachable() and prefer_shipped:
+        shipped = shipped_config(model_cfg)
+        if shipped is not None:
+            return shipped
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        shipped = shipped_config(model_cfg)
+        if shipped is None:
+            raise UserError(f"cannot read the config of {location!r} ({type(err).__name__}); "
+                            "check model.path, the network, or ship a config copy via model.config_file") from None
+        log.info("hub unreachable for %s; using the shipped config %s", location, model_cfg.config_file)
+        return shipped
+    return _with_overrides(config, model_cfg)
 
 
 def max_positions(config) -> int | None:
@@ -187,18 +208,12 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-_EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
-_TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k")
-
-
-def moe_facts(model: torch.nn.Module, text_config) -> Dict[str, Any]:
+def moe_facts(model: torch.nn.Module, adapter) -> Dict[str, Any]:
     """Dense or MoE, expert count, top-k, and active parameters (routed experts scaled by top-k / experts)."""
-    experts = next((getattr(text_config, k) for k in _EXPERT_COUNT_KEYS if getattr(text_config, k, None)), None)
-    top_k = next((getattr(text_config, k) for k in _TOP_K_KEYS if getattr(text_config, k, None)), None)
+    experts, top_k = adapter.experts(model.config)
     total = count_parameters(model)
-    if not experts or not top_k:
+    if not experts:
         return dict(is_moe=False, num_experts=None, experts_per_token=None, params_active=total)
-    routed = sum(p.numel() for name, p in model.named_parameters()
-                 if ".experts." in f".{name}" and "shared" not in name)
+    routed = sum(p.numel() for name, p in model.named_parameters() if adapter.is_routed_expert(name))
     active = total - routed + routed * top_k // experts
-    return dict(is_moe=True, num_experts=int(experts), experts_per_token=int(top_k), params_active=int(active))
+    return dict(is_moe=True, num_experts=experts, experts_per_token=top_k, params_active=int(active))

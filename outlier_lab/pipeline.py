@@ -215,7 +215,7 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
     text_config = model.config.get_text_config()
     counted = model.base_model  # the same counts whether or not the LM head was loaded (ablation needs it)
     params_total = count_parameters(counted)
-    moe = moe_facts(counted, text_config)
+    moe = moe_facts(counted, site_map.adapter)
     # The residual stream is the headline; only when no selected site is residual-wide does another space lead,
     # and `headline_space` then says which.
     hidden_key = HIDDEN if HIDDEN in analysis.spaces else next(iter(analysis.spaces))

@@ -5,21 +5,20 @@ import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import importlib.util
-import json
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .adapters import discover_sites
+from .adapters import Adapter, SiteMap, blocks_path, config_value, discover_sites
 from .capture import plan_probes
 from .catalog import GpuClass
 from .data import check_window_shape
 from .detection import OCTAVES
 from .errors import UserError
-from .models import (build_meta_model, checkpoint_location, hub_reachable, load_hf_config, max_positions, moe_facts,
-                     resolve_device, shipped_config_path)
+from .models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
+                     resolve_device)
 
 GIB = 2**30
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
@@ -38,18 +37,6 @@ DISK_EXTRA_GIB = 2.0
 MXFP4_BITS = 4.25
 # The LLM.int8() reducer's signed outlier histogram: int64 counts, OCTAVES x bins_per_octave bins, 2 signs.
 _HIST_BYTES_PER_DIM_PER_BIN = 2 * 8
-
-_DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
-_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
-_TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_topk", "top_k")
-# Intermediate-width tensors alive at the FFN's peak where it is not the gated act(gate) * up (three).
-_FFN_LIVE = {"gpt2": 4, "gptj": 4, "opt": 2, "bert": 2}
-# Architectures without a sdpa path in transformers: attention scores are materialised.
-_EAGER_ONLY = ("gpt_oss",)
-# Hub checkpoints that already store experts as fused 3-D tensors (others are fused by the loader).
-_FUSED_EXPERT_CHECKPOINTS = ("gpt_oss",)
-# Routers that hand fp32 routing weights to the experts, so the weighted expert outputs are fp32.
-_FP32_ROUTER = ("glm4_moe", "deepseek_v3")
 
 
 @dataclass
@@ -84,10 +71,6 @@ def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _first(config, keys, default=None):
-    return next((getattr(config, k) for k in keys if getattr(config, k, None)), default)
-
-
 def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
     """(device, dtype name) the job will run with: bf16 on a planned GPU, else what this machine offers."""
     if gpu is not None:
@@ -99,8 +82,8 @@ def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
     dtype = cfg.model.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
-    if dtype not in _DTYPE_BYTES:
-        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(_DTYPE_BYTES)}")
+    if dtype not in DTYPES:
+        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
     return device, dtype
 
 
@@ -143,25 +126,28 @@ def _cc_tuple(cc: str) -> Tuple[int, ...]:
         return (0,)
 
 
-def _is_expert_weight(name: str) -> bool:
+def _is_expert_weight(adapter: Adapter, name: str) -> bool:
     # Routed experts only: shared experts and the router stay in the model dtype under MXFP4.
-    return ".experts." in f".{name}" and "shared" not in name and not name.endswith("_bias")
+    return adapter.is_routed_expert(name) and not name.endswith("_bias")
 
 
-def _weights(model: torch.nn.Module, dtype_bytes: int, mxfp4: bool) -> Tuple[float, Dict[str, float]]:
-    """Resident bytes of parameters and buffers; per top-level block, for the device_map split."""
+def _weights(model: torch.nn.Module, adapter: Adapter, dtype_bytes: int, mxfp4: bool) -> Tuple[float, Dict[str, float]]:
+    """Resident bytes of parameters and buffers; per block (and other top-level module), for the device_map split."""
     total = 0.0
     per_block: Dict[str, float] = {}
+    blocks = blocks_path(model, adapter) + "."
     for name, p in model.named_parameters():
-        if mxfp4 and _is_expert_weight(name):
+        if mxfp4 and _is_expert_weight(adapter, name):
             nbytes = p.numel() * MXFP4_BITS / 8
-        elif mxfp4 and ".experts." in f".{name}" and name.endswith("_bias"):
+        elif mxfp4 and adapter.is_routed_expert(name):
             nbytes = p.numel() * 4.0  # transformers keeps MXFP4 expert biases in fp32
         else:
             nbytes = p.numel() * (dtype_bytes if p.is_floating_point() else p.element_size())
         total += nbytes
-        parts = name.split(".")
-        key = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else ".".join(parts[:3])
+        if name.startswith(blocks):
+            key = blocks + name[len(blocks):].split(".")[0]
+        else:
+            key = name.rpartition(".")[0] or name
         per_block[key] = per_block.get(key, 0.0) + nbytes
     for name, b in model.named_buffers():
         size = dtype_bytes if b.is_floating_point() else b.element_size()
@@ -169,7 +155,8 @@ def _weights(model: torch.nn.Module, dtype_bytes: int, mxfp4: bool) -> Tuple[flo
     return total, per_block
 
 
-def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, quant: Optional[str]) -> Tuple[float, str]:
+def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapter: Adapter,
+                      quant: Optional[str]) -> Tuple[float, str]:
     """Bytes of the checkpoint on disk: measured for local dirs, else counted (LM head and MTP layers included)."""
     if cfg.model.source in ("local", "package"):
         try:
@@ -181,37 +168,42 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, quant:
             pass
     text = _text_config(hf_config)
     stored_bytes = _stored_bytes(hf_config)
-    total, _ = _weights(model, stored_bytes, quant == "mxfp4")
+    total, _ = _weights(model, adapter, stored_bytes, quant == "mxfp4")
     if not getattr(text, "tie_word_embeddings", False):
         total += text.vocab_size * text.hidden_size * stored_bytes
     mtp = int(getattr(text, "num_nextn_predict_layers", 0) or 0)
     if mtp:
         # GLM/DeepSeek ship multi-token-prediction layers that transformers does not load but the hub download holds.
-        layers = _layers(model)
-        last = sum(p.numel() for p in layers[-1].parameters()) if layers is not None else 0
+        layers = model.get_submodule(blocks_path(model, adapter))
+        last = sum(p.numel() for p in layers[-1].parameters())
         total += mtp * (last + 2 * text.hidden_size**2) * stored_bytes
     return total, "counted from the config"
 
 
 def _stored_bytes(hf_config) -> int:
+    """Bytes per stored weight: the config's dtype (float32 where it names none, transformers' default)."""
     stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or "float32"
-    return _DTYPE_BYTES.get(str(stored).replace("torch.", ""), 4)
+    name = str(stored).replace("torch.", "")
+    dtype = DTYPES.get(name) or getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"the checkpoint config's dtype {stored!r} is not a torch dtype")
+    return dtype.itemsize
 
 
-def _routed_expert_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if _is_expert_weight(name))
+def _routed_expert_params(model: torch.nn.Module, adapter: Adapter) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if _is_expert_weight(adapter, name))
 
 
-def _largest_block_expert_params(model: torch.nn.Module) -> int:
+def _largest_block_expert_params(model: torch.nn.Module, adapter: Adapter) -> int:
     per_block: Dict[str, int] = {}
     for name, p in model.named_parameters():
-        if _is_expert_weight(name):
+        if _is_expert_weight(adapter, name):
             key = name.split(".experts.")[0]
             per_block[key] = per_block.get(key, 0) + p.numel()
     return max(per_block.values(), default=0)
 
 
-def _per_expert_checkpoint(cfg: DictConfig, model_type: str) -> bool:
+def _per_expert_checkpoint(cfg: DictConfig, adapter: Adapter) -> bool:
     """Whether the checkpoint stores one tensor per expert (fused on load); read from local safetensors headers."""
     if cfg.model.source in ("local", "package"):
         try:
@@ -225,16 +217,7 @@ def _per_expert_checkpoint(cfg: DictConfig, model_type: str) -> bool:
             return False
         except Exception:  # noqa: BLE001 - unreadable headers: assume the hub layout below
             pass
-    return model_type not in _FUSED_EXPERT_CHECKPOINTS
-
-
-def _layers(model: torch.nn.Module):
-    for path in ("layers", "h", "encoder.layer", "decoder.layers"):
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    return None
+    return not adapter.moe.fused_checkpoint
 
 
 @dataclass
@@ -252,68 +235,58 @@ class _Shape:
     dense_blocks: int = 0
 
 
-def _shape(text) -> _Shape:
+def _shape(text, adapter: Adapter) -> _Shape:
     hidden = text.hidden_size
-    heads = _first(text, ("num_attention_heads", "n_head"))
-    kv_heads = _first(text, ("num_key_value_heads",), heads)
+    heads = int(config_value(text, "num_attention_heads"))
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
-    intermediate = _first(text, ("intermediate_size", "n_inner"), None) or 4 * hidden
-    if getattr(text, "model_type", "") == "opt":
-        intermediate = getattr(text, "ffn_dim", intermediate)
-    blocks = _first(text, ("num_hidden_layers", "n_layer"))
-    shape = _Shape(hidden, heads, kv_heads, head_dim, intermediate, blocks)
-    experts = _first(text, _EXPERT_KEYS, 0) or 0
-    top_k = _first(text, _TOP_K_KEYS, 0) or 0
-    if experts and top_k:
-        shape.experts, shape.top_k = int(experts), int(top_k)
-        shape.expert_intermediate = _first(text, ("moe_intermediate_size",), None) or intermediate
-        shared = int(getattr(text, "n_shared_experts", 0) or 0) * shape.expert_intermediate
-        shape.shared_intermediate = shared or int(getattr(text, "shared_expert_intermediate_size", 0) or 0)
-        dense = int(getattr(text, "first_k_dense_replace", 0) or 0)
-        dense += len(getattr(text, "mlp_only_layers", None) or [])
-        shape.dense_blocks = min(dense, blocks)
+    kinds = adapter.block_kinds(text)
+    shape = _Shape(hidden, heads, kv_heads, head_dim, adapter.ffn_width(text), len(kinds))
+    experts, top_k = adapter.experts(text)
+    if experts:
+        shape.experts, shape.top_k = experts, top_k
+        shape.expert_intermediate, shape.shared_intermediate = adapter.expert_widths(text)
+        shape.dense_blocks = sum(not kind.is_moe for kind in kinds)
     return shape
 
 
-def _attention_impl(cfg: DictConfig, model_type: str) -> str:
+def _attention_impl(cfg: DictConfig, adapter: Adapter) -> str:
     impl = cfg.model.get("attn_implementation")
     if impl:
         return str(impl)
-    return "eager" if model_type in _EAGER_ONLY else "sdpa"
+    return "sdpa" if adapter.sdpa else "eager"
 
 
-def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str,
+def activation_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str,
                      widths: Dict[str, int], analyzed_blocks: int, bins_per_octave: int) -> Tuple[float, Dict[str, float]]:
     """Peak transient memory of one forward (no KV cache, no logits) plus the detector's reduction state.
 
     Blocks run one after another and free their temporaries, so the peak is the worst block's worst phase on top of
     what lives through the whole forward. Each phase counts the tensors alive at its high point.
     """
-    s = _shape(text)
-    model_type = getattr(text, "model_type", "")
+    s = _shape(text, adapter)
     n = batch * seq_len
     a = act_bytes
     d, q_width, kv_width = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim
     # Through the whole forward: three residual-width tensors (the embedding output, which the model's forward keeps
     # referenced, the block input its loop holds, the block's own residual), rotary cos/sin, ids and the causal mask.
     mask = batch * seq_len * seq_len * (a if attn_impl == "eager" else 1)
-    residual_copies = 4 if model_type in ("gpt2", "gptj") else 3  # + token and position embeddings summed
-    persistent = residual_copies * n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
+    persistent = adapter.residual_copies * n * d * a + 2 * n * s.head_dim * a + n * 8 * 2 + mask
 
     # Attention: normed input, q/k/v, rotary temporaries for q and k, output and its contiguous copy.
     attention = n * a * (d + 4 * q_width + 4 * kv_width)
     if attn_impl == "eager":
         score = batch * s.heads * seq_len * (seq_len + 1)
         # scores, their fp32 softmax and the cast back (gpt-oss: logits+sinks, shifted, softmax)
-        attention += score * (3 * a if model_type in _EAGER_ONLY else (2 * a + 4 if a != 4 else 2 * a))
+        attention += score * (3 * a if adapter.attention_sinks else (2 * a + 4 if a != 4 else 2 * a))
         attention += 2 * n * q_width * a  # repeat_kv expands k and v to every query head
     elif device == "cpu":
         attention += 2 * n * q_width * a  # CPU sdpa repeats k/v for grouped-query attention
-    # Dense FFN: gated keeps act(gate), up and their product; ungated keeps fc output and its activation, or
-    # fc output plus three temporaries of the tanh-approximated GELU that GPT-2 and GPT-J compute op by op.
-    ffn_live = _FFN_LIVE.get(model_type, 3)
+    # Dense FFN: the intermediate-width tensors alive at its peak (an adapter fact: gated, plain or op-by-op GELU).
+    dense_kinds = [kind for kind in adapter.block_kinds(text) if not (kind.is_moe and s.experts)]
+    ffn_live = max((kind.ffn.live_tensors for kind in dense_kinds), default=0)
     dense_ffn = n * a * (d + ffn_live * s.intermediate)
-    phases = dict(attention=attention, dense_ffn=dense_ffn if (not s.experts or s.dense_blocks) else 0.0)
+    phases = dict(attention=attention, dense_ffn=dense_ffn if dense_kinds else 0.0)
     if s.experts:
         routed = n * s.top_k
         router = n * s.experts * 4 * 3  # logits, fp32 softmax, top-k mask
@@ -321,7 +294,7 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
         gate_phase = routed * a * (d + 4 * s.expert_intermediate)
         # ... then the gathered inputs, the down projection, its routing-weighted copy and its un-permuted copy
         # (the weights are fp32 where the router keeps them so, e.g. GLM's sigmoid router).
-        weighted = 4 if model_type in _FP32_ROUTER else a
+        weighted = 4 if adapter.moe.fp32_router else a
         down_phase = routed * (2 * d * a + 2 * d * weighted) + routed * 8 * 3
         # A shared expert runs after the routed ones, next to their output.
         shared = n * a * (d + 3 * s.shared_intermediate) if s.shared_intermediate else 0.0
@@ -343,15 +316,11 @@ def activation_bytes(text, batch: int, seq_len: int, act_bytes: int, attn_impl: 
     return persistent + reducer_state + peak_phase, parts
 
 
-def _site_widths(model: torch.nn.Module, text, cfg: DictConfig) -> Tuple[Dict[str, int], int]:
-    """Feature spaces the detector keeps state for (hidden, plus o_proj's input when wider) and blocks analyzed."""
-    try:
-        site_map = discover_sites(model, cfg.detector.get("sites"), cfg.detector.get("layers"))
-        _, widths = plan_probes(model, site_map)
-        return dict(widths), len(site_map.block_indices)
-    except Exception:  # noqa: BLE001 - unknown adapters still get an estimate; the run itself reports the adapter error
-        s = _shape(text)
-        return {"hidden": s.hidden, "wide": max(s.hidden, s.heads * s.head_dim)}, s.num_blocks
+def _site_widths(model: torch.nn.Module, cfg: DictConfig) -> Tuple[SiteMap, Dict[str, int]]:
+    """The site map and the feature spaces the detector keeps state for (hidden, plus o_proj's input when wider)."""
+    site_map = discover_sites(model, cfg.detector.get("sites"), cfg.detector.get("layers"))
+    _, widths = plan_probes(model, site_map)
+    return site_map, dict(widths)
 
 
 def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
@@ -366,31 +335,14 @@ def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
 def _meta_model(model_yaml: str):
     """The model's config and its base model on the meta device, built once per model config (plans try many GPUs)."""
     model_cfg = OmegaConf.create(model_yaml)
-    shipped = _shipped_config(model_cfg)
-    hf_config = shipped if shipped is not None else load_hf_config(model_cfg)
+    hf_config = load_hf_config(model_cfg, prefer_shipped=True)
     return hf_config, build_meta_model(model_cfg, hf_config)
-
-
-def _shipped_config(model_cfg):
-    """The shipped config copy of a hub model when the hub is unreachable (skips seconds of download retries)."""
-    from transformers import AutoConfig
-
-    if model_cfg.get("source") != "hub" or not model_cfg.get("config_file") or hub_reachable():
-        return None
-    path = shipped_config_path(model_cfg)
-    if not path.is_file():
-        return None
-    raw = json.loads(path.read_text())
-    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
-    for key, value in (model_cfg.get("config_overrides") or {}).items():
-        setattr(config, key, value)
-    return config
 
 
 def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
     """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU)."""
     device, dtype = _target(cfg, gpu)
-    dtype_bytes = _DTYPE_BYTES[dtype]
+    dtype_bytes = DTYPES[dtype].itemsize
     hf_config, model = meta_model(cfg.model)
     text = _text_config(hf_config)
     check_window_shape(int(cfg.dataset.num_sequences), int(cfg.dataset.seq_len), max_positions(hf_config))
@@ -408,9 +360,11 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
     else:
         quant_label = "none"
 
-    weight_bytes, per_block = _weights(model, dtype_bytes, mxfp4)
+    site_map, widths = _site_widths(model, cfg)
+    adapter = site_map.adapter
+    weight_bytes, per_block = _weights(model, adapter, dtype_bytes, mxfp4)
     params_total = sum(p.numel() for p in model.parameters())
-    moe = moe_facts(model, text)
+    moe = moe_facts(model, adapter)
     params_active = int(moe["params_active"])
     if moe["is_moe"]:
         notes.append(f"all {moe['num_experts']} experts resident (top-{moe['experts_per_token']} active per token)")
@@ -418,9 +372,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
 
     ds = cfg.dataset
     batch = max(1, min(int(ds.batch_size), int(ds.num_sequences)))
-    attn_impl = _attention_impl(cfg, text.model_type)
-    widths, analyzed = _site_widths(model, text, cfg)
-    activations, _ = activation_bytes(text, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths, analyzed,
+    attn_impl = _attention_impl(cfg, adapter)
+    activations, _ = activation_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths,
+                                      len(site_map.block_indices),
                                       int(cfg.detector.get("bins_per_octave", 32)))
 
     analysis = cfg.get("analysis") or {}
@@ -440,21 +394,21 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
         overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
     else:
         overhead = CPU_RUNTIME_GIB * GIB
-        if moe["is_moe"] and _per_expert_checkpoint(cfg, text.model_type):
+        if moe["is_moe"] and _per_expert_checkpoint(cfg, adapter):
             # The loader fuses per-expert tensors into 3-D ones; the per-expert pages it read from the mmapped
             # checkpoint stay mapped (and in RSS) for the whole run.
-            pages = _routed_expert_params(model) * _stored_bytes(hf_config)
+            pages = _routed_expert_params(model, adapter) * _stored_bytes(hf_config)
             overhead += pages
             notes.append(f"CPU: {pages / GIB:.2f} GiB of per-expert checkpoint pages stay mapped after fusing")
     load_transient = 0.0
-    if device == "cuda" and moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, text.model_type):
+    if device == "cuda" and moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, adapter):
         # The loader stacks each block's per-expert tensors on the GPU: the list and the stacked copy coexist.
-        load_transient = _largest_block_expert_params(model) * dtype_bytes
+        load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes
         if load_transient > activations:
             notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
     total = weight_bytes + max(activations, load_transient) + overhead
     factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
-    disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, quant)
+    disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, adapter, quant)
     notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB cache and outputs")
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
     return Estimate(

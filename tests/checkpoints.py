@@ -6,6 +6,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from outlier_lab.adapters import adapter_for
+
 HIDDEN = 64
 NUM_BLOCKS = 8
 PLANT_GAIN = 40.0
@@ -35,9 +37,6 @@ CONFIGS = {
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,
                  initializer_range=0.02),
 }
-# (attention-input norm, FFN-input norm) inside a block, per architecture.
-NORMS = {"gpt2": ("ln_1", "ln_2")}
-_DEFAULT_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 
 def training_text() -> str:
@@ -63,17 +62,19 @@ def build_tokenizer(out_dir: Path):
     return fast
 
 
-def plant_outliers(model, model_type: str, attn: Optional[Dict[int, List[int]]] = None,
+def plant_outliers(model, attn: Optional[Dict[int, List[int]]] = None,
                    mlp: Optional[Dict[int, List[int]]] = None, gain: float = PLANT_GAIN) -> None:
+    """Scale the gains of the norms feeding attn_in and mlp_in (the adapter names them per block kind)."""
     attn = ATTN_PLANTS if attn is None else attn
     mlp = MLP_PLANTS if mlp is None else mlp
-    attn_norm, mlp_norm = NORMS.get(model_type, _DEFAULT_NORMS)
-    blocks = model.base_model.get_submodule("h" if model_type == "gpt2" else "layers")
+    adapter = adapter_for(model.config.model_type)
+    blocks = model.base_model.get_submodule(adapter.blocks)
+    kinds = adapter.block_kinds(model.config)
     with torch.no_grad():
-        for norm_name, plants in ((attn_norm, attn), (mlp_norm, mlp)):
+        for site, plants in (("attn_in", attn), ("mlp_in", mlp)):
             for dim, block_ids in plants.items():
                 for b in block_ids:
-                    getattr(blocks[b], norm_name).weight[dim] *= gain
+                    blocks[b].get_submodule(kinds[b].norm(site)).weight[dim] *= gain
 
 
 def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[int, List[int]]] = None,
@@ -89,6 +90,6 @@ def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[in
     config = AutoConfig.for_model(model_type, **{**CONFIGS[model_type], **special, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
-    plant_outliers(model, model_type, attn, mlp)
+    plant_outliers(model, attn, mlp)
     model.save_pretrained(out_dir)
     return out_dir
