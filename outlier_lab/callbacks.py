@@ -13,14 +13,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .compare import JOB_STATUS, write_comparison
+from .errors import one_line
 from .results import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return f"{type(error).__name__}: {one_line(error)}"
 
 
 def job_status(config: DictConfig, job_return: JobReturn) -> dict:

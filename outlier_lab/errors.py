@@ -1,5 +1,67 @@
-"""The one exception type for user mistakes: reported as a single line, never a stack trace."""
+"""The failure policy, written once: a user mistake or an environment problem is one line and exit code 2; a bug
+keeps its traceback."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
+
+EXIT_CODE = 2
 
 
 class UserError(Exception):
     """Bad input (config, path, model, data): the message says what was wrong and what to do."""
+
+    # The mark the policy looks for; the launcher plug-ins set it on their own errors (LaunchError, a failed Slurm
+    # job) without importing this package.
+    user_facing = True
+
+
+def is_user_facing(error: BaseException) -> bool:
+    """True for a user mistake or an environment problem, whose message is the whole story; False for a bug."""
+    return bool(getattr(type(error), "user_facing", False))
+
+
+def one_line(error: BaseException) -> str:
+    """The error's first non-blank line (details such as a remote log tail follow it in the full message)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def error_line(error: BaseException, prefix: str = "") -> str:
+    return f"error: {prefix}{one_line(error)}"
+
+
+def report(error: BaseException, prefix: str = "") -> None:
+    """Print the one line to stderr, and exit with EXIT_CODE."""
+    print(error_line(error, prefix), file=sys.stderr)
+    sys.exit(EXIT_CODE)
+
+
+@contextmanager
+def exit_on_user_error(prefix: str = "") -> Iterator[None]:
+    """Turn a user-facing error raised inside into one line and exit code 2; anything else propagates untouched."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - filtered just below, a bug is re-raised as it came
+        if not is_user_facing(error):
+            raise
+        report(error, prefix)
+
+
+def run_task(body: Callable[..., Any], *args: Any) -> Any:
+    """A Hydra task under the policy. A single run exits with one line; a sweep's job raises instead, so Hydra records
+    it FAILED (job_status.json, comparison) and the sweeper (hydra_plugins/outlier_sweeper) reports it."""
+    if _hydra_mode() == "MULTIRUN":
+        return body(*args)
+    with exit_on_user_error():
+        return body(*args)
+
+
+def _hydra_mode() -> Optional[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    mode = HydraConfig.get().mode
+    return getattr(mode, "name", str(mode))

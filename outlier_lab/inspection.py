@@ -1,24 +1,17 @@
 """Describe a model's blocks, sites and feature spaces from its config, built on the meta device."""
 from __future__ import annotations
 
-import sys
-
 from omegaconf import DictConfig
 
 from .adapters import discover_sites
 from .capture import plan_probes
-from .errors import UserError
 from .models import build_meta_model, count_parameters, load_hf_config, moe_facts
 
 
 def describe_model(cfg: DictConfig) -> str:
-    try:
-        config = load_hf_config(cfg.model)
-        model = build_meta_model(cfg.model, config)
-        site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    config = load_hf_config(cfg.model)
+    model = build_meta_model(cfg.model, config)
+    site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
     probes, widths = plan_probes(model, site_map)
     facts = moe_facts(model, site_map.adapter)
     lines = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from .adapters import SiteMap, discover_sites
 from .capture import HIDDEN, Capture, plan_probes
 from .data import build_windows, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
-from .errors import UserError
+from .errors import UserError, run_task
 from .hardware import HardwarePlan, format_plan, plan
 from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
@@ -35,19 +34,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def main(cfg: DictConfig) -> Dict[str, Any]:
-    """Hydra task: run into the job's output dir; a user mistake ends a single run with one line, exit code 2."""
+    """Hydra task: run into the job's output dir, under the failure policy (outlier_lab/errors.py)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    hydra_cfg = HydraConfig.get()
-    try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except UserError as err:
-        if hydra_cfg.mode == RunMode.RUN:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        log.error("%s", err)
-        raise  # a sweep records it as this job's FAILED status
+    return run_task(run, cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 def _plan_resources(cfg: DictConfig) -> Optional[Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from outlier_lab.compare import write_comparison  # noqa: E402
-from outlier_lab.errors import UserError  # noqa: E402
+from outlier_lab.errors import exit_on_user_error  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,11 +28,8 @@ def main(argv=None) -> int:
     if out is None and len(args.dirs) > 1:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         out = Path("multirun_outputs") / "comparisons" / stamp
-    try:
+    with exit_on_user_error():
         report = write_comparison(args.dirs, out, plots=not args.no_plots)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(report)
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from outlier_lab.errors import UserError  # noqa: E402
+from outlier_lab.errors import UserError, exit_on_user_error  # noqa: E402
 
 
 def parse(argv):
@@ -62,13 +62,10 @@ def main(argv) -> int:
     from outlier_lab.hardware import format_plan, plan
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
-    try:
+    with exit_on_user_error():
         fmt, overrides = parse(argv)
         cfg = compose(overrides)
         result = plan(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if fmt == "json":
         print(json.dumps(as_json(result)))
     else:

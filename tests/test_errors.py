@@ -92,3 +92,31 @@ def test_seq_len_too_long_is_refused_before_planning(tmp_path):
     proc = run_cli("dataset.seq_len=100000", "hardware=auto", "hydra.launcher.dry_run=true", check=False)
     assert proc.returncode != 0
     assert "seq_len=100000 exceeds the model's maximum of 512 positions" in proc.stderr + proc.stdout
+
+
+def test_multirun_user_errors_are_one_line_per_job_and_exit_2(tmp_path):
+    proc = run_cli("--multirun", "detector.alpha=0,-1", f"hydra.sweep.dir={tmp_path}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: job #0 (detector.alpha=0): detector.alpha=0.0 must be > 0",
+                     "error: job #1 (detector.alpha=-1): detector.alpha=-1.0 must be > 0"], proc.stderr
+    # Every job is still recorded, and the comparison lists both failures.
+    assert [json.loads((tmp_path / f"{i}_minilm" / "job_status.json").read_text())["status"] for i in (0, 1)] == [
+        "FAILED", "FAILED"]
+    assert "## Jobs that did not complete" in (tmp_path / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize("mode", ["run", "multirun"])
+def test_a_bug_keeps_its_traceback_and_a_user_error_stays_one_line(mode, tmp_path):
+    app = "tests/data/buggy_app.py"
+    where = f"hydra.run.dir={tmp_path}" if mode == "run" else f"hydra.sweep.dir={tmp_path}"
+    if mode == "run":
+        bug = run_cli("seed=0", where, script=app, check=False)
+        user = run_cli("seed=1", where, script=app, check=False)
+        assert user.returncode == 2 and user.stderr.strip() == "error: seed=1 is a user mistake", user.stderr
+    else:
+        bug = run_cli("--multirun", "seed=0,1", where, script=app, check=False)
+        assert "error: job #1 (seed=1): seed=1 is a user mistake" in bug.stderr
+    assert bug.returncode == 1
+    assert "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr

@@ -282,6 +282,17 @@ def test_dry_run_prints_sbatch_parameters_and_submits_nothing(slurm_cluster, tin
     assert not (tmp_path / "sweep" / ".submitit").exists()
 
 
+def test_refused_sbatch_is_one_line_and_exit_2(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    proc = sweep(slurm_cluster, tmp_path / "sweep", *dataset(text_file), *SMALL_CLUSTER,
+                 f"model.path={tiny_checkpoint('llama')}", "hydra.launcher.partition=no_such_partition", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "sbatch refused the array" in line and "invalid partition" in line.lower(), proc.stderr
+    assert "hydra.launcher.dry_run=true" in line
+    assert proc.stderr.strip().splitlines()[-1] == line  # submitit's own echo of sbatch's stderr is not printed
+
+
 def test_stock_submitit_slurm_launcher_runs_our_app(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
     sweep_dir = tmp_path / "sweep"
     ckpt = tiny_checkpoint("llama")

@@ -1,10 +1,11 @@
 """The `hydra/launcher=slurm` launcher: one submitit array per distinct per-job request; failures come back FAILED."""
 
+import contextlib
+import io
 import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ SUMMARY_FILE = "slurm_jobs.json"
 
 class SlurmJobFailed(CompactHydraException):
     """A job that did not complete on Slurm: its state, error and stderr tail (Hydra prints it without a traceback)."""
+
+    user_facing = True  # the failure policy reports its first line (outlier_lab/errors.py)
 
 
 @dataclass
@@ -103,8 +106,8 @@ class SlurmLauncher(BaseSubmititLauncher):
         return [job.result for job in jobs]
 
     def _size(self, index: int, overrides: List[str]) -> SweepJob:
-        """Plan the job and derive its request; a user mistake (nothing fits, bad setting) ends the sweep with one
-        line and exit code 2, before anything is submitted."""
+        """Plan the job and derive its request; a user mistake (nothing fits, bad setting) ends the sweep before
+        anything is submitted (one line, exit code 2: the sweeper's failure policy)."""
         from outlier_lab.errors import UserError
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -120,8 +123,7 @@ class SlurmLauncher(BaseSubmititLauncher):
             plan = sizing.plan_job(cfg)
             sbatch, reasons = sizing.request(cfg, plan, self.params)
         except UserError as err:
-            print(f"error: job #{index} ({' '.join(filter_overrides(overrides))}): {err}", file=sys.stderr)
-            sys.exit(2)
+            raise UserError(f"job #{index} ({' '.join(filter_overrides(overrides))}): {err}") from None
         return SweepJob(index, overrides, sbatch, reasons, cfg)
 
     @staticmethod
@@ -154,7 +156,7 @@ class SlurmLauncher(BaseSubmititLauncher):
         for job in members:
             log.info("\t#%d : %s  [%s]", job.index, " ".join(filter_overrides(job.overrides)), _brief(sbatch))
         submitted_at = time.monotonic()
-        handles = executor.map_array(self, *zip(*self._job_args(members)))
+        handles = _submit_array(executor, self, self._job_args(members), sbatch)
         for job, handle in zip(members, handles):
             handle._results_timeout_s = self.params["result_grace_s"]
             job.job, job.submitted_at, job.state = handle, submitted_at, "PENDING"
@@ -292,6 +294,23 @@ class SlurmLauncher(BaseSubmititLauncher):
 
 def _is_outlier_lab_job(cfg: Any) -> bool:
     return cfg is not None and "hardware" in cfg
+
+
+def _submit_array(executor: Any, function: Any, job_args: List[Tuple[Any, ...]], sbatch: Dict[str, Any]) -> List[Any]:
+    """executor.map_array, with sbatch's refusal (bad partition, account, QOS, gres) as a one-line user error."""
+    import submitit
+
+    from outlier_lab.errors import UserError
+
+    refusal = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(refusal):  # submitit prints sbatch's stderr; it goes into the error instead
+            return executor.map_array(function, *zip(*job_args))
+    except submitit.core.utils.FailedJobError as err:
+        said = " ".join(line.strip() for line in (str(err) or refusal.getvalue()).splitlines() if line.strip())
+        raise UserError(f"sbatch refused the array ({_brief(sbatch)}): {said or 'no message'}; check "
+                        "hydra.launcher.partition/account/qos/gres (hydra.launcher.dry_run=true prints the #SBATCH "
+                        "header)") from None
 
 
 def _brief(sbatch: Dict[str, Any]) -> str:

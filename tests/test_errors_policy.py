@@ -1,0 +1,23 @@
+"""The failure policy (outlier_lab/errors.py): user-facing errors are one line and exit code 2, bugs propagate."""
+import pytest
+
+from outlier_lab.errors import EXIT_CODE, UserError, exit_on_user_error, is_user_facing, one_line
+
+
+class MarkedError(RuntimeError):
+    user_facing = True  # as the launcher plug-ins mark their own errors
+
+
+def test_user_facing_errors_print_their_first_line_and_exit_2(capsys):
+    for error in (UserError("\n  bad value x=3  \nsecond line"), MarkedError("no host fits job 0\nhost a: no GPU")):
+        with pytest.raises(SystemExit) as exited, exit_on_user_error("job #0: "):
+            raise error
+        assert exited.value.code == EXIT_CODE == 2
+        assert capsys.readouterr().err == f"error: job #0: {one_line(error)}\n"
+    assert one_line(UserError("\n  bad value x=3  \nsecond line")) == "bad value x=3"
+
+
+def test_a_bug_is_not_caught():
+    assert not is_user_facing(ValueError("x")) and not is_user_facing(KeyboardInterrupt())
+    with pytest.raises(ZeroDivisionError), exit_on_user_error():
+        1 // 0
