@@ -278,6 +278,29 @@ def test_nothing_listening_gives_a_clear_error_after_the_retry_budget(tiny_check
     assert "failed after 3 attempts" in output and "unreachable" in output
 
 
+def test_no_hosts_is_one_line_naming_the_file_the_plan_and_what_to_do(tiny_checkpoint, text_file, tmp_path):
+    overrides = [o for o in launcher_overrides(tmp_path, []) if not o.startswith("hydra.launcher.hosts_file=")]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides,
+                   f"hydra.launcher.hosts_file={tmp_path / 'absent.yaml'}", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"{tmp_path / 'absent.yaml'} (no such file)" in line
+    assert "job 0_llama needs 1 x T4" in line  # planned before the hosts were looked at
+    for hint in ("hydra.launcher.dry_run=true", "scripts/estimate_vram.py", "hydra.launcher.provider="):
+        assert hint in line
+
+
+def test_no_host_fits_is_one_line_and_exit_2(ssh_server, tiny_checkpoint, text_file, tmp_path):
+    overrides = [o.replace("require_gpu=false", "require_gpu=true")
+                 for o in launcher_overrides(tmp_path, [ssh_server.host_entry()])]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: job #0 (") and "no host fits job 0_llama" in line, line
+
+
 def launcher_params(tmp: Path, **changes) -> dict:
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
 

@@ -6,7 +6,6 @@ import logging
 import os
 import shlex
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -60,8 +59,8 @@ class Launch:
     # the launch ---------------------------------------------------------------------------------------------------
     def run(self) -> List[JobReturn]:
         self.check_params()
-        inventory = load_inventory(self.params) if self.params["provider"] == "inventory" else []
-        jobs = self.make_jobs()
+        jobs = self.make_jobs()  # plan first: a job that fits no GPU class is the problem to report, not the hosts
+        inventory = load_inventory(self.params, jobs) if self.params["provider"] == "inventory" else []
         repo = Path(HydraConfig.get().runtime.cwd)
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True, text=True)
         self.bundle = bundle_code(Path(top.stdout.strip()) if top.returncode == 0 else repo)
@@ -171,7 +170,11 @@ class Launch:
         if failure is None and destroy_error:
             failure = LaunchError(f"destroy of instance {job.instance.instance_id} failed: {destroy_error} (results "
                                   f"are in {job.local_dir})")
-        return job_return(job, failure, self.redact)
+        ret = job_return(job, failure, self.redact)
+        if failure is not None and not isinstance(failure, (Cancelled, KeyboardInterrupt)):
+            # The sweep ends with this failure's first line; the details (remote log tail) are shown here, once.
+            self.console.say(job, f"FAILED: {ret._return_value}")
+        return ret
 
     def place(self, job: Job, inventory: List[Host], t0: float) -> Dict[str, Any]:
         """A host for the job (created, or taken from the pool), a session to it, and the job dir; returns the probe."""
@@ -243,11 +246,6 @@ class Launch:
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
-    """Entry point used by FabricLauncher.launch; a user mistake ends the run with one line and exit code 2."""
-    try:
-        return Launch(launcher, job_overrides, initial_job_idx).run()
-    except Exception as err:
-        if type(err).__name__ != "UserError":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    """Entry point used by FabricLauncher.launch; a user mistake raised here ends the sweep with one line and exit
+    code 2 (hydra_plugins/outlier_sweeper)."""
+    return Launch(launcher, job_overrides, initial_job_idx).run()

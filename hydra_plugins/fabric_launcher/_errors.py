@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 class LaunchError(Exception):
     """A remote launch failed in a way the user must see (message is complete, one paragraph)."""
 
+    user_facing = True  # one line and exit code 2 by the sweeper's failure policy (outlier_lab/errors.py)
+
 
 def user_error(message: str) -> Exception:
     """The package's one-line UserError when outlier_lab is importable, else a LaunchError."""

@@ -8,8 +8,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from hydra.core.utils import filter_overrides
 from omegaconf import OmegaConf
 
 from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
@@ -50,25 +51,35 @@ class Host:
                    instance_id=raw.get("id"))
 
 
-def load_inventory(params: Dict[str, Any]) -> List[Host]:
-    """Hosts from the launcher config, else from the inventory file."""
+def load_inventory(params: Dict[str, Any], jobs: Sequence[Any] = ()) -> List[Host]:
+    """Hosts from the launcher config, else from the inventory file; none at all is a user error that says what
+    the planned jobs need and where to go next."""
     raw = list(params.get("hosts") or [])
-    source = "hydra.launcher.hosts"
+    looked = ["hydra.launcher.hosts (empty)"]
     if not raw and params.get("hosts_file"):
         path = Path(os.path.expanduser(str(params["hosts_file"])))
         if path.is_file():
             data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
             raw = data.get("hosts", []) if isinstance(data, dict) else data
-            source = str(path)
+            looked.append(f"{path} ({len(raw or [])} hosts)")
+        else:
+            looked.append(f"{path} (no such file)")
     hosts = [Host.from_dict(dict(h)) for h in raw]
     wanted = set(params.get("host_labels") or [])
     hosts = [h for h in hosts if wanted <= set(h.labels)]
     if not hosts and params.get("provider", "inventory") == "inventory" and not params.get("dry_run"):
-        raise user_error(
-            f"no SSH hosts to launch on (looked in {source}{' with labels ' + str(sorted(wanted)) if wanted else ''}):"
-            " list them under `hosts:` in ~/.config/outlier_lab/hosts.yaml (or $OUTLIER_LAB_HOSTS) or set"
-            " hydra.launcher.hosts")
+        raise user_error(_no_hosts_message(looked, wanted, jobs))
     return hosts
+
+
+def _no_hosts_message(looked: List[str], wanted: set, jobs: Sequence[Any]) -> str:
+    labels = f" with labels {sorted(wanted)}" if wanted else ""
+    need = f"; job {jobs[0].name} needs {jobs[0].needs.describe()}" if jobs else ""
+    overrides = " ".join(filter_overrides(jobs[0].overrides)) if jobs else "model=NAME"
+    return (f"no SSH hosts{labels} to launch on (looked in {' and '.join(looked)}){need}. List hosts under `hosts:` "
+            "in that file ($OUTLIER_LAB_HOSTS or hydra.launcher.hosts_file moves it) or in hydra.launcher.hosts, or "
+            "rent one with hydra.launcher.provider=runpod|vast|command; hydra.launcher.dry_run=true prints the plan, "
+            f"`python scripts/estimate_vram.py {overrides}` the memory estimate")
 
 PROBE_SCRIPT = r"""
 echo "gpus:"; (nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits 2>/dev/null || true)
