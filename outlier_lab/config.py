@@ -1,8 +1,10 @@
 """Typed Hydra schema: one dataclass per config group, registered in the ConfigStore."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -168,3 +170,33 @@ class RunConfig:
 def register_configs() -> None:
     """Store the schema so every YAML is validated against it at compose time."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def check_schema(cfg: Any) -> None:
+    """Refuse keys the schema does not declare: Hydra's `+detector.alpah=5` adds one silently, and the job would then
+    run with the default it meant to change."""
+    from omegaconf import DictConfig
+
+    from .errors import UserError
+
+    problems = []
+    for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig):
+        group, name = key.rsplit(".", 1)
+        close = difflib.get_close_matches(name, known, n=1)
+        problems.append(f"{key} is not a setting of {group}" + (f" (did you mean {group}.{close[0]}?)" if close else
+                                                                 f" (its settings: {', '.join(known)})"))
+    if problems:
+        raise UserError("; ".join(problems) + "; fix or drop the override")
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type) -> Iterator[tuple]:
+    hints = get_type_hints(schema)
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        key = str(key)
+        if key not in hints:
+            if prefix:  # the top level also holds hydra's own node and experiment-level keys
+                yield prefix + key, known
+            continue
+        if dataclasses.is_dataclass(hints[key]) and isinstance(node.get(key), mapping):
+            yield from _unknown_keys(node[key], hints[key], f"{prefix}{key}.", mapping)

@@ -25,10 +25,7 @@ def python_docs() -> Iterator[str]:
 
 def text_file(path: str) -> Iterator[str]:
     """A local UTF-8 file; blank lines separate documents."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"dataset.path={path} does not exist or is not a file")
-    text = file.read_text(encoding="utf-8", errors="replace")
+    text = Path(path).expanduser().read_text(encoding="utf-8", errors="replace")
     for doc in text.split("\n\n"):
         if doc.strip():
             yield doc
@@ -55,16 +52,24 @@ def hub_dataset(dataset_cfg) -> Iterator[str]:
             yield text
 
 
-def documents(dataset_cfg) -> Iterator[str]:
-    if dataset_cfg.source == "python_docs":
-        return python_docs()
+def check_source(dataset_cfg) -> None:
+    """What can be checked without reading any text: the source's name, and that a local file is there."""
+    if dataset_cfg.source not in ("python_docs", "text_file", "hub"):
+        raise UserError(f"dataset.source={dataset_cfg.source!r} is not one of python_docs, text_file, hub")
     if dataset_cfg.source == "text_file":
         if not dataset_cfg.path:
             raise UserError("dataset=text_file needs dataset.path=FILE")
+        if not Path(dataset_cfg.path).expanduser().is_file():
+            raise UserError(f"dataset.path={dataset_cfg.path} does not exist or is not a file")
+
+
+def documents(dataset_cfg) -> Iterator[str]:
+    check_source(dataset_cfg)
+    if dataset_cfg.source == "python_docs":
+        return python_docs()
+    if dataset_cfg.source == "text_file":
         return text_file(dataset_cfg.path)
-    if dataset_cfg.source == "hub":
-        return hub_dataset(dataset_cfg)
-    raise UserError(f"dataset.source={dataset_cfg.source!r} is not one of python_docs, text_file, hub")
+    return hub_dataset(dataset_cfg)
 
 
 def special_ids(tokenizer, bos_token: Optional[str]):

@@ -9,6 +9,7 @@ import psutil
 from omegaconf import DictConfig
 
 from .catalog import GpuClass, load_catalog
+from .config import check_schema
 from .errors import UserError
 from .resources import GIB, Estimate, estimate
 
@@ -134,6 +135,7 @@ def _local_plan(cfg: DictConfig) -> HardwarePlan:
 
 def plan(cfg: DictConfig) -> HardwarePlan:
     """hardware=local checks this machine; auto picks the cheapest fitting class; a class name fixes the class."""
+    check_schema(cfg)  # every planner (run, launchers, estimate_vram.py) refuses a misspelt `+group.key` first
     hw = cfg.hardware
     if hw.name == "local":
         return _local_plan(cfg)

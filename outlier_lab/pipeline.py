@@ -18,7 +18,8 @@ from . import results as store
 from .ablation import run_ablation
 from .adapters import SiteMap, discover_sites
 from .capture import HIDDEN, Capture, plan_probes
-from .data import build_windows, documents, special_ids
+from .config import check_schema
+from .data import build_windows, check_source, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError, run_task
 from .hardware import HardwarePlan, format_plan, plan
@@ -38,6 +39,15 @@ def main(cfg: DictConfig) -> Dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     return run_task(run, cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def _check_inputs(cfg: DictConfig) -> None:
+    """The checks that need no model and no plan, so a typo fails in a second, before any estimate is printed."""
+    check_schema(cfg)
+    criteria_of(cfg.detector)
+    check_source(cfg.dataset)
+    if cfg.dataset.batch_size < 1:
+        raise UserError(f"dataset.batch_size={cfg.dataset.batch_size}; it must be >= 1")
 
 
 def _plan_resources(cfg: DictConfig) -> Optional[Any]:
@@ -248,7 +258,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     started = time.perf_counter()
     timings: Dict[str, float] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    criteria_of(cfg.detector)  # bad thresholds fail before anything is planned or loaded
+    _check_inputs(cfg)
     plan = _plan_resources(cfg)
     device = resolve_device(cfg.device)
 
@@ -262,8 +272,6 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     tokens = build_windows(tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token,
                            max_positions(hf_config))
     timings["tokenize_s"] = time.perf_counter() - tick
-    if ds.batch_size < 1:
-        raise UserError(f"dataset.batch_size={ds.batch_size}; it must be >= 1")
 
     with PeakMemory(device) as memory:
         tick = time.perf_counter()

@@ -182,7 +182,8 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapte
 
 def _stored_bytes(hf_config) -> int:
     """Bytes per stored weight: the config's dtype (float32 where it names none, transformers' default)."""
-    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or "float32"
+    # `dtype` only: transformers reads a config.json's torch_dtype into it, and the old attribute prints a deprecation.
+    stored = getattr(hf_config, "dtype", None) or "float32"
     name = str(stored).replace("torch.", "")
     dtype = DTYPES.get(name) or getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):

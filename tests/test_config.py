@@ -54,3 +54,19 @@ def test_defaults_are_the_offline_analysis():
 def test_typos_fail_at_compose_time(override):
     with pytest.raises(ConfigCompositionException):
         compose_with(override)
+
+
+def test_unknown_keys_under_typed_groups_are_refused_even_with_plus():
+    from outlier_lab.config import check_schema
+    from outlier_lab.errors import UserError
+
+    with pytest.raises(UserError, match=r"detector\.massive\.extra is not a setting.*detector\.alpah is not a "
+                                        r"setting of detector \(did you mean detector\.alpha\?\)"):
+        check_schema(compose_with("+detector.massive.extra=1", "+detector.alpah=5"))
+    # Free-form mappings and every option of every group, experiments included, stay valid.
+    check_schema(compose_with("+model.config_overrides.num_hidden_layers=2"))
+    for group in GROUPS + ("analysis",):
+        for option in options(group):
+            check_schema(compose_with(f"{group}={option}"))
+    for experiment in options("experiment"):
+        check_schema(compose_with(f"+experiment={experiment}"))

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import run_cli, tiny_job_overrides
+from conftest import cli_env, run_cli, tiny_job_overrides
 
 
 def assert_one_line_error(proc, *needles):
@@ -120,3 +120,33 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_stays_one_line(mode, tmp_pat
         assert "error: job #1 (seed=1): seed=1 is a user mistake" in bug.stderr
     assert bug.returncode == 1
     assert "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr
+
+
+def test_misspelt_plus_key_under_a_typed_group_fails_before_planning(tmp_path):
+    # Hydra's own hint for an unknown key is `+key=value`, which would add it silently and run with alpha=6.
+    needle = "detector.alpah is not a setting of detector (did you mean detector.alpha?)"
+    proc = run_cli("+detector.alpah=5", f"hydra.run.dir={tmp_path}", check=False)
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 2 and "resource plan" not in proc.stdout + proc.stderr
+    proc = run_cli("model=gpt2", "+detector.alpah=5", script="scripts/estimate_vram.py", check=False)
+    assert_one_line_error(proc, needle)
+
+
+def test_missing_dataset_file_fails_before_planning(tmp_path):
+    proc = run_cli("dataset=text_file", f"dataset.path={tmp_path / 'nope.txt'}", f"hydra.run.dir={tmp_path}",
+                   check=False)
+    assert_one_line_error(proc, f"dataset.path={tmp_path / 'nope.txt'} does not exist")
+    assert proc.returncode == 2 and "resource plan" not in proc.stdout + proc.stderr
+
+
+def test_planning_messages_carry_our_logger_and_no_deprecation(tmp_path):
+    from ssh_server import _free_port
+
+    env = {k: v for k, v in cli_env().items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"  # nothing listens: the hub is unreachable at once
+    proc = run_cli("model=gpt2", "hardware=auto", "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path}",
+                   env=env)
+    output = proc.stdout + proc.stderr
+    unreachable = [line for line in output.splitlines() if "unreachable" in line]
+    assert unreachable and all("[outlier_lab." in line and "[HYDRA]" not in line for line in unreachable), output
+    assert "torch_dtype" not in output  # transformers' deprecation of the old config attribute
