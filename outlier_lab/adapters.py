@@ -61,6 +61,7 @@ class BlockKind:
     mixer: Mixer
     ffn: Ffn
     is_moe: bool
+    mixer_name: str = "attention"
 
     @property
     def sites(self) -> Dict[str, str]:
@@ -160,6 +161,19 @@ class MoeLayerList:
 
 
 @dataclass(frozen=True)
+class ByConfigValue:
+    """One config value picks every block's kind (DeepSeek: q_lora_rank None means a plain q_proj)."""
+
+    key: str
+    when_none: str
+    otherwise: str
+
+    def __call__(self, config) -> List[str]:
+        kind = self.when_none if config_value(config, self.key) is None else self.otherwise
+        return [kind] * int(config_value(config, "num_hidden_layers"))
+
+
+@dataclass(frozen=True)
 class Adapter:
     """Where the blocks live, what kinds of block there are and which module's input each canonical site is."""
 
@@ -195,7 +209,13 @@ class Adapter:
             missing = sorted(set(kind) - set(table))
             if missing:
                 raise UserError(f"the {self.name} adapter has no definition of block kind(s) {missing}")
-        return [BlockKind(f"{m}+{f}", self.mixers[m], self.ffns[f], f == "moe") for m, f in zip(mixers, ffns)]
+        return [BlockKind(f"{m}+{f}", self.mixers[m], self.ffns[f], f == "moe", m) for m, f in zip(mixers, ffns)]
+
+    def mixer_space(self, site: str, mixer_name: str) -> str:
+        """Feature-space name of a non-residual-wide site: per mixer kind where the adapter has different mixers
+        (a linear-attention out_proj input and a softmax-attention o_proj input name different features)."""
+        distinct = {m for m in self.mixers.values()}
+        return site if len(distinct) == 1 or site == "mlp_in" else f"{site}.{mixer_name}"
 
     def block_layouts(self, config) -> List[BlockLayout]:
         """Runs of consecutive blocks of one kind: [(kind, block range, sites)], e.g. GLM-4.5's dense first block."""
@@ -278,6 +298,33 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                                                    "full_attention": "full_attention"}), Uniform("moe"),
                 Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", fused_checkpoint=True),
                 sdpa=False, attention_sinks=True),
+    ),
+    (
+        # Gated DeltaNet linear-attention blocks and gated full-attention blocks in one stack (`layer_types`). The
+        # linear-attention sites: attn_in = in_proj_qkvz's input (the normed residual; in_proj_ba reads the same),
+        # attn_out_in = out_proj's input (the gated-RMSNormed value heads), its own feature space per mixer kind.
+        ("qwen3_next",),
+        Adapter("qwen3_next", "layers",
+                {"linear_attention": Mixer("linear_attn.in_proj_qkvz", "linear_attn.out_proj", ("linear_attn.in_proj_ba",),
+                                           "input_layernorm"),
+                 "full_attention": _ATTN},
+                _MOE_FFNS, "intermediate_size", ByLayerTypes({"linear_attention": "linear_attention",
+                                                              "full_attention": "full_attention"}), SparseStep(),
+                Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                    shared_width="shared_expert_intermediate_size")),
+    ),
+    (
+        # Multi-head latent attention: attn_in = q_a_proj's input (q_proj without a q LoRA), which
+        # kv_a_proj_with_mqa reads too; attn_out_in = o_proj's input (heads x v_head_dim: its own space when wider).
+        ("deepseek_v3",),
+        Adapter("deepseek_v3", "layers",
+                {"mla": Mixer("self_attn.q_a_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
+                              "input_layernorm"),
+                 "mla_q": Mixer("self_attn.q_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
+                                "input_layernorm")},
+                _MOE_FFNS, "intermediate_size", ByConfigValue("q_lora_rank", "mla_q", "mla"), FirstKDense(),
+                Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", shared_count="n_shared_experts",
+                    fp32_router=True)),
     ),
     (("mixtral",), Adapter("mixtral", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
                            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),

@@ -10,6 +10,7 @@ import torch
 
 from .adapters import SiteMap, input_width
 from .config import SITES
+from .errors import UserError
 
 HIDDEN = "hidden"
 
@@ -36,17 +37,35 @@ def plan_probes(model: torch.nn.Module, site_map: SiteMap) -> Tuple[List[SitePro
     """
     hidden = model.config.get_text_config().hidden_size
     order = [s for s in SITES if s in site_map.site_names]
-    probes, spaces = [], {HIDDEN: hidden}
-    for slot, block in enumerate(site_map.block_indices):
+    planned, spaces = [], {HIDDEN: hidden}
+    for block in site_map.block_indices:
         for site in order:
             path = site_map.site_path(block, site)
             width = input_width(model.get_submodule(path), hidden, site_map.adapter)
-            space = HIDDEN if width == hidden else site
-            spaces[space] = width
-            probes.append(SiteProbe(block, slot, site, path, space))
-    if not any(p.space == HIDDEN for p in probes):
+            space = HIDDEN if width == hidden else site_map.adapter.mixer_space(site, site_map.kinds[block].mixer_name)
+            if spaces.setdefault(space, width) != width:
+                raise UserError(f"feature space {space!r} is {spaces[space]} wide in one block and {width} in block "
+                                f"{block}; the {site_map.adapter.name} adapter must name one space per width")
+            planned.append((block, site, path, space))
+    # A space's slots are the analyzed blocks that have it (a per-mixer-kind space lives in that kind's blocks
+    # only, and its layer fraction counts those).
+    slots: Dict[str, Dict[int, int]] = {}
+    probes = []
+    for block, site, path, space in planned:
+        in_space = slots.setdefault(space, {})
+        probes.append(SiteProbe(block, in_space.setdefault(block, len(in_space)), site, path, space))
+    if HIDDEN not in slots:
         del spaces[HIDDEN]
     return probes, spaces
+
+
+def space_blocks(probes: Sequence[SiteProbe]) -> Dict[str, List[int]]:
+    """The analyzed blocks of each feature space, in slot order."""
+    blocks: Dict[str, List[int]] = {}
+    for probe in probes:
+        if not probe.output and probe.block not in blocks.setdefault(probe.space, []):
+            blocks[probe.space].append(probe.block)
+    return blocks
 
 
 def forward_kwargs(model: torch.nn.Module) -> Dict[str, object]:

@@ -17,7 +17,7 @@ from . import massive as massive_detector
 from . import results as store
 from .ablation import run_ablation
 from .adapters import SiteMap, discover_sites
-from .capture import HIDDEN, Capture, plan_probes
+from .capture import HIDDEN, Capture, plan_probes, space_blocks
 from .config import check_schema
 from .data import build_windows, check_source, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
@@ -95,9 +95,9 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     probes, widths = plan_probes(model, site_map)
     device = input_device(model)
     criteria = criteria_of(det_cfg)
-    num_slots = len(site_map.block_indices)
+    blocks_of = space_blocks(probes)
     reducer_class = _int8_reducer_class(det_cfg)
-    reducers = {space: reducer_class(criteria, num_slots, width, device) for space, width in widths.items()}
+    reducers = {space: reducer_class(criteria, len(blocks_of[space]), width, device) for space, width in widths.items()}
     accumulators = {space: RunAccumulator(criteria, width) for space, width in widths.items()}
     massive = None
     if det_cfg.get("massive") is not None and det_cfg.massive.enabled:
@@ -136,6 +136,7 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
         block_max[space] = reducer.block_max.cpu().numpy()
         spaces[space] = summarize(accumulators[space], reducer.histogram(), block_max[space])
         spaces[space]["width"] = widths[space]
+        spaces[space]["blocks"] = blocks_of[space]
         table = accumulators[space].per_sequence_table()
         table["space"] = np.full(len(table["dim"]), space, dtype=object)
         tables.append(table)

@@ -34,6 +34,15 @@ CONFIGS = {
                      first_k_dense_replace=1, n_group=1, topk_group=1, partial_rotary_factor=0.5),
     "gpt_oss": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=64,
                     layer_types=["sliding_attention", "full_attention"] * (NUM_BLOCKS // 2)),
+    # Gated DeltaNet blocks with full attention every 4th block (3, 7); value heads 4 x 32 = 128 wide, like the
+    # full attention's 4 x 32 heads: equal widths, yet two feature spaces (one per mixer kind).
+    "qwen3_next": dict(_COMMON, **_MOE, head_dim=32, shared_expert_intermediate_size=32, decoder_sparse_step=1,
+                       mlp_only_layers=[], full_attention_interval=4, linear_num_value_heads=4,
+                       linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=32),
+    # MLA with a q LoRA, one dense first block; o_proj reads 4 heads x v_head_dim 32 = 128 != hidden.
+    "deepseek_v3": dict(_COMMON, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                        moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32,
+                        kv_lora_rank=16, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32),
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,
                  initializer_range=0.02),
 }
@@ -74,7 +83,22 @@ def plant_outliers(model, attn: Optional[Dict[int, List[int]]] = None,
         for site, plants in (("attn_in", attn), ("mlp_in", mlp)):
             for dim, block_ids in plants.items():
                 for b in block_ids:
-                    blocks[b].get_submodule(kinds[b].norm(site)).weight[dim] *= gain
+                    norm = blocks[b].get_submodule(kinds[b].norm(site))
+                    offset = _gain_offset(norm)
+                    norm.weight[dim] = (norm.weight[dim] + offset) * gain - offset
+
+
+def _gain_offset(norm) -> float:
+    """What the norm adds to its weight to get its gain: 0 for w * x, 1 for (1 + w) * x (Gemma, Qwen3-Next)."""
+    x = torch.randn(4, norm.weight.shape[0], generator=torch.Generator().manual_seed(0))
+    weight = norm.weight.clone()
+    bias = norm.bias if getattr(norm, "bias", None) is not None else 0.0
+    norm.weight.zero_()
+    at_zero = norm(x) - bias
+    norm.weight.fill_(1.0)
+    unit = norm(x) - bias - at_zero
+    norm.weight.copy_(weight)
+    return float((at_zero / unit).mean().round())
 
 
 def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[int, List[int]]] = None,

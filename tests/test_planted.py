@@ -53,3 +53,12 @@ def test_separate_space_for_wide_o_proj_input(tiny_checkpoint, text_file, tmp_pa
     assert results["other_spaces"]["attn_out_in"]["width"] == 128
     spaces = set(read_per_sequence(tmp_path).column("space").to_pylist())
     assert "hidden" in spaces
+
+
+def test_hybrid_mixers_measure_their_own_spaces(tiny_checkpoint, text_file, tmp_path):
+    # qwen3_next: Gated DeltaNet blocks (0-2, 4-6) and full-attention blocks (3, 7). Both out-projection inputs are
+    # 128 wide, but they index different features: one space per mixer kind, each over its own blocks.
+    run_cli(*tiny_job_overrides(tiny_checkpoint("qwen3_next"), text_file, tmp_path, num_sequences=2, seq_len=32))
+    other = json.loads((tmp_path / "results.json").read_text())["other_spaces"]
+    assert {k: (v["width"], v["blocks"]) for k, v in other.items()} == {
+        "attn_out_in.linear_attention": (128, [0, 1, 2, 4, 5, 6]), "attn_out_in.full_attention": (128, [3, 7])}

@@ -13,7 +13,7 @@ from outlier_lab import hardware
 from outlier_lab.errors import UserError
 from outlier_lab.resources import GIB, estimate
 
-ARCHS = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss")
+ARCHS = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3")
 
 
 def compose(*overrides):
