@@ -17,6 +17,7 @@ from .catalog import GpuClass
 from .data import check_window_shape
 from .detection import OCTAVES
 from .errors import UserError
+from .memory import cpu_heap_policy
 from .models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
                      resolve_device)
 
@@ -31,6 +32,8 @@ CUDA_ROUNDING_BYTES = 4 * 2**20
 ALLOCATOR_SLACK = 0.10
 # CPU runs: the interpreter's own growth while tracing (nnsight graph, per-batch numpy results), measured.
 CPU_RUNTIME_GIB = 0.03
+# glibc's mmap threshold adapts up to this cap (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): see cpu_heap_cache_bytes.
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 # Hub download cache, tokenizer, dataset stream and result files, on top of the checkpoint itself.
 DISK_EXTRA_GIB = 2.0
 # MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
@@ -317,6 +320,28 @@ def activation_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes
     return persistent + reducer_state + peak_phase, parts
 
 
+def cpu_heap_cache_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, widths: Dict[str, int],
+                         parts: Dict[str, float]) -> float:
+    """Freed temporaries of the non-peak phases that glibc's heap still holds at the peak (CPU, "trim" heap policy).
+
+    glibc serves a buffer below its mmap threshold from the heap and keeps it there once freed; the threshold
+    rises to the largest buffer freed so far, up to GLIBC_MMAP_THRESHOLD_MAX. So the phases whose buffers stay
+    below that cap are all resident when the worst phase peaks, until trim_cpu_heap() at the end of the batch.
+    """
+    s = _shape(text, adapter)
+    n, a = batch * seq_len, act_bytes
+    # The largest single buffer of each phase decides where it lives; routed experts run one expert's tokens at a
+    # time, so their buffers are per-expert slices.
+    per_expert_tokens = n * s.top_k // max(s.experts, 1) + 1
+    largest = dict(attention=n * a * max(s.hidden, s.heads * s.head_dim), dense_ffn=n * a * s.intermediate,
+                   moe=per_expert_tokens * a * max(s.hidden, 2 * s.expert_intermediate),
+                   observe=n * a * max(widths.values(), default=s.hidden))
+    phases = {name[len("phase_"):]: size for name, size in parts.items() if name.startswith("phase_") and size}
+    peak = max(phases, key=phases.get)
+    return float(sum(size for name, size in phases.items()
+                     if name != peak and largest.get(name, 0) < GLIBC_MMAP_THRESHOLD_MAX))
+
+
 def _site_widths(model: torch.nn.Module, cfg: DictConfig) -> Tuple[SiteMap, Dict[str, int]]:
     """The site map and the feature spaces the detector keeps state for (hidden, plus o_proj's input when wider)."""
     site_map = discover_sites(model, cfg.detector.get("sites"), cfg.detector.get("layers"))
@@ -374,9 +399,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
     ds = cfg.dataset
     batch = max(1, min(int(ds.batch_size), int(ds.num_sequences)))
     attn_impl = _attention_impl(cfg, adapter)
-    activations, _ = activation_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths,
-                                      len(site_map.block_indices),
-                                      int(cfg.detector.get("bins_per_octave", 32)))
+    activations, parts = activation_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths,
+                                          len(site_map.block_indices),
+                                          int(cfg.detector.get("bins_per_octave", 32)))
 
     analysis = cfg.get("analysis") or {}
     if analysis.get("mode", "detect") == "ablation":
@@ -395,6 +420,10 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
         overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
     else:
         overhead = CPU_RUNTIME_GIB * GIB
+        if cpu_heap_policy() == "trim":
+            cached = cpu_heap_cache_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, widths, parts)
+            overhead += cached
+            notes.append(f"CPU: {cached / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch ends")
         if moe["is_moe"] and _per_expert_checkpoint(cfg, adapter):
             # The loader fuses per-expert tensors into 3-D ones; the per-expert pages it read from the mmapped
             # checkpoint stay mapped (and in RSS) for the whole run.

@@ -85,3 +85,26 @@ def test_report_heatmap_false_skips_the_png_and_its_link(tiny_checkpoint, text_f
     assert not (run_dir / "heatmap.png").exists()
     assert "heatmap.png" not in (run_dir / "report.md").read_text()
     assert json.loads((run_dir / "results.json").read_text())["config"]["report"]["heatmap"] is False
+
+
+def _llama_text(hidden, heads, intermediate):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads // 4,
+                       head_dim=hidden // heads, intermediate_size=intermediate, num_hidden_layers=2)
+
+
+def test_cpu_heap_cache_counts_non_peak_phases_whose_buffers_stay_on_the_heap():
+    from outlier_lab.adapters import adapter_for
+    from outlier_lab.resources import cpu_heap_cache_bytes
+
+    small = _llama_text(64, 4, 128)  # every buffer far below glibc's 32 MiB mmap cap
+    parts = dict(persistent=999.0, reducer_state=7.0, phase_attention=100.0, phase_dense_ffn=300.0,
+                 phase_observe=50.0)
+    assert cpu_heap_cache_bytes(small, adapter_for("llama"), 2, 8, 4, {"hidden": 64}, parts) == 150.0
+    # 8 x 1024 tokens: q and o are exactly 32 MiB (mmapped, returned when freed), the FFN's are 88 MiB, and the
+    # observe step's |x| is 32 MiB: nothing non-peak is held on the heap.
+    mid = _llama_text(1024, 16, 2816)
+    assert cpu_heap_cache_bytes(mid, adapter_for("llama"), 8, 1024, 4, {"hidden": 1024}, parts) == 0.0
+    # 4 x 512 tokens: 8 MiB attention buffers and 22 MiB FFN ones stay below the cap: both non-peak phases count.
+    assert cpu_heap_cache_bytes(mid, adapter_for("llama"), 4, 512, 4, {"hidden": 1024}, parts) == 150.0
