@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import paper
 from .errors import UserError
-from .report import heatmap_axes
+from .heatmap import colorbar, heatmap_axes
 from .results import RESULTS_JSON, atomic_write_bytes, upgrade
 
 log = logging.getLogger(__name__)
@@ -420,8 +420,8 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
         fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
         for ax, job in zip(axes.flat, with_heat):
             rms = _get(job.results, "detector", "alpha_mode") == "rms"
-            image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|{' / RMS' if rms else ''}")
-            fig.colorbar(image, ax=ax)
+            image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|{' / RMS' if rms else ''}", reasons=False)
+            colorbar(fig, image, ax, job.results)
         for ax in list(axes.flat)[len(with_heat):]:
             ax.axis("off")
         _savefig(fig, out_dir / PLOT_HEATMAPS)

@@ -236,18 +236,29 @@ class RunAccumulator:
     qualified_sequences: np.ndarray = field(init=False)
     layer_frac_sum: np.ndarray = field(init=False)
     position_frac_sum: np.ndarray = field(init=False)
+    # Per dim over all sequences: the largest layer_frac and position_frac reached, and the sequences with any hit,
+    # which say why a bright dim is not an outlier (which criterion it misses, by how much).
+    layer_frac_max: np.ndarray = field(init=False)
+    position_frac_max: np.ndarray = field(init=False)
+    hit_sequences: np.ndarray = field(init=False)
     rows: List[Dict[str, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.qualified_sequences = np.zeros(self.hidden, dtype=np.int64)
         self.layer_frac_sum = np.zeros(self.hidden, dtype=np.float64)
         self.position_frac_sum = np.zeros(self.hidden, dtype=np.float64)
+        self.layer_frac_max = np.zeros(self.hidden, dtype=np.float64)
+        self.position_frac_max = np.zeros(self.hidden, dtype=np.float64)
+        self.hit_sequences = np.zeros(self.hidden, dtype=np.int64)
 
     def add(self, stats: BatchStats) -> None:
         q = stats.qualifies
         self.qualified_sequences += q.sum(axis=0)
         self.layer_frac_sum += np.where(q, stats.layer_frac, 0.0).sum(axis=0)
         self.position_frac_sum += np.where(q, stats.position_frac, 0.0).sum(axis=0)
+        np.maximum(self.layer_frac_max, stats.layer_frac.max(axis=0, initial=0.0), out=self.layer_frac_max)
+        np.maximum(self.position_frac_max, stats.position_frac.max(axis=0, initial=0.0), out=self.position_frac_max)
+        self.hit_sequences += stats.any_hit.sum(axis=0)
         seq_idx, dims = np.nonzero(stats.any_hit)
         self.rows.append(
             dict(
@@ -270,8 +281,9 @@ class RunAccumulator:
         return {k: np.concatenate([r[k] for r in self.rows]) for k in keys}
 
 
-def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> Dict[str, object]:
-    """Unique outlier dims across sequences, each with its statistics, and the LLM.int8() Table 4 summary row."""
+def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray, near_misses: int = 24) -> Dict[str, object]:
+    """Unique outlier dims across sequences, each with its statistics, the LLM.int8() Table 4 summary row, and the
+    `near_misses` brightest dims that are not headline outliers, with the figures that say why."""
     crit = acc.criteria
     n = max(acc.num_sequences, 1)
     dim_max = block_max.max(axis=0) if block_max.size else np.zeros(acc.hidden)
@@ -299,7 +311,10 @@ def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> D
         num_one_sided=sum(f["one_sided"] for f in headline),
         num_qualified_any_sequence=len(everything),
         num_sequences=acc.num_sequences,
+        # Over every dim, outlier or not (`max_abs_dim` says which); `max_abs_headline` over the headline dims only.
         max_abs=float(dim_max.max()) if dim_max.size else 0.0,
+        max_abs_dim=int(dim_max.argmax()) if dim_max.size else None,
+        max_abs_headline=max((f["max_abs"] for f in headline), default=None),
         most_common=None,
     )
     if everything:
@@ -313,4 +328,9 @@ def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray) -> D
             # False: no dim reached min_sequences_frac; this is the most frequent dim that qualified at all.
             headline=bool(headline),
         )
-    return dict(outlier_features=headline, qualified_dims=everything, summary=summary)
+    headline_dims = {f["dim"] for f in headline}
+    brightest = [int(d) for d in np.argsort(-dim_max, kind="stable") if int(d) not in headline_dims][:near_misses]
+    misses = [dict(dim=d, max_abs=float(dim_max[d]), sequences=int(acc.qualified_sequences[d]),
+                   hit_sequences=int(acc.hit_sequences[d]), layer_frac_max=float(acc.layer_frac_max[d]),
+                   position_frac_max=float(acc.position_frac_max[d])) for d in brightest]
+    return dict(outlier_features=headline, qualified_dims=everything, summary=summary, near_misses=misses)

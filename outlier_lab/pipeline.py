@@ -134,7 +134,7 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     spaces, block_max, tables = {}, {}, []
     for space, reducer in reducers.items():
         block_max[space] = reducer.block_max.cpu().numpy()
-        spaces[space] = summarize(accumulators[space], reducer.histogram(), block_max[space])
+        spaces[space] = summarize(accumulators[space], reducer.histogram(), block_max[space], det_cfg.heatmap_top_dims)
         spaces[space]["width"] = widths[space]
         spaces[space]["blocks"] = blocks_of[space]
         table = accumulators[space].per_sequence_table()
@@ -175,15 +175,13 @@ def _ablation(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, t
 
 
 def heatmap_data(space: Dict[str, Any], block_max: np.ndarray, blocks, top: int) -> Dict[str, Any]:
-    """Blocks x dims of max |x|: headline outliers first, then the largest remaining dims."""
+    """Blocks x dims of max |x|: the first `num_headline` columns are headline outliers, then the brightest other
+    dims (the space's near misses, in the same order)."""
     dims = [f["dim"] for f in space["outlier_features"][:top]]
-    if len(dims) < top:
-        for d in np.argsort(-block_max.max(axis=0), kind="stable"):
-            if len(dims) >= top:
-                break
-            if int(d) not in dims:
-                dims.append(int(d))
-    return dict(blocks=list(blocks), dims=dims, max_abs=block_max[:, dims].round(4).tolist())
+    num_headline = len(dims)
+    dims += [m["dim"] for m in space["near_misses"][:top - num_headline]]
+    return dict(blocks=list(blocks), dims=dims, num_headline=num_headline,
+                max_abs=block_max[:, dims].round(4).tolist())
 
 
 def _git_commit() -> Optional[str]:
@@ -238,6 +236,7 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
                       statistics_dtype="float32", alpha_mode=cfg.detector.get("alpha_mode", "absolute")),
         outlier_features=hidden_space["outlier_features"],
         qualified_dims=hidden_space["qualified_dims"],
+        near_misses=hidden_space["near_misses"],
         summary=hidden_space["summary"],
         headline_space=hidden_key,
         other_spaces={k: v for k, v in analysis.spaces.items() if k != hidden_key},

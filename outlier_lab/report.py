@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .explain import near_misses
+from .heatmap import write_heatmap
 from .results import HEATMAP, REPORT, atomic_write_bytes, read_results
 
 
@@ -13,49 +15,6 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def heatmap_axes(ax, results: Dict[str, Any], title: Optional[str] = None):
-    """Draw blocks x top dims (max |x|, log colour) on `ax`; returns the image for a colour bar."""
-    import numpy as np
-    from matplotlib.colors import LogNorm
-
-    heat = results.get("heatmap") or {}
-    values = np.asarray(heat.get("max_abs") or [[0.0]], dtype=float)
-    dims: List[int] = heat.get("dims") or []
-    blocks: List[int] = heat.get("blocks") or []
-    floor = max(values[values > 0].min() if (values > 0).any() else 1e-3, 1e-3)
-    image = ax.imshow(np.maximum(values, floor), aspect="auto", cmap="magma", norm=LogNorm(vmin=floor, vmax=max(values.max(), floor * 10)),
-                      interpolation="nearest")
-    ax.set_xticks(range(len(dims)), [str(d) for d in dims], rotation=90, fontsize=7)
-    step = max(1, len(blocks) // 16)
-    ax.set_yticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]], fontsize=7)
-    ax.set_xlabel("hidden dim (most frequent outliers first)")
-    ax.set_ylabel("block")
-    alpha = results.get("detector", {}).get("alpha")
-    ax.set_title(title or f"{results['model']['name']}: max |x| per block (alpha={alpha})", fontsize=9)
-    return image
-
-
-def write_heatmap(run_dir: Path, results: Dict[str, Any]) -> Path:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = len((results.get("heatmap") or {}).get("dims") or [1])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.28 * dims + 2.5), 5.0))
-    image = heatmap_axes(ax, results)
-    fig.colorbar(image, ax=ax, label="max |x|")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    path = Path(run_dir) / HEATMAP
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
 
 
 def render_markdown(results: Dict[str, Any]) -> str:
@@ -71,25 +30,16 @@ def render_markdown(results: Dict[str, Any]) -> str:
         f"- sites: {', '.join(det['sites'])}; wall time {results['wall_time_s']:.1f} s; "
         f"peak memory {_fmt(results.get('peak_memory_gib'), 3)} GiB ({results.get('peak_memory_kind', '?')})",
         "",
-        "## Summary (LLM.int8() Table 4 style)",
-        "",
-        "| outlier dims | one-sided | layers % | positions % | Q1 | median | Q3 | max abs |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    top = summary.get("most_common") or {}
-    q = top.get("quartiles") or [None, None, None]
-    lines.append(f"| {summary['num_outlier_features']} | {summary['num_one_sided']} | {_fmt(top.get('layers_pct'), 1)} | "
-                 f"{_fmt(top.get('positions_pct'), 1)} | {_fmt(q[0], 1)} | {_fmt(q[1], 1)} | {_fmt(q[2], 1)} | "
-                 f"{_fmt(summary.get('max_abs'), 1)} |")
-    lines += ["", f"Most common outlier: dim {top.get('dim', '–')}. "
-              f"{summary['num_qualified_any_sequence']} dims qualified in at least one sequence.", "",
-              "## Outlier features", "", "| dim | sequences | sequences_frac | layer_frac | position_frac | max abs | sign |",
+    lines += summary_section(results) + ["", "## Outlier features", "",
+              "| dim | sequences | sequences_frac | layer_frac | position_frac | max abs | sign |",
               "|---|---|---|---|---|---|---|"]
     for f in results["outlier_features"][:50]:
         lines.append(f"| {f['dim']} | {f['sequences']} | {f['sequences_frac']:.2f} | {f['layer_frac']:.2f} | "
                      f"{f['position_frac']:.3f} | {f['max_abs']:.1f} | {f['sign']} |")
     if len(results["outlier_features"]) > 50:
         lines.append(f"| … {len(results['outlier_features']) - 50} more in results.json | | | | | | |")
+    lines += near_miss_section(results)
     for space, sub in (results.get("other_spaces") or {}).items():
         lines += ["", f"## Separate feature space: {space} (width {sub['width']})", "",
                   f"{sub['summary']['num_outlier_features']} outlier dims: "
@@ -106,6 +56,51 @@ def render_markdown(results: Dict[str, Any]) -> str:
         lines += ["", f"![heatmap]({HEATMAP})"]
     lines.append("")
     return "\n".join(lines)
+
+
+def summary_section(results: Dict[str, Any]) -> List[str]:
+    """The LLM.int8() Table 4 figures, each with what it is taken over."""
+    summary, det = results["summary"], results["detector"]
+    headline = {f["dim"]: f for f in results["outlier_features"]}
+    headline_max = summary.get("max_abs_headline", max((f["max_abs"] for f in headline.values()), default=None))
+    top = summary.get("most_common") or {}
+    q = top.get("quartiles") or [None, None, None]
+    dim = top.get("dim", "–")
+    which = (f"the most common outlier, dim {dim}" if top.get("headline", True) else
+             f"dim {dim}, the most frequent dim that qualified at all (no dim is a headline outlier)")
+    brightest = summary.get("max_abs_dim")
+    where = ("" if brightest is None else
+             f" (dim {brightest}, {'an outlier' if brightest in headline else 'not an outlier'})")
+    return [
+        "## Summary (LLM.int8() Table 4 figures)", "",
+        "| figure | value | taken over |", "|---|---|---|",
+        f"| outlier dims | {summary['num_outlier_features']} | headline dims: qualify in >= "
+        f"{100 * det['min_sequences_frac']:.0f}% of the {summary.get('num_sequences', '?')} sequences |",
+        f"| one-sided | {summary['num_one_sided']} | headline dims whose outlier values all have one sign |",
+        f"| layers % | {_fmt(top.get('layers_pct'), 1)} | {which}: share of blocks with a hit, mean over the sequences "
+        "where it qualifies |",
+        f"| positions % | {_fmt(top.get('positions_pct'), 1)} | {which}: share of positions with a hit, same mean |",
+        f"| Q1 / median / Q3 | {_fmt(q[0], 1)} / {_fmt(q[1], 1)} / {_fmt(q[2], 1)} | {which}: its signed outlier values "
+        f"(\\|x\\| >= {det['alpha']:g}) over every block, site and position |",
+        f"| max abs, headline dims | {_fmt(headline_max, 1)} | the headline outlier dims |",
+        f"| max abs, all dims | {_fmt(summary.get('max_abs'), 1)}{where} | every hidden dim, outlier or not |",
+        "", f"{summary['num_qualified_any_sequence']} dims qualified in at least one sequence.",
+    ]
+
+
+def near_miss_section(results: Dict[str, Any], count: int = 10) -> List[str]:
+    """The brightest dims that are not headline outliers, each with the criterion it misses and by how much."""
+    misses = [m for m in near_misses(results) if m[0]["hit_sequences"] > 0][:count]
+    if not misses:
+        return []
+    lines = ["", "## Bright dims that are not outliers", "",
+             "The largest max abs among the other dims, and the criterion each one misses.", "",
+             "| dim | max abs | sequences with a hit | max layer_frac | max position_frac | why not an outlier |",
+             "|---|---|---|---|---|---|"]
+    for m, _, sentence in misses:
+        lines.append(f"| {m['dim']} | {m['max_abs']:.1f} | {m['hit_sequences']} | {m['layer_frac_max']:.2f} | "
+                     f"{m['position_frac_max']:.3f} | {sentence} |")
+    return lines
 
 
 def wants_heatmap(results: Dict[str, Any]) -> bool:

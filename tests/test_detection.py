@@ -149,6 +149,29 @@ def test_unique_dims_across_sequences_and_headline_fraction():
     assert result["summary"]["most_common"]["layers_pct"] == 100.0
 
 
+def test_near_misses_record_why_bright_dims_are_not_outliers():
+    # 8 blocks, 2 sequences of 50 positions. Dim 0 qualifies everywhere (the headline). Dim 1 is the brightest
+    # (|x| = 30) in every block but at one position only: position_frac 1/50 < 6%. Dim 2 hits 10 positions in one
+    # block only in sequence 0: layer_frac 1/8 < 25%. Dim 3 never reaches alpha.
+    acts = [[np.zeros((2, 50, 4), dtype=np.float32)] for _ in range(8)]
+    for b, block in enumerate(acts):
+        block[0][:, :, 0] = 7.0
+        block[0][:, 0, 1] = -30.0
+        block[0][:, :, 3] = 2.0
+    acts[4][0][0, 10:20, 2] = 9.0
+    reducer, acc = stream(acts, batch=1)
+    result = summarize(acc, reducer.histogram(), reducer.block_max.numpy(), near_misses=3)
+    assert [f["dim"] for f in result["outlier_features"]] == [0]
+    misses = {m["dim"]: m for m in result["near_misses"]}
+    assert [m["dim"] for m in result["near_misses"]] == [1, 2, 3]  # brightest first, headline dims left out
+    assert misses[1] == dict(dim=1, max_abs=30.0, sequences=0, hit_sequences=2, layer_frac_max=1.0,
+                             position_frac_max=1 / 50)
+    assert (misses[2]["layer_frac_max"], misses[2]["position_frac_max"], misses[2]["hit_sequences"]) == (1 / 8, 0.2, 1)
+    assert (misses[3]["hit_sequences"], misses[3]["max_abs"]) == (0, 2.0)
+    summary = result["summary"]
+    assert (summary["max_abs"], summary["max_abs_dim"], summary["max_abs_headline"]) == (30.0, 1, 7.0)
+
+
 def test_histogram_quartiles_close_to_exact():
     rng = np.random.default_rng(0)
     values = np.concatenate([-rng.uniform(6, 40, 2500), rng.uniform(6, 15, 1500)]).astype(np.float32)
