@@ -67,7 +67,7 @@ def cleanup(prov, yes: bool) -> int:
 
 
 def main(argv) -> int:
-    from hydra_plugins.fabric_launcher._core import plan_job
+    from hydra_plugins.fabric_launcher._needs import plan_job
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
     from hydra_plugins.fabric_launcher.providers import ProviderError, make_provider
     from hydra_plugins.fabric_launcher.providers.choice import budget_refusal, rank, table

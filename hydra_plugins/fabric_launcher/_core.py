@@ -21,14 +21,16 @@ from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
 from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
 from ._hosts import Host, HostPool, ProbeCache, load_inventory, probe_host
-from ._instances import create_instance, destroy_instance
+from ._instances import CommandInstances
 from ._job import Job
 from ._job_script import CODE_MISMATCH_EXIT
 from ._needs import host_refusal, plan_job
 from ._output import Console, Redactor, job_return, launch_record, write_launch_record
 from ._remote_job import RemoteJobs
+from ._rental import Rental
 from ._ssh import Session
 from ._transfer import TRANSFER_METHODS, collect_results
+from .providers import PROVIDERS, key_env, provider_key
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,13 @@ class Launch:
         self.probes = ProbeCache(self.params)
         self.pool = HostPool(self.params, self.probes, self.retry)
         self.secrets = {k: os.environ[k] for k in self.params["secret_env"] if os.environ.get(k)}
-        self.redact = Redactor(self.secrets)
+        # A provider's API key is masked everywhere too, but it is no secret_env: it never leaves this machine.
+        self.redact = Redactor({**self.secrets, **provider_key(self.params)})
         self.console = Console(self.redact)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self.sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        # provider=command|runpod|vast make an instance per job (create / ready / session_params / destroy).
+        self.instances: Any = None
         # Made once the code is bundled, in run().
         self.bundle: Optional[CodeBundle] = None
         self.shipper: Optional[CodeShipper] = None
@@ -61,6 +67,12 @@ class Launch:
         self.check_params()
         jobs = self.make_jobs()  # plan first: a job that fits no GPU class is the problem to report, not the hosts
         inventory = load_inventory(self.params, jobs) if self.params["provider"] == "inventory" else []
+        self.instances = self.make_instances()
+        if isinstance(self.instances, Rental):
+            if not self.params["dry_run"]:
+                self.instances.check_leftovers("start")
+            for job in jobs:  # refused here, before anything is rented, when nothing fits or the budget says no
+                self.instances.choose(job)
         repo = Path(HydraConfig.get().runtime.cwd)
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True, text=True)
         self.bundle = bundle_code(Path(top.stdout.strip()) if top.returncode == 0 else repo)
@@ -73,18 +85,32 @@ class Launch:
         warn_unshipped(self.bundle)
         for job in jobs:
             self.console.say(job, f"#{job.idx} {' '.join(filter_overrides(job.overrides))} -> {job.needs.describe()}")
-        return self.run_all(jobs, inventory)
+        try:
+            return self.run_all(jobs, inventory)
+        finally:
+            if isinstance(self.instances, Rental):
+                self.instances.check_leftovers("end")
 
     def check_params(self) -> None:
-        if self.params["provider"] not in ("inventory", "command"):
-            raise user_error(f"hydra.launcher.provider={self.params['provider']!r}: use inventory or command")
+        if self.params["provider"] not in ("inventory", "command", *PROVIDERS):
+            raise user_error(f"hydra.launcher.provider={self.params['provider']!r}: use inventory, command, "
+                             f"{', '.join(PROVIDERS)}")
+        if self.params["provider"] in PROVIDERS and key_env(self.params) in self.params["secret_env"]:
+            raise user_error(f"hydra.launcher.secret_env lists {key_env(self.params)}: the provider API key must "
+                             "not reach the rented host; remove it from secret_env")
         if self.params["transfer"] not in TRANSFER_METHODS:
             raise user_error(f"hydra.launcher.transfer={self.params['transfer']!r}: use one of "
                              f"{', '.join(TRANSFER_METHODS)}")
 
+    def make_instances(self) -> Any:
+        if self.params["provider"] == "command":
+            return CommandInstances(self.params, self.console)
+        if self.params["provider"] in PROVIDERS:
+            return Rental(self.params, self.cancel, self.console, self.sweep_id)
+        return None
+
     def make_jobs(self) -> List[Job]:
         jobs = []
-        run_key = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         for offset, overrides in enumerate(self.job_overrides):
             idx = self.initial_job_idx + offset
             cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -95,7 +121,7 @@ class Launch:
             local_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             needs = plan_job(cfg, self.params)
             jobs.append(Job(idx=idx, overrides=list(overrides), cfg=cfg, local_dir=local_dir,
-                            name=local_dir.name, needs=needs, key=f"{run_key}-{idx}"))
+                            name=local_dir.name, needs=needs, key=f"{self.sweep_id}-{idx}"))
         return jobs
 
     def run_all(self, jobs: List[Job], inventory: List[Host]) -> List[JobReturn]:
@@ -153,7 +179,6 @@ class Launch:
     def run_job(self, job: Job, inventory: List[Host]) -> JobReturn:
         t0 = time.monotonic()
         failure: Optional[BaseException] = None
-        destroy_error: Optional[str] = None
         try:
             probe = self.place(job, inventory, t0)
             self.execute(job, probe)
@@ -166,10 +191,7 @@ class Launch:
             if job.started and job.exit_code is None:
                 self.remote.kill(job)
         finally:
-            destroy_error = self.teardown(job, failure, t0)
-        if failure is None and destroy_error:
-            failure = LaunchError(f"destroy of instance {job.instance.instance_id} failed: {destroy_error} (results "
-                                  f"are in {job.local_dir})")
+            failure = self.teardown(job, failure, t0)
         ret = job_return(job, failure, self.redact)
         if failure is not None and not isinstance(failure, (Cancelled, KeyboardInterrupt)):
             # The sweep ends with this failure's first line; the details (remote log tail) are shown here, once.
@@ -178,10 +200,11 @@ class Launch:
 
     def place(self, job: Job, inventory: List[Host], t0: float) -> Dict[str, Any]:
         """A host for the job (created, or taken from the pool), a session to it, and the job dir; returns the probe."""
-        if self.params["provider"] == "command":
-            job.made_instance(create_instance(self.params, job, self.console))
+        if self.instances is not None:
+            job.made_instance(self.instances.create(job))
+            host = self.instances.ready(job, job.instance)
             job.elapsed("create_s", t0)
-            job.connected(job.instance, Session(job.instance, self.params, self.retry).connect(), [])
+            job.connected(host, Session(host, self.instances.session_params(host), self.retry).connect(), [])
             probe = probe_host(job.session, self.remote_root(job.session))
             reason = host_refusal(probe, job.needs, self.params)
             if reason:
@@ -216,7 +239,7 @@ class Launch:
             self.remote.start(job, code_dir, python)
             job.exited(self.remote.poll(job))
         with job.timed("transfer_s"):
-            manifest = collect_results(job, self.params, self.retry, bool(probe.get("rsync")))
+            manifest = collect_results(job, job.session.params, self.retry, bool(probe.get("rsync")))
         job.collected(manifest)
         if job.exit_code == CODE_MISMATCH_EXIT:
             raise LaunchError(f"remote code does not match the local commit {self.bundle.commit}\n"
@@ -229,20 +252,24 @@ class Launch:
         results_file = job.local_dir / "results.json"
         job.done(json.loads(results_file.read_text()) if results_file.exists() else None)
 
-    def teardown(self, job: Job, failure: Optional[BaseException], t0: float) -> Optional[str]:
-        """Close the session, destroy the instance or free the host's slot, write launch.json; the destroy error."""
+    def teardown(self, job: Job, failure: Optional[BaseException], t0: float) -> Optional[BaseException]:
+        """Close the session, destroy the instance or free the host's slot, write launch.json; the job's failure
+        (a failed destroy fails a job that otherwise worked)."""
         if job.session is not None:
             job.session.close()
         destroy_error = None
         if job.instance is not None:
-            destroy_error = destroy_instance(self.params, job, job.instance, self.console)
+            destroy_error = self.instances.destroy(job, job.instance)
         elif job.host is not None:
             self.pool.release(job.host, job.gpu_indices)
+        if failure is None and destroy_error:
+            failure = LaunchError(f"destroy of instance {job.instance.instance_id} failed: {destroy_error} (results "
+                                  f"are in {job.local_dir})")
         job.elapsed("total_s", t0)
         host_gpus = (self.probes.get(job.host) or {}).get("gpus") if job.host else None
         record = launch_record(job, failure, self.params["provider"], host_gpus, self.bundle, self.redact)
         write_launch_record(job, record, self.redact)
-        return destroy_error
+        return failure
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:

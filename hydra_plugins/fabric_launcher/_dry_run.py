@@ -21,6 +21,8 @@ def host_choices(job: Job, inventory: List[Host], params: Dict[str, Any], probes
     """Which hosts would take the job, from cached probes only (a dry run connects nowhere)."""
     if params["provider"] == "command":
         return "created by: " + params.get("create_command", "")
+    if "offer" in job.events:  # provider=runpod|vast: chosen from the live offers, the only API a dry run calls
+        return "rent: " + job.events["offer"]["describe"]
     choices = []
     for host in inventory:
         probe = probes.get(host)

@@ -1,4 +1,4 @@
-"""provider=command: the user's create_command makes an instance for a job, destroy_command always removes it."""
+"""Instances made per job: provider=command runs the user's create/destroy templates; a failed destroy is loud."""
 from __future__ import annotations
 
 import json
@@ -54,8 +54,33 @@ def destroy_instance(params: Dict[str, Any], job: Job, host: Host, console: Cons
         error = f"{type(err).__name__}: {err}"
     job.note(destroy={"id": host.instance_id, "ok": error is None, "error": error})
     if error:
-        banner = (f"!!! DESTROY FAILED for instance {host.instance_id} ({host.address}): "
-                  f"{error} -- it may still be running and billing; delete it by hand !!!")
-        log.error(banner)
-        sys.stderr.write(banner + "\n")
+        destroy_failed(host, error, f"hydra.launcher.destroy_command with id={host.instance_id}")
     return error
+
+
+def destroy_failed(host: Host, error: str, how_to_kill: str) -> None:
+    """The loud report of an instance that may still be running and billing, with what kills it by hand."""
+    banner = (f"!!! DESTROY FAILED for instance {host.instance_id} ({host.address}): {error} -- it may still be "
+              f"running and billing; delete it by hand: {how_to_kill} !!!")
+    log.error(banner)
+    sys.stderr.write(banner + "\n")
+
+
+class CommandInstances:
+    """provider=command behind the interface the launcher uses for every provider that makes instances."""
+
+    def __init__(self, params: Dict[str, Any], console: Console) -> None:
+        self.params = params
+        self.console = console
+
+    def create(self, job: Job) -> Host:
+        return create_instance(self.params, job, self.console)
+
+    def ready(self, job: Job, host: Host) -> Host:
+        return host  # the template prints the instance once it answers
+
+    def session_params(self, host: Host) -> Dict[str, Any]:
+        return self.params
+
+    def destroy(self, job: Job, host: Host) -> Optional[str]:
+        return destroy_instance(self.params, job, host, self.console)

@@ -70,7 +70,8 @@ class Provider:
     """offers / create / get / wait_ready / destroy / list_ours; subclasses speak one provider's documented API."""
 
     name = "provider"
-    key_env = ""
+    default_url = ""
+    default_image = ""
 
     def __init__(self, api: Any) -> None:
         self.api = api
@@ -140,7 +141,22 @@ def ssh_banner(address: str, port: int, timeout_s: float = 3.0) -> bool:
         return False
 
 
-PROVIDERS = ("runpod", "vast")
+# hydra.launcher.provider values that rent from a GPU cloud, and where each one's API key is read from by default.
+KEY_ENVS = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
+PROVIDERS = tuple(KEY_ENVS)
+
+
+def key_env(params: Dict[str, Any]) -> str:
+    """The environment variable holding the API key of hydra.launcher.provider."""
+    return params.get("api_key_env") or KEY_ENVS[params["provider"]]
+
+
+def provider_key(params: Dict[str, Any]) -> Dict[str, str]:
+    """{variable: API key} of a renting provider, for masking wherever launcher text goes; {} otherwise."""
+    if params.get("provider") not in PROVIDERS:
+        return {}
+    value = os.environ.get(key_env(params), "")
+    return {key_env(params): value} if value else {}
 
 
 def make_provider(name: str, params: Dict[str, Any], cancel: threading.Event) -> Provider:
@@ -150,7 +166,7 @@ def make_provider(name: str, params: Dict[str, Any], cancel: threading.Event) ->
     from .vast import Vast
 
     cls = {"runpod": RunPod, "vast": Vast}[name]
-    env = params.get("api_key_env") or cls.key_env
+    env = key_env({**params, "provider": name})
     key = os.environ.get(env, "")
     if not key:
         raise ProviderError(f"hydra.launcher.provider={name} needs an API key in ${env} (export {env}=...; it is "

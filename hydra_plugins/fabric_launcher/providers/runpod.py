@@ -24,7 +24,6 @@ def _instance(pod: Dict[str, Any]) -> Instance:
 
 class RunPod(Provider):
     name = "runpod"
-    key_env = "RUNPOD_API_KEY"
     default_image = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"  # the create-a-pod example's
     default_url = "https://api.runpod.io"
 

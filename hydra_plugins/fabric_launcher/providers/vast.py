@@ -32,7 +32,6 @@ def _instance(inst: Dict[str, Any]) -> Instance:
 
 class Vast(Provider):
     name = "vast"
-    key_env = "VAST_API_KEY"
     default_image = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"  # Vast's ssh runtype adds sshd
     default_url = "https://console.vast.ai"
 

@@ -1,0 +1,167 @@
+"""provider=runpod|vast: rent the cheapest fitting NVIDIA offer per job, wait for SSH, and always destroy it."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ._errors import Cancelled, LaunchError, user_error
+from ._hosts import Host
+from ._instances import destroy_failed
+from ._job import Job
+from ._output import Console
+from ._ssh import known_hosts_path
+from .providers import TAG_PREFIX, Instance, ProviderError, make_provider
+from .providers._http import AnswerLost
+from .providers.choice import Choice, NoOffer, choose
+
+DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
+
+
+class Rental:
+    """One launch's cloud account: offers fetched once, instances named by sweep id, destroys retried and loud."""
+
+    def __init__(self, params: Dict[str, Any], cancel: threading.Event, console: Console, sweep_id: str) -> None:
+        self.params = params
+        self.console = console
+        self.cancel = cancel
+        self.sweep_id = sweep_id
+        try:
+            self.provider = make_provider(params["provider"], params, cancel)
+            # Cleanup must still reach the API after a Ctrl-C has set `cancel`: it gets a client of its own.
+            self.cleanup = make_provider(params["provider"], params, threading.Event())
+        except ProviderError as err:
+            raise user_error(str(err)) from None
+        key = Path(os.path.expanduser(str(params["ssh_key_path"])))
+        public = key.with_name(key.name + ".pub")
+        if not params["dry_run"] and (not key.is_file() or not public.is_file()):
+            raise user_error(f"hydra.launcher.ssh_key_path={params['ssh_key_path']}: rented instances need a key "
+                             f"pair there ({key} and {public}); make one with ssh-keygen -t ed25519 -f {key}")
+        self.key_path = str(key)
+        self.public_key = public.read_text().strip() if public.is_file() else ""
+        self.known_dir = known_hosts_path(params).parent / "known_hosts.d"
+        self.choices: Dict[str, Choice] = {}
+        self.pending: Dict[str, ProviderError] = {}
+        self._offers = None
+        self.lock = threading.Lock()
+
+    # before anything is rented ----------------------------------------------------------------------------------
+    def choose(self, job: Job) -> Choice:
+        """The offer this job will rent; a job that fits nothing, or breaks the budget, is refused here."""
+        with self.lock:
+            if self._offers is None:
+                try:
+                    self._offers = self.provider.offers()
+                except ProviderError as err:
+                    raise LaunchError(f"could not list {self.provider.name} offers: {err}") from err
+        try:
+            picked = choose(self._offers, job.needs, self.params, self.provider.name)
+        except NoOffer as err:
+            raise user_error(f"job {job.name}: {err}; nothing was rented") from None
+        self.choices[job.key] = picked
+        job.note(offer={"provider": picked.offer.provider, "id": picked.offer.offer_id,
+                        "gpu": picked.offer.gpu_name, "count": picked.offer.gpu_count,
+                        "usd_per_hour": picked.offer.usd_per_hour, "region": picked.offer.region,
+                        "ranked_by": "job cost" if picked.hours else "usd_per_hour (no time estimate)",
+                        "describe": picked.offer.describe()})
+        return picked
+
+    def instance_name(self, job: Job) -> str:
+        return f"{TAG_PREFIX}{job.key}"  # job.key is the sweep id plus the job index
+
+    # create, ready, destroy ------------------------------------------------------------------------------------
+    def create(self, job: Job) -> Host:
+        """Create the instance; a lost answer is looked up by name, never assumed not to have happened."""
+        picked = self.choices.get(job.key) or self.choose(job)
+        name = self.instance_name(job)
+        disk = int(max(40.0, job.needs.disk_gib * 1.2 + 20))  # model files, the venv and the results
+        image = self.params.get("image") or self.provider.default_image
+        self.console.say(job, f"renting {picked.offer.describe()} as {name}")
+        try:
+            inst = self.provider.create(picked.offer, name, self.public_key, disk, image)
+        except AnswerLost as err:
+            self.console.say(job, f"{err}; looking the instance up by its name {name}")
+            inst = self.cleanup.find_by_name(name, attempts=max(2, int(self.params["retries"])),
+                                             delay_s=float(self.params["backoff_s"]) * 4)
+            if inst is None:
+                raise LaunchError(f"{self.provider.name} create of {name} got no answer and no instance of that "
+                                  "name appeared; the end-of-sweep check lists it if it shows up later") from err
+            self.console.say(job, f"found {inst.describe()}: the create did happen; using it")
+        except ProviderError as err:
+            if err.instance_id is None:
+                raise LaunchError(f"{self.provider.name} create failed: {err}") from err
+            self.pending[job.key] = err  # it exists: hand it to teardown, fail in ready()
+            inst = Instance(self.provider.name, err.instance_id, name, "error")
+        return Host(address=inst.address or "", port=inst.port or 22, user=inst.user, key_path=self.key_path,
+                    usd_per_hour=picked.offer.usd_per_hour, instance_id=inst.id)
+
+    def ready(self, job: Job, host: Host) -> Host:
+        """Wait (bounded by ready_timeout_s) until the instance runs and SSH answers; fill in its address."""
+        if job.key in self.pending:
+            raise LaunchError(str(self.pending.pop(job.key)))
+        try:
+            inst = self.provider.wait_ready(Instance(self.provider.name, str(host.instance_id), "", "starting"),
+                                            float(self.params["ready_timeout_s"]),
+                                            float(self.params["poll_interval_s"]), self.cancel)
+        except ProviderError as err:
+            if self.cancel.is_set():
+                raise Cancelled(str(err)) from err
+            raise LaunchError(str(err)) from err
+        host.address, host.port, host.user = inst.address, int(inst.port), inst.user
+        self.console.say(job, f"{inst.describe()} answers SSH")
+        return host
+
+    def session_params(self, host: Host) -> Dict[str, Any]:
+        """Host keys of a rented instance are trusted on first use in a file of its own, forgotten at destroy:
+        providers reuse addresses and ports, so one shared known_hosts would soon refuse a new instance."""
+        return {**self.params, "known_hosts": str(self.known_hosts_file(host)), "host_key_policy": "accept-new"}
+
+    def known_hosts_file(self, host: Host) -> Path:
+        return self.known_dir / f"{self.provider.name}-{host.instance_id}"
+
+    def destroy(self, job: Job, host: Host) -> Optional[str]:
+        """Destroy with retries; on failure say so loudly with the id and the console command. The error text."""
+        error = None
+        for attempt in range(1, DESTROY_ATTEMPTS + 1):
+            try:
+                self.cleanup.destroy(str(host.instance_id))
+                error = None
+                break
+            except ProviderError as err:
+                error = str(err)
+                if attempt < DESTROY_ATTEMPTS:
+                    threading.Event().wait(float(self.params["backoff_s"]) * 2 ** attempt)
+        self.console.say(job, f"destroyed {self.provider.name} instance {host.instance_id}" if error is None else
+                         f"destroy of {self.provider.name} instance {host.instance_id} failed {DESTROY_ATTEMPTS} times")
+        job.note(destroy={"id": host.instance_id, "ok": error is None, "error": error})
+        self.known_hosts_file(host).unlink(missing_ok=True)
+        if error:
+            destroy_failed(host, error, self.provider.console_command(str(host.instance_id)))
+        return error
+
+    # leftovers ----------------------------------------------------------------------------------------------------
+    def check_leftovers(self, when: str) -> List[Instance]:
+        """List the account's instances named outlier-lab-*; at the end, destroy this sweep's own (a late create)."""
+        try:
+            alive = self.cleanup.list_ours(TAG_PREFIX)
+        except ProviderError as err:
+            self.console.say(None, f"warning: could not list {self.provider.name} instances at sweep {when}: {err}")
+            return []
+        for inst in alive:
+            ours = inst.name.startswith(f"{TAG_PREFIX}{self.sweep_id}-")
+            if when == "end" and ours:
+                self.console.say(None, f"!!! {inst.describe()} of this sweep is still alive at its end: destroying")
+                self.destroy_leftover(inst)
+            else:
+                self.console.say(None, f"!!! leftover at sweep {when}: {inst.describe()} is alive and billing; destroy "
+                                       f"it with `python scripts/offers.py provider={self.provider.name} --cleanup` "
+                                       f"or {self.provider.console_command(inst.id)}")
+        return alive
+
+    def destroy_leftover(self, inst: Instance) -> None:
+        try:
+            self.cleanup.destroy(inst.id)
+        except ProviderError as err:
+            destroy_failed(Host(address=inst.address or "?", instance_id=inst.id), str(err),
+                           self.provider.console_command(inst.id))
