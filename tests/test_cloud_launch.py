@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 from typing import List
@@ -12,8 +11,9 @@ import pytest
 from conftest import cli_env, run_cli
 from provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from ssh_server import ssh_server  # noqa: F401 - fixture used by name
-from test_fabric_launcher import (deterministic, finish, gated_python, group_members, job_overrides,  # noqa: F401
-                                  launcher_overrides, local_reference, remote_job_dir, start_cli, wait_for)
+from test_fabric_launcher import (deterministic, finish, gated_python, group_members,  # noqa: F401
+                                  interrupt_running_job, job_overrides, launcher_overrides, local_reference,
+                                  remote_job_dir, start_cli, wait_for)
 
 pytestmark = pytest.mark.slow
 KEY_ENV = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
@@ -136,13 +136,7 @@ def test_sigint_mid_run_kills_the_remote_job_and_destroys_the_instance(fake_clou
     proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
                      cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, python=str(python)),
                      out, cloud_env(fake_cloud, "runpod"))
-    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
-    pgid = int((job_dir / "pgid").read_text())
-    wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    assert group_members(pgid) == []
+    interrupt_running_job(proc, out, tmp_path)
     (instance_id,) = fake_cloud.instances
     assert dict(fake_cloud.destroyed) == {instance_id: 1}, out.read_text()[-3000:]
     assert launch_json(tmp_path)["destroy"]["ok"] is True

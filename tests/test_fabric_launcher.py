@@ -79,6 +79,17 @@ def finish(proc: subprocess.Popen, out: Path, expect_ok: bool = True, timeout: f
     return text
 
 
+def interrupt_running_job(proc: subprocess.Popen, out: Path, tmp: Path) -> None:
+    """Ctrl-C the launcher once its remote job runs; the launcher must fail and leave no remote process behind."""
+    job_dir = wait_for(lambda: remote_job_dir(tmp), proc, out, "the remote job to start")
+    pgid = int((job_dir / "pgid").read_text())
+    wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert group_members(pgid) == []
+
+
 def remote_job_dir(tmp: Path) -> Path | None:
     found = sorted((tmp / "remote" / "jobs").glob("*/pgid"))
     return found[0].parent if found else None
@@ -258,13 +269,7 @@ def test_sigint_kills_the_remote_process_group_and_destroys_the_instance(ssh_ser
                      launcher_overrides(tmp_path, [], python=str(python), provider="command",
                                         create_command=f"'sh {create} {{gpu_class}} {{gpu_count}}'",
                                         destroy_command=f"'sh {destroy} {{id}}'"), out)
-    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
-    pgid = int((job_dir / "pgid").read_text())
-    wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    assert group_members(pgid) == []
+    interrupt_running_job(proc, out, tmp_path)
     assert ledger.read_text().splitlines() == ["create T4 x 1", "destroy inst-7"]
     assert json.loads((tmp_path / "sweep" / "0_llama" / "launch.json").read_text())["destroy"]["ok"] is True
 

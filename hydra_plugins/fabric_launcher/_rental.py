@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -131,7 +132,7 @@ class Rental:
             except ProviderError as err:
                 error = str(err)
                 if attempt < DESTROY_ATTEMPTS:
-                    threading.Event().wait(float(self.params["backoff_s"]) * 2 ** attempt)
+                    time.sleep(float(self.params["backoff_s"]) * 2 ** attempt)
         self.console.say(job, f"destroyed {self.provider.name} instance {host.instance_id}" if error is None else
                          f"destroy of {self.provider.name} instance {host.instance_id} failed {DESTROY_ATTEMPTS} times")
         job.note(destroy={"id": host.instance_id, "ok": error is None, "error": error})
