@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, List, Optional
 import torch
 
 from .errors import UserError
-from .models import hub_reachable
+from .hub import reachable as hub_reachable
 
 log = logging.getLogger(__name__)
 

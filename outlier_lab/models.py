@@ -4,11 +4,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
-import socket
 from pathlib import Path
 from typing import Any, Dict, Tuple
-from urllib.parse import urlparse
 
 import torch
 
@@ -18,7 +15,6 @@ log = logging.getLogger(__name__)
 
 # Shipped hub config.json copies (package data), so a hub model is estimable offline.
 HF_CONFIGS_DIR = Path(__file__).resolve().parent / "data" / "hf_configs"
-_HUB_REACHABLE = None
 # model.dtype names (and config `dtype` strings) -> torch dtypes: the one dtype table (bytes: `.itemsize`).
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -45,8 +41,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}") from None
 
 
-def checkpoint_location(model_cfg) -> Tuple[str, Dict[str, Any]]:
-    """The path or repo id `from_pretrained` takes, plus hub kwargs (revision)."""
+def checkpoint_location(model_cfg, weights: bool = True) -> Tuple[str, Dict[str, Any]]:
+    """The local directory `from_pretrained` reads (a hub checkpoint is downloaded first: configs only, or with
+    weights), plus loader kwargs."""
     source, path = model_cfg.source, model_cfg.path
     if not path:
         raise UserError(f"model.path is empty for model={model_cfg.name}; set model.path=...")
@@ -61,36 +58,10 @@ def checkpoint_location(model_cfg) -> Tuple[str, Dict[str, Any]]:
             raise UserError(f"model.path={path} is not a checkpoint directory (no config.json there)")
         return str(directory.resolve()), {}
     if source == "hub":
-        return path, {"revision": model_cfg.revision}
+        from .hub import snapshot
+
+        return str(snapshot(path, model_cfg.revision, weights)[0]), {}
     raise UserError(f"model.source={source!r} is not one of hub, local, package")
-
-
-def hub_reachable() -> bool:
-    """Probe the hub endpoint once (3 s); when it is unreachable switch huggingface_hub to offline mode.
-
-    Without this, every hub call on a machine with no network spends about a minute in retries before failing;
-    offline mode answers from the local HF cache at once, or fails at once.
-    """
-    global _HUB_REACHABLE
-    if _HUB_REACHABLE is not None:
-        return _HUB_REACHABLE
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        _HUB_REACHABLE = False
-    elif any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        _HUB_REACHABLE = True  # a proxy decides; a direct probe would say nothing
-    else:
-        url = urlparse(constants.ENDPOINT)
-        try:
-            socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-            _HUB_REACHABLE = True
-        except OSError:
-            log.warning("%s is unreachable: using the local Hugging Face cache only (offline mode)", url.hostname)
-            constants.HF_HUB_OFFLINE = True
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            _HUB_REACHABLE = False
-    return _HUB_REACHABLE
 
 
 def shipped_config_path(model_cfg) -> Path | None:
@@ -127,19 +98,28 @@ def load_hf_config(model_cfg, prefer_shipped: bool = False):
     """
     from transformers import AutoConfig
 
-    location, kwargs = checkpoint_location(model_cfg)
-    if model_cfg.source == "hub" and not hub_reachable() and prefer_shipped:
+    from .hub import reachable
+
+    offline_hub = model_cfg.source == "hub" and not reachable()
+    if offline_hub and prefer_shipped:
         shipped = shipped_config(model_cfg)
         if shipped is not None:
             return shipped
     try:
+        location, kwargs = checkpoint_location(model_cfg, weights=False)
         config = AutoConfig.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+    except UserError:
+        shipped = shipped_config(model_cfg) if offline_hub else None
+        if shipped is None:
+            raise  # gated, unknown repo or revision: a shipped copy would hide the mistake
+        log.info("hub unreachable for %s; using the shipped config %s", model_cfg.path, model_cfg.config_file)
+        return shipped
     except (OSError, ValueError) as err:
         shipped = shipped_config(model_cfg)
         if shipped is None:
             raise UserError(f"cannot read the config of {location!r} ({type(err).__name__}); "
                             "check model.path, the network, or ship a config copy via model.config_file") from None
-        log.info("hub unreachable for %s; using the shipped config %s", location, model_cfg.config_file)
+        log.info("no readable config in %s; using the shipped config %s", location, model_cfg.config_file)
         return shipped
     return _with_overrides(config, model_cfg)
 
@@ -166,7 +146,7 @@ def build_meta_model(model_cfg, config=None):
 def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
-    location, kwargs = checkpoint_location(model_cfg)
+    location, kwargs = checkpoint_location(model_cfg, weights=False)
     try:
         return AutoTokenizer.from_pretrained(location, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:

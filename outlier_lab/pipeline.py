@@ -23,6 +23,7 @@ from .data import build_windows, check_source, documents, special_ids
 from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError, run_task
 from .hardware import HardwarePlan, format_plan, plan
+from .hub import hub_revision
 from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
@@ -221,7 +222,7 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
     hidden_space = analysis.spaces[hidden_key]
     return dict(
         schema_version=store.SCHEMA_VERSION,
-        model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, revision=cfg.model.revision,
+        model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, **hub_revision(cfg.model),
                    architecture=text_config.model_type, model_class=type(model).__name__,
                    num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
                    params_total=params_total, params_active=moe.pop("params_active"), **moe,
@@ -259,6 +260,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     timings: Dict[str, float] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_inputs(cfg)
+    if not cfg.progress:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     plan = _plan_resources(cfg)
     device = resolve_device(cfg.device)
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import hub
 from .adapters import Adapter, SiteMap, blocks_path, config_value, discover_sites
 from .capture import plan_probes
 from .catalog import GpuClass
@@ -34,7 +35,8 @@ ALLOCATOR_SLACK = 0.10
 CPU_RUNTIME_GIB = 0.03
 # glibc's mmap threshold adapts up to this cap (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): see cpu_heap_cache_bytes.
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
-# Hub download cache, tokenizer, dataset stream and result files, on top of the checkpoint itself.
+# HF cache metadata, tokenizer, the datasets cache (streamed: metadata only) and result files, on top of the
+# checkpoint itself.
 DISK_EXTRA_GIB = 2.0
 # MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
 MXFP4_BITS = 4.25
@@ -160,7 +162,13 @@ def _weights(model: torch.nn.Module, adapter: Adapter, dtype_bytes: int, mxfp4: 
 
 def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapter: Adapter,
                       quant: Optional[str]) -> Tuple[float, str]:
-    """Bytes of the checkpoint on disk: measured for local dirs, else counted (LM head and MTP layers included)."""
+    """Bytes of the checkpoint on disk: measured for local dirs, listed by the hub (every file a run downloads at
+    the pinned commit) when it answers, else counted (LM head and MTP layers included)."""
+    if cfg.model.source == "hub" and hub.reachable():
+        pinned = hub.pin(cfg.model.path, cfg.model.revision)
+        listed = pinned.download_bytes()
+        if listed:
+            return float(listed), f"listed by the hub at {pinned.commit[:12]}"
     if cfg.model.source in ("local", "package"):
         try:
             location, _ = checkpoint_location(cfg.model)
@@ -439,7 +447,8 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
     total = weight_bytes + max(activations, load_transient) + overhead
     factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
     disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, adapter, quant)
-    notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB cache and outputs")
+    notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
+                 "datasets caches (datasets are streamed: only their metadata is cached) and outputs")
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
     return Estimate(
         weights_gib=weight_bytes / GIB,

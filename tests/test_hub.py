@@ -1,0 +1,205 @@
+"""The hub path through run.py against the hub emulator: downloads, cache, revisions, gated repos, faults, datasets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
+from checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint, training_text
+from conftest import cli_env, run_cli, tiny_job_overrides
+from hub_service import HubService, hub  # noqa: F401 - fixture used by name
+
+pytestmark = pytest.mark.slow
+REPO_V1, GATED, DATASET = "acme/tiny-llama", "acme/gated-llama", "Salesforce/wikitext"
+DETERMINISTIC_FILES = ("per_sequence.parquet", "tokens.safetensors")
+# The v2 commit of REPO_V1 plants dim 7 where v1 planted dim 5.
+V2_ATTN = {7: [0, 1, 2, 3, 4, 5], 17: [2, 6], 40: [3]}
+
+
+def deterministic(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    return {"files": {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in DETERMINISTIC_FILES},
+            "outlier_features": results["outlier_features"], "summary": results["summary"]}
+
+
+def hub_env(hub: HubService, hf_home: Path, **extra) -> dict:
+    env = {k: v for k, v in cli_env().items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    return dict(env, HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), **extra)
+
+
+def hub_overrides(text: Path, run_dir: Path, repo: str = REPO_V1, *extra: str) -> list:
+    local = tiny_job_overrides(Path("unused"), text, run_dir)
+    return [o for o in local if not o.startswith(("model.path=", "model.name="))] + [
+        "model.source=hub", f"model.path={repo}", "model.name=tiny_hub", *extra]
+
+
+def error_line(proc) -> str:
+    """The run's error: exactly one line on stderr, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def repos(hub, tiny_checkpoint, tmp_path_factory) -> dict:
+    """REPO_V1: commit v1 (tag v1, the tiny llama) then v2 on main; GATED: v1's files, gated; the dataset."""
+    v1 = tiny_checkpoint("llama")
+    v2 = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("v2") / "llama", attn=V2_ATTN)
+    sha_v1 = hub.publish(REPO_V1, v1, tags=["v1"])
+    sha_v2 = hub.publish(REPO_V1, v2)
+    sha_gated = hub.publish(GATED, v1, gated=True)
+    data = tmp_path_factory.mktemp("wikitext")
+    (data / "wikitext-103-raw-v1").mkdir()
+    docs = [d for d in training_text().split("\n\n") if d.strip()]  # what dataset=text_file reads from the same text
+    pq.write_table(pa.table({"text": docs}), data / "wikitext-103-raw-v1" / "test-00000-of-00001.parquet",
+                   row_group_size=200)
+    (data / "README.md").write_text("---\nconfigs:\n- config_name: wikitext-103-raw-v1\n  data_files:\n"
+                                    "  - split: test\n    path: wikitext-103-raw-v1/test-*\n---\n")
+    hub.publish(DATASET, data, repo_type="datasets")
+    return dict(v1=v1, sha_v1=sha_v1, sha_v2=sha_v2, sha_gated=sha_gated)
+
+
+@pytest.fixture(scope="module")
+def local_reference(repos, text_file, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("local_run")
+    run_cli(*tiny_job_overrides(repos["v1"], text_file, out))
+    return deterministic(out)
+
+
+def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, text_file, local_reference,
+                                                                   tmp_path):
+    env = hub_env(hub, tmp_path / "hf")
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "first", REPO_V1, "model.revision=v1"), env=env)
+    first = hub.downloads()
+    assert deterministic(tmp_path / "first") == local_reference
+    fetched = {r["path"].rsplit("/", 1)[-1] for r in first}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched
+    weights = [r for r in first if r["path"].endswith("model.safetensors")]
+    assert len(weights) == 1 and weights[0]["bytes"] == (repos["v1"] / "model.safetensors").stat().st_size
+
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "second", REPO_V1, "model.revision=v1"), env=env)
+    assert hub.downloads() == []  # only the revision lookup reaches the server
+    assert all("/api/" in r["path"] for r in hub.log()), [r["path"] for r in hub.log()]
+    assert deterministic(tmp_path / "second") == local_reference
+    model = json.loads((tmp_path / "second" / "results.json").read_text())["model"]
+    assert model["revision"] == repos["sha_v1"] and model["revision_requested"] == "v1"
+
+
+def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(hub, repos, text_file,
+                                                                                local_reference, tmp_path):
+    env = hub_env(hub, tmp_path / "hf")
+    run_cli(*hub_overrides(text_file, tmp_path / "main", REPO_V1), env=env)
+    main = json.loads((tmp_path / "main" / "results.json").read_text())
+    assert main["model"]["revision"] == repos["sha_v2"] != repos["sha_v1"]
+    assert main["model"]["revision_requested"] == "main"
+    assert {f["dim"] for f in main["outlier_features"]} == EXPECTED_OUTLIERS - {5} | {7}  # v2's content
+
+    run_cli(*hub_overrides(text_file, tmp_path / "tag", REPO_V1, "model.revision=v1"), env=env)
+    tagged = json.loads((tmp_path / "tag" / "results.json").read_text())
+    assert tagged["model"]["revision"] == repos["sha_v1"]
+    assert {f["dim"] for f in tagged["outlier_features"]} == EXPECTED_OUTLIERS
+    # The recorded sha, fed back (a fresh cache, so the server answers), reproduces the tag's run.
+    run_cli(*hub_overrides(text_file, tmp_path / "sha", REPO_V1, f"model.revision={tagged['model']['revision']}"),
+            env=hub_env(hub, tmp_path / "hf2"))
+    assert deterministic(tmp_path / "sha") == deterministic(tmp_path / "tag") == local_reference
+
+
+def test_gated_repo_needs_hf_token_which_reaches_the_server_and_nothing_else(hub, repos, text_file,
+                                                                            local_reference, tmp_path):
+    token = "hf_test" + uuid.uuid4().hex
+    hub.set_token(token)
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "denied", GATED), env=hub_env(hub, tmp_path / "hf"),
+                   check=False)
+    line = error_line(proc)
+    assert "HF_TOKEN" in line and GATED in line and "gated" in line
+
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "wrong", GATED),
+                   env=hub_env(hub, tmp_path / "hf", HF_TOKEN="hf_wrong" + uuid.uuid4().hex), check=False)
+    line = error_line(proc)
+    assert "HF_TOKEN" in line and GATED in line and "refused" in line
+
+    hub.reset()
+    args = hub_overrides(text_file, tmp_path / "allowed", GATED)
+    proc = run_cli(*args, env=hub_env(hub, tmp_path / "hf", HF_TOKEN=token))
+    resolves = [r for r in hub.log() if "/resolve/" in r["path"]]
+    assert resolves and all(r["auth"] == "valid" for r in resolves)
+    assert deterministic(tmp_path / "allowed") == local_reference
+    assert token not in " ".join(args) and token not in proc.stdout + proc.stderr
+    for path in (tmp_path / "allowed").rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_unknown_repo_or_revision_is_one_line(hub, repos, text_file, tmp_path):
+    env = hub_env(hub, tmp_path / "hf")
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "a", "acme/no-such-model"), env=env, check=False))
+    assert "acme/no-such-model" in line and "no such repo" in line
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "b", REPO_V1, "model.revision=v9"), env=env,
+                              check=False))
+    assert "model.revision=v9" in line and REPO_V1 in line
+
+
+def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, repos, text_file, local_reference,
+                                                                       tmp_path):
+    size = (repos["v1"] / "model.safetensors").stat().st_size
+    env = hub_env(hub, tmp_path / "hf")
+    hub.reset()
+    hub.cut("model.safetensors", drop_after=400_000)
+    run_cli(*hub_overrides(text_file, tmp_path / "resumed", REPO_V1, "model.revision=v1"), env=env)
+    gets = [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]
+    assert [(r["bytes"], r["range"]) for r in gets] == [(400_000, None), (size - 400_000, "bytes=400000-")]
+    assert deterministic(tmp_path / "resumed") == local_reference
+
+    # A server that keeps failing: the run ends with one line and the cache keeps no partial or corrupt blob.
+    env = hub_env(hub, tmp_path / "hf2")
+    hub.reset()
+    hub.cut("model.safetensors", drop_after=300_000)
+    hub.cut("model.safetensors", drop_after=0, times=20)
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "failed", REPO_V1, "model.revision=v1"),
+                              env=env, check=False))
+    assert REPO_V1 in line and "rerun" in line
+    cache = tmp_path / "hf2" / "hub" / f"models--{REPO_V1.replace('/', '--')}"
+    assert not list(cache.rglob("*.incomplete"))
+    assert not (cache / "snapshots" / repos["sha_v1"] / "model.safetensors").exists()
+    linked = {p.resolve() for p in (cache / "snapshots").rglob("*") if p.is_symlink()}
+    assert set((cache / "blobs").iterdir()) <= linked  # no blob that no snapshot file points to
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "retried", REPO_V1, "model.revision=v1"), env=env)
+    assert deterministic(tmp_path / "retried") == local_reference
+    blob = (cache / "snapshots" / repos["sha_v1"] / "model.safetensors").resolve()
+    assert blob.read_bytes() == (repos["v1"] / "model.safetensors").read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_file, local_reference, tmp_path):
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.monotonic()
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "cold", REPO_V1, "model.revision=v1"),
+                   env=dict(hub_env(hub, tmp_path / "empty"), HF_ENDPOINT=dead), check=False)
+    assert time.monotonic() - started < 60
+    line = error_line(proc)
+    assert "unreachable" in line and REPO_V1 in line and "cache" in line
+
+    warm = tmp_path / "hf"
+    run_cli(*hub_overrides(text_file, tmp_path / "online", REPO_V1, "model.revision=v1"), env=hub_env(hub, warm))
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "offline", REPO_V1, "model.revision=v1"),
+                   env=dict(hub_env(hub, warm), HF_ENDPOINT=dead))
+    assert deterministic(tmp_path / "offline") == local_reference
+    assert json.loads((tmp_path / "offline" / "results.json").read_text())["model"]["revision"] == repos["sha_v1"]
