@@ -203,3 +203,57 @@ def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_f
                    env=dict(hub_env(hub, warm), HF_ENDPOINT=dead))
     assert deterministic(tmp_path / "offline") == local_reference
     assert json.loads((tmp_path / "offline" / "results.json").read_text())["model"]["revision"] == repos["sha_v1"]
+
+
+def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(hub, repos, text_file,
+                                                                             local_reference, tmp_path):
+    from transformers import AutoTokenizer
+
+    from outlier_lab.results import read_tokens
+
+    overrides = [o for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
+                 if not o.startswith(("dataset=", "dataset.path="))]
+    hub.reset()
+    run_cli(*overrides, "dataset=wikitext103", env=hub_env(hub, tmp_path / "hf"))
+    assert any(r["path"].startswith(f"/datasets/{DATASET}/resolve/") and r["status"] == 206 for r in hub.log())
+    # The same documents read from the local file give the same windows, and the same results.
+    assert deterministic(tmp_path / "run") == local_reference
+    # The windows, rebuilt here: documents EOS-joined, cut into consecutive BOS + 63-token pieces.
+    tokenizer = AutoTokenizer.from_pretrained(str(repos["v1"]))
+    stream = []
+    for doc in (d for d in training_text().split("\n\n") if d.strip()):
+        if stream:
+            stream.append(tokenizer.eos_token_id)
+        stream.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if len(stream) > 4 * 63:
+            break
+    windows = read_tokens(tmp_path / "run" / "tokens.safetensors").tolist()
+    assert windows == [[tokenizer.bos_token_id] + stream[i * 63:(i + 1) * 63] for i in range(4)]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dataset"]["path"] == DATASET and results["dataset"]["seq_len"] == 64
+
+
+def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_the_env_file(
+        hub, repos, text_file, local_reference, ssh_server, tmp_path):
+    from test_fabric_launcher import finish, launcher_overrides, start_cli
+
+    token = "hf_test" + uuid.uuid4().hex
+    hub.set_token(token)
+    hf_home = tmp_path / "remote_hf"
+    args = [*hub_overrides(text_file, None, GATED), *launcher_overrides(
+        tmp_path, [ssh_server.host_entry()], hf_home=hf_home, secret_env="[HF_TOKEN,HF_ENDPOINT]")]
+    hub.reset()
+    out = tmp_path / "launcher.out"
+    text = finish(start_cli(["--multirun", *args], out, hub_env(hub, tmp_path / "local_hf", HF_TOKEN=token)), out)
+    job = next((tmp_path / "sweep").glob("0_*"))
+    assert deterministic(job) == local_reference
+    snapshot = hf_home / "hub" / f"models--{GATED.replace('/', '--')}" / "snapshots" / repos["sha_gated"]
+    assert (snapshot / "model.safetensors").is_file()  # downloaded on the remote side, into hydra.launcher.hf_home
+    assert not list((tmp_path / "local_hf").rglob("model.safetensors"))  # planning locally reads configs only
+    resolves = [r for r in hub.log() if "/resolve/" in r["path"]]
+    assert resolves and all(r["auth"] == "valid" for r in resolves)
+    assert token not in " ".join(args) and token not in text
+    assert not list((tmp_path / "remote").rglob("secrets.env"))
+    for path in [*(tmp_path / "sweep").rglob("*"), *(tmp_path / "remote").rglob("*")]:
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
