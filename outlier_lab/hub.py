@@ -115,7 +115,7 @@ def _user_error(err: Exception, repo_id: str, revision: str) -> UserError:
         return UserError(f"{endpoint} refused the credentials for {repo_id} (401): {_token_hint()} to a valid token")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return UserError(f"downloading {repo_id}@{revision} from {endpoint} failed ({type(err).__name__}: {first}); "
-                     "rerun to resume the download")
+                     "rerun to try again (files already downloaded are kept)")
 
 
 def pin(repo_id: str, revision: Optional[str]) -> Pinned:
@@ -159,8 +159,9 @@ def _pin_from_cache(repo_id: str, revision: str) -> Pinned:
 def snapshot(repo_id: str, revision: Optional[str], weights: bool) -> Tuple[Path, Pinned]:
     """The local snapshot dir of the pinned commit holding the configs and tokenizer (and weights when asked).
 
-    Files already in the cache are not downloaded again; a download cut off earlier resumes from its .incomplete
-    file; huggingface_hub shows one bar per file.
+    Files already in the cache are not downloaded again. A cut download is retried at once from its last whole
+    10 MiB chunk; one that still fails leaves no partial file behind (huggingface_hub 2.x keeps no .incomplete
+    between processes). huggingface_hub shows one bar per file.
     """
     from huggingface_hub import snapshot_download
 
@@ -176,6 +177,12 @@ def snapshot(repo_id: str, revision: Optional[str], weights: bool) -> Tuple[Path
         path = snapshot_download(repo_id, revision=pinned.commit, allow_patterns=wanted)
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
         raise _user_error(err, repo_id, pinned.requested) from None
+    if pinned.requested != pinned.commit:
+        # What huggingface_hub itself records when it resolves a branch or tag, so an offline run finds it.
+        ref = Path(path).parent.parent / "refs" / pinned.requested
+        if not ref.is_file() or ref.read_text() != pinned.commit:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(pinned.commit)
     missing = [n for n in wanted if not (Path(path) / n).is_file()]
     if missing:  # offline, snapshot_download returns the folder even when a download never finished
         raise UserError(f"the cached snapshot of {repo_id}@{pinned.commit[:12]} lacks {', '.join(missing[:3])}; "

@@ -152,17 +152,25 @@ def test_unknown_repo_or_revision_is_one_line(hub, repos, text_file, tmp_path):
 
 
 def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, repos, text_file, local_reference,
-                                                                       tmp_path):
-    size = (repos["v1"] / "model.safetensors").stat().st_size
+                                                                       tmp_path_factory, tmp_path):
+    # huggingface_hub reads 10 MiB chunks and resumes from the last whole one: a 24 MiB checkpoint (a large,
+    # mostly unused vocabulary) is cut after 12 MiB, so the retry must ask for the rest with a Range.
+    big = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("big") / "llama", vocab_size=48_000)
+    sha = hub.publish("acme/big-llama", big)
+    size = (big / "model.safetensors").stat().st_size
+    chunk = 10 * 2**20
     env = hub_env(hub, tmp_path / "hf")
     hub.reset()
-    hub.cut("model.safetensors", drop_after=400_000)
-    run_cli(*hub_overrides(text_file, tmp_path / "resumed", REPO_V1, "model.revision=v1"), env=env)
+    hub.cut("model.safetensors", drop_after=12 * 2**20)
+    run_cli(*hub_overrides(text_file, tmp_path / "resumed", "acme/big-llama"), env=env)
     gets = [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]
-    assert [(r["bytes"], r["range"]) for r in gets] == [(400_000, None), (size - 400_000, "bytes=400000-")]
-    assert deterministic(tmp_path / "resumed") == local_reference
+    assert [(r["bytes"], r["range"]) for r in gets] == [(12 * 2**20, None), (size - chunk, f"bytes={chunk}-")]
+    blob = tmp_path / "hf" / "hub" / "models--acme--big-llama" / "snapshots" / sha / "model.safetensors"
+    assert blob.read_bytes() == (big / "model.safetensors").read_bytes()
+    results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
 
-    # A server that keeps failing: the run ends with one line and the cache keeps no partial or corrupt blob.
+    # A server that keeps failing: the run ends with one line and the cache keeps no partial or corrupt blob ...
     env = hub_env(hub, tmp_path / "hf2")
     hub.reset()
     hub.cut("model.safetensors", drop_after=300_000)
@@ -175,11 +183,11 @@ def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, rep
     assert not (cache / "snapshots" / repos["sha_v1"] / "model.safetensors").exists()
     linked = {p.resolve() for p in (cache / "snapshots").rglob("*") if p.is_symlink()}
     assert set((cache / "blobs").iterdir()) <= linked  # no blob that no snapshot file points to
+    # ... so the next run downloads the file whole and gives the local result.
     hub.reset()
     run_cli(*hub_overrides(text_file, tmp_path / "retried", REPO_V1, "model.revision=v1"), env=env)
+    assert [r["range"] for r in hub.downloads() if r["path"].endswith("model.safetensors")] == [None]
     assert deterministic(tmp_path / "retried") == local_reference
-    blob = (cache / "snapshots" / repos["sha_v1"] / "model.safetensors").resolve()
-    assert blob.read_bytes() == (repos["v1"] / "model.safetensors").read_bytes()
 
 
 def _free_port() -> int:
@@ -227,7 +235,7 @@ def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(h
         stream.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
         if len(stream) > 4 * 63:
             break
-    windows = read_tokens(tmp_path / "run" / "tokens.safetensors").tolist()
+    windows = read_tokens(tmp_path / "run").tolist()
     assert windows == [[tokenizer.bos_token_id] + stream[i * 63:(i + 1) * 63] for i in range(4)]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["dataset"]["path"] == DATASET and results["dataset"]["seq_len"] == 64
