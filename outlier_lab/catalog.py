@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import yaml
 
@@ -25,6 +25,14 @@ class GpuClass:
     key: str = ""
     arch: str = ""
     host_ram_gib_per_gpu: float = 0.0
+    # Job-time figures (0: unknown, jobcost's defaults apply) and the GPU counts nodes of this class come with.
+    sustained_tflops: float = 0.0
+    disk_gb_per_s: float = 0.0
+    counts: Tuple[int, ...] = ()
+
+    def allowed_counts(self) -> Tuple[int, ...]:
+        """GPU counts nodes really have: the catalog's list, else 1, 2, 4 and 8 up to max_per_node."""
+        return self.counts or tuple(c for c in (1, 2, 4, 8) if c <= self.max_per_node)
 
 
 def load_catalog(path: Optional[str | Path] = None) -> Dict[str, GpuClass]:
@@ -42,5 +50,8 @@ def load_catalog(path: Optional[str | Path] = None) -> Dict[str, GpuClass]:
             name=str(entry["name"]), vendor=str(entry["vendor"]).lower(), vram_gib=float(entry["vram_gib"]),
             compute_capability=str(entry["compute_capability"]), max_per_node=int(entry["max_per_node"]),
             usd_per_hour=float(entry["usd_per_hour"]), key=str(key), arch=str(entry.get("arch", "")),
-            host_ram_gib_per_gpu=float(entry.get("host_ram_gib_per_gpu", 0.0)))
+            host_ram_gib_per_gpu=float(entry.get("host_ram_gib_per_gpu", 0.0)),
+            sustained_tflops=float(entry.get("sustained_tflops", 0.0)),
+            disk_gb_per_s=float(entry.get("disk_gb_per_s", 0.0)),
+            counts=tuple(int(c) for c in entry.get("counts", ()) or ()))
     return catalog

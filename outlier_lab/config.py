@@ -118,14 +118,24 @@ class HardwareConfig:
     gpu_count: Optional[int] = None
     # Required VRAM = estimated total x this factor.
     vram_safety_factor: float = 1.3
-    # Minimum host RAM in GiB for the job (checkpoint loading goes through CPU memory).
+    # Minimum host RAM in GiB for a resident job (checkpoint loading goes through CPU memory); a streamed job's
+    # floor is computed (two block buffers, hidden states kept on the host, runtime).
     ram_floor_gib: float = 64.0
+    # Checkpoint download speed to a rented node, gigabits/s, for the job-time estimate (null: 2.0 = 250 MB/s).
+    download_gbps: Optional[float] = None
     # GPU catalog YAML (null: the shipped outlier_lab/data/gpus.yaml).
     catalog: Optional[str] = None
     # The remote GPU host has MXFP4 kernels (triton>=3.4 + kernels); false plans dequantized bf16 experts.
     mxfp4_kernels: bool = True
     # Set by a remote launcher on the job it starts, so the job runs instead of refusing a non-local plan.
     launched_remotely: bool = False
+
+
+@dataclass
+class EngineConfig:
+    # auto (the cheaper plan, resident where the model fits locally), resident (whole model) or streamed (one block
+    # at a time from safetensors shards).
+    name: str = "auto"
 
 
 @dataclass
@@ -157,6 +167,8 @@ class RunConfig:
     hardware: HardwareConfig = MISSING
     # What the job does with the model: conf/analysis/{detect,ablation}.yaml.
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    # How the model is held: conf/engine/{auto,resident,streamed}.yaml.
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # cpu, cuda or auto (cuda when available).
     device: str = "auto"
     # Seed for anything random (ablation controls, hub shuffles).

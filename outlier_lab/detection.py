@@ -129,6 +129,14 @@ class Int8Reducer:
             seq_max=torch.zeros(batch, d, dtype=torch.float32, device=dev),
         )
 
+    def suspend_batch(self) -> Optional[Dict[str, torch.Tensor]]:
+        """Hand out the open batch's state (the streamed engine keeps one per batch while it runs a block)."""
+        state, self._batch = self._batch, None
+        return state
+
+    def resume_batch(self, state: Optional[Dict[str, torch.Tensor]]) -> None:
+        self._batch = state
+
     @torch.no_grad()
     def observe(self, block_slot: int, x: torch.Tensor) -> None:
         """Fold one site's input [B, T, D] (any dtype, any device) of analyzed block `block_slot` into the state."""

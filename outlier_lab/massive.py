@@ -61,6 +61,14 @@ class MassiveReducer:
         self._shape = (batch, seq_len)
         self._pending = []
 
+    def suspend_batch(self) -> tuple:
+        """Hand out the open batch's state (the streamed engine keeps one per batch while it runs a block)."""
+        state, self._shape, self._pending = (self._shape, self._pending), None, []
+        return state
+
+    def resume_batch(self, state: tuple) -> None:
+        self._shape, self._pending = state
+
     @torch.no_grad()
     def observe(self, slot: int, output: Any) -> None:
         """Fold one block's output (the residual stream, [B, T, D]; tuples unwrapped) into the state."""

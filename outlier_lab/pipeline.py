@@ -5,9 +5,8 @@ import logging
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,19 +16,18 @@ from . import massive as massive_detector
 from . import results as store
 from .ablation import run_ablation
 from .adapters import SiteMap, discover_sites
-from .capture import HIDDEN, Capture, plan_probes, space_blocks
+from .capture import HIDDEN, Capture, plan_probes
 from .config import check_schema
 from .data import build_windows, check_source, documents, special_ids
-from .detection import Criteria, Int8Reducer, RunAccumulator, summarize
 from .errors import UserError, run_task
 from .hardware import HardwarePlan, format_plan, plan
 from .hub import hub_revision
 from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
+from .reduction import Analysis, Reduction, criteria_of
 from .report import write_report
 from .resources import meta_model
-from .rms_reducer import ALPHA_MODES, RmsInt8Reducer
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -66,83 +64,36 @@ def _plan_resources(cfg: DictConfig) -> Optional[Any]:
     return hardware_plan
 
 
-@dataclass
-class Analysis:
-    spaces: Dict[str, Dict[str, Any]]
-    block_max: Dict[str, np.ndarray]
-    per_sequence: Dict[str, np.ndarray]
-    # Block-output reducer of the massive-activations detector, when detector.massive.enabled.
-    massive: Optional[Any] = None
-
-
-def criteria_of(det_cfg) -> Criteria:
-    """The LLM.int8() criteria of a detector config (validated: a bad threshold is a UserError)."""
-    return Criteria(det_cfg.alpha, det_cfg.min_layer_frac, det_cfg.min_position_frac, det_cfg.min_sequences_frac,
-                    det_cfg.bins_per_octave)
-
-
-def _int8_reducer_class(det_cfg):
-    mode = det_cfg.get("alpha_mode", "absolute")
-    if mode not in ALPHA_MODES:
-        raise UserError(f"detector.alpha_mode={mode!r} is not one of {', '.join(ALPHA_MODES)}")
-    return RmsInt8Reducer if mode == "rms" else Int8Reducer
-
-
 def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det_cfg, batch_size: int,
             progress: bool = True) -> Analysis:
-    """Stream every batch through the traced model; only per-dim statistics leave the device."""
+    """The resident engine: stream every batch through the whole traced model; only per-dim statistics leave it."""
     from tqdm.auto import tqdm
 
     probes, widths = plan_probes(model, site_map)
     device = input_device(model)
-    criteria = criteria_of(det_cfg)
-    blocks_of = space_blocks(probes)
-    reducer_class = _int8_reducer_class(det_cfg)
-    reducers = {space: reducer_class(criteria, len(blocks_of[space]), width, device) for space, width in widths.items()}
-    accumulators = {space: RunAccumulator(criteria, width) for space, width in widths.items()}
-    massive = None
-    if det_cfg.get("massive") is not None and det_cfg.massive.enabled:
-        probes = massive_detector.with_block_outputs(probes, site_map)
-        m = det_cfg.massive
-        massive = massive_detector.MassiveReducer(
-            massive_detector.MassiveCriteria(m.min_abs, m.min_ratio, m.hits_per_block_batch, m.max_hits),
-            site_map.block_indices, model.config.get_text_config().hidden_size, device)
-    capture = Capture(model, probes, site_map.num_blocks)
-
-    def observe(probe, x):
-        if probe.output:
-            massive.observe(probe.slot, x)
-        else:
-            reducers[probe.space].observe(probe.slot, x)
-
+    reduction = Reduction(model.config.get_text_config().hidden_size, site_map, probes, widths, det_cfg, device)
+    capture = Capture(model, reduction.probes, site_map.num_blocks)
     num_sequences, seq_len = tokens.shape
     with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar:
         for start in range(0, num_sequences, batch_size):
             batch = tokens[start:start + batch_size].to(device)
-            for reducer in reducers.values():
-                reducer.start_batch(batch.shape[0], seq_len)
-            if massive is not None:
-                massive.start_batch(batch.shape[0], seq_len)
-            capture.run(batch, observe)
-            for space, reducer in reducers.items():
-                accumulators[space].add(reducer.end_batch())
-            if massive is not None:
-                massive.end_batch()
+            reduction.start_batch(batch.shape[0], seq_len)
+            capture.run(batch, reduction.observe)
+            reduction.end_batch()
             if device.type == "cpu":
                 trim_cpu_heap()  # this batch's freed buffers leave RSS before the next one starts
             bar.update(batch.shape[0])
+    return reduction.finish()
 
-    spaces, block_max, tables = {}, {}, []
-    for space, reducer in reducers.items():
-        block_max[space] = reducer.block_max.cpu().numpy()
-        spaces[space] = summarize(accumulators[space], reducer.histogram(), block_max[space], det_cfg.heatmap_top_dims)
-        spaces[space]["width"] = widths[space]
-        spaces[space]["blocks"] = blocks_of[space]
-        table = accumulators[space].per_sequence_table()
-        table["space"] = np.full(len(table["dim"]), space, dtype=object)
-        tables.append(table)
-    per_sequence = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-    return Analysis(spaces, block_max, per_sequence, massive)
+
+def _engine(cfg: DictConfig, plan, ablate: bool) -> Tuple[str, str]:
+    """(engine, why): the plan's choice (it follows engine=...); the ablation needs the whole model and its head."""
+    if ablate:
+        return "resident", "analysis=ablation needs the whole model and its LM head"
+    if plan is not None and plan.engine:
+        return plan.engine, plan.engine_reason
+    name = str(cfg.get("engine", {}).get("name", "auto"))
+    return ("resident", "the default") if name == "auto" else (name, f"engine={name}")
 
 
 def _ablation_requested(cfg: DictConfig, hf_config) -> bool:
@@ -278,16 +229,26 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
                            max_positions(hf_config))
     timings["tokenize_s"] = time.perf_counter() - tick
 
+    engine, engine_reason = _engine(cfg, plan, ablate)
+    stream = None
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
-        model = load_model(cfg.model, device, with_lm_head=ablate)
-        timings["load_s"] = time.perf_counter() - tick
-        site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
-        tick = time.perf_counter()
-        analysis = analyze(model, site_map, tokens, cfg.detector, ds.batch_size, cfg.progress)
+        if engine == "streamed":
+            from .engines.streamed import analyze_streamed
+
+            analysis, model, stream = analyze_streamed(cfg.model, hf_config, tokens, cfg.detector, ds.batch_size,
+                                                       device, resolve_dtype(cfg.model.dtype, device), cfg.progress)
+            site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
+        else:
+            model = load_model(cfg.model, device, with_lm_head=ablate)
+            timings["load_s"] = time.perf_counter() - tick
+            site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
+            tick = time.perf_counter()
+            analysis = analyze(model, site_map, tokens, cfg.detector, ds.batch_size, cfg.progress)
         timings["analyze_s"] = time.perf_counter() - tick
 
     results = build_results(cfg, model, site_map, tokens, analysis, plan, device, memory, timings, started)
+    results["engine"] = dict(name=engine, reason=engine_reason, **(stream.to_dict() if stream is not None else {}))
     hidden_key = results["headline_space"]
     if ablate:
         tick = time.perf_counter()

@@ -67,6 +67,15 @@ class Estimate:
     # this and the activations.
     load_transient_gib: float = 0.0
     safety_factor: float = 1.3
+    # resident (whole model) or streamed (one block at a time; activations then include every hidden state).
+    engine: str = "resident"
+    hidden_states_gib: float = 0.0
+    hidden_states_on: str = ""
+    # Bytes the job reads from the checkpoint (streamed: only the blocks up to the last analyzed one).
+    read_gib: float = 0.0
+    # Tokens analyzed (num_sequences x seq_len) and blocks run, for the job-time model.
+    num_tokens: int = 0
+    blocks_run: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -373,8 +382,12 @@ def _meta_model(model_yaml: str):
     return hf_config, build_meta_model(model_cfg, hf_config)
 
 
-def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
-    """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU)."""
+def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "resident",
+             free_gib: Optional[float] = None) -> Estimate:
+    """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU).
+
+    engine=streamed holds one block at a time; `free_gib` is the device memory it may use (default: the GPU's).
+    """
     device, dtype = _target(cfg, gpu)
     dtype_bytes = DTYPES[dtype].itemsize
     hf_config, model = meta_model(cfg.model)
@@ -384,7 +397,10 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
 
     quant = quantization_of(cfg, hf_config)
     mxfp4 = False
-    if quant == "mxfp4":
+    if quant == "mxfp4" and engine == "streamed":
+        notes.append(f"the streamed engine dequantizes MXFP4 experts block by block: experts counted in {dtype}")
+        quant_label = f"mxfp4->{dtype} (dequantized per block)"
+    elif quant == "mxfp4":
         mxfp4, why = mxfp4_supported(device, gpu, cfg)
         notes.append(why if mxfp4 else f"{why}: experts counted in {dtype}")
         quant_label = "mxfp4" if mxfp4 else f"mxfp4->{dtype} (dequantized)"
@@ -444,9 +460,29 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
         load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes
         if load_transient > activations:
             notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
+    ram_floor = float(cfg.hardware.get("ram_floor_gib", 64.0))
+    disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, adapter, quant)
+    read = disk
+    streamed = None
+    if engine == "streamed":
+        from .engines.footprint import streamed_footprint
+
+        layers = cfg.detector.get("layers")
+        last = max(i % _shape(text).num_blocks for i in layers) if layers else _shape(text).num_blocks - 1
+        free = (free_gib if free_gib is not None else gpu.vram_gib if gpu is not None else 0.0) * GIB
+        stacks = moe["is_moe"] and _per_expert_checkpoint(cfg, adapter)
+        streamed = streamed_footprint(per_block, _stored_bytes(hf_config) / dtype_bytes, last,
+                                      int(ds.num_sequences), int(ds.seq_len), text.hidden_size, dtype_bytes, widths,
+                                      analyzed, activations, device, free - CUDA_CONTEXT_GIB * GIB, stacks,
+                                      _largest_block_expert_params(model, adapter) * dtype_bytes)
+        notes = [n for n in notes if not n.startswith(("all ", "CPU: ", "loading peak"))] + streamed.notes
+        weight_bytes, load_transient = streamed.weights, 0.0
+        activations = streamed.activations + (CUBLAS_WORKSPACE_BYTES + CUDA_ROUNDING_BYTES if device == "cuda" else 0)
+        overhead = (CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda" else CPU_RUNTIME_GIB * GIB
+        read = disk * streamed.blocks_run / _shape(text).num_blocks
+        ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead
     factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
-    disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, adapter, quant)
     notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
                  "datasets caches (datasets are streamed: only their metadata is cached) and outputs")
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
@@ -456,7 +492,7 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
         overhead_gib=overhead / GIB,
         total_gib=total / GIB,
         required_gib=total * factor / GIB,
-        ram_floor_gib=float(cfg.hardware.get("ram_floor_gib", 64.0)),
+        ram_floor_gib=ram_floor,
         disk_gib=disk / GIB + DISK_EXTRA_GIB,
         params_total=int(params_total),
         params_active=params_active,
@@ -464,7 +500,13 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None) -> Estimate:
         notes=notes,
         device=device,
         dtype=dtype,
-        block_weights_gib=max(per_block.values(), default=0.0) / GIB,
+        block_weights_gib=(streamed.largest_block if streamed else max(per_block.values(), default=0.0)) / GIB,
         load_transient_gib=load_transient / GIB,
         safety_factor=factor,
+        engine=engine,
+        hidden_states_gib=streamed.hidden_states / GIB if streamed else 0.0,
+        hidden_states_on=streamed.hidden_on if streamed else "",
+        read_gib=read / GIB,
+        num_tokens=int(ds.num_sequences) * int(ds.seq_len),
+        blocks_run=streamed.blocks_run if streamed else _shape(text).num_blocks,
     )

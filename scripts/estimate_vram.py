@@ -59,7 +59,7 @@ def as_json(plan) -> dict:
 
 
 def main(argv) -> int:
-    from outlier_lab.hardware import format_plan, plan
+    from outlier_lab.hardware import format_alternatives, format_plan, plan
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     with exit_on_user_error():
@@ -72,6 +72,9 @@ def main(argv) -> int:
         print(f"model={cfg.model.name} dataset.seq_len={cfg.dataset.seq_len} dataset.batch_size={cfg.dataset.batch_size} "
               f"hardware={cfg.hardware.name}")
         print(format_plan(result))
+        if result.alternatives:
+            print("\ncandidates (GiB/GPU with the safety factor; a streamed job uses one GPU):")
+            print(format_alternatives(result))
     return 0
 
 

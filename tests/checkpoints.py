@@ -102,8 +102,12 @@ def _gain_offset(norm) -> float:
 
 
 def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[int, List[int]]] = None,
-                          mlp: Optional[Dict[int, List[int]]] = None, seed: int = 0, **overrides) -> Path:
-    """Save a random tiny causal LM of `model_type` (weights, config, tokenizer) with planted outlier dims."""
+                          mlp: Optional[Dict[int, List[int]]] = None, seed: int = 0,
+                          max_shard_size: Optional[str] = None, **overrides) -> Path:
+    """Save a random tiny causal LM of `model_type` (weights, config, tokenizer) with planted outlier dims.
+
+    `max_shard_size` (e.g. "200KB") saves it as several safetensors shards plus model.safetensors.index.json.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out_dir = Path(out_dir)
@@ -115,5 +119,23 @@ def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[in
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     plant_outliers(model, attn, mlp)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    return out_dir
+
+
+def as_pytorch_bin(checkpoint: Path, out_dir: Path) -> Path:
+    """A copy of a saved checkpoint with its weights in pytorch_model.bin instead of safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for path in sorted(Path(checkpoint).iterdir()):
+        if path.suffix == ".safetensors":
+            state.update(load_file(str(path)))
+        elif path.suffix == ".json" and not path.name.endswith("index.json"):
+            shutil.copy(path, out_dir / path.name)
+    torch.save(state, out_dir / "pytorch_model.bin")
     return out_dir

@@ -143,11 +143,13 @@ def test_auto_picks_the_cheapest_class_times_count(tmp_path):
         "big": dict(vram_gib=need_one * 3, usd_per_hour=2.5),
     }
     catalog_path = write_catalog(tmp_path / "gpus.yaml", classes)
-    chosen = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={catalog_path}"))
-    # Brute force over every (class x count) with the documented per-GPU split.
+    chosen = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={catalog_path}",
+                                   "engine=resident"))
+    # Brute force over every (class x count) with the documented per-GPU split; nodes have 1, 2, 4 or 8 GPUs, and
+    # the classes share the default job-time figures, so the cheapest job is the cheapest hour.
     options = []
     for gpu in hardware.load_catalog(catalog_path).values():
-        for count in range(1, gpu.max_per_node + 1):
+        for count in (1, 2, 4, 8):
             if hardware.per_gpu_required(est, count) <= gpu.vram_gib:
                 options.append((gpu.usd_per_hour * count, count, gpu.key))
                 break
@@ -161,13 +163,13 @@ def test_auto_picks_the_cheapest_class_times_count(tmp_path):
     tie = dict(classes, small=dict(vram_gib=need_one / 1.5, usd_per_hour=0.95),
                mid=dict(vram_gib=need_one * 1.05, usd_per_hour=1.9))
     tie_path = write_catalog(tmp_path / "tie.yaml", tie)
-    tied = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={tie_path}"))
+    tied = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={tie_path}", "engine=resident"))
     assert (tied.gpu.key, tied.count) == ("mid", 1)
 
     # The RAM floor rules out nodes with too little host memory: 2 x small has 2 x 16 GiB < 64 GiB.
     low_ram = dict(classes, small=dict(classes["small"], host_ram_gib_per_gpu=16))
     ram_path = write_catalog(tmp_path / "ram.yaml", low_ram)
-    floored = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={ram_path}"))
+    floored = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={ram_path}", "engine=resident"))
     assert floored.gpu.key != "small" or floored.count * 16 >= 64
 
 
@@ -191,10 +193,14 @@ def test_clear_errors_when_nothing_fits(tmp_path):
         hardware.plan(compose("model=qwen3_30b", "hardware=auto", f"hardware.catalog={path}"))
     # A fixed class that is too small names the estimate and a class that would fit.
     with pytest.raises(UserError) as err:
-        hardware.plan(compose("model=glm", "hardware=t4"))
+        hardware.plan(compose("model=glm", "hardware=t4", "engine=resident"))
     message = str(err.value)
     assert "does not fit" in message and "estimate: weights" in message and "would fit (hardware=" in message
     assert "\n" not in message
+    # Streamed too: a GPU that cannot hold one block says how much that block needs.
+    with pytest.raises(UserError, match=r"engine=streamed needs \d+\.\d GiB per GPU.*largest block \d+\.\d+ GiB"):
+        hardware.plan(compose("model=glm", "hardware=auto", f"hardware.catalog={path}", "hardware.gpu_class=tiny",
+                              "engine=streamed"))
     with pytest.raises(UserError, match="not a GPU class"):
         hardware.plan(compose("model=olmoe", "hardware=auto", "hardware.gpu_class=nonesuch"))
 

@@ -1,0 +1,81 @@
+"""Memory of a streamed job: one block's weights, every sequence's hidden state and reducer state, no whole model."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List
+
+GIB = 2**30
+# Hidden states stay on the GPU while they take at most this share of the memory left after two blocks (the rule
+# the engine applies at run time, so the estimate and the run agree).
+GPU_HIDDEN_SHARE = 0.5
+# Host RAM of a streamed GPU job besides block buffers and hidden states: interpreter, torch and CUDA host runtime,
+# tokenizer and the dataset stream.
+HOST_BASE_GIB = 4.0
+
+
+def hidden_states_fit(total_bytes: float, largest_block_bytes: float, free_bytes: float) -> bool:
+    """Keep all hidden states on the GPU when they take at most GPU_HIDDEN_SHARE of what two blocks leave free."""
+    return total_bytes <= GPU_HIDDEN_SHARE * (free_bytes - 2 * largest_block_bytes)
+
+
+def split_blocks(per_block: Dict[str, float]) -> tuple[Dict[int, float], float]:
+    """Per-module byte counts (keys `layers.3`, `embed_tokens.weight`) into block bytes by index and the rest."""
+    blocks: Dict[int, float] = {}
+    outer = 0.0
+    for key, nbytes in per_block.items():
+        match = re.search(r"\.(\d+)$", key)
+        if match:
+            blocks[int(match.group(1))] = blocks.get(int(match.group(1)), 0.0) + nbytes
+        else:
+            outer += nbytes
+    return blocks, outer
+
+
+@dataclass
+class StreamedFootprint:
+    largest_block: float
+    weights: float  # bytes of weights alive at the peak (a block, its stacking copy or prefetched buffer)
+    activations: float  # one batch's forward plus all hidden states and per-batch reducer state kept on the device
+    hidden_states: float
+    hidden_on: str
+    ram_floor_gib: float
+    blocks_run: int
+    notes: List[str]
+
+
+def streamed_footprint(per_block: Dict[str, float], stored_ratio: float, last_block: int, num_sequences: int,
+                       seq_len: int, hidden: int, act_bytes: int, widths: Dict[str, int], analyzed: int,
+                       batch_activations: float, device: str, free_bytes: float, stacks_experts: bool,
+                       expert_bytes: float) -> StreamedFootprint:
+    """Peak memory of the streamed engine on `device`.
+
+    `stored_ratio` is checkpoint bytes / run-dtype bytes (the read buffers hold stored tensors); `expert_bytes` is
+    the largest block's routed-expert weights, stacked from per-expert tensors when `stacks_experts`.
+    """
+    blocks, outer = split_blocks(per_block)
+    run = [blocks.get(i, 0.0) for i in range(last_block + 1)]
+    largest = max(run, default=0.0)
+    hidden_all = float(num_sequences * seq_len * hidden * act_bytes)
+    # Every batch's reducer state stays open across blocks: block hits and position hits (bool), sequence max (fp32).
+    batch_states = float(sum(num_sequences * (analyzed * w + seq_len * w + 4 * w) for w in widths.values()))
+    notes = [f"streamed: largest block {largest / GIB:.2f} GiB, blocks 0..{last_block} read once, "
+             f"hidden states {hidden_all / GIB:.2f} GiB"]
+    stacking = expert_bytes if stacks_experts else 0.0
+    if device == "cuda":
+        on_gpu = hidden_states_fit(hidden_all, largest, free_bytes)
+        resident_hidden = hidden_all if on_gpu else 2 * hidden_all / max(num_sequences, 1)
+        weights = max(outer, largest + stacking)
+        activations = resident_hidden + batch_states + batch_activations
+        host = 2 * largest * stored_ratio + (0.0 if on_gpu else hidden_all)
+        ram_floor = HOST_BASE_GIB + host / GIB
+        hidden_on = "cuda" if on_gpu else "cpu (pinned)"
+        notes.append(f"streamed: hidden states on {hidden_on}; host RAM {ram_floor:.1f} GiB "
+                     f"(two block buffers + {HOST_BASE_GIB:g} GiB runtime)")
+    else:
+        # The prefetched block's raw buffer sits next to the block being run.
+        weights = max(outer, largest + stacking + largest * stored_ratio)
+        activations = hidden_all + batch_states + batch_activations
+        ram_floor = 0.0
+        hidden_on = "cpu"
+    return StreamedFootprint(largest, weights, activations, hidden_all, hidden_on, ram_floor, last_block + 1, notes)
