@@ -55,6 +55,8 @@ def per_gpu_required(est: Estimate, count: int) -> float:
     Every GPU holds its share of the weights plus, because the split falls on block boundaries, up to one more block;
     blocks run one GPU at a time, so each GPU must hold the full activation peak and its own CUDA context.
     """
+    if est.engine == "streamed":
+        count = 1  # one GPU holds the block being run; more GPUs would idle
     slack = est.block_weights_gib if count > 1 else 0.0
     share = est.weights_gib / count + slack + est.activations_gib + est.overhead_gib
     return share * est.safety_factor

@@ -464,22 +464,22 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, adapter, quant)
     read = disk
     streamed = None
+    num_blocks = site_map.num_blocks
     if engine == "streamed":
         from .engines.footprint import streamed_footprint
 
-        layers = cfg.detector.get("layers")
-        last = max(i % _shape(text).num_blocks for i in layers) if layers else _shape(text).num_blocks - 1
+        last = max(site_map.block_indices)
         free = (free_gib if free_gib is not None else gpu.vram_gib if gpu is not None else 0.0) * GIB
         stacks = moe["is_moe"] and _per_expert_checkpoint(cfg, adapter)
         streamed = streamed_footprint(per_block, _stored_bytes(hf_config) / dtype_bytes, last,
                                       int(ds.num_sequences), int(ds.seq_len), text.hidden_size, dtype_bytes, widths,
-                                      analyzed, activations, device, free - CUDA_CONTEXT_GIB * GIB, stacks,
+                                      len(site_map.block_indices), activations, device, free - CUDA_CONTEXT_GIB * GIB, stacks,
                                       _largest_block_expert_params(model, adapter) * dtype_bytes)
         notes = [n for n in notes if not n.startswith(("all ", "CPU: ", "loading peak"))] + streamed.notes
         weight_bytes, load_transient = streamed.weights, 0.0
         activations = streamed.activations + (CUBLAS_WORKSPACE_BYTES + CUDA_ROUNDING_BYTES if device == "cuda" else 0)
         overhead = (CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda" else CPU_RUNTIME_GIB * GIB
-        read = disk * streamed.blocks_run / _shape(text).num_blocks
+        read = disk * streamed.blocks_run / num_blocks
         ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead
     factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
@@ -508,5 +508,5 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         hidden_states_on=streamed.hidden_on if streamed else "",
         read_gib=read / GIB,
         num_tokens=int(ds.num_sequences) * int(ds.seq_len),
-        blocks_run=streamed.blocks_run if streamed else _shape(text).num_blocks,
+        blocks_run=streamed.blocks_run if streamed else num_blocks,
     )
