@@ -86,6 +86,17 @@ class BlockLayout:
         return self.kind.sites
 
 
+def runs_of(kinds: Sequence[BlockKind]) -> List[BlockLayout]:
+    """Consecutive blocks of one kind, as BlockLayouts."""
+    layouts: List[BlockLayout] = []
+    for i, kind in enumerate(kinds):
+        if layouts and layouts[-1].kind == kind:
+            layouts[-1] = BlockLayout(kind, range(layouts[-1].blocks.start, i + 1))
+        else:
+            layouts.append(BlockLayout(kind, range(i, i + 1)))
+    return layouts
+
+
 def _text(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
@@ -182,8 +193,9 @@ class Adapter:
     blocks: str
     mixers: Mapping[str, Mixer]
     ffns: Mapping[str, Ffn]
-    # Config key of the dense FFN's intermediate width (None in a config means 4 x hidden, GPT-2's convention).
-    intermediate_key: str
+    # Config key of the dense FFN's intermediate width (None in a config means 4 x hidden, GPT-2's convention);
+    # None for a discovered adapter whose config has no such key (`intermediate_width` was measured instead).
+    intermediate_key: Optional[str]
     mixer_of: object = Uniform("attention")
     ffn_of: object = Uniform("dense")
     moe: Optional[Moe] = None
@@ -197,6 +209,7 @@ class Adapter:
     residual_copies: int = 3
     # False for adapters the structural fallback discovered on the model itself.
     curated: bool = True
+    intermediate_width: Optional[int] = None
     site_names: Tuple[str, ...] = field(default=SITES)
 
     def block_kinds(self, config) -> List[BlockKind]:
@@ -219,13 +232,7 @@ class Adapter:
 
     def block_layouts(self, config) -> List[BlockLayout]:
         """Runs of consecutive blocks of one kind: [(kind, block range, sites)], e.g. GLM-4.5's dense first block."""
-        layouts: List[BlockLayout] = []
-        for i, kind in enumerate(self.block_kinds(config)):
-            if layouts and layouts[-1].kind == kind:
-                layouts[-1] = BlockLayout(kind, range(layouts[-1].blocks.start, i + 1))
-            else:
-                layouts.append(BlockLayout(kind, range(i, i + 1)))
-        return layouts
+        return runs_of(self.block_kinds(config))
 
     def experts(self, config) -> Tuple[int, int]:
         """(routed experts, experts per token), (0, 0) for a dense model or a MoE config without experts."""
@@ -235,6 +242,8 @@ class Adapter:
         return (int(experts), int(top_k)) if experts and top_k else (0, 0)
 
     def ffn_width(self, config) -> int:
+        if self.intermediate_key is None:
+            return int(self.intermediate_width or 0)
         return int(config_value(config, self.intermediate_key) or 4 * _text(config).hidden_size)
 
     def expert_widths(self, config) -> Tuple[int, int]:
@@ -371,6 +380,16 @@ def adapter_for(model_type: str) -> Adapter:
         ) from None
 
 
+def resolve_adapter(model: torch.nn.Module) -> Adapter:
+    """The curated adapter of the model's model_type, else one discovered on the model (logged as not curated)."""
+    curated = ADAPTERS.get(model.config.model_type)
+    if curated is not None:
+        return curated
+    from .discovery import discover_adapter  # discovery builds Adapters: a top-level import would be circular
+
+    return discover_adapter(model)
+
+
 def get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
     """`root.get_submodule` with an error that names the missing path."""
     try:
@@ -407,6 +426,11 @@ class SiteMap:
     def site_path(self, block: int, site: str) -> str:
         return f"{self.block_path(block)}.{self.kinds[block].sites[site]}"
 
+    def layouts_record(self) -> List[Dict[str, object]]:
+        """The block layouts as results.json records them: kind, first and last block, site paths."""
+        return [dict(kind=layout.kind.name, blocks=[layout.blocks.start, layout.blocks.stop - 1], sites=layout.sites)
+                for layout in runs_of(self.kinds)]
+
     def sibling_paths(self, block: int, site: str) -> List[str]:
         """Modules reading the same input as the site (k_proj, v_proj beside q_proj)."""
         return [f"{self.block_path(block)}.{s}" for s in self.kinds[block].siblings(site)]
@@ -421,7 +445,7 @@ def blocks_path(model: torch.nn.Module, adapter: Adapter) -> str:
 
 def discover_sites(model: torch.nn.Module, sites=None, layers=None) -> SiteMap:
     """Resolve the adapter's sites on a loaded (or meta) model; validate the block and site selection."""
-    adapter = adapter_for(model.config.model_type)
+    adapter = resolve_adapter(model)
     path = blocks_path(model, adapter)
     num_blocks = len(get_submodule(model, path))
     kinds = tuple(adapter.block_kinds(model.config))

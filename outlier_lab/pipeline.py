@@ -185,6 +185,7 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
                       min_position_frac=cfg.detector.min_position_frac, min_sequences_frac=cfg.detector.min_sequences_frac,
                       sites=list(site_map.site_names), layers=list(site_map.block_indices),
                       num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
+                      adapter_curated=site_map.adapter.curated, block_layouts=site_map.layouts_record(),
                       statistics_dtype="float32", alpha_mode=cfg.detector.get("alpha_mode", "absolute")),
         outlier_features=hidden_space["outlier_features"],
         qualified_dims=hidden_space["qualified_dims"],

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from outlier_lab.adapters import adapter_for
+from outlier_lab.adapters import resolve_adapter
 
 HIDDEN = 64
 NUM_BLOCKS = 8
@@ -40,9 +40,11 @@ CONFIGS = {
                        mlp_only_layers=[], full_attention_interval=4, linear_num_value_heads=4,
                        linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=32),
     # MLA with a q LoRA, one dense first block; o_proj reads 4 heads x v_head_dim 32 = 128 != hidden.
-    "deepseek_v3": dict(_COMMON, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+    "deepseek_v3": dict(_COMMON, num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
                         moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32,
                         kv_lora_rank=16, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32),
+    # No curated adapter: the structural fallback's fixture.
+    "bloom": dict(n_layer=NUM_BLOCKS, hidden_size=HIDDEN, n_head=4, vocab_size=512, initializer_range=0.02),
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,
                  initializer_range=0.02),
 }
@@ -76,7 +78,7 @@ def plant_outliers(model, attn: Optional[Dict[int, List[int]]] = None,
     """Scale the gains of the norms feeding attn_in and mlp_in (the adapter names them per block kind)."""
     attn = ATTN_PLANTS if attn is None else attn
     mlp = MLP_PLANTS if mlp is None else mlp
-    adapter = adapter_for(model.config.model_type)
+    adapter = resolve_adapter(model.base_model)
     blocks = model.base_model.get_submodule(adapter.blocks)
     kinds = adapter.block_kinds(model.config)
     with torch.no_grad():

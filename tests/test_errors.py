@@ -27,20 +27,18 @@ def test_missing_checkpoint_dir(tmp_path):
     assert proc.returncode == 2
 
 
-def test_unknown_architecture_lists_supported_ones(tmp_path):
-    from transformers import AutoConfig
+def test_undecidable_architecture_says_how_to_write_an_adapter(tmp_path):
+    from transformers import AutoConfig, AutoModel
 
-    # A real config of an architecture without an adapter (BLOOM), saved with no weights needed for the error.
-    AutoConfig.for_model("bloom", n_layer=1, hidden_size=8, n_head=2).save_pretrained(tmp_path / "bloom")
+    # A real config without an adapter whose structure the fallback cannot decide (T5: encoder and decoder stacks).
+    config = AutoConfig.for_model("t5", d_model=16, num_layers=2, num_heads=2, d_kv=8, d_ff=32, vocab_size=512)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "t5")
     from checkpoints import build_tokenizer
 
-    build_tokenizer(tmp_path / "bloom")
-    from transformers import AutoModel
-
-    AutoModel.from_config(AutoConfig.from_pretrained(tmp_path / "bloom")).save_pretrained(tmp_path / "bloom")
-    proc = run_cli("model=local", f"model.path={tmp_path / 'bloom'}", "dataset.num_sequences=1", "dataset.seq_len=16",
+    build_tokenizer(tmp_path / "t5")
+    proc = run_cli("model=local", f"model.path={tmp_path / 't5'}", "dataset.num_sequences=1", "dataset.seq_len=16",
                    f"hydra.run.dir={tmp_path / 'run'}", check=False)
-    assert_one_line_error(proc, "unsupported architecture 'bloom'", "olmoe", "gpt_oss", "adapters.py")
+    assert_one_line_error(proc, "cannot tell the blocks of T5Model apart", "adapters.py")
 
 
 def test_missing_text_file(tiny_checkpoint, tmp_path):
