@@ -286,7 +286,8 @@ def format_plan(p: HardwarePlan) -> str:
     rows = [("weights", f"{e.weights_gib:10.2f} GiB"), ("activations", f"{e.activations_gib:10.2f} GiB"),
             ("overhead", f"{e.overhead_gib:10.2f} GiB"), ("total", f"{e.total_gib:10.2f} GiB"),
             (f"required (x{e.safety_factor:g})", f"{e.required_gib:10.2f} GiB"),
-            ("RAM floor", f"{e.ram_floor_gib:10.2f} GiB"), ("disk", f"{e.disk_gib:10.2f} GiB"),
+            # The floor is what a remote host must offer; this machine's RAM is checked against the estimate.
+            *([] if p.local else [("RAM floor", f"{e.ram_floor_gib:10.2f} GiB")]), ("disk", f"{e.disk_gib:10.2f} GiB"),
             ("params total", f"{e.params_total:>14,}"), ("params active", f"{e.params_active:>14,}"),
             ("quantization", f"{e.quantization}"), ("dtype / device", f"{e.dtype} / {e.device}")]
     rows.append(("engine", f"{p.engine}" + (f" ({p.engine_reason})" if p.engine_reason else "")))
