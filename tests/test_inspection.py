@@ -3,7 +3,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from outlier_lab import models
+from outlier_lab import hub
 from outlier_lab.config import register_configs
 from outlier_lab.inspection import _ranges, describe_model
 
@@ -11,7 +11,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def describe(monkeypatch, *overrides):
-    monkeypatch.setattr(models, "_HUB_REACHABLE", False)  # the shipped config.json copy, no network
+    monkeypatch.setattr(hub, "_REACHABLE", False)  # the shipped config.json copy, no network
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return describe_model(compose("config", overrides=list(overrides))).splitlines()
