@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +13,9 @@ import pyarrow.parquet as pq
 from checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint, training_text
 from conftest import cli_env, run_cli, tiny_job_overrides
 from hub_service import HubService, hub  # noqa: F401 - fixture used by name
+from ssh_server import _free_port, ssh_server  # noqa: F401 - fixture used by name
+
+from outlier_lab.resources import DISK_EXTRA_GIB
 
 pytestmark = pytest.mark.slow
 REPO_V1, GATED, DATASET = "acme/tiny-llama", "acme/gated-llama", "Salesforce/wikitext"
@@ -87,6 +88,11 @@ def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, 
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched
     weights = [r for r in first if r["path"].endswith("model.safetensors")]
     assert len(weights) == 1 and weights[0]["bytes"] == (repos["v1"] / "model.safetensors").stat().st_size
+    # The plan's disk figure is what the run downloaded (every file of this checkpoint) + the fixed extra.
+    plan = json.loads((tmp_path / "first" / "results.json").read_text())["resources"]
+    published = sum(p.stat().st_size for p in repos["v1"].iterdir())
+    assert sum(r["bytes"] for r in first) == published
+    assert plan["disk_gib"] == pytest.approx(published / 2**30 + DISK_EXTRA_GIB)
 
     hub.reset()
     run_cli(*hub_overrides(text_file, tmp_path / "second", REPO_V1, "model.revision=v1"), env=env)
@@ -190,12 +196,6 @@ def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, rep
     assert deterministic(tmp_path / "retried") == local_reference
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_file, local_reference, tmp_path):
     dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.monotonic()
@@ -248,7 +248,8 @@ def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_
     token = "hf_test" + uuid.uuid4().hex
     hub.set_token(token)
     hf_home = tmp_path / "remote_hf"
-    args = [*hub_overrides(text_file, None, GATED), *launcher_overrides(
+    # progress on: huggingface_hub's download bars must reach the launcher's streamed log
+    args = [*(o for o in hub_overrides(text_file, None, GATED) if o != "progress=false"), *launcher_overrides(
         tmp_path, [ssh_server.host_entry()], hf_home=hf_home, secret_env="[HF_TOKEN,HF_ENDPOINT]")]
     hub.reset()
     out = tmp_path / "launcher.out"
@@ -260,6 +261,7 @@ def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_
     assert not list((tmp_path / "local_hf").rglob("model.safetensors"))  # planning locally reads configs only
     resolves = [r for r in hub.log() if "/resolve/" in r["path"]]
     assert resolves and all(r["auth"] == "valid" for r in resolves)
+    assert "Fetching" in text and "outlier features" in text  # the remote log, streamed
     assert token not in " ".join(args) and token not in text
     assert not list((tmp_path / "remote").rglob("secrets.env"))
     for path in [*(tmp_path / "sweep").rglob("*"), *(tmp_path / "remote").rglob("*")]:
