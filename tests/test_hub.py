@@ -17,7 +17,6 @@ from ssh_server import _free_port, ssh_server  # noqa: F401 - fixture used by na
 
 from outlier_lab.resources import DISK_EXTRA_GIB
 
-pytestmark = pytest.mark.slow
 REPO_V1, GATED, DATASET = "acme/tiny-llama", "acme/gated-llama", "Salesforce/wikitext"
 DETERMINISTIC_FILES = ("per_sequence.parquet", "tokens.safetensors")
 # The v2 commit of REPO_V1 plants dim 7 where v1 planted dim 5.
@@ -77,6 +76,7 @@ def local_reference(repos, text_file, tmp_path_factory) -> dict:
     return deterministic(out)
 
 
+@pytest.mark.slow
 def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, text_file, local_reference,
                                                                    tmp_path):
     env = hub_env(hub, tmp_path / "hf")
@@ -103,6 +103,7 @@ def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, 
     assert model["revision"] == repos["sha_v1"] and model["revision_requested"] == "v1"
 
 
+@pytest.mark.slow
 def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(hub, repos, text_file,
                                                                                 local_reference, tmp_path):
     env = hub_env(hub, tmp_path / "hf")
@@ -122,6 +123,7 @@ def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(
     assert deterministic(tmp_path / "sha") == deterministic(tmp_path / "tag") == local_reference
 
 
+@pytest.mark.slow
 def test_gated_repo_needs_hf_token_which_reaches_the_server_and_nothing_else(hub, repos, text_file,
                                                                             local_reference, tmp_path):
     token = "hf_test" + uuid.uuid4().hex
@@ -148,6 +150,7 @@ def test_gated_repo_needs_hf_token_which_reaches_the_server_and_nothing_else(hub
             assert token.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_unknown_repo_or_revision_is_one_line(hub, repos, text_file, tmp_path):
     env = hub_env(hub, tmp_path / "hf")
     line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "a", "acme/no-such-model"), env=env, check=False))
@@ -157,6 +160,7 @@ def test_unknown_repo_or_revision_is_one_line(hub, repos, text_file, tmp_path):
     assert "model.revision=v9" in line and REPO_V1 in line
 
 
+@pytest.mark.slow
 def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, repos, text_file, local_reference,
                                                                        tmp_path_factory, tmp_path):
     # huggingface_hub reads 10 MiB chunks and resumes from the last whole one: a 24 MiB checkpoint (a large,
@@ -196,6 +200,7 @@ def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, rep
     assert deterministic(tmp_path / "retried") == local_reference
 
 
+@pytest.mark.slow
 def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_file, local_reference, tmp_path):
     dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.monotonic()
@@ -213,6 +218,7 @@ def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_f
     assert json.loads((tmp_path / "offline" / "results.json").read_text())["model"]["revision"] == repos["sha_v1"]
 
 
+@pytest.mark.slow
 def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(hub, repos, text_file,
                                                                              local_reference, tmp_path):
     from transformers import AutoTokenizer
@@ -241,6 +247,7 @@ def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(h
     assert results["dataset"]["path"] == DATASET and results["dataset"]["seq_len"] == 64
 
 
+@pytest.mark.slow
 def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_the_env_file(
         hub, repos, text_file, local_reference, ssh_server, tmp_path):
     from test_fabric_launcher import finish, launcher_overrides, start_cli
@@ -267,3 +274,24 @@ def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_
     for path in [*(tmp_path / "sweep").rglob("*"), *(tmp_path / "remote").rglob("*")]:
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_a_run_downloads_top_level_configs_and_every_weight_shard_only():
+    from outlier_lab.hub import Pinned, select_files
+
+    gpt_oss = ["config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+               "chat_template.jinja", "README.md", ".gitattributes", "LICENSE",
+               *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15)),
+               "original/model--00001-of-00007.safetensors", "original/config.json", "metal/model.bin"]
+    assert select_files(gpt_oss, weights=False) == ["chat_template.jinja", "config.json", "generation_config.json",
+                                                    "tokenizer.json"]
+    assert select_files(gpt_oss, weights=True) == sorted(
+        ["chat_template.jinja", "config.json", "generation_config.json", "tokenizer.json",
+         "model.safetensors.index.json", *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15))])
+    # A checkpoint without safetensors (KoboldAI's fairseq copies) downloads its .bin files instead.
+    fairseq = ["config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "flax_model.msgpack"]
+    assert select_files(fairseq, weights=True) == ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"]
+    sizes = {name: 1000 for name in gpt_oss} | {f"model-{i:05d}-of-00014.safetensors": 4 * 2**30 for i in range(1, 15)}
+    pinned = Pinned("openai/gpt-oss-120b", "main", "0" * 40, tuple(sizes.items()))
+    assert pinned.download_bytes() == 14 * 4 * 2**30 + 5 * 1000  # 4 metadata files + the index, no subfolders
+    assert Pinned("a/b", "main", "0" * 40, (("config.json", None),)).download_bytes() is None  # listed offline
