@@ -335,6 +335,17 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                 Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", shared_count="n_shared_experts",
                     fp32_router=True)),
     ),
+    (
+        # Interleaved dense and MoE blocks (`moe_layers`, from interleave_moe_layer_step); the FFN is `feed_forward`:
+        # a dense MLP intermediate_size_mlp wide, or routed experts plus a shared expert, both intermediate_size wide.
+        ("llama4_text",),
+        Adapter("llama4_text", "layers", _DENSE["mixers"],
+                {"dense": Ffn("feed_forward", "post_attention_layernorm", 3),
+                 "moe": Ffn("feed_forward", "post_attention_layernorm", 3)},
+                "intermediate_size_mlp", ffn_of=MoeLayerList(),
+                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts",
+                        shared_width="intermediate_size")),
+    ),
     (("mixtral",), Adapter("mixtral", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
                            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
     (
@@ -440,7 +451,12 @@ def blocks_path(model: torch.nn.Module, adapter: Adapter) -> str:
     """The blocks' path from the root of `model` (the base model or a model with a head around it)."""
     base = model.base_model
     prefix = next((name for name, module in model.named_modules() if module is base), "")
-    return f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks
+    path = f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks
+    if base is model and not hasattr(model, adapter.blocks.split(".")[0]):
+        # Some causal-LM classes (Llama4ForCausalLM) name a base_model_prefix they do not have: find the blocks.
+        path = next((name for name, module in model.named_modules()
+                     if name.endswith(f".{adapter.blocks}") and isinstance(module, torch.nn.ModuleList)), path)
+    return path
 
 
 def discover_sites(model: torch.nn.Module, sites=None, layers=None) -> SiteMap:

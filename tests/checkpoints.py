@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from outlier_lab.adapters import resolve_adapter
+from outlier_lab.adapters import blocks_path, resolve_adapter
 
 HIDDEN = 64
 NUM_BLOCKS = 8
@@ -43,6 +43,9 @@ CONFIGS = {
     "deepseek_v3": dict(_COMMON, num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
                         moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32,
                         kv_lora_rank=16, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32),
+    # Dense and MoE blocks interleaved (MoE in blocks 1, 3, 5, 7), as Llama-4 Maverick; top-1 + shared expert.
+    "llama4_text": dict(_COMMON, num_local_experts=4, num_experts_per_tok=1, intermediate_size=32,
+                        intermediate_size_mlp=128, interleave_moe_layer_step=2),
     # No curated adapter: the structural fallback's fixture.
     "bloom": dict(n_layer=NUM_BLOCKS, hidden_size=HIDDEN, n_head=4, vocab_size=512, initializer_range=0.02),
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,
@@ -79,7 +82,7 @@ def plant_outliers(model, attn: Optional[Dict[int, List[int]]] = None,
     attn = ATTN_PLANTS if attn is None else attn
     mlp = MLP_PLANTS if mlp is None else mlp
     adapter = resolve_adapter(model.base_model)
-    blocks = model.base_model.get_submodule(adapter.blocks)
+    blocks = model.get_submodule(blocks_path(model, adapter))
     kinds = adapter.block_kinds(model.config)
     with torch.no_grad():
         for site, plants in (("attn_in", attn), ("mlp_in", mlp)):
