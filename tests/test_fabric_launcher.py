@@ -188,6 +188,7 @@ def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(ss
         assert launch["status"] == "COMPLETED", launch
         assert json.loads((job / "results.json").read_text())["dataset"]["num_sequences"] == num_sequences
         assert (job / "remote.log").stat().st_size > 0
+        assert f"[{job.name}@" in text and f"results: {job}\n" in text  # the local dir, not the removed remote one
     assert deterministic(sweep / "0_llama") == local_reference
     launch = json.loads((sweep / "0_llama" / "launch.json").read_text())
     assert launch["host"] == f"{ssh_server.user}@127.0.0.1:{ssh_server.port}"

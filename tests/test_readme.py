@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 
@@ -25,3 +27,33 @@ def test_config_table_is_current_and_lists_every_option():
     for path in (REPO / "conf").rglob("*.yaml"):
         if path.parent.name != "conf":
             assert f"={path.stem}`" in out, path
+
+
+def test_architecture_table_is_generated_from_the_adapters_and_complete():
+    from outlier_lab.adapters import ADAPTERS
+
+    out = subprocess.run([sys.executable, "scripts/config_table.py", "--architectures"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out in README, "README's architecture table is stale: run `python scripts/config_table.py --write`"
+    listed = set(re.findall(r"^\| `([a-z0-9_]+)` \|", out, flags=re.M))
+    assert listed == set(ADAPTERS)
+    assert {"xglm", "gemma2", "gemma3_text", "olmo2", "granite", "glm4_moe", "gpt_oss"} <= listed
+
+
+def test_config_table_keeps_whole_sentences_and_literal_bars():
+    out = subprocess.run([sys.executable, "scripts/config_table.py"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "(hardware.gpu_count=N fixes it)." in out and "FFN inputs and measure top-1 probability" in out
+    assert "\\|x\\| >= 6" in out and "/x/" not in out
+
+
+@pytest.mark.slow
+def test_help_has_our_header_three_examples_and_the_groups():
+    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("outlier_lab: find LLM.int8() outlier features")
+    assert len(re.findall(r"^  python run\.py", out, flags=re.M)) == 3
+    groups = dict(line.split(": ", 1) for line in out.splitlines() if re.match(r"^[a-z]+: \S", line))
+    assert {"model", "dataset", "detector", "hardware", "analysis", "experiment"} <= set(groups)
+    assert "glm" in groups["model"].split(", ") and "auto" in groups["hardware"].split(", ")
+    assert "Powered by Hydra" not in out

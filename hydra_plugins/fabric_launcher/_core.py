@@ -196,6 +196,9 @@ class Launch:
         if failure is not None and not isinstance(failure, (Cancelled, KeyboardInterrupt)):
             # The sweep ends with this failure's first line; the details (remote log tail) are shown here, once.
             self.console.say(job, f"FAILED: {ret._return_value}")
+        elif failure is None:
+            # The remote job's own last line names its remote dir, which is gone by now.
+            self.console.say(job, f"results: {job.local_dir}")
         return ret
 
     def place(self, job: Job, inventory: List[Host], t0: float) -> Dict[str, Any]:
