@@ -82,13 +82,16 @@ def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_
     assert "renting vast 5" in text
 
 
-@pytest.mark.parametrize("case", ["create_fails", "ssh_never_up", "job_crashes", "lost_create", "api_429_5xx"])
+@pytest.mark.parametrize("case", ["create_fails", "create_refused_once", "ssh_never_up", "job_crashes", "lost_create",
+                                  "api_429_5xx"])
 def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_status(
         case, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
     nvidia_and_amd(fake_cloud)
     overrides = job_overrides(tiny_checkpoint, text_file)
     extra = {}
     if case == "create_fails":
+        fake_cloud.inject("create", "always:fail")
+    elif case == "create_refused_once":  # no capacity for the cheapest: the next fitting offer is rented
         fake_cloud.inject("create", "fail")
     elif case == "ssh_never_up":
         fake_cloud.ssh_never_up = True
@@ -107,21 +110,26 @@ def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_statu
                    env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
     output = proc.stdout + proc.stderr
     launch = launch_json(tmp_path)
-    expect_ok = case in ("lost_create", "api_429_5xx")
+    expect_ok = case in ("create_refused_once", "lost_create", "api_429_5xx")
     assert (proc.returncode == 0) == expect_ok, output[-3000:]
     assert launch["status"] == ("COMPLETED" if expect_ok else "FAILED"), launch
-    assert [c for c in fake_cloud.calls if c == "POST /v2/pods"] == ["POST /v2/pods"]  # one create, never repeated
-    if case == "create_fails":
-        assert fake_cloud.instances == {} and "runpod create failed" in output
+    creates = fake_cloud.calls.count("POST /v2/pods")  # a lost create is looked up, never sent again
+    assert creates == (2 if case.startswith("create_") else 1)
+    if case == "create_fails":  # both fitting NVIDIA types refused: nothing exists, nothing to destroy
+        assert fake_cloud.instances == {} and "runpod create failed (2 offer(s) tried)" in output
         return
     (instance_id,) = fake_cloud.instances
     assert dict(fake_cloud.destroyed) == {instance_id: 1}, output[-3000:]
     assert launch["destroy"] == {"id": instance_id, "ok": True, "error": None}
-    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": "NVIDIA L4", "count": 1}
+    rented = "NVIDIA H100 80GB HBM3" if case == "create_refused_once" else "NVIDIA L4"
+    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": rented, "count": 1}
+    assert launch["offer"]["id"] == f"{rented}/SECURE/1"
     if case == "ssh_never_up":
         assert "SSH did not answer within 2s" in output
     elif case == "job_crashes":
         assert launch["exit_code"] == 2 and "missing.txt" in output
+    elif case == "create_refused_once":
+        assert "refused (injected); trying the next offer" in output
     elif case == "lost_create":
         assert "looking the instance up by its name" in output and "the create did happen" in output
     else:

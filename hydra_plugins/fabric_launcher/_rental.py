@@ -13,11 +13,12 @@ from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
-from .providers import TAG_PREFIX, Instance, ProviderError, make_provider
+from .providers import TAG_PREFIX, Instance, ProviderError, Refused, make_provider
 from .providers._http import AnswerLost
 from .providers.choice import Choice, NoOffer, choose
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
+CREATE_TRIES = 3  # fitting offers tried, cheapest first, while the provider refuses creates (no capacity)
 
 
 class Rental:
@@ -42,7 +43,7 @@ class Rental:
         self.key_path = str(key)
         self.public_key = public.read_text().strip() if public.is_file() else ""
         self.known_dir = known_hosts_path(params).parent / "known_hosts.d"
-        self.choices: Dict[str, Choice] = {}
+        self.choices: Dict[str, List[Choice]] = {}
         self.pending: Dict[str, ProviderError] = {}
         self._offers = None
         self.lock = threading.Lock()
@@ -57,30 +58,51 @@ class Rental:
                 except ProviderError as err:
                     raise LaunchError(f"could not list {self.provider.name} offers: {err}") from err
         try:
-            picked = choose(self._offers, job.needs, self.params, self.provider.name)
+            ranked = choose(self._offers, job.needs, self.params, self.provider.name)
         except NoOffer as err:
             raise user_error(f"job {job.name}: {err}; nothing was rented") from None
-        self.choices[job.key] = picked
+        self.choices[job.key] = ranked
+        self.note_offer(job, ranked[0])
+        return ranked[0]
+
+    @staticmethod
+    def note_offer(job: Job, picked: Choice) -> None:
         job.note(offer={"provider": picked.offer.provider, "id": picked.offer.offer_id,
                         "gpu": picked.offer.gpu_name, "count": picked.offer.gpu_count,
                         "usd_per_hour": picked.offer.usd_per_hour, "region": picked.offer.region,
                         "ranked_by": "job cost" if picked.hours else "usd_per_hour (no time estimate)",
                         "describe": picked.offer.describe()})
-        return picked
 
     def instance_name(self, job: Job) -> str:
         return f"{TAG_PREFIX}{job.key}"  # job.key is the sweep id plus the job index
 
     # create, ready, destroy ------------------------------------------------------------------------------------
     def create(self, job: Job) -> Host:
-        """Create the instance; a lost answer is looked up by name, never assumed not to have happened."""
-        picked = self.choices.get(job.key) or self.choose(job)
+        """Create the instance from the cheapest offer that the provider accepts (a refusal, such as no capacity,
+        moves on to the next fitting offer); a lost answer is looked up by name, never assumed not to have
+        happened."""
+        if job.key not in self.choices:
+            self.choose(job)
+        candidates = self.choices[job.key][:CREATE_TRIES]
+        for n, picked in enumerate(candidates, 1):
+            try:
+                inst = self.create_from(job, picked)
+                break
+            except Refused as err:
+                if n == len(candidates):
+                    raise LaunchError(f"{self.provider.name} create failed ({n} offer(s) tried): {err}") from err
+                self.console.say(job, f"{err}; trying the next offer")
+        self.note_offer(job, picked)
+        return Host(address=inst.address or "", port=inst.port or 22, user=inst.user, key_path=self.key_path,
+                    usd_per_hour=picked.offer.usd_per_hour, instance_id=inst.id)
+
+    def create_from(self, job: Job, picked: Choice) -> Instance:
         name = self.instance_name(job)
         disk = int(max(40.0, job.needs.disk_gib * 1.2 + 20))  # model files, the venv and the results
         image = self.params.get("image") or self.provider.default_image
         self.console.say(job, f"renting {picked.offer.describe()} as {name}")
         try:
-            inst = self.provider.create(picked.offer, name, self.public_key, disk, image)
+            return self.provider.create(picked.offer, name, self.public_key, disk, image)
         except AnswerLost as err:
             self.console.say(job, f"{err}; looking the instance up by its name {name}")
             inst = self.cleanup.find_by_name(name, attempts=max(2, int(self.params["retries"])),
@@ -89,13 +111,14 @@ class Rental:
                 raise LaunchError(f"{self.provider.name} create of {name} got no answer and no instance of that "
                                   "name appeared; the end-of-sweep check lists it if it shows up later") from err
             self.console.say(job, f"found {inst.describe()}: the create did happen; using it")
+            return inst
+        except Refused:
+            raise
         except ProviderError as err:
             if err.instance_id is None:
                 raise LaunchError(f"{self.provider.name} create failed: {err}") from err
             self.pending[job.key] = err  # it exists: hand it to teardown, fail in ready()
-            inst = Instance(self.provider.name, err.instance_id, name, "error")
-        return Host(address=inst.address or "", port=inst.port or 22, user=inst.user, key_path=self.key_path,
-                    usd_per_hour=picked.offer.usd_per_hour, instance_id=inst.id)
+            return Instance(self.provider.name, err.instance_id, name, "error")
 
     def ready(self, job: Job, host: Host) -> Host:
         """Wait (bounded by ready_timeout_s) until the instance runs and SSH answers; fill in its address."""

@@ -21,6 +21,10 @@ class ProviderError(Exception):
         self.instance_id = instance_id
 
 
+class Refused(ProviderError):
+    """The provider turned this request down (no capacity, offer taken): nothing was created; another offer may work."""
+
+
 @dataclass(frozen=True)
 class Offer:
     """One rentable configuration, in the same units whatever the provider."""

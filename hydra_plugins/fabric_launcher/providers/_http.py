@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import requests
 
-from . import ProviderError
+from . import ProviderError, Refused
 
 log = logging.getLogger(__name__)
 # urllib3 logs every request line at DEBUG; our URLs carry no secret, but keep its noise out of job logs.
@@ -24,6 +24,10 @@ class ApiError(ProviderError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RequestRefused(ApiError, Refused):
+    """A 4xx other than an authentication failure: this request (offer, capacity) was turned down."""
 
 
 def _not_sent(err: requests.RequestException) -> bool:
@@ -95,7 +99,8 @@ class ApiClient:
                     if not idempotent:
                         raise AnswerLost(f"{label}: {problem}; it may have been carried out")
                 else:
-                    raise ApiError(f"{label} failed: {problem}", response.status_code)
+                    cls = ApiError if response.status_code in (401, 403) else RequestRefused
+                    raise cls(f"{label} failed: {problem}", response.status_code)
             if attempt == self.retries:
                 raise ProviderError(f"{label} failed after {attempt} attempts: {problem}")
             self.retried += 1

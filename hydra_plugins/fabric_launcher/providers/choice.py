@@ -150,8 +150,9 @@ class NoOffer(Exception):
     """No live offer fits the job, or the cheapest one breaks the budget: nothing is rented."""
 
 
-def choose(offers: Sequence[Offer], needs: Any, params: Dict[str, Any], provider: str) -> Choice:
-    """The cheapest fitting offer within the budget; NoOffer (with the closest refusals) otherwise."""
+def choose(offers: Sequence[Offer], needs: Any, params: Dict[str, Any], provider: str) -> List[Choice]:
+    """The fitting offers within the budget, cheapest job first (later ones are fallbacks when a create is
+    refused); NoOffer, with the closest refusals, when there is none."""
     fitting, refused = rank(offers, needs, params["vendors"])
     if not fitting:
         close = sorted(refused, key=lambda c: -c.offer.vram_gib * c.offer.gpu_count)[:3]
@@ -162,4 +163,4 @@ def choose(offers: Sequence[Offer], needs: Any, params: Dict[str, Any], provider
     reason = budget_refusal(fitting[0], params)
     if reason:
         raise NoOffer(reason)
-    return fitting[0]
+    return [c for c in fitting if budget_refusal(c, params) is None]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from . import TAG_PREFIX, Instance, Offer, Provider, ProviderError
+from . import TAG_PREFIX, Instance, Offer, Provider, ProviderError, Refused
 
 MAX_PAGES = 40  # instance listing is paged by 25 (show_instances); a bound on the loop
 
@@ -59,7 +59,7 @@ class Vast(Provider):
                 "target_state": "running", "cancel_unavail": True}
         answer = self.api.request("PUT", f"/api/v0/asks/{offer.offer_id}/", json=body, idempotent=False) or {}
         if not answer.get("success") or not answer.get("new_contract"):
-            raise ProviderError(f"vast create from offer {offer.offer_id} refused: {answer.get('msg') or answer}")
+            raise Refused(f"vast create from offer {offer.offer_id} refused: {answer.get('msg') or answer}")
         instance_id = str(answer["new_contract"])
         try:
             self.api.request("POST", f"/api/v0/instances/{instance_id}/ssh/", json={"ssh_key": public_key})
