@@ -1,11 +1,14 @@
 """Test infrastructure for the Fabric launcher: a real OpenSSH server fixture and a TCP fault-injecting proxy."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -64,8 +67,38 @@ def ssh_server(tmp_path_factory) -> SshServer:
         os.kill(pid, signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def extra_sshd(base: SshServer, work: Path, path_dirs: List[Path]):
+    """A second sshd (same host key and client key as `base`) whose sessions see `path_dirs` first on PATH: a host
+    with different tools (a broken setsid, an nvidia-smi that lists a GPU) without touching this machine's."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    config = work / "sshd_config"
+    path = ":".join([*(str(d) for d in path_dirs), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                     "/sbin", "/bin"])
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base.dir}/host_ed25519\n"
+                      f"PidFile {work}/sshd.pid\nAuthorizedKeysFile {base.dir}/authorized_keys\n"
+                      "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                      "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+                      "Subsystem sftp internal-sftp\nMaxStartups 100:30:200\nMaxSessions 50\n"
+                      f"SetEnv PATH={path}\n")
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    proc = subprocess.Popen([sshd, "-D", "-f", str(config), "-E", str(work / "sshd.log")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers(base.host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"extra sshd did not start: {(work / 'sshd.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield SshServer(base.host, port, base.user, base.key, base.known_hosts, str(work))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 class FaultProxy:
-    """TCP proxy in front of sshd that refuses, cuts or drops connections on demand."""
+    """TCP proxy in front of sshd that refuses, cuts, drops or silently black-holes connections on demand."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -83,6 +116,9 @@ class FaultProxy:
         self.stats = {"connections": 0, "refused": 0, "cuts": 0, "drops": 0}
         self.cut_done = threading.Event()
         self.closed = False
+        self.mode = "forward"  # forward | silent (black hole: nothing forwarded, nothing closed) | outage (refuse)
+        self.held: List[socket.socket] = []  # connections accepted during a silence, never answered
+        self.damaged: List[List[socket.socket]] = []  # pairs that lost bytes to a silence: dead once it ends
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     # fault controls -----------------------------------------------------------------------------------------------
@@ -105,8 +141,35 @@ class FaultProxy:
         for pair in pairs:
             self._close(pair)
 
+    def silence(self) -> None:
+        """Go silent: drop every byte both ways and answer no new connection, but close nothing (a host powered
+        off, a NAT that forgot the flow)."""
+        with self.lock:
+            self.mode = "silent"
+            self.damaged.extend(self.pairs)
+            self.stats["silences"] = self.stats.get("silences", 0) + 1
+
+    def outage(self) -> None:
+        """A loud outage: drop every open connection and refuse new ones until restore()."""
+        with self.lock:
+            self.mode = "outage"
+        self.drop_all()
+
+    def restore(self) -> None:
+        """End a silence or an outage. Connections that lost bytes to the silence are closed, as a peer's TCP stack
+        resets a flow it no longer knows."""
+        with self.lock:
+            self.mode = "forward"
+            damaged, self.damaged = self.damaged, []
+            held, self.held = self.held, []
+        for pair in damaged:
+            self._close(pair)
+        for sock in held:
+            sock.close()
+
     def close(self) -> None:
         self.closed = True
+        self.restore()
         self.listener.close()
         self.drop_all()
 
@@ -128,6 +191,13 @@ class FaultProxy:
                 return
             with self.lock:
                 self.stats["connections"] += 1
+                if self.mode == "silent":
+                    self.held.append(client)
+                    continue
+                if self.mode == "outage":
+                    self.stats["refused"] += 1
+                    client.close()
+                    continue
                 if self.refuse_next > 0:
                     self.refuse_next -= 1
                     self.stats["refused"] += 1
@@ -153,6 +223,8 @@ class FaultProxy:
                 data = b""
             if not data:
                 break
+            if self.mode == "silent":
+                continue  # black-holed
             if from_server:
                 with self.lock:
                     key = id(pair)

@@ -87,6 +87,16 @@ def warn_unshipped(bundle: CodeBundle) -> None:
         log.warning("tracked files have uncommitted changes: shipping them as code %s (HEAD %s)",
                     bundle.code_id, bundle.commit)
 
+# Shell run inside a code dir: every shipped file intact and no other file (one Hydra or Python would import, say);
+# the job keeps its bytecode elsewhere (PYTHONPYCACHEPREFIX), so a clean dir stays clean.
+EXACT_CODE_CHECK = (
+    f"(sha256sum --quiet --strict -c {CODE_MANIFEST} || exit 1; "
+    f"shipped=$(sed 's/^[0-9a-f]*  //' {CODE_MANIFEST} | LC_ALL=C sort); "
+    f"found=$(find . -type f ! -path ./{CODE_MANIFEST} | sed 's|^[.]/||' | LC_ALL=C sort); "
+    '[ "$shipped" = "$found" ] || { echo "files that were never shipped:" '
+    '$(printf "%s\\n" "$found" | grep -vxF "$shipped" | head -5); exit 1; })')
+
+
 class CodeShipper:
     """Uploads the bundle once per host and content id; concurrent jobs for the same host wait for the first upload."""
 
@@ -96,22 +106,38 @@ class CodeShipper:
         self.guard = threading.Lock()
 
     def ship(self, session: Session, root: str) -> str:
-        """The remote code dir of this bundle under root, uploaded and sha256-checked unless already there."""
+        """The remote code dir of this bundle under root, holding exactly the shipped files: uploaded unless an
+        intact copy is there; a damaged or extended copy is replaced, and a failed upload leaves no staging."""
         bundle = self.bundle
         code_dir = posixpath.join(root, "code", bundle.code_id)
         with self.guard:
             lock = self.shipped.setdefault((session.host.name, bundle.code_id), threading.Lock())
         q = shlex.quote
         with lock:
-            if session.run(f"test -f {q(code_dir + '/' + CODE_MANIFEST)}", "check code", check=False).exited == 0:
+            check = session.run(f"if [ -d {q(code_dir)} ]; then cd {q(code_dir)} && {EXACT_CODE_CHECK}; "
+                                "else echo ABSENT; fi", "check code", check=False)
+            if check.exited == 0 and "ABSENT" not in check.stdout:
                 return code_dir
+            if "ABSENT" not in check.stdout:
+                log.warning("remote code dir %s on %s differs from the shipped files (%s): re-shipping", code_dir,
+                            session.host.name, (check.stdout + check.stderr).strip()[-300:] or "changed")
+                session.run(f"mv -T {q(code_dir)} {q(code_dir)}.damaged-{uuid.uuid4().hex[:8]} 2>/dev/null; "
+                            f"rm -rf {q(code_dir)}.damaged-*", "remove damaged code dir", check=False)
+            # Staging dirs of uploads that died with their launcher over an hour ago only fill the disk.
+            session.run(f"find {q(posixpath.dirname(code_dir))} -maxdepth 1 -name '*.incoming-*' -mmin +60 "
+                        "-exec rm -rf {} + 2>/dev/null; true", "clean stale code staging", check=False)
             staging = f"{code_dir}.incoming-{uuid.uuid4().hex[:8]}"
-            session.run(f"mkdir -p {q(staging)}", "prepare code dir")
-            tarball = posixpath.join(staging, "code.tar.gz")
-            session.with_sftp("upload code", lambda s: s.putfo(io.BytesIO(bundle.tarball), tarball))
-            # Rename is atomic, so a concurrent launcher either sees the whole tree or none of it.
-            session.run(f"cd {q(staging)} && tar -xzf code.tar.gz && rm code.tar.gz && "
-                        f"sha256sum --quiet --strict -c {CODE_MANIFEST} && "
-                        f"(mv -T {q(staging)} {q(code_dir)} 2>/dev/null || rm -rf {q(staging)}); "
-                        f"test -f {q(code_dir + '/' + CODE_MANIFEST)}", "unpack code")
+            try:
+                session.run(f"mkdir -p {q(staging)}", "prepare code dir")
+                tarball = posixpath.join(staging, "code.tar.gz")
+                session.with_sftp("upload code", lambda s: s.putfo(io.BytesIO(bundle.tarball), tarball))
+                # Rename is atomic, so a concurrent launcher either sees the whole tree or none of it.
+                session.run(f"cd {q(staging)} && tar -xzf code.tar.gz && rm code.tar.gz && "
+                            f"sha256sum --quiet --strict -c {CODE_MANIFEST} && "
+                            f"(mv -T {q(staging)} {q(code_dir)} 2>/dev/null || rm -rf {q(staging)}); "
+                            f"test -f {q(code_dir + '/' + CODE_MANIFEST)}", "unpack code")
+            except BaseException:
+                session.run(f"rm -rf {q(staging)}", "remove code staging", check=False,
+                            retry=session.retry.ignoring_cancel())
+                raise
         return code_dir

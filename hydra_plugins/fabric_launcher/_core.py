@@ -6,7 +6,6 @@ import logging
 import os
 import shlex
 import subprocess
-import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -19,7 +18,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
-from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
+from ._errors import CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, RetryPolicy, user_error
 from ._hosts import Host, HostPool, ProbeCache, load_inventory, probe_host
 from ._instances import CommandInstances
 from ._job import Job
@@ -28,6 +27,7 @@ from ._needs import host_refusal, plan_job
 from ._output import Console, Redactor, job_return, launch_record, write_launch_record
 from ._remote_job import RemoteJobs
 from ._rental import Rental
+from ._signals import Interrupted, signals_raise_interrupted
 from ._ssh import Session
 from ._transfer import TRANSFER_METHODS, collect_results
 from .providers import PROVIDERS, key_env, provider_key
@@ -44,7 +44,8 @@ class Launch:
         self.config = launcher.config
         self.job_overrides = [list(o) for o in job_overrides]
         self.initial_job_idx = initial_job_idx
-        self.cancel = threading.Event()  # set once on Ctrl-C: polls, queues and retries stop, cleanup runs
+        # Triggered once by a signal (Ctrl-C, SIGTERM, SIGHUP): polls, queues and retries stop, cleanup runs.
+        self.cancel = CancelEvent()
         self.retry = RetryPolicy(int(self.params["retries"]), float(self.params["backoff_s"]),
                                  float(self.params["backoff_max_s"]), self.cancel)
         self.probes = ProbeCache(self.params)
@@ -125,34 +126,38 @@ class Launch:
         return jobs
 
     def run_all(self, jobs: List[Job], inventory: List[Host]) -> List[JobReturn]:
-        """One thread per job (a job waiting for a busy host queues in the pool); Ctrl-C cancels, cleanup runs."""
+        """One thread per job (a job waiting for a busy host queues in the pool). Ctrl-C, SIGTERM and SIGHUP all
+        cancel, and cleanup (kill remote jobs, destroy instances) runs to its end whatever signal comes next."""
         workers = min(len(jobs), int(self.params["max_parallel"]) or len(jobs)) or 1
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fabric-job")
-        futures: Dict[Future, Job] = {pool.submit(self.run_job, job, inventory): job for job in jobs}
-        interrupted = False
-        try:
-            pending = set(futures)
-            while pending:
-                try:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in done:
+        with signals_raise_interrupted():
+            futures: Dict[Future, Job] = {pool.submit(self.run_job, job, inventory): job for job in jobs}
+            interrupted = False
+            try:
+                pending = set(futures)
+                while pending:
+                    try:
+                        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            if not interrupted:
+                                self.job_ended(futures[future], future)
+                    except KeyboardInterrupt as err:
                         if not interrupted:
-                            self.job_ended(futures[future], future)
-                except KeyboardInterrupt:
-                    if not interrupted:
+                            interrupted = True
+                            self.cancel.trigger(f"interrupted by {signal_name(err)}")
+                            self.console.say(None, f"{self.cancel.reason}: killing remote jobs and destroying "
+                                                   "instances, please wait")
+            finally:
+                # A second signal must not abandon the cleanup (killing remote jobs, destroying instances).
+                while True:
+                    try:
+                        pool.shutdown(wait=True)
+                        break
+                    except KeyboardInterrupt as err:
                         interrupted = True
-                        self.cancel.set()
-                        self.console.say(None, "interrupted: killing remote jobs and destroying instances, please wait")
-        finally:
-            # A second Ctrl-C must not abandon the cleanup (killing remote jobs, destroying instances).
-            while True:
-                try:
-                    pool.shutdown(wait=True)
-                    break
-                except KeyboardInterrupt:
-                    interrupted = True
-                    self.cancel.set()
-                    self.console.say(None, "still cleaning up remote jobs and instances; please wait")
+                        self.cancel.trigger(f"interrupted by {signal_name(err)}")
+                        self.console.say(None, f"{signal_name(err)} again: still cleaning up remote jobs and "
+                                               "instances; please wait")
         if interrupted:
             raise KeyboardInterrupt
         returns = []
@@ -186,6 +191,13 @@ class Launch:
             failure = err
             if job.started:
                 self.remote.kill(job)
+        except HostUnreachable as err:
+            if job.instance is None:  # a static host: the job does not need the link, so it is left to finish
+                failure = Detached(f"{err}. The job was left running in {job.remote_dir} on {job.host.name}; "
+                                   f"collect its results later with: python scripts/reattach.py {self.sweep_dir}")
+                self.console.say(job, str(failure))
+            else:  # a rented instance is released whatever happens, so its job ends with it
+                failure = LaunchError(f"{err}; instance {job.instance.instance_id} is destroyed, the job with it")
         except BaseException as err:  # noqa: BLE001 - every failure becomes this job's FAILED return
             failure = err
             if job.started and job.exit_code is None:
@@ -235,11 +247,14 @@ class Launch:
     def execute(self, job: Job, probe: Dict[str, Any]) -> None:
         """Ship the code, check the env, run the job detached, collect its results, then judge its exit code."""
         root = self.remote_root(job.session)
+        self.remote.gpu_names[job.host.name] = [g["name"] for g in probe.get("gpus") or []]
         with job.timed("ship_s"):
             code_dir = self.shipper.ship(job.session, root)
             python = self.remote.prepare_env(job, root)
         with job.timed("run_s"):
             self.remote.start(job, code_dir, python)
+            # Written now, so a launcher killed outright (SIGKILL, a crash) still leaves what reattach needs.
+            self.write_record(job, None, status="RUNNING")
             job.exited(self.remote.poll(job))
         with job.timed("transfer_s"):
             manifest = collect_results(job, job.session.params, self.retry, bool(probe.get("rsync")))
@@ -269,10 +284,18 @@ class Launch:
             failure = LaunchError(f"destroy of instance {job.instance.instance_id} failed: {destroy_error} (results "
                                   f"are in {job.local_dir})")
         job.elapsed("total_s", t0)
-        host_gpus = (self.probes.get(job.host) or {}).get("gpus") if job.host else None
-        record = launch_record(job, failure, self.params["provider"], host_gpus, self.bundle, self.redact)
-        write_launch_record(job, record, self.redact)
+        self.write_record(job, failure, status="DETACHED" if isinstance(failure, Detached) else None)
         return failure
+
+    def write_record(self, job: Job, failure: Optional[BaseException], status: Optional[str] = None) -> None:
+        host_gpus = (self.probes.get(job.host) or {}).get("gpus") if job.host else None
+        record = launch_record(job, failure, self.params["provider"], host_gpus, self.bundle, self.redact,
+                               status=status, params=self.params)
+        write_launch_record(job, record, self.redact)
+
+
+def signal_name(err: BaseException) -> str:
+    return err.signame if isinstance(err, Interrupted) else "SIGINT"
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:

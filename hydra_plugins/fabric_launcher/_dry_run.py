@@ -50,7 +50,7 @@ def dry_run(jobs: List[Job], inventory: List[Host], params: Dict[str, Any], bund
         env_cmd = env_setup_command(params, root, bundle)
         if env_cmd:
             lines.append(f"  env: {env_cmd}")
-        lines.append(f"  start: {start_command(remote_dir)}")
+        lines.append(f"  start: {start_command(remote_dir, python, params['start_timeout_s'], shown=True)}")
         lines.append(f"  job: {' '.join(shlex.quote(a) for a in remote_command(job.overrides, remote_dir, python))}")
         lines.append(f"  poll: {POLL_COMMAND.format(dir=shlex.quote(remote_dir))}")
         lines.append(f"  results: {posixpath.join(remote_dir, 'out')}/ -> {job.local_dir}/ "

@@ -30,7 +30,26 @@ def user_error(message: str) -> Exception:
 
 
 class Cancelled(Exception):
-    """The launch was interrupted (SIGINT) or timed out; cleanup has to run."""
+    """The launch was interrupted (a signal) or timed out; cleanup has to run."""
+
+
+class CancelEvent(threading.Event):
+    """A cancel flag that also says why (`interrupted by SIGTERM`), so every job's record can tell."""
+
+    reason = "interrupted"
+
+    def trigger(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+        self.set()
+
+
+class HostUnreachable(Exception):
+    """A host stayed unreachable past its time budget; a job started there may still be running."""
+
+
+class Detached(LaunchError):
+    """A job was left running on a host that stayed unreachable; scripts/reattach.py collects it later."""
 
 
 class ConnectionDropped(Exception):
@@ -49,6 +68,8 @@ def is_transient(err: BaseException) -> bool:
         return False
     if isinstance(err, paramiko.SSHException) and "known_hosts" in str(err):
         return False
+    if isinstance(err, invoke.CommandTimedOut):
+        return True  # the deadline on one command: a hung link or a hung remote side, retried like a drop
     if isinstance(err, invoke.UnexpectedExit):
         return err.result.exited == -1
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
@@ -64,30 +85,54 @@ class RetryPolicy:
     backoff_max_s: float
     cancel: threading.Event
 
+    # With a budget, faults are retried for budget_s seconds, however many attempts that takes (an outage), and
+    # then end with HostUnreachable; without one, `attempts` bounds them.
+    budget_s: Optional[float] = None
+    budget_name: str = "outage_budget_s"  # the setting that budget_s came from, named in the error
+    until: Optional[float] = None  # a monotonic deadline (a job's timeout_s): the retries end with Cancelled there
+
+    def _cancelled(self) -> Cancelled:
+        return Cancelled(getattr(self.cancel, "reason", "interrupted"))
+
     def call(self, what: str, fn: Callable[[], Any], on_retry: Optional[Callable[[], None]] = None) -> Any:
         """Run fn, retrying transient faults with exponential backoff; the last fault ends it with a clear error."""
         delay = self.backoff_s
         started = time.monotonic()
-        for attempt in range(1, self.attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             if self.cancel.is_set():
-                raise Cancelled(what)
+                raise self._cancelled()
             try:
                 return fn()
             except Exception as err:  # noqa: BLE001 - classified just below
                 if not is_transient(err):
                     raise
-                if attempt == self.attempts:
-                    raise LaunchError(f"{what} failed after {attempt} attempts over {time.monotonic() - started:.1f}s:"
+                now = time.monotonic()
+                lasted = now - started
+                if self.until is not None and now + delay >= self.until:
+                    raise Cancelled(f"timeout while {what} was unreachable") from err
+                # A pass that ran but left bad files is no outage: it gets `attempts` even under a budget.
+                if (self.budget_s is None or isinstance(err, TransferIncomplete)) and attempt >= self.attempts:
+                    raise LaunchError(f"{what} failed after {attempt} attempts over {lasted:.1f}s:"
                                       f" {type(err).__name__}: {err}") from err
-                log.warning("%s: %s: %s (attempt %d/%d, retrying in %.1fs)", what, type(err).__name__, err,
-                            attempt, self.attempts, delay)
+                if self.budget_s is not None and lasted + delay > self.budget_s:
+                    raise HostUnreachable(f"{what}: unreachable for {lasted:.0f}s ({self.budget_name}="
+                                          f"{self.budget_s:g}): {type(err).__name__}: {err}") from err
+                left = f"{attempt}/{self.attempts}" if self.budget_s is None else \
+                    f"{attempt}, unreachable for {lasted:.1f}s of {self.budget_s:g}s allowed"
+                log.warning("%s: %s: %s (attempt %s, retrying in %.1fs)", what, type(err).__name__, err, left, delay)
                 if on_retry is not None:
                     on_retry()
                 if self.cancel.wait(delay):
-                    raise Cancelled(what)
+                    raise self._cancelled()
                 delay = min(delay * 2, self.backoff_max_s)
-        raise AssertionError("unreachable")
 
     def ignoring_cancel(self) -> "RetryPolicy":
         """The same budget for cleanup (killing a remote job), which must still retry after a cancel."""
         return replace(self, cancel=threading.Event())
+
+    def outlasting(self, budget_s: float, until: Optional[float] = None,
+                   budget_name: str = "outage_budget_s") -> "RetryPolicy":
+        """For a job that may be running: retry for budget_s seconds, not a number of attempts."""
+        return replace(self, budget_s=budget_s, until=until, budget_name=budget_name)

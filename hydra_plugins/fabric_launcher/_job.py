@@ -44,6 +44,7 @@ class Job:
     exit_code: Optional[int] = None
     results: Any = None
     instance: Optional[Host] = None  # made for this job by provider=command: destroyed at teardown
+    deadline: Optional[float] = None  # monotonic end of timeout_s, counted from the start
     timings: Dict[str, float] = field(default_factory=dict)
     events: Dict[str, Any] = field(default_factory=dict)  # what launch.json reports beyond the fields above
 
@@ -72,8 +73,9 @@ class Job:
         self._step(Phase.CONNECTED, Phase.PLACED)
         self.remote_dir = self.dir_under(root)
 
-    def mark_started(self) -> None:
+    def mark_started(self, deadline: Optional[float] = None) -> None:
         self._step(Phase.PLACED, Phase.STARTED)
+        self.deadline = deadline
 
     def exited(self, exit_code: int) -> None:
         self._step(Phase.STARTED, Phase.EXITED)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from ._bundle import CODE_MANIFEST, CodeBundle
+from ._bundle import EXACT_CODE_CHECK, CodeBundle
+from ._detach import DETACH_PY
 
 if TYPE_CHECKING:
     from ._job import Job
@@ -17,7 +19,15 @@ RESULT_MANIFEST = "out.manifest.json"
 def remote_command(overrides: List[str], remote_dir: str, python: str) -> List[str]:
     """The job re-invokes our own CLI with its overrides; it knows it is the remote side and runs locally there."""
     return [python, "run.py", *overrides, "hardware.launched_remotely=true", "hydra.mode=RUN",
-            f"hydra.run.dir={posixpath.join(remote_dir, 'out')}"]
+            f"hydra.run.dir={hydra_quote(posixpath.join(remote_dir, 'out'))}"]
+
+
+def hydra_quote(value: str) -> str:
+    """A literal string in Hydra's override grammar: single-quoted, quotes (and the backslashes before them)
+    escaped, and `${` escaped so OmegaConf does not interpolate it."""
+    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
+    return "'" + value.replace("${", "\\${") + "'"
 
 
 MANIFEST_PY = r"""
@@ -38,10 +48,13 @@ json.dump(entries, sys.stdout)
 
 
 def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bundle: CodeBundle) -> str:
-    """The detached wrapper: own process group, secrets from a 0600 file, code check, log, manifest, exit code."""
+    """The detached wrapper (started by DETACH_PY with the secrets in its environment, never in a file): process
+    group id, code check, log, manifest, exit code."""
     q = shlex.quote
     d = job.remote_dir
-    env_lines = ["export PYTHONUNBUFFERED=1"]
+    # Bytecode goes to the job dir, so the shared code dir holds exactly the shipped files, and no stray .pyc in
+    # it is ever read.
+    env_lines = ["export PYTHONUNBUFFERED=1", 'export PYTHONPYCACHEPREFIX="$JOB/pycache"']
     if job.gpu_indices:  # a shared host: this job sees only the GPUs it was given
         env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in job.gpu_indices)}")
     if params.get("hf_home"):
@@ -54,12 +67,10 @@ def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bun
 # outlier_lab remote job {job.name}: detached, its own process group; the launcher polls exit_code.
 JOB={q(d)}
 echo $$ > "$JOB/pgid"
-# Secrets first, so the 0600 file is gone whatever happens next.
-if [ -f "$JOB/secrets.env" ]; then set -a; . "$JOB/secrets.env"; set +a; rm -f "$JOB/secrets.env"; fi
 cd {q(code_dir)} || {{ echo 1 > "$JOB/exit_code"; exit 1; }}
 {chr(10).join(env_lines)}
-if ! sha256sum --quiet --strict -c {CODE_MANIFEST} > "$JOB/code_check.log" 2>&1; then
-    echo "outlier_lab: remote code in {code_dir} does not match the local tree {bundle.code_id} (commit {bundle.commit}):" >> "$JOB/job.log"
+if ! {EXACT_CODE_CHECK} > "$JOB/code_check.log" 2>&1; then
+    echo outlier_lab: remote code in {q(code_dir)} does not match the local tree {bundle.code_id} {q(f"(commit {bundle.commit}):")} >> "$JOB/job.log"
     cat "$JOB/code_check.log" >> "$JOB/job.log"
     code={CODE_MISMATCH_EXIT}
 else
@@ -72,17 +83,18 @@ echo $code > "$JOB/exit_code.tmp" && mv "$JOB/exit_code.tmp" "$JOB/exit_code"
 """
 
 
-def start_command(remote_dir: str) -> str:
-    """Start job.sh detached once: mkdir is the atomic guard that makes a retried start harmless."""
+def start_command(remote_dir: str, python: str, wait_s: float, shown: bool = False) -> str:
+    """Start job.sh detached once (the host's python, no setsid(1) needed; the secrets come on stdin); the exit
+    status says whether the job got as far as writing its pgid. `shown`: the short form a dry run prints."""
     q = shlex.quote
-    return (f"cd {q(remote_dir)} && if mkdir started.lock 2>/dev/null; then "
-            f"setsid nohup sh {q(remote_dir + '/job.sh')} </dev/null >/dev/null 2>&1 & fi; true")
+    program = "<_detach.DETACH_PY>" if shown else q(DETACH_PY)
+    return f"cd {q(remote_dir)} && {q(python)} -c {program} {q(remote_dir)} {q(str(float(wait_s)))}"
 
 
 POLL_COMMAND = ("cd {dir} && if [ -f exit_code ]; then echo EXIT $(cat exit_code); "
                 "elif [ -f pgid ] && kill -0 -$(cat pgid) 2>/dev/null; then echo RUNNING; "
                 "elif [ -f exit_code ]; then echo EXIT $(cat exit_code); "
-                "elif [ -f pgid ]; then echo GONE; else echo STARTING; fi")
+                "elif [ -f pgid ]; then echo GONE; else echo STARTING; tail -c 2000 start.err 2>/dev/null; fi")
 
 # `kill -SIG -PGID` without `--`: dash (sh on Debian) rejects `--`.
 KILL_COMMAND = ("cd {dir} && [ -f pgid ] && pg=$(cat pgid) && kill -TERM -$pg 2>/dev/null; "

@@ -38,14 +38,26 @@ class Console:
     def say(self, job: Optional[Job], text: str) -> None:
         with self.lock:
             prefix = f"[{job.name}{'@' + job.host.name if job and job.host else ''}] " if job else ""
-            for line in self.redact(text).splitlines() or [""]:
-                sys.stdout.write(prefix + line + "\n")
-            sys.stdout.flush()
+            try:
+                for line in self.redact(text).splitlines() or [""]:
+                    sys.stdout.write(prefix + line + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):  # the terminal is gone (SIGHUP): cleanup must go on regardless
+                pass
+
+
+# What scripts/reattach.py needs besides the host to reach a job again (none of it secret).
+REATTACH_PARAMS = ("known_hosts", "host_key_policy", "connect_timeout_s", "keepalive_s", "keepalive_count_max",
+                   "ssh_op_timeout_s", "outage_budget_s", "retries", "backoff_s", "backoff_max_s", "transfer",
+                   "cleanup_remote", "secret_env", "poll_interval_s")
 
 
 def launch_record(job: Job, failure: Optional[BaseException], provider: str, host_gpus: Optional[List[Any]],
-                  bundle: Optional[CodeBundle], redact: Redactor) -> Dict[str, Any]:
-    """launch.json: where and how the job ran, the estimate beside the measured peak, timings and cost."""
+                  bundle: Optional[CodeBundle], redact: Redactor, status: Optional[str] = None,
+                  params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """launch.json: where and how the job ran, the estimate beside the measured peak, timings and cost. status
+    overrides COMPLETED/FAILED (RUNNING while it runs, DETACHED when left running); a started job also records
+    how to reattach to it."""
     needs, results = job.needs, job.results
     hours = job.timings.get("total_s", 0.0) / 3600
     price = job.host.usd_per_hour if job.host and job.host.usd_per_hour is not None else needs.usd_per_hour
@@ -70,9 +82,13 @@ def launch_record(job: Job, failure: Optional[BaseException], provider: str, hos
         "dirty_tree": bundle.dirty if bundle else None,
         "remote_dir": job.remote_dir,
         "exit_code": job.exit_code,
-        "status": "COMPLETED" if failure is None else "FAILED",
+        "status": status or ("COMPLETED" if failure is None else "FAILED"),
         "error": first_line(failure, redact) if failure is not None else None,
         **job.events,
+        **({"reattach": {"host": {"address": job.host.address, "port": job.host.port, "user": job.host.user,
+                                  "key_path": job.host.key_path},
+                         "params": {k: params[k] for k in REATTACH_PARAMS if k in params}}}
+           if params is not None and job.started and job.host is not None else {}),
     }
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 import io
 import posixpath
 import shlex
+import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import paramiko
 
 from ._bundle import CodeBundle
-from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
+from ._detach import start_payload
+from ._errors import CancelEvent, Cancelled, LaunchError, RetryPolicy, user_error
 from ._job import Job
 from ._job_script import KILL_COMMAND, POLL_COMMAND, job_script, start_command
 from ._output import Console
@@ -53,9 +55,14 @@ class RemoteJobs:
         self.bundle = bundle
         self.secrets = secrets
         self.console = console
+        self.retry = retry
         self.cancel = retry.cancel
-        # Cleanup must still retry after a cancel, so it gets a retry policy of its own.
-        self.cleanup_retry = retry.ignoring_cancel()
+        self.gpu_names: Dict[str, List[str]] = {}  # host name -> GPU names from its probe, for error messages
+
+    def running(self, job: Job) -> RetryPolicy:
+        """Retries for a job that may be running: it does not need the link, so an outage is waited out for
+        outage_budget_s (and at most until its timeout_s), however many attempts that takes."""
+        return self.retry.outlasting(float(self.params["outage_budget_s"]), until=job.deadline)
 
     def prepare_env(self, job: Job, root: str) -> str:
         """Build the venv when asked, then check the interpreter runs and has the job's key packages."""
@@ -73,40 +80,63 @@ class RemoteJobs:
         if missing.stdout.strip():
             raise LaunchError(f"remote interpreter {python} on {job.host.name} lacks {missing.stdout.strip()}; use "
                               "hydra.launcher.env_mode=venv or install them there")
+        if job.gpu_indices or (self.params["require_gpu"] and job.needs.gpu_count):
+            self.check_cuda(job, python)
         return python
 
+    def check_cuda(self, job: Job, python: str) -> None:
+        """nvidia-smi listing a GPU is not enough: the job's own torch must see every GPU it was given, or a job
+        planned (and paid) for a GPU would quietly run on the CPU."""
+        visible = ",".join(str(i) for i in job.gpu_indices)
+        want = len(job.gpu_indices) or job.needs.gpu_count
+        env = f"CUDA_VISIBLE_DEVICES={visible} " if visible else ""
+        probe = "import torch; print(torch.cuda.device_count())"
+        result = job.session.run(f"{env}{shlex.quote(python)} -c {shlex.quote(probe)}", "check remote CUDA",
+                                 check=False)
+        lines = result.stdout.strip().splitlines()
+        seen = int(lines[-1]) if result.exited == 0 and lines and lines[-1].isdigit() else 0
+        if seen >= want:
+            return
+        names = self.gpu_names.get(job.host.name) or []
+        given = ", ".join(names[i] for i in job.gpu_indices if i < len(names)) or job.needs.gpu_class or visible
+        why = ((result.stderr or "").strip().splitlines() or ["a CPU-only torch or a driver mismatch"])[-1]
+        raise LaunchError(f"torch in {python} on {job.host.name} sees {seen} CUDA device(s), but the job was given "
+                          f"{want} ({given}): {why}; refusing to run a GPU job on the CPU (install a CUDA build of "
+                          "torch there, or fix the driver)")
+
     def start(self, job: Job, code_dir: str, python: str) -> None:
-        """Upload job.sh and the 0600 secrets file, then start the job detached (a retried start is harmless)."""
+        """Upload job.sh, then start it detached with the secrets on stdin (no secret file, ever); a retried start
+        is harmless, and a start that fails is reported with its stderr."""
         q = shlex.quote
         session = job.session
         session.run(f"mkdir -p -m 700 {q(job.remote_dir)}", "create job dir")
         script = job_script(job, self.params, code_dir, python, self.bundle)
-        secrets = "".join(f"{k}={q(v)}\n" for k, v in self.secrets.items())
-
-        def upload(sftp: paramiko.SFTPClient) -> None:
-            sftp.putfo(io.BytesIO(script.encode()), posixpath.join(job.remote_dir, "job.sh"))
-            if secrets:
-                path = posixpath.join(job.remote_dir, "secrets.env")
-                with sftp.open(path, "w") as fh:
-                    sftp.chmod(path, 0o600)  # before any byte of a secret lands in it
-                    fh.write(secrets.encode())
-
-        session.with_sftp("upload job script", upload)
-        session.run(start_command(job.remote_dir), "start job")
-        job.mark_started()
+        session.with_sftp("upload job script",
+                          lambda sftp: sftp.putfo(io.BytesIO(script.encode()), posixpath.join(job.remote_dir, "job.sh")))
+        timeout = self.params.get("timeout_s")
+        job.mark_started(time.monotonic() + float(timeout) if timeout else None)  # a cancel now kills what started
+        wait_s = min(float(self.params["start_timeout_s"]), 30.0)
+        result = session.run(start_command(job.remote_dir, python, wait_s), "start job", check=False,
+                             retry=self.running(job), stdin=start_payload(self.secrets))
+        if result.exited != 0:
+            raise LaunchError(f"remote job {job.name} did not start on {job.host.name} (exit {result.exited}): "
+                              f"{self.console.redact((result.stderr or result.stdout).strip()[-2000:])}")
 
     def poll(self, job: Job) -> int:
         """Stream the log until the job writes its exit code; reconnects on faults; honours cancel and timeout."""
         job.local_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         timeout = self.params.get("timeout_s")
+        start_timeout = float(self.params["start_timeout_s"])
         interval = float(self.params["poll_interval_s"])
+        retry = self.running(job)
         with open(job.local_dir / "remote.log", "ab") as local_log:
-            follower = LogFollower(job, local_log, self.console, bool(self.params["stream_log"]))
+            follower = LogFollower(job, local_log, self.console, bool(self.params["stream_log"]), retry)
             try:
                 while True:
-                    state = job.session.run(POLL_COMMAND.format(dir=shlex.quote(job.remote_dir)),
-                                            "poll job").stdout.split()
+                    out = job.session.run(POLL_COMMAND.format(dir=shlex.quote(job.remote_dir)), "poll job",
+                                          retry=retry).stdout
+                    state = out.split()
                     follower.drain()
                     if state and state[0] == "EXIT":
                         return int(state[1])
@@ -114,10 +144,14 @@ class RemoteJobs:
                         follower.write_log(final=True)
                         raise LaunchError(f"remote job {job.name} on {job.host.name} vanished without an exit code "
                                           f"(killed or host rebooted)\n{self.tail(job)}")
-                    if timeout and time.monotonic() - started > float(timeout):
+                    if state and state[0] == "STARTING" and time.monotonic() - started > start_timeout:
+                        stderr = out.strip()[len("STARTING"):].strip() or "(no stderr)"
+                        raise LaunchError(f"remote job {job.name} did not start on {job.host.name} within "
+                                          f"{start_timeout:g}s (start_timeout_s): {self.console.redact(stderr)}")
+                    if job.deadline is not None and time.monotonic() > job.deadline:
                         raise Cancelled(f"timeout after {timeout}s")
                     if self.cancel.wait(interval):
-                        raise Cancelled("interrupted")
+                        raise Cancelled(getattr(self.cancel, "reason", "interrupted"))
             finally:
                 follower.write_log(final=True)
 
@@ -128,20 +162,39 @@ class RemoteJobs:
         return "--- remote log tail ---\n" + "\n".join(line.split("\r")[-1] for line in lines[-keep:])
 
     def kill(self, job: Job) -> None:
-        """Kill the job's remote process group (TERM, then KILL); a failure is reported, never raised."""
+        """Kill the job's remote process group (TERM, then KILL), spending at most kill_timeout_s on a host that
+        does not answer: teardown (destroy) must follow within seconds of a cancel, whatever the network does.
+        A failure is reported, never raised."""
+        limit = float(self.params["kill_timeout_s"])
+        # Cleanup must still retry after a cancel, so it gets a cancel flag of its own, which a timer fires: that
+        # also closes, at once, a link stuck in a silence.
+        stop = CancelEvent()
+        timer = threading.Timer(limit, stop.trigger, args=(f"kill_timeout_s={limit:g} ran out",))
+        timer.daemon = True
+        timer.start()
+        retry = RetryPolicy(self.retry.attempts, self.retry.backoff_s, self.retry.backoff_max_s, stop,
+                            budget_s=limit, budget_name="kill_timeout_s")
+        session = job.session
+        # A connect attempt cannot be interrupted, so none may outlast half the kill's time.
+        session.params = {**session.params,
+                          "connect_timeout_s": min(float(self.params["connect_timeout_s"]), max(limit / 2, 1.0))}
         try:
-            job.session.run(KILL_COMMAND.format(dir=shlex.quote(job.remote_dir)), "kill remote job",
-                            retry=self.cleanup_retry)
+            session.run(KILL_COMMAND.format(dir=shlex.quote(job.remote_dir)), "kill remote job", retry=retry,
+                        timeout=limit)
             self.console.say(job, "remote process group killed")
         except Exception as err:  # noqa: BLE001 - report and go on to destroy
-            self.console.say(job, f"could not kill the remote job: {err}")
+            self.console.say(job, f"could not kill the remote job ({type(err).__name__}: {err}); it may still be "
+                                  f"running in {job.remote_dir} on {job.host.name}")
+        finally:
+            timer.cancel()
 
 
 class LogFollower:
     """Copies the remote job.log into the local remote.log (whole lines, redacted) and onto the console."""
 
-    def __init__(self, job: Job, local_log: Any, console: Console, stream: bool) -> None:
+    def __init__(self, job: Job, local_log: Any, console: Console, stream: bool, retry: RetryPolicy) -> None:
         self.job = job
+        self.retry = retry
         self.local_log = local_log
         self.console = console
         self.stream = stream
@@ -167,7 +220,7 @@ class LogFollower:
             self.log_pending = self.log_pending[cut:]
 
     def drain(self) -> None:
-        data = self.job.session.with_sftp("read job log", self.read_log)
+        data = self.job.session.with_sftp("read job log", self.read_log, retry=self.retry)
         self.offset += len(data)
         self.log_pending += data
         self.write_log()

@@ -5,12 +5,14 @@ import fcntl
 import logging
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import paramiko
 
 from ._errors import ConnectionDropped, LaunchError, RetryPolicy, is_transient, user_error
+from ._liveness import LinkWatchdog
 
 if TYPE_CHECKING:
     from ._hosts import Host
@@ -43,9 +45,11 @@ class Session:
         self.host = host
         self.params = params
         self.retry = retry
+        self.current = retry  # the policy of the command in progress: its cancel flag is the watchdog's abort switch
         self.conn = None
         self._sftp: Optional[paramiko.SFTPClient] = None
         self.home: Optional[str] = None
+        self.watchdog: Optional[LinkWatchdog] = None
 
     # connection ------------------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -87,7 +91,11 @@ class Session:
                                   f"connect (add its key, e.g. ssh-keyscan -p {self.host.port} {self.host.address})"
                                   ) from err
             raise
-        conn.transport.set_keepalive(5)
+        # Keepalives that want an answer: a silent link is closed, which wakes whatever waits on it; so does a
+        # cancel (Ctrl-C, a signal, a kill deadline), at once.
+        self.watchdog = LinkWatchdog(conn.transport, float(self.params["keepalive_s"]),
+                                     int(self.params["keepalive_count_max"]), self.host.name,
+                                     aborted=lambda: self.current.cancel.is_set())
         self.conn = conn
         if self.home is None:
             self.home = self._run_once('printf %s "$HOME"').stdout.strip()
@@ -97,6 +105,9 @@ class Session:
         return self
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         for closer in (self._sftp, self.conn):
             try:
                 if closer is not None:
@@ -111,11 +122,14 @@ class Session:
             self._open()
 
     # commands --------------------------------------------------------------------------------------------------
-    def _run_once(self, command: str, timeout: Optional[float] = None):
+    def _run_once(self, command: str, timeout: Optional[float] = None, stdin: Optional[str] = None):
         import invoke
 
+        if stdin is not None:
+            return self._run_with_stdin(command, stdin, timeout or float(self.params["ssh_op_timeout_s"]))
         try:
-            result = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            result = self.conn.run(command, hide=True, warn=True, in_stream=False,
+                                   timeout=timeout or float(self.params["ssh_op_timeout_s"]))
         except invoke.UnexpectedExit as err:
             if err.result.exited == -1:
                 self.close()
@@ -126,21 +140,44 @@ class Session:
             raise ConnectionDropped(f"connection to {self.host.name} dropped during a command")
         return result
 
+    def _run_with_stdin(self, command: str, stdin: str, timeout: float) -> "CommandResult":
+        """A command fed on stdin (the secrets of a detached start) over a plain channel: invoke's stdin thread
+        fails when a command exits before reading all of it, and this one must report its own exit status."""
+        channel = self.conn.transport.open_session(timeout=timeout)
+        channel.settimeout(timeout)  # every read has a deadline
+        try:
+            channel.exec_command(command)
+            try:
+                channel.sendall(stdin.encode())
+                channel.shutdown_write()
+            except OSError:
+                pass  # the command ended without reading it all: its exit status and stderr say why
+            stdout = channel.makefile("rb").read().decode(errors="replace")
+            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
+            if not channel.status_event.wait(timeout) or channel.exit_status == -1:
+                self.close()
+                raise ConnectionDropped(f"connection to {self.host.name} dropped during a command")
+            return CommandResult(stdout, stderr, channel.exit_status)
+        finally:
+            channel.close()
+
     def run(self, command: str, what: str, check: bool = True, timeout: Optional[float] = None,
-            retry: Optional[RetryPolicy] = None):
+            retry: Optional[RetryPolicy] = None, stdin: Optional[str] = None):
         """Run an idempotent remote shell command, reconnecting on faults; nonzero exit raises when check.
 
-        `retry` overrides the session's policy for this command (cleanup retries after a cancel)."""
+        `retry` overrides the session's policy for this command (cleanup retries after a cancel, a running job's
+        commands ride out an outage); `timeout` (default ssh_op_timeout_s) bounds one attempt."""
 
         def attempt():
             try:
                 self._ensure()
-                return self._run_once(command, timeout)
+                return self._run_once(command, timeout, stdin)
             except Exception:
                 self.close()
                 raise
 
-        result = (retry or self.retry).call(f"{what} on {self.host.name}", attempt)
+        self.current = retry or self.retry
+        result = self.current.call(f"{what} on {self.host.name}", attempt)
         if check and result.exited != 0:
             raise LaunchError(f"{what} on {self.host.name} failed (exit {result.exited}): "
                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
@@ -150,9 +187,12 @@ class Session:
         self._ensure()
         if self._sftp is None:
             self._sftp = self.conn.client.open_sftp()
+            # Every SFTP reply is waited for at most this long, even on a link that still answers keepalives.
+            self._sftp.get_channel().settimeout(float(self.params["ssh_op_timeout_s"]))
         return self._sftp
 
-    def with_sftp(self, what: str, fn: Callable[[paramiko.SFTPClient], Any]) -> Any:
+    def with_sftp(self, what: str, fn: Callable[[paramiko.SFTPClient], Any],
+                  retry: Optional[RetryPolicy] = None) -> Any:
         def attempt():
             try:
                 return fn(self.sftp())
@@ -161,7 +201,8 @@ class Session:
                     self.close()
                 raise
 
-        return self.retry.call(f"{what} on {self.host.name}", attempt)
+        self.current = retry or self.retry
+        return self.current.call(f"{what} on {self.host.name}", attempt)
 
     def abspath(self, path: str) -> str:
         """Expand `~` ourselves: SFTP never does (the old pipeline's sync bug)."""
@@ -170,6 +211,20 @@ class Session:
         return path
 
 
+@dataclass
+class CommandResult:
+    """What a remote command left: its output and exit status (invoke's Result has the same three fields)."""
+    stdout: str
+    stderr: str
+    exited: int
+
+
 def known_hosts_path(params: Dict[str, Any]) -> Path:
     """The known_hosts file both the launcher's connections and rsync's ssh check host keys against."""
     return Path(os.path.expanduser(str(params["known_hosts"])))
+
+
+def ssh_path(path: str) -> str:
+    """A path as one ssh option value: ssh splits values on spaces and expands % and ${}, so quote and escape."""
+    escaped = path.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -5,20 +5,21 @@ import hashlib
 import io
 import json
 import logging
+import os
 import posixpath
 import shlex
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import paramiko
 
 from ._errors import ConnectionDropped, LaunchError, RetryPolicy, TransferIncomplete
 from ._job import Job
 from ._job_script import RESULT_MANIFEST
-from ._ssh import Session, known_hosts_path
+from ._ssh import Session, known_hosts_path, ssh_path
 
 log = logging.getLogger(__name__)
 
@@ -30,59 +31,74 @@ TRANSFER_METHODS = ("auto", "rsync", "stream", "sftp")
 SMALL_FILE_BYTES = 4 << 20
 WINDOW_BYTES = 64 << 20
 PACKET_BYTES = 256 << 10
+# Files arrive here, inside the local job dir, and get their final names only once verified.
+STAGING_DIR = ".incoming"
 
 
 def collect_results(job: Job, params: Dict[str, Any], retry: RetryPolicy, probe_rsync: bool) -> List[Dict[str, Any]]:
     """Pull the job's out/ dir as listed by its result manifest (paths checked to stay inside it)."""
-    manifest_path = posixpath.join(job.remote_dir, RESULT_MANIFEST)
+    manifest, method, retries = pull_results(job.session, params, retry, job.remote_dir, job.local_dir, probe_rsync)
+    job.note(transfer_method=method, transfer_retries=retries)
+    return manifest
+
+
+def pull_results(session: Session, params: Dict[str, Any], retry: RetryPolicy, remote_dir: str, local_dir: Path,
+                 probe_rsync: bool) -> Tuple[List[Dict[str, Any]], str, int]:
+    """A finished job's out/ into local_dir, every file verified; the results stay on the host through an outage
+    of up to outage_budget_s, which is waited out. Returns the manifest, the method used and the retries."""
+    retry = retry.outlasting(float(params["outage_budget_s"]))
+    manifest_path = posixpath.join(remote_dir, RESULT_MANIFEST)
 
     def read_manifest(sftp: paramiko.SFTPClient) -> bytes:
         with sftp.open(manifest_path, "rb") as fh:
             return fh.read()
 
-    manifest = json.loads(job.session.with_sftp("read result manifest", read_manifest))
+    manifest = json.loads(session.with_sftp("read result manifest", read_manifest, retry=retry))
     for entry in manifest:
         parts = Path(entry["path"]).parts
-        if Path(entry["path"]).is_absolute() or ".." in parts or not parts:
-            raise LaunchError(f"result manifest of {job.name} names a path outside its dir: {entry['path']!r}")
-    source = posixpath.join(job.remote_dir, "out")
+        if Path(entry["path"]).is_absolute() or ".." in parts or not parts or parts[0] == STAGING_DIR:
+            raise LaunchError(f"result manifest of {remote_dir} names a path outside its dir: {entry['path']!r}")
     method = params["transfer"]
     if method == "auto":
         method = "rsync" if probe_rsync and shutil.which("rsync") else "stream"
-    transfer = Transfer(job.session, params, retry)
-    job.note(transfer_method=method)
-    transfer.pull(source, job.local_dir, manifest, method)
-    job.note(transfer_retries=transfer.retries)
-    return manifest
+    transfer = Transfer(session, params, retry)
+    transfer.pull(posixpath.join(remote_dir, "out"), local_dir, manifest, method)
+    return manifest, method, transfer.retries
 
 
 class Transfer:
-    """Pull a remote dir to a local one by rsync (same host key, key file) or SFTP with resume; verify every sha256."""
+    """Pull a remote dir to a local one by rsync (same host key, key file) or SFTP with resume; verify every sha256.
+
+    Files land in a hidden staging dir and get their final names only once verified against the manifest, so a
+    cut transfer never leaves a half-written file under a final name; partial copies there are resumed.
+    """
 
     def __init__(self, session: Session, params: Dict[str, Any], retry: RetryPolicy) -> None:
         self.session = session
         self.params = params
         self.retry = retry
         self.retries = 0
+        self.verified: set = set()
 
     def pull(self, source: str, dest: Path, manifest: List[Dict[str, Any]], method: str) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
+        staging = dest / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
         rsync_ok = method == "rsync"
 
         def attempt() -> None:
             nonlocal rsync_ok
-            bad = self.mismatched(dest, manifest)
+            bad = self.settle(dest, manifest)
             if not bad:
                 return
             if rsync_ok:
                 try:
-                    self.rsync(source, dest, [e["path"] for e in bad])
+                    self.rsync(source, staging, [e["path"] for e in bad])
                 except LaunchError as err:  # a non-transient rsync failure: fall back to SFTP
                     log.warning("rsync failed (%s); falling back to SFTP", err)
                     rsync_ok = False
             else:
-                self.channel_pull(source, dest, bad, big_over_sftp=method == "sftp")
-            still = self.mismatched(dest, manifest)
+                self.channel_pull(source, staging, bad, big_over_sftp=method == "sftp")
+            still = self.settle(dest, manifest)
             if still:
                 raise TransferIncomplete(f"{len(still)} file(s) missing or failing sha256: "
                                          f"{', '.join(e['path'] for e in still[:5])}")
@@ -92,36 +108,45 @@ class Transfer:
             self.session.close()  # a dropped SFTP channel is dead; the next pass reconnects
 
         self.retry.call(f"transfer results from {self.session.host.name}", attempt, on_retry=count_retry)
+        shutil.rmtree(staging, ignore_errors=True)
 
-    @staticmethod
-    def mismatched(dest: Path, manifest: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Manifest entries whose local copy is absent, short, or hashes differently; bad full copies are removed."""
+    def settle(self, dest: Path, manifest: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Give every verified staged file its final name; return the entries still absent, short or bad (bad
+        full copies are removed, short ones kept for a resumed pass)."""
         bad = []
         for entry in manifest:
-            path = dest / entry["path"]
+            if entry["path"] in self.verified:
+                continue
+            final, staged = dest / entry["path"], dest / STAGING_DIR / entry["path"]
             try:
-                size = path.stat().st_size
+                size = staged.stat().st_size
             except FileNotFoundError:
                 bad.append(entry)
                 continue
             if size < entry["size"]:
                 bad.append(entry)  # partial: resumed by the next pass
                 continue
-            if size > entry["size"] or file_sha256(path) != entry["sha256"]:
-                path.unlink()
+            if size > entry["size"] or file_sha256(staged) != entry["sha256"]:
+                staged.unlink()
                 bad.append(entry)
+                continue
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+            self.verified.add(entry["path"])
         return bad
 
     def ssh_command(self) -> List[str]:
         host = self.session.host
-        timeout = int(float(self.params["connect_timeout_s"]))
+        timeout = max(1, int(float(self.params["connect_timeout_s"])))
+        alive = max(1, round(float(self.params["keepalive_s"])))
         cmd = ["ssh", "-F", "/dev/null", "-p", str(host.port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-               "-o", f"UserKnownHostsFile={known_hosts_path(self.params)}",
+               "-o", f"UserKnownHostsFile={ssh_path(str(known_hosts_path(self.params)))}",
                # The launcher's own connection already checked (or recorded) this host's key.
                "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={timeout}",
-               "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+               "-o", f"ServerAliveInterval={alive}",
+               "-o", f"ServerAliveCountMax={int(self.params['keepalive_count_max'])}"]
         if host.key_path:
-            cmd += ["-i", host.key_path]
+            cmd += ["-i", host.key_path.replace("%", "%%")]  # ssh expands % tokens in identity paths
         return cmd
 
     def rsync(self, source: str, dest: Path, paths: List[str]) -> None:
@@ -167,9 +192,17 @@ class Transfer:
                     break
                 out.write(block)
 
-    def stream_append(self, remote_path: str, offset: int, size: int, out) -> None:
+    def open_channel(self) -> paramiko.Channel:
+        """A session channel with a big window, whose every read waits at most ssh_op_timeout_s."""
         self.session._ensure()
-        channel = self.session.conn.transport.open_session(window_size=WINDOW_BYTES, max_packet_size=PACKET_BYTES)
+        limit = float(self.params["ssh_op_timeout_s"])
+        channel = self.session.conn.transport.open_session(window_size=WINDOW_BYTES, max_packet_size=PACKET_BYTES,
+                                                           timeout=limit)
+        channel.settimeout(limit)
+        return channel
+
+    def stream_append(self, remote_path: str, offset: int, size: int, out) -> None:
+        channel = self.open_channel()
         try:
             channel.exec_command(f"tail -c +{offset + 1} {shlex.quote(remote_path)}")
             received = offset
@@ -183,9 +216,8 @@ class Transfer:
             channel.close()
 
     def tar_pull(self, source: str, dest: Path, entries: List[Dict[str, Any]]) -> None:
-        self.session._ensure()
         wanted = {e["path"] for e in entries}
-        channel = self.session.conn.transport.open_session(window_size=WINDOW_BYTES, max_packet_size=PACKET_BYTES)
+        channel = self.open_channel()
         try:
             channel.exec_command(f"cd {shlex.quote(source)} && tar -cf - --null -T -")
             channel.sendall(b"".join(p.encode() + b"\0" for p in sorted(wanted)))

@@ -72,7 +72,7 @@ class FabricLauncherConf:
     poll_interval_s: float = 2.0
     # Kill the remote job after this many seconds (null: no limit).
     timeout_s: Optional[float] = None
-    # Attempts at every connect, transfer and poll before giving up.
+    # Attempts at every connect and upload before giving up (start, polls and result transfers use outage_budget_s).
     retries: int = 6
     # First backoff between attempts; doubles each time.
     backoff_s: float = 0.5
@@ -80,6 +80,21 @@ class FabricLauncherConf:
     backoff_max_s: float = 15.0
     # TCP connect / SSH banner / auth timeout in seconds.
     connect_timeout_s: float = 15.0
+    # Seconds between keepalives that want an answer; a link silent for keepalive_s * keepalive_count_max is
+    # declared dead and closed, so no command, SFTP call or read waits on a silent network forever.
+    keepalive_s: float = 5.0
+    # Unanswered keepalives before the link counts as dead.
+    keepalive_count_max: int = 3
+    # Deadline on one remote command or SFTP read on a live link (a remote side that hangs).
+    ssh_op_timeout_s: float = 300.0
+    # Seconds a host may stay unreachable while its job runs or its results come back; then the launcher gives up
+    # but leaves the job running (a rented instance is still destroyed), and `python scripts/reattach.py SWEEP_DIR`
+    # collects it later.
+    outage_budget_s: float = 1200.0
+    # After a cancel, timeout or signal: seconds spent reaching the host to kill its job before teardown goes on.
+    kill_timeout_s: float = 20.0
+    # A started job must show its process group within this many seconds, or it is FAILED with the start's stderr.
+    start_timeout_s: float = 60.0
     # Results transfer: auto (rsync over SSH when both sides have it, else stream), rsync, stream (tar + resumable
     # byte streams over the launcher's own SSH connection) or sftp (like stream, big files over SFTP).
     transfer: str = "auto"
