@@ -280,6 +280,48 @@ def test_a_cut_transfer_leaves_no_partial_file_under_a_final_name(ssh_server, fa
             assert rel in by_path and path.stat().st_size == by_path[rel]["size"], f"{rel} is half-written"
 
 
+# ----------------------------------------------------------------------------------- 7: two sweeps on one host
+def test_two_sweeps_on_a_one_slot_host_take_turns(ssh_server, tiny_checkpoint, text_file, tmp_path):
+    remote = tmp_path / "remote"
+    sweeps = []
+    for name in ("a", "b"):
+        tmp = tmp_path / name
+        tmp.mkdir()
+        python = gated_python(tmp)
+        (tmp / "manifest.gate").touch()
+        overrides = [o for o in launcher_overrides(tmp, [ssh_server.host_entry(slots=1)], python=str(python),
+                                                   **FAST_DEADLINES) if not o.startswith("hydra.launcher.remote_root=")]
+        out = tmp / "launcher.out"
+        proc = start_cli(job_overrides(tiny_checkpoint, text_file) + overrides +
+                         [f"hydra.launcher.remote_root={remote}"], out)
+        sweeps.append((tmp, proc, out))
+
+    def live_jobs() -> List[Path]:
+        return [p.parent for p in remote.glob("jobs/*/pgid") if group_members(int(p.read_text()))]
+
+    def wait(condition, what, timeout=240.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(
+                out.read_text()[-2000:] for _, _, out in sweeps)
+            time.sleep(0.1)
+
+    wait(lambda: live_jobs() and any("queued" in out.read_text() for _, _, out in sweeps),
+         "one job to run and the other sweep to queue for the host's slot")
+    (running,) = live_jobs()
+    owner = next(s for s in sweeps if running.name in s[2].read_text())
+    time.sleep(2)  # the waiting sweep keeps trying; it must not get in
+    assert live_jobs() == [running]
+    (owner[0] / "run.gate").touch()
+    other = next(s for s in sweeps if s is not owner)
+    wait(lambda: any(d != running for d in live_jobs()), "the queued sweep to start once the slot is free")
+    assert running not in live_jobs()
+    (other[0] / "run.gate").touch()
+    for tmp, proc, out in sweeps:
+        finish(proc, out, timeout=300)
+        assert json.loads((tmp / "sweep" / "0_llama" / "launch.json").read_text())["status"] == "COMPLETED"
+
+
 # ------------------------------------------------- 8 and 11: exactly the shipped files, a damaged code dir replaced
 def test_a_changed_or_extended_code_dir_is_replaced_and_never_runs(ssh_server, tiny_checkpoint, text_file, tmp_path):
     overrides = [*job_overrides(tiny_checkpoint, text_file), *launcher_overrides(tmp_path, [ssh_server.host_entry()])]
