@@ -79,8 +79,12 @@ def start_held_job(tmp: Path, checkpoint, text_file, hosts: List[dict], hold_man
     if not hold_manifest:
         (tmp / "manifest.gate").touch()
     out = tmp / "launcher.out"
-    proc = start_cli(job_overrides(checkpoint, text_file) +
-                     launcher_overrides(tmp, hosts, python=str(python), **{**FAST_DEADLINES, **settings}), out)
+    remote_root = settings.pop("remote_root", None)  # launcher_overrides sets its own
+    overrides = launcher_overrides(tmp, hosts, python=str(python), **{**FAST_DEADLINES, **settings})
+    if remote_root is not None:
+        overrides = [o for o in overrides if not o.startswith("hydra.launcher.remote_root=")]
+        overrides.append(f"hydra.launcher.remote_root={remote_root}")
+    proc = start_cli(job_overrides(checkpoint, text_file) + overrides, out)
     return proc, out, running_job(tmp, proc, out)
 
 
@@ -341,6 +345,61 @@ def test_a_changed_or_extended_code_dir_is_replaced_and_never_runs(ssh_server, t
     assert not (fresh / "hydra_plugins" / "planted.py").exists()
     assert not (fresh / "run.py").read_text().endswith("# edited on the host\n")
     assert not [p for p in (tmp_path / "remote" / "code").parent.rglob("*.incoming-*")]
+
+
+# ------------------------------------------------------------------------------------------- 9: a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tiny tmpfs to serve as the host's remote_root (mounting needs root, as CI and this machine have)."""
+    mnt = tmp_path / "small disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_too_little_disk_is_refused_before_the_upload(ssh_server, tiny_checkpoint, text_file, tmp_path, small_disk):
+    host = ssh_server.host_entry()
+    # A probe cached while the disk was still empty: only a fresh measure shows it is not.
+    (tmp_path / "probes.json").write_text(json.dumps({f"{host['user']}@{host['address']}:{host['port']}": {
+        "gpus": [], "ram_gib": 64.0, "ram_available_gib": 60.0, "disk_free_gib": 500.0, "rsync": True,
+        "probed_at": time.time()}}))
+    overrides = [o for o in launcher_overrides(tmp_path, [host], **FAST_DEADLINES)
+                 if not o.startswith("hydra.launcher.remote_root=")]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides,
+                   f"hydra.launcher.remote_root='{small_disk / 'root'}'", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"GiB free under {small_disk / 'root'} on {ssh_server.user}@" in output, output[-3000:]
+    assert "attempts" not in output and "size mismatch" not in output
+    assert not (small_disk / "root" / "code").exists()  # nothing was uploaded
+
+
+def test_a_disk_that_fills_during_the_job_is_reported_as_full(ssh_server, tiny_checkpoint, text_file, tmp_path,
+                                                             small_disk):
+    bin_dir = tmp_path / "roomy_df"
+    bin_dir.mkdir()
+    # A df that sees room (as it did when the job was placed); the disk itself then fills while the job runs.
+    (bin_dir / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                                "echo 'tmpfs 999999999 0 999999999 0% /'\n")
+    (bin_dir / "df").chmod(0o755)
+    with extra_sshd(ssh_server, tmp_path / "host", [bin_dir]) as host:
+        proc, out, _ = start_held_job(tmp_path, tiny_checkpoint, text_file, [host.host_entry()],
+                                      hold_manifest=False, remote_root=f"'{small_disk / 'root'}'")
+        with open(small_disk / "filler", "wb") as fh:  # fill the disk to the last byte
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        (tmp_path / "run.gate").touch()
+        text = finish(proc, out, expect_ok=False, timeout=300)
+    assert "No space left on device under" in text and "KiB free" in text, text[-3000:]
+    assert "vanished" not in text
 
 
 # ------------------------------------------------------------------------- 10: paths with spaces, quotes, $(...)
