@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, cli_env, run_cli
 from ssh_server import extra_sshd, fault_proxy, ssh_server  # noqa: F401 - fixtures used by name
 from test_fabric_launcher import (connect, deterministic, finish, gated_python, group_members, job_overrides,
-                                  launcher_overrides, launcher_params, local_reference, remote_job_dir, start_cli,
+                                  launcher_overrides, launcher_params, local_reference, start_cli,
                                   wait_for)  # noqa: F401 - local_reference is a fixture
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,7 @@ def running_job(tmp: Path, proc, out: Path) -> int:
     record = tmp / "sweep" / "0_llama" / "launch.json"
     wait_for(lambda: record.exists() and json.loads(record.read_text())["status"] == "RUNNING", proc, out,
              "the launcher to record the started job")
-    job_dir = wait_for(lambda: remote_job_dir(tmp), proc, out, "the remote job dir")
-    pgid = int((job_dir / "pgid").read_text())
+    pgid = int((Path(json.loads(record.read_text())["remote_dir"]) / "pgid").read_text())
     wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
     return pgid
 
