@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from estimate_vram import compose  # noqa: E402 - scripts/ is on sys.path when this script runs
 
-from outlier_lab.errors import UserError  # noqa: E402
+from outlier_lab.errors import UserError, exit_on_user_error  # noqa: E402
 
 
 def parse(argv):
@@ -69,11 +69,11 @@ def cleanup(prov, yes: bool) -> int:
 def main(argv) -> int:
     from hydra_plugins.fabric_launcher._needs import plan_job
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
-    from hydra_plugins.fabric_launcher.providers import ProviderError, make_provider
+    from hydra_plugins.fabric_launcher.providers import make_provider
     from hydra_plugins.fabric_launcher.providers.choice import budget_refusal, rank, table
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
-    try:
+    with exit_on_user_error():
         name, clean, yes, launcher, overrides = parse(argv)
         params = {**dataclasses.asdict(FabricLauncherConf()), **launcher}
         prov = make_provider(name, params, threading.Event())
@@ -82,9 +82,6 @@ def main(argv) -> int:
         cfg = compose(overrides)
         needs = plan_job(cfg, params)
         fitting, refused = rank(prov.offers(), needs, params["vendors"])
-    except (UserError, ProviderError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     picked = fitting[0] if fitting else None
     print(f"model={cfg.model.name} needs: {needs.gpu_count} x {needs.vram_gib_each:.1f} GiB "
           f"(catalog plan {needs.gpu_class}), RAM >= {needs.ram_gib:.0f} GiB, disk >= {needs.disk_gib:.1f} GB; "

@@ -148,3 +148,9 @@ def test_planning_messages_carry_our_logger_and_no_deprecation(tmp_path):
     unreachable = [line for line in output.splitlines() if "unreachable" in line]
     assert unreachable and all("[outlier_lab." in line and "[HYDRA]" not in line for line in unreachable), output
     assert "torch_dtype" not in output  # transformers' deprecation of the old config attribute
+
+
+def test_offers_script_errors_are_one_line():
+    proc = run_cli("provider=nope", "model=olmoe", script="scripts/offers.py", check=False)
+    assert_one_line_error(proc, "provider='nope'")
+    assert proc.returncode == 2

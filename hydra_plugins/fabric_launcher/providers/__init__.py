@@ -16,6 +16,8 @@ TAG_PREFIX = "outlier-lab-"
 class ProviderError(Exception):
     """A provider call failed; `instance_id` is set when an instance may exist and must be destroyed."""
 
+    user_facing = True  # an API refusal or outage: one line and exit code 2 (outlier_lab/errors.py)
+
     def __init__(self, message: str, instance_id: Optional[str] = None) -> None:
         super().__init__(message)
         self.instance_id = instance_id
