@@ -1,5 +1,7 @@
 """Predicted vs measured peak memory of real analysis runs: `python scripts/bench_estimate.py [--device cpu|cuda|all]`.
 
+`--engine streamed` runs and estimates every case with the streamed engine.
+
 Builds offline checkpoints (tiny and mid-size, dense and MoE), runs the real pipeline (`outlier_lab.pipeline.run`) once
 per case in a fresh process so every peak starts clean, and prints the estimator's prediction next to the peak the run
 recorded in results.json: peak RSS growth on CPU, torch.cuda.max_memory_allocated on GPU.
@@ -66,9 +68,10 @@ CUDA_CASES = [
 ]
 
 
-def overrides_for(name: str, checkpoint: Path | None, text: Path, seq_len: int, batch: int, num: int, device: str):
+def overrides_for(name: str, checkpoint: Path | None, text: Path, seq_len: int, batch: int, num: int, device: str,
+                  engine: str = "resident"):
     common = [f"dataset.seq_len={seq_len}", f"dataset.batch_size={batch}", f"dataset.num_sequences={num}",
-              f"device={device}", "hardware=local", "progress=false"]
+              f"device={device}", "hardware=local", "progress=false", f"engine={engine}"]
     if name == "minilm":
         return ["model=minilm", "dataset=python_docs", *common]
     return ["model=local", f"model.path={checkpoint}", f"model.name={name}", "dataset=text_file",
@@ -103,10 +106,13 @@ def measure(overrides, out_dir: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def predicted(overrides, device: str) -> tuple:
-    from outlier_lab.resources import estimate
+def predicted(overrides, device: str, engine: str = "resident") -> tuple:
+    import torch
 
-    est = estimate(compose(overrides))
+    from outlier_lab.resources import GIB, estimate
+
+    free = torch.cuda.mem_get_info()[0] / GIB if device == "cuda" else None
+    est = estimate(compose(overrides), None, engine, free_gib=free)
     compared = est.total_gib if device == "cpu" else est.weights_gib + max(est.activations_gib, est.load_transient_gib)
     return est, compared
 
@@ -118,6 +124,8 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated checkpoint names to run")
     parser.add_argument("--out", default=str(REPO / "multirun_outputs" / "bench_estimate.json"),
                         help="where the rows are written as JSON")
+    parser.add_argument("--engine", choices=("resident", "streamed"), default="resident",
+                        help="the engine every case runs with (and is estimated for)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -149,9 +157,9 @@ def main() -> int:
                         model_type, extra = CHECKPOINTS[name]
                         built[name] = build_tiny_checkpoint(model_type, root / name, attn={}, mlp={}, **extra)
                     checkpoint = built[name]
-                overrides = overrides_for(name, checkpoint, text, seq_len, batch, num, device)
+                overrides = overrides_for(name, checkpoint, text, seq_len, batch, num, device, args.engine)
                 label = f"{name} T={seq_len} B={batch} N={num}"
-                est, compared = predicted(overrides, device)
+                est, compared = predicted(overrides, device, args.engine)
                 try:
                     got = measure(overrides, root / f"run_{device}_{i}")
                 except RuntimeError as err:  # one broken case must not hide the others' figures

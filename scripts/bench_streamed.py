@@ -5,11 +5,11 @@
 
 It saves a Qwen3-MoE checkpoint as several safetensors shards plus an index, then, side by side in one run:
 - a plain sequential raw read of the same shard files (page cache dropped first with posix_fadvise), the disk
-  bandwidth of this machine;
+  bandwidth of this machine, and the streamed engine's reader fetching every block of them alone (target >= 0.7);
 - a torch fp32 matmul, the CPU's sustained GFLOP/s;
 - `python run.py engine=resident` and `python run.py engine=streamed` on the same windows (cache dropped before each).
 It prints wall-time ratio (target <= 1.3 on CPU), peak-memory ratio against 2 x (largest block + hidden states) /
-whole model, streamed weight-read throughput against the raw read (target >= 0.7), the job-time model's prediction
+whole model, how long the streamed forward waited for its prefetched weights, the job-time model's prediction
 for this machine next to the measured time, and the hardware=auto plans of the four target models.
 """
 from __future__ import annotations
@@ -53,6 +53,20 @@ def raw_read(files) -> tuple[float, float]:
                     break
                 total += n
     return total, time.perf_counter() - start
+
+
+def engine_reads(checkpoint: Path) -> tuple[float, float]:
+    """Bytes and seconds of the streamed engine's reader fetching every block in order, with nothing else running."""
+    import re
+
+    from outlier_lab.engines.shards import Checkpoint
+
+    reader = Checkpoint.open(checkpoint)
+    blocks = reader.keys_matching(re.compile(r"^(?:model\.)?layers\.(\d+)\."))
+    start = time.perf_counter()
+    for index in sorted(blocks):
+        reader.read(blocks[index])
+    return reader.bytes_read, time.perf_counter() - start
 
 
 def cpu_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -104,6 +118,8 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--shard", default="100MB", help="max_shard_size of the saved checkpoint")
+    parser.add_argument("--reads-only", action="store_true", help="stop after the read-throughput figures")
+    parser.add_argument("--read-repeats", type=int, default=3, help="interleaved raw / engine read repetitions")
     args = parser.parse_args()
     from checkpoints import build_tiny_checkpoint, training_text
 
@@ -114,7 +130,8 @@ def main() -> int:
         text.write_text(training_text())
         tick = time.perf_counter()
         checkpoint = build_tiny_checkpoint(
-            "qwen3_moe", tmp / "ckpt", max_shard_size=args.shard, hidden_size=args.hidden,
+            "qwen3_moe", tmp / "ckpt", **({} if args.blocks >= 8 else dict(attn={}, mlp={})),
+            max_shard_size=args.shard, hidden_size=args.hidden,
             num_hidden_layers=args.blocks, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
             intermediate_size=4 * args.hidden, num_experts=args.experts, num_experts_per_tok=2,
             moe_intermediate_size=args.moe_width, max_position_embeddings=2048)
@@ -124,12 +141,21 @@ def main() -> int:
               f"{args.moe_width}), {len(files)} shards, {size / 1e9:.2f} GB fp32, built in "
               f"{time.perf_counter() - tick:.0f} s")
 
-        drop_cache(files)
-        nbytes, seconds = raw_read(files)
-        raw_gbps = nbytes / seconds / 1e9
+        # The disk is shared and noisy: raw and engine reads interleaved, cache dropped before each, best of each.
+        raw, reader = [], []
+        for _ in range(args.read_repeats):
+            for reads, into in ((raw_read, raw), (engine_reads, reader)):
+                drop_cache(files)
+                nbytes, seconds = reads(files if reads is raw_read else checkpoint)
+                into.append(nbytes / seconds / 1e9)
+        raw_gbps, reader_gbps = max(raw), max(reader)
         gflops = cpu_gflops()
-        print(f"raw sequential read (cache dropped): {raw_gbps:.2f} GB/s; CPU fp32 matmul: {gflops:.1f} GFLOP/s")
-
+        print(f"raw sequential read (cache dropped): {raw_gbps:.2f} GB/s (runs: {', '.join(f'{x:.2f}' for x in raw)});"
+              f" CPU fp32 matmul: {gflops:.1f} GFLOP/s")
+        print(f"streamed engine's reader alone, block by block (cache dropped): {reader_gbps:.2f} GB/s (runs: "
+              f"{', '.join(f'{x:.2f}' for x in reader)}) -> {reader_gbps / raw_gbps:.2f} of the raw read (target >= 0.7)")
+        if args.reads_only:
+            return 0
         runs = {}
         for engine in ("resident", "streamed"):
             drop_cache(files)
@@ -149,9 +175,11 @@ def main() -> int:
         print(f"peak RSS growth: resident {res['peak_memory_gib']:.2f} GiB, streamed {st['peak_memory_gib']:.2f} GiB -> "
               f"ratio {mem_ratio:.2f} (target <= 2 x (block {engine['largest_block_gib']:.3f} + hidden "
               f"{engine['hidden_states_gib']:.3f}) / model {whole_gib:.2f} = {bound:.2f})")
-        print(f"streamed weight reads: {engine['bytes_read'] / 1e9:.2f} GB in {engine['read_s']:.2f} s = "
-              f"{engine['read_gb_per_s']:.2f} GB/s -> {read_ratio:.2f} of the raw read (target >= 0.7); main thread "
-              f"waited {engine['wait_s']:.2f} s for prefetches")
+        # In the run the prefetch thread shares the cores with the forward, so its wall time is not disk speed; what
+        # matters is how long the forward waited for it.
+        print(f"in the streamed run: {engine['bytes_read'] / 1e9:.2f} GB read by the prefetch thread over "
+              f"{engine['read_s']:.2f} s of wall time next to the forward ({read_ratio:.2f} of the raw read); the "
+              f"forward waited {engine['wait_s']:.2f} s in all for weights")
         tokens = st["dataset"]["num_tokens"]
         predicted = size / (raw_gbps * 1e9) + tokens * st["model"]["params_active"] * 2 / (gflops * 1e9)
         print(f"job-time model with this machine's figures (reads + compute, no download): {predicted:.1f} s "

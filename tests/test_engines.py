@@ -23,6 +23,9 @@ def test_reads_only_the_asked_tensors_and_counts_their_bytes(tmp_path):
     assert (checkpoint.tensors_read, checkpoint.bytes_read) == (2, 12 * 4 + 8)
     assert torch.equal(checkpoint.read(["b.weight"])["b.weight"], tensors["b.weight"])
     assert checkpoint.bytes_read == 12 * 4 + 8 + 5 * 2
+    # Released pages come back from the file when touched again: the values never change.
+    checkpoint.release(["a.weight", "b.weight", "c.bias"])
+    assert torch.equal(got["a.weight"], tensors["a.weight"])
 
 
 def test_sharded_checkpoint_needs_its_index_and_every_shard(tmp_path):

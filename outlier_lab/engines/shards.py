@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import mmap
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -53,7 +55,7 @@ class Checkpoint:
         self.files = files
         self.bytes_read = 0
         self.tensors_read = 0
-        self.keys_read: List[str] = []
+        self._maps: Dict[Path, mmap.mmap] = {}
 
     @classmethod
     def open(cls, directory: str | Path) -> "Checkpoint":
@@ -92,10 +94,19 @@ class Checkpoint:
     def nbytes(self, keys: Iterable[str]) -> int:
         return sum(self.entries[k].nbytes for k in keys)
 
-    def read(self, keys: Iterable[str], pin: bool = False) -> Dict[str, torch.Tensor]:
-        """The tensors of `keys` on the CPU: per file, merged byte ranges read in ascending offset order.
+    def _map(self, path: Path) -> mmap.mmap:
+        """The file mapped copy-on-write: tensors are views of the page cache, writable, never written back."""
+        if path not in self._maps:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                self._maps[path] = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        return self._maps[path]
 
-        Plain buffered reads release the GIL, so a prefetch thread overlaps this with the forward of another block.
+    def read(self, keys: Iterable[str]) -> Dict[str, torch.Tensor]:
+        """The tensors of `keys` on the CPU, their pages faulted in from disk: per file, ranges in offset order.
+
+        The kernel is asked to read each contiguous range ahead (MADV_WILLNEED), then every page is touched with a
+        strided numpy reduction, which releases the GIL: a prefetch thread overlaps this with another block's forward.
         """
         keys = list(keys)
         by_file: Dict[Path, List[str]] = {}
@@ -104,26 +115,42 @@ class Checkpoint:
         out: Dict[str, torch.Tensor] = {}
         for path in sorted(by_file):
             ordered = sorted(by_file[path], key=lambda k: self.entries[k].start)
-            with open(path, "rb", buffering=0) as f:
-                for run in _runs([self.entries[k] for k in ordered], ordered):
-                    start, end = run[0][1].start, run[-1][1].end
-                    buffer = torch.empty(end - start, dtype=torch.uint8, pin_memory=pin)
-                    view = memoryview(buffer.numpy())
-                    f.seek(start)
-                    got = 0
-                    while got < len(view):
-                        n = f.readinto(view[got:])
-                        if not n:
-                            raise UserError(f"{path} is truncated (wanted bytes {start}..{end}); re-download it")
-                        got += n
-                    self.bytes_read += end - start
-                    for key, entry in run:
-                        raw = buffer[entry.start - start:entry.end - start]
-                        out[key] = raw.view(_dtype(entry.dtype, path)).view(entry.shape) if entry.nbytes else \
-                            torch.empty(entry.shape, dtype=_dtype(entry.dtype, path))
+            mapping = self._map(path)
+            for run in _runs([self.entries[k] for k in ordered], ordered):
+                start, end = run[0][1].start, run[-1][1].end
+                if end > len(mapping):
+                    raise UserError(f"{path} is truncated (wanted bytes {start}..{end}); re-download it")
+                aligned = start - start % mmap.PAGESIZE
+                mapping.madvise(mmap.MADV_WILLNEED, aligned, end - aligned)
+                np.frombuffer(mapping, np.uint8, end - start, start)[::mmap.PAGESIZE].max(initial=0)
+                self.bytes_read += end - start
+                for key, entry in run:
+                    out[key] = _tensor(mapping, entry, _dtype(entry.dtype, path))
         self.tensors_read += len(keys)
-        self.keys_read += keys
         return out
+
+    def release(self, keys: Iterable[str]) -> None:
+        """Drop the pages of `keys` from this process (RSS): a later access would fault them in again from the file."""
+        for key in keys:
+            entry = self.entries[key]
+            mapping = self._maps.get(entry.file)
+            if mapping is None:
+                continue
+            first = -(-entry.start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+            last = entry.end - entry.end % mmap.PAGESIZE
+            if last > first:
+                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _tensor(mapping: mmap.mmap, entry: TensorEntry, dtype: torch.dtype) -> torch.Tensor:
+    """A view of the mapping; a copy where the file does not align the tensor to its element size."""
+    if not entry.nbytes:
+        return torch.empty(entry.shape, dtype=dtype)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if entry.start % itemsize == 0:
+        return torch.frombuffer(mapping, dtype=dtype, count=entry.nbytes // itemsize, offset=entry.start).view(entry.shape)
+    raw = torch.frombuffer(mapping, dtype=torch.uint8, count=entry.nbytes, offset=entry.start).clone()
+    return raw.view(dtype).view(entry.shape)
 
 
 def _dtype(code: str, path: Path) -> torch.dtype:

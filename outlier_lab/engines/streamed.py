@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from ..adapters import SiteMap, discover_sites
 from ..capture import forward_kwargs, plan_probes
 from ..errors import UserError
+from ..memory import trim_cpu_heap
 from ..reduction import Analysis, Reduction
 from .shards import Checkpoint
 
@@ -44,21 +45,10 @@ class StreamStats:
 
 
 def checkpoint_dir(model_cfg) -> Path:
-    """The local directory of the checkpoint's files (a hub checkpoint is downloaded: json and safetensors only)."""
-    from ..models import checkpoint_location, hub_reachable
+    """The local directory of the checkpoint's files (a hub checkpoint is downloaded with its weights first)."""
+    from ..models import checkpoint_location
 
-    location, kwargs = checkpoint_location(model_cfg)
-    if model_cfg.source != "hub":
-        return Path(location)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    hub_reachable()
-    try:
-        return Path(snapshot_download(location, revision=kwargs.get("revision"),
-                                      allow_patterns=["*.json", "*.safetensors"]))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise UserError(f"cannot download {location!r} for engine=streamed: {str(err).splitlines()[0]}") from None
+    return Path(checkpoint_location(model_cfg, weights=True)[0])
 
 
 @contextlib.contextmanager
@@ -131,9 +121,13 @@ class BlockLoader:
 
     def timed_read(self, keys: List[str]) -> Dict[str, torch.Tensor]:
         tick = time.perf_counter()
-        tensors = self.checkpoint.read(keys, pin=self.device == "cuda")
+        tensors = self.checkpoint.read(keys)
         self.read_s += time.perf_counter() - tick
         return tensors
+
+    def release(self, block: Optional[int]) -> None:
+        """Drop a block's (None: the outer tensors') checkpoint pages once its weights are freed."""
+        self.checkpoint.release(self.block_keys.get(block, []) if block is not None else self.outer_keys())
 
     def load(self, tensors: Dict[str, torch.Tensor], scope: Optional[str]) -> None:
         """Put `tensors` into the model (renamed, fused, cast and moved as from_pretrained does); check `scope`."""
@@ -248,7 +242,7 @@ def _block_bytes(block: torch.nn.Module) -> int:
 def _check_fits(block_index: int, need: int, device: str) -> None:
     """A block must fit in free memory on its own; say how much it needs when it does not."""
     if device == "cuda":
-        free = torch.cuda.mem_get_info()[0]
+        free = _cuda_free()
         where = "GPU memory"
     else:
         import psutil
@@ -260,10 +254,15 @@ def _check_fits(block_index: int, need: int, device: str) -> None:
                         f"{free / GIB:.2f} GiB is free; use a GPU with more memory (hardware=auto plans one)")
 
 
+def _cuda_free() -> int:
+    """Free GPU memory, counting what the caching allocator holds but no tensor uses (a freed block's pages)."""
+    return torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+
 def _keep_hidden_on_gpu(total: int, largest_block: int, device: str) -> bool:
     from .footprint import hidden_states_fit
 
-    return device == "cuda" and hidden_states_fit(total, largest_block, torch.cuda.mem_get_info()[0])
+    return device == "cuda" and hidden_states_fit(total, largest_block, _cuda_free())
 
 
 def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, batch_size: int, device: str,
@@ -288,6 +287,7 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, batch_
     batches = [tokens[s:s + batch_size].to(device) for s in range(0, tokens.shape[0], batch_size)]
     hidden, per_shape = catch_block_inputs(model, blocks, last, batches)
     _to_meta(model)  # the embeddings are done with; every block's weights are still on meta
+    loader.release(None)
     total = sum(h.numel() * h.element_size() for h in hidden)
     stats.hidden_states_gib = total / GIB
     if _keep_hidden_on_gpu(total, largest, device):
@@ -321,6 +321,9 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, batch_
                 for handle in hooks:
                     handle.remove()
             _to_meta(blocks[i])
+            loader.release(i)
+            if device == "cpu":
+                trim_cpu_heap()  # the freed block leaves RSS before the next one is materialized
             stats.blocks_run.append(i)
             bar.update(1)
     for state in states:
@@ -347,4 +350,7 @@ def _run_block(block, index, batches, hidden, per_shape, reduction, states, seq_
             if analyzed:
                 states[b] = reduction.suspend()
             if not last:
-                hidden[b] = out if hidden[b].device == out.device else out.to(hidden[b].device, non_blocking=True)
+                if hidden[b].device == out.device:
+                    hidden[b] = out
+                else:  # back into the same pinned buffer; blocking, so it is never read before it lands
+                    hidden[b].copy_(out)
