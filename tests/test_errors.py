@@ -4,6 +4,8 @@ import json
 import pytest
 from conftest import cli_env, run_cli, tiny_job_overrides
 
+pytestmark = pytest.mark.slow  # every test here drives the real CLI
+
 
 def assert_one_line_error(proc, *needles):
     assert proc.returncode != 0
