@@ -89,7 +89,8 @@ def select_files(names: List[str], weights: bool) -> List[str]:
 
 
 def _token_hint() -> str:
-    return "HF_TOKEN is set but was refused" if os.environ.get("HF_TOKEN") else "set HF_TOKEN"
+    return ("HF_TOKEN is set but was refused; set it to a valid token" if os.environ.get("HF_TOKEN")
+            else "set HF_TOKEN")
 
 
 def _user_error(err: Exception, repo_id: str, revision: str) -> UserError:
@@ -112,7 +113,7 @@ def _user_error(err: Exception, repo_id: str, revision: str) -> UserError:
         return UserError(f"{endpoint} is unreachable and {repo_id}@{revision} is not in the Hugging Face cache "
                          f"({constants.HF_HUB_CACHE}); connect to the hub once, or set HF_HOME to a cache that has it")
     if isinstance(err, HfHubHTTPError) and err.response is not None and err.response.status_code == 401:
-        return UserError(f"{endpoint} refused the credentials for {repo_id} (401): {_token_hint()} to a valid token")
+        return UserError(f"{endpoint} refused the credentials for {repo_id} (401): {_token_hint()}")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return UserError(f"downloading {repo_id}@{revision} from {endpoint} failed ({type(err).__name__}: {first}); "
                      "rerun to try again (files already downloaded are kept)")

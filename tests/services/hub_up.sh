@@ -12,8 +12,8 @@ _outlier_lab_hub_up() {
     [ -f "$root/server.pid" ] && pid="$(cat "$root/server.pid" 2>/dev/null)"
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
         rm -f "$root/port"
-        # stdio redirected so an upstream `| tee` can end; python3 from PATH is the one the tests run with.
-        python3 "$here/hub_server.py" --root "$root" --port "$port" --port-file "$root/port" \
+        # stdio redirected so an upstream `| tee` can end; the server needs the standard library only.
+        "$(command -v python3 || command -v python)" "$here/hub_server.py" --root "$root" --port "$port" --port-file "$root/port" \
             </dev/null >"$root/server.log" 2>&1 &
         pid=$!
         echo "$pid" > "$root/server.pid"
