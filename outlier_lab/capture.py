@@ -85,7 +85,7 @@ def _envoy(root, path: str):
 class Capture:
     """Wraps a loaded model once in nnsight; `run(input_ids, observe)` hands each site input to `observe`."""
 
-    def __init__(self, model: torch.nn.Module, probes: Sequence[SiteProbe], num_blocks: int):
+    def __init__(self, model: torch.nn.Module, probes: Sequence[SiteProbe], num_blocks: int, full_forward: bool = False):
         from nnsight import NNsight
 
         self.model = model
@@ -95,7 +95,8 @@ class Capture:
         self.probes = list(probes)
         self.envoys = [_envoy(self.traced, p.path) for p in self.probes]
         self.kwargs = forward_kwargs(model)
-        self._stop_early = max(p.block for p in self.probes) < num_blocks - 1
+        # `full_forward`: something reads the last hidden states (perplexity), so no block may be skipped.
+        self._stop_early = not full_forward and max(p.block for p in self.probes) < num_blocks - 1
 
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, observe: Callable[[SiteProbe, torch.Tensor], None]) -> None:

@@ -24,6 +24,7 @@ PLOT_FRACTIONS = "compare_fractions.png"
 PLOT_DIMS = "compare_dims.png"
 PLOT_HEATMAPS = "compare_heatmaps.png"
 PLOT_THRESHOLDS = "compare_thresholds.png"
+PLOT_PERPLEXITY = "compare_perplexity.png"
 
 # One row per job; the CSV keeps this column order so diffs between sweeps stay readable.
 COLUMNS = (
@@ -189,6 +190,9 @@ def job_row(job: JobDir) -> Dict[str, Any]:
         msum = massive.get("summary", {})
         row.update(massive_hits=msum.get("num_hits"), massive_dims=len(msum.get("dims") or []),
                    massive_max_abs=msum.get("max_abs"), massive_bos_frac=msum.get("bos_frac"))
+    perplexity = r.get("perplexity")
+    if isinstance(perplexity, dict):
+        row.update(ppl=perplexity.get("ppl"), bits_per_byte=perplexity.get("bits_per_byte"))
     ablation = r.get("ablation")
     if isinstance(ablation, dict):
         base = ablation.get("baseline") or {}
@@ -395,6 +399,26 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
     ax.legend(fontsize=7)
     _savefig(fig, out_dir / PLOT_DIMS)
     written.append(PLOT_DIMS)
+
+    with_ppl = [r for r in done if r["ppl"] is not None]
+    if with_ppl:
+        # LLM.int8() Fig. 3b: emergence is smooth in perplexity where it looks abrupt in size.
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        _scatter(axes[0], with_ppl, "ppl", "layers_pct", "o", "layers % (most common outlier)")
+        _scatter(axes[0], with_ppl, "ppl", "positions_pct", "s", "positions % (most common outlier)")
+        axes[0].set_ylabel("%")
+        axes[0].set_ylim(0, 105)
+        axes[0].legend(fontsize=7)
+        _scatter(axes[1], with_ppl, "ppl", "outlier_dims", "o", "unique outlier dims")
+        axes[1].set_ylabel("unique outlier dims")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.invert_xaxis()  # better models to the right, as in the paper
+            ax.set_xlabel("perplexity on the analyzed windows")
+            ax.grid(alpha=0.3)
+        fig.suptitle("Outliers against perplexity", fontsize=10)
+        _savefig(fig, out_dir / PLOT_PERPLEXITY)
+        written.append(PLOT_PERPLEXITY)
 
     alphas = {(r["alpha_mode"], r["alpha"]) for r in done}
     if len(alphas) > 1:

@@ -151,6 +151,9 @@ class AnalysisConfig:
     dims: Optional[List[int]] = None
     # Sequences used for the LM metrics (null: all analyzed sequences).
     num_sequences: Optional[int] = None
+    # Perplexity and bits per byte of the analyzed windows, from the same pass (the LM head on the last hidden
+    # states, in chunks of logits); needs a checkpoint with a trained next-token head.
+    perplexity: bool = False
 
 
 @dataclass

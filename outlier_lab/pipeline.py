@@ -1,12 +1,13 @@
 """One analysis job end to end: plan, tokenize, load, capture and reduce, then write the results files."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import massive as massive_detector
 from . import results as store
-from .ablation import run_ablation
+from .ablation import run_ablation, token_bytes
 from .adapters import SiteMap, discover_sites
 from .capture import HIDDEN, Capture, plan_probes
 from .config import check_schema
@@ -25,6 +26,7 @@ from .hub import hub_revision
 from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
+from .perplexity import PerplexityReducer, last_hidden_states, logit_transform, require_trained_head
 from .reduction import Analysis, Reduction, criteria_of
 from .report import write_report
 from .resources import meta_model
@@ -65,21 +67,29 @@ def _plan_resources(cfg: DictConfig) -> Optional[Any]:
 
 
 def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det_cfg, batch_size: int,
-            progress: bool = True) -> Analysis:
-    """The resident engine: stream every batch through the whole traced model; only per-dim statistics leave it."""
+            progress: bool = True, ppl: Optional["PerplexityReducer"] = None) -> Analysis:
+    """The resident engine: stream every batch through the whole traced model; only per-dim statistics leave it.
+
+    With `ppl`, the same pass hands each batch's last hidden states to the perplexity reducer (the LM head runs on
+    them in chunks), so perplexity costs no second forward.
+    """
     from tqdm.auto import tqdm
 
     probes, widths = plan_probes(model, site_map)
     device = input_device(model)
     reduction = Reduction(model.config.get_text_config().hidden_size, site_map, probes, widths, det_cfg, device)
-    capture = Capture(model, reduction.probes, site_map.num_blocks)
+    capture = Capture(model, reduction.probes, site_map.num_blocks, full_forward=ppl is not None)
     num_sequences, seq_len = tokens.shape
-    with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar:
+    finals: List[torch.Tensor] = []
+    hook = last_hidden_states(model, finals) if ppl is not None else contextlib.nullcontext()
+    with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar, hook:
         for start in range(0, num_sequences, batch_size):
             batch = tokens[start:start + batch_size].to(device)
             reduction.start_batch(batch.shape[0], seq_len)
             capture.run(batch, reduction.observe)
             reduction.end_batch()
+            if ppl is not None:
+                ppl.observe(finals.pop(), batch)
             if device.type == "cpu":
                 trim_cpu_heap()  # this batch's freed buffers leave RSS before the next one starts
             bar.update(batch.shape[0])
@@ -103,11 +113,15 @@ def _ablation_requested(cfg: DictConfig, hf_config) -> bool:
         raise UserError(f"analysis.mode={mode!r} is not one of detect, ablation (e.g. analysis=ablation)")
     if mode != "ablation":
         return False
-    architectures = list(getattr(hf_config, "architectures", None) or [])
-    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        # Loading a causal-LM class on such a checkpoint would add a randomly initialized head: meaningless metrics.
-        raise UserError(f"analysis=ablation needs a causal language model; {cfg.model.name} ships "
-                        f"{architectures or 'no architectures entry'} (no trained next-token head)")
+    require_trained_head(hf_config, cfg.model.name, "analysis=ablation")
+    return True
+
+
+def _perplexity_requested(cfg: DictConfig, hf_config) -> bool:
+    """True for analysis.perplexity=true, which needs a checkpoint that ships a trained next-token head."""
+    if not cfg.get("analysis", {}).get("perplexity", False):
+        return False
+    require_trained_head(hf_config, cfg.model.name, "analysis.perplexity=true")
     return True
 
 
@@ -224,6 +238,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     # Validate the architecture, sites and layers on the meta device before any weight is read.
     discover_sites(meta_model(cfg.model)[1], cfg.detector.sites, cfg.detector.layers)
     ablate = _ablation_requested(cfg, hf_config)
+    with_ppl = _perplexity_requested(cfg, hf_config)
     tokenizer = load_tokenizer(cfg.model)
     ds = cfg.dataset
     tokens = build_windows(tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token,
@@ -231,6 +246,9 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     timings["tokenize_s"] = time.perf_counter() - tick
 
     engine, engine_reason = _engine(cfg, plan, ablate)
+    ppl = None
+    if with_ppl and engine == "streamed":
+        log.warning("analysis.perplexity: not computed, the streamed engine does not run the LM head yet")
     stream = None
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
@@ -241,18 +259,31 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
                                                        device, resolve_dtype(cfg.model.dtype, device), cfg.progress)
             site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
         else:
-            model = load_model(cfg.model, device, with_lm_head=ablate)
+            model = load_model(cfg.model, device, with_lm_head=ablate or with_ppl)
             timings["load_s"] = time.perf_counter() - tick
-            site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
+            # The detection traces the base model: a loaded head runs only on chunks of the last hidden states.
+            traced = model.base_model if ablate or with_ppl else model
+            site_map = discover_sites(traced, cfg.detector.sites, cfg.detector.layers)
+            if with_ppl:
+                ppl = PerplexityReducer(model.get_output_embeddings(),
+                                        token_bytes(tokenizer, hf_config.get_text_config().vocab_size),
+                                        logit_transform(hf_config))
             tick = time.perf_counter()
-            analysis = analyze(model, site_map, tokens, cfg.detector, ds.batch_size, cfg.progress)
+            analysis = analyze(traced, site_map, tokens, cfg.detector, ds.batch_size, cfg.progress, ppl)
         timings["analyze_s"] = time.perf_counter() - tick
 
     results = build_results(cfg, model, site_map, tokens, analysis, plan, device, memory, timings, started)
     results["engine"] = dict(name=engine, reason=engine_reason, **(stream.to_dict() if stream is not None else {}))
     hidden_key = results["headline_space"]
+    if with_ppl and ppl is None:
+        results["perplexity"] = dict(skipped="the streamed engine does not run the LM head yet")
+    if ppl is not None:
+        results["perplexity"] = dict(ppl.result(), num_sequences=int(tokens.shape[0]))
+        log.info("perplexity %.3f, %.4f bits per byte", results["perplexity"]["ppl"],
+                 results["perplexity"]["bits_per_byte"])
     if ablate:
         tick = time.perf_counter()
+        site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)  # paths from the causal LM's root
         results["ablation"] = _ablation(cfg, model, site_map, tokens, tokenizer, results["outlier_features"]
                                         if hidden_key == HIDDEN else [])
         timings["ablation_s"] = time.perf_counter() - tick

@@ -48,6 +48,10 @@ def render_markdown(results: Dict[str, Any]) -> str:
         from .massive import markdown_section as massive_section
 
         lines += [""] + massive_section(results["massive"])
+    if results.get("perplexity"):
+        from .perplexity import markdown_section as perplexity_section
+
+        lines += [""] + perplexity_section(results["perplexity"])
     if results.get("ablation"):
         from .ablation import markdown_section as ablation_section
 

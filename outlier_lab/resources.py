@@ -21,6 +21,7 @@ from .errors import UserError
 from .memory import cpu_heap_policy
 from .models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
                      resolve_device)
+from .perplexity import LOGITS_CHUNK_TOKENS, head_and_logits_bytes
 
 GIB = 2**30
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
@@ -428,6 +429,13 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
                                           int(cfg.detector.get("bins_per_octave", 32)))
 
     analysis = cfg.get("analysis") or {}
+    if analysis.get("perplexity", False) and analysis.get("mode", "detect") != "ablation" and engine == "resident":
+        # The head runs on chunks of the last hidden states: its weights, one chunk's logits and their fp32 copies.
+        head, logits = head_and_logits_bytes(text, batch, int(ds.seq_len), dtype_bytes)
+        weight_bytes += head
+        activations += logits
+        notes[notes.index("LM head skipped (base model, no logits)")] = (
+            f"analysis.perplexity: LM head and {LOGITS_CHUNK_TOKENS}-position logits chunks counted")
     if analysis.get("mode", "detect") == "ablation":
         # The ablation scores next-token predictions: it loads the LM head and holds logits, the baseline's fp32
         # log-probs for the KL term, and one row's fp32 log-softmax.
