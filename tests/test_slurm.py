@@ -357,6 +357,21 @@ def test_bigger_models_and_longer_runs_ask_for_more():
     assert long["timeout_min"] > quick["timeout_min"]
 
 
+def test_timeout_counts_a_cold_cache_download_of_a_hub_checkpoint():
+    from hydra_plugins.slurm_launcher.sizing import request
+
+    # DeepSeek-V3's checkpoint over a 1 Gb/s link: the download alone is hours, far past the 30-minute floor.
+    cfg, plan = planned("model=deepseek_v3", "hardware=auto", "hardware.download_gbps=1")
+    params, reasons = request(cfg, plan, launcher_params())
+    download_min = plan.job_time["download_s"] / 60
+    assert download_min > 60
+    assert params["timeout_min"] >= 3 * download_min  # timeout_factor 3 x (download + load + compute)
+    assert any("cold-cache download" in r for r in reasons)
+    # The same figures without the download (a local checkpoint path) ask for far less.
+    cfg.model.source = "local"
+    assert request(cfg, plan, launcher_params())[0]["timeout_min"] < 3 * download_min
+
+
 def test_preempted_job_is_reported_not_waited_on(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
     sweep_dir = tmp_path / "sweep"
     cpus = str(len(os.sched_getaffinity(0)))

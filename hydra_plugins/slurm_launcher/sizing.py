@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Tuple
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # Resources the launcher derives; a non-null value of the same name in hydra.launcher wins over the derived one.
 DERIVED = ("timeout_min", "mem_gb", "cpus_per_task", "gpus_per_node", "gres", "constraint")
@@ -66,10 +66,16 @@ def request(cfg: DictConfig, plan: Any, launcher: Dict[str, Any]) -> Tuple[Dict[
                f"{host_need - launcher['mem_baseline_gb']:.2f} estimate), rounded up to {launcher['mem_round_gb']:g}")
 
     flops = (launcher["gpu_tflops"] * count if gpu is not None else launcher["cpu_tflops"]) * 1e12
-    predicted_s = est.weights_gib / launcher["load_gib_per_s"] + 2.0 * est.params_active * _tokens(cfg) / flops
+    # A hub checkpoint may not be in the node's cache yet: its download (the planner's figure, at
+    # hardware.download_gbps) counts into the time limit.
+    hub = OmegaConf.select(cfg, "model.source") == "hub"
+    download_s = float((getattr(plan, "job_time", None) or {}).get("download_s", 0.0)) if hub else 0.0
+    predicted_s = (download_s + est.weights_gib / launcher["load_gib_per_s"]
+                   + 2.0 * est.params_active * _tokens(cfg) / flops)
     params["timeout_min"] = max(int(launcher["min_timeout_min"]),
                                 math.ceil(launcher["timeout_factor"] * predicted_s / 60.0))
-    why.append(f"timeout {params['timeout_min']} min (predicted {predicted_s / 60.0:.1f} min x "
+    why.append(f"timeout {params['timeout_min']} min (predicted {predicted_s / 60.0:.1f} min"
+               f"{f', {download_s / 60.0:.1f} of them a cold-cache download' if download_s else ''} x "
                f"{launcher['timeout_factor']:g}, floor {launcher['min_timeout_min']})")
 
     user_set = {k: launcher[k] for k in DERIVED if launcher.get(k) is not None}
