@@ -172,6 +172,16 @@ class MoeLayerList:
 
 
 @dataclass(frozen=True)
+class ExpertsPerBlock:
+    """The config lists each block's expert count (Jamba's `layers_num_experts`): more than one means MoE."""
+
+    key: str = "layers_num_experts"
+
+    def __call__(self, config) -> List[str]:
+        return ["moe" if int(n) > 1 else "dense" for n in config_value(config, self.key)]
+
+
+@dataclass(frozen=True)
 class ByConfigValue:
     """One config value picks every block's kind (DeepSeek: q_lora_rank None means a plain q_proj)."""
 
@@ -345,6 +355,18 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                 "intermediate_size_mlp", ffn_of=MoeLayerList(),
                 moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts",
                         shared_width="intermediate_size")),
+    ),
+    (
+        # State-space hybrid: Mamba blocks and attention blocks (`layers_block_type`), MoE FFN in every
+        # expert_layer_period-th block. The Mamba mixer's sites, like Gated DeltaNet's: attn_in = in_proj's input (the
+        # normed residual), attn_out_in = out_proj's input (the gated SSM output, its own space per mixer kind).
+        ("jamba",),
+        Adapter("jamba", "layers",
+                {"mamba": Mixer("mamba.in_proj", "mamba.out_proj", (), "input_layernorm"), "attention": _ATTN},
+                {"dense": Ffn("feed_forward", "pre_ff_layernorm", 3), "moe": Ffn("feed_forward", "pre_ff_layernorm", 3)},
+                "intermediate_size", ByLayerTypes({"mamba": "mamba", "attention": "attention"}, key="layers_block_type"),
+                ExpertsPerBlock(),
+                Moe("num_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts")),
     ),
     (("mixtral",), Adapter("mixtral", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
                            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),

@@ -46,6 +46,11 @@ CONFIGS = {
     # Dense and MoE blocks interleaved (MoE in blocks 1, 3, 5, 7), as Llama-4 Maverick; top-1 + shared expert.
     "llama4_text": dict(_COMMON, num_local_experts=4, num_experts_per_tok=1, intermediate_size=32,
                         intermediate_size_mlp=128, interleave_moe_layer_step=2),
+    # Mamba blocks with attention in every other block (1, 3, 5, 7) and MoE in the same blocks; the slow
+    # (kernel-free) Mamba path runs on CPU.
+    "jamba": dict(_COMMON, num_experts=4, num_experts_per_tok=2, attn_layer_period=2, attn_layer_offset=1,
+                  expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2,
+                  use_mamba_kernels=False),
     # No curated adapter: the structural fallback's fixture.
     "bloom": dict(n_layer=NUM_BLOCKS, hidden_size=HIDDEN, n_head=4, vocab_size=512, initializer_range=0.02),
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,

@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checkpoints import build_tiny_checkpoint, training_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ARCHITECTURES = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3", "llama4_text")
+ARCHITECTURES = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3", "llama4_text",
+                 "jamba")
 
 
 @pytest.fixture(scope="session")

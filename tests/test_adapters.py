@@ -19,7 +19,7 @@ TINY = {
     **{t: dict(_SMALL) for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite",
                                  "olmo", "olmo2")},
     **{t: CONFIGS[t] for t in ("olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "gpt2", "qwen3_next", "deepseek_v3",
-                                 "llama4_text")},
+                                 "llama4_text", "jamba")},
     "qwen2_moe": dict(_SMALL, **_MOE, shared_expert_intermediate_size=40, decoder_sparse_step=1, mlp_only_layers=[1]),
     "mixtral": dict(_SMALL, num_local_experts=4, num_experts_per_tok=2),
     "gptj": dict(n_embd=32, n_layer=3, n_head=4, rotary_dim=4, vocab_size=128, n_positions=64),
