@@ -388,11 +388,10 @@ def test_a_disk_that_fills_during_the_job_is_reported_as_full(ssh_server, tiny_c
     with extra_sshd(ssh_server, tmp_path / "host", [bin_dir]) as host:
         proc, out, _ = start_held_job(tmp_path, tiny_checkpoint, text_file, [host.host_entry()],
                                       hold_manifest=False, remote_root=f"'{small_disk / 'root'}'")
-        with open(small_disk / "filler", "wb") as fh:  # fill the disk to the last byte
+        with open(small_disk / "filler", "wb", buffering=0) as fh:  # fill the disk to the last byte
             try:
                 while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
+                    fh.write(b"\0" * 4096)
             except OSError:
                 pass
         (tmp_path / "run.gate").touch()

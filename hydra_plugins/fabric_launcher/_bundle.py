@@ -13,10 +13,10 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from ._errors import user_error
-from ._ssh import Session
+from ._errors import LaunchError, user_error
+from ._ssh import Session, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def warn_unshipped(bundle: CodeBundle) -> None:
                     bundle.code_id, bundle.commit)
 
 # Shell run inside a code dir: every shipped file intact and no other file (one Hydra or Python would import, say);
-# the job keeps its bytecode elsewhere (PYTHONPYCACHEPREFIX), so a clean dir stays clean.
+# the job writes no bytecode (PYTHONDONTWRITEBYTECODE), so a clean dir stays clean.
 EXACT_CODE_CHECK = (
     f"(sha256sum --quiet --strict -c {CODE_MANIFEST} || exit 1; "
     f"shipped=$(sed 's/^[0-9a-f]*  //' {CODE_MANIFEST} | LC_ALL=C sort); "
@@ -130,7 +130,7 @@ class CodeShipper:
             try:
                 session.run(f"mkdir -p {q(staging)}", "prepare code dir")
                 tarball = posixpath.join(staging, "code.tar.gz")
-                session.with_sftp("upload code", lambda s: s.putfo(io.BytesIO(bundle.tarball), tarball))
+                session.with_sftp("upload code", lambda sftp: self.upload(session, sftp, tarball))
                 # Rename is atomic, so a concurrent launcher either sees the whole tree or none of it.
                 session.run(f"cd {q(staging)} && tar -xzf code.tar.gz && rm code.tar.gz && "
                             f"sha256sum --quiet --strict -c {CODE_MANIFEST} && "
@@ -141,3 +141,13 @@ class CodeShipper:
                             retry=session.retry.ignoring_cancel())
                 raise
         return code_dir
+
+    def upload(self, session: Session, sftp: Any, tarball: str) -> None:
+        """put the tarball; a full disk is said as such, once (not retried as a network fault)."""
+        try:
+            sftp.putfo(io.BytesIO(self.bundle.tarball), tarball)
+        except OSError as err:
+            full = disk_full(session, posixpath.dirname(tarball))
+            if full:
+                raise LaunchError(f"uploading the code ({len(self.bundle.tarball) >> 10} KiB): {full}") from err
+            raise

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
 from ._errors import CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, RetryPolicy, user_error
-from ._hosts import Host, HostPool, ProbeCache, load_inventory, probe_host
+from ._hosts import Host, HostPool, ProbeCache, host_capacity, load_inventory, probe_host
 from ._instances import CommandInstances
 from ._job import Job
 from ._job_script import CODE_MISMATCH_EXIT
@@ -249,10 +249,11 @@ class Launch:
         root = self.remote_root(job.session)
         self.remote.gpu_names[job.host.name] = [g["name"] for g in probe.get("gpus") or []]
         with job.timed("ship_s"):
+            self.remote.check_disk(job, root)
             code_dir = self.shipper.ship(job.session, root)
             python = self.remote.prepare_env(job, root)
         with job.timed("run_s"):
-            self.remote.start(job, code_dir, python)
+            self.remote.start(job, code_dir, python, root, host_capacity(job.host, {"gpus": probe.get("gpus") or []}))
             # Written now, so a launcher killed outright (SIGKILL, a crash) still leaves what reattach needs.
             self.write_record(job, None, status="RUNNING")
             job.exited(self.remote.poll(job))

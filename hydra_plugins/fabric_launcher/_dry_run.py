@@ -11,7 +11,7 @@ from hydra.core.utils import JobReturn, filter_overrides
 from ._bundle import CodeBundle
 from ._hosts import Host, ProbeCache
 from ._job import Job
-from ._job_script import POLL_COMMAND, remote_command, start_command
+from ._job_script import POLL_COMMAND, host_locks, remote_command, start_command
 from ._needs import host_refusal
 from ._output import Console, job_return
 from ._remote_job import env_python, env_setup_command
@@ -50,7 +50,8 @@ def dry_run(jobs: List[Job], inventory: List[Host], params: Dict[str, Any], bund
         env_cmd = env_setup_command(params, root, bundle)
         if env_cmd:
             lines.append(f"  env: {env_cmd}")
-        lines.append(f"  start: {start_command(remote_dir, python, params['start_timeout_s'], shown=True)}")
+        locks = host_locks(job.gpu_indices, 1)
+        lines.append(f"  start: {start_command(remote_dir, python, params['start_timeout_s'], posixpath.join(root, 'locks'), locks, shown=True)}")
         lines.append(f"  job: {' '.join(shlex.quote(a) for a in remote_command(job.overrides, remote_dir, python))}")
         lines.append(f"  poll: {POLL_COMMAND.format(dir=shlex.quote(remote_dir))}")
         lines.append(f"  results: {posixpath.join(remote_dir, 'out')}/ -> {job.local_dir}/ "

@@ -52,9 +52,9 @@ def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bun
     group id, code check, log, manifest, exit code."""
     q = shlex.quote
     d = job.remote_dir
-    # Bytecode goes to the job dir, so the shared code dir holds exactly the shipped files, and no stray .pyc in
-    # it is ever read.
-    env_lines = ["export PYTHONUNBUFFERED=1", 'export PYTHONPYCACHEPREFIX="$JOB/pycache"']
+    # No bytecode written, so the shared code dir keeps exactly the shipped files (the check refuses any other,
+    # a stray .pyc included); installed packages still load their own cached bytecode.
+    env_lines = ["export PYTHONUNBUFFERED=1", "export PYTHONDONTWRITEBYTECODE=1"]
     if job.gpu_indices:  # a shared host: this job sees only the GPUs it was given
         env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in job.gpu_indices)}")
     if params.get("hf_home"):
@@ -83,12 +83,22 @@ echo $code > "$JOB/exit_code.tmp" && mv "$JOB/exit_code.tmp" "$JOB/exit_code"
 """
 
 
-def start_command(remote_dir: str, python: str, wait_s: float, shown: bool = False) -> str:
-    """Start job.sh detached once (the host's python, no setsid(1) needed; the secrets come on stdin); the exit
-    status says whether the job got as far as writing its pgid. `shown`: the short form a dry run prints."""
+def start_command(remote_dir: str, python: str, wait_s: float, lock_dir: str, locks: str,
+                  shown: bool = False) -> str:
+    """Start job.sh detached once (the host's python, no setsid(1) needed; the secrets come on stdin) holding its
+    host-wide locks (see _detach); the exit status says whether the job got as far as writing its pgid, or found
+    its GPUs busy. `shown`: the short form a dry run prints."""
     q = shlex.quote
     program = "<_detach.DETACH_PY>" if shown else q(DETACH_PY)
-    return f"cd {q(remote_dir)} && {q(python)} -c {program} {q(remote_dir)} {q(str(float(wait_s)))}"
+    return (f"cd {q(remote_dir)} && {q(python)} -c {program} {q(remote_dir)} {q(str(float(wait_s)))} "
+            f"{q(lock_dir)} {q(locks)}")
+
+
+def host_locks(gpu_indices: List[int], slots: int) -> str:
+    """The locks a job takes on its host: each of its GPUs, or one of the host's slots when it runs without."""
+    if gpu_indices:
+        return "all:" + ",".join(f"gpu-{i}" for i in gpu_indices)
+    return "any:" + ",".join(f"slot-{i}" for i in range(max(1, slots)))
 
 
 POLL_COMMAND = ("cd {dir} && if [ -f exit_code ]; then echo EXIT $(cat exit_code); "

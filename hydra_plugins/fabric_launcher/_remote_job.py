@@ -11,11 +11,12 @@ from typing import Any, Dict, List, Optional
 import paramiko
 
 from ._bundle import CodeBundle
-from ._detach import start_payload
+from ._detach import BUSY_EXIT, start_payload
 from ._errors import CancelEvent, Cancelled, LaunchError, RetryPolicy, user_error
 from ._job import Job
-from ._job_script import KILL_COMMAND, POLL_COMMAND, job_script, start_command
+from ._job_script import KILL_COMMAND, POLL_COMMAND, host_locks, job_script, start_command
 from ._output import Console
+from ._ssh import disk_full
 
 
 def env_python(params: Dict[str, Any], root: str, bundle: CodeBundle) -> str:
@@ -104,9 +105,25 @@ class RemoteJobs:
                           f"{want} ({given}): {why}; refusing to run a GPU job on the CPU (install a CUDA build of "
                           "torch there, or fix the driver)")
 
-    def start(self, job: Job, code_dir: str, python: str) -> None:
+    def check_disk(self, job: Job, root: str) -> None:
+        """Free disk under the remote root, measured now (a cached probe may be old), against the plan's disk_gib:
+        refused before anything is uploaded, once, with the host and the free space."""
+        q = shlex.quote
+        result = job.session.run(f"mkdir -p {q(root)} && df -Pk {q(root)} | tail -1 | awk '{{print $4}}'",
+                                 "check free disk", check=False)
+        words = result.stdout.split()
+        if result.exited != 0 or not words or not words[-1].isdigit():
+            return  # no df there: the probe's figure stands
+        free_gib = int(words[-1]) / 2 ** 20
+        if free_gib < job.needs.disk_gib:
+            raise LaunchError(f"only {free_gib:.2f} GiB free under {root} on {job.host.name}; the job needs "
+                              f"{job.needs.disk_gib:.1f} GiB (its plan's disk_gib): free space there or point "
+                              "hydra.launcher.remote_root at a bigger disk")
+
+    def start(self, job: Job, code_dir: str, python: str, root: str, slots: int) -> None:
         """Upload job.sh, then start it detached with the secrets on stdin (no secret file, ever); a retried start
-        is harmless, and a start that fails is reported with its stderr."""
+        is harmless, a start that fails is reported with its stderr, and one whose GPUs (or the host's slots) are
+        held by another sweep's job waits for them, as jobs queue within one sweep."""
         q = shlex.quote
         session = job.session
         session.run(f"mkdir -p -m 700 {q(job.remote_dir)}", "create job dir")
@@ -116,8 +133,22 @@ class RemoteJobs:
         timeout = self.params.get("timeout_s")
         job.mark_started(time.monotonic() + float(timeout) if timeout else None)  # a cancel now kills what started
         wait_s = min(float(self.params["start_timeout_s"]), 30.0)
-        result = session.run(start_command(job.remote_dir, python, wait_s), "start job", check=False,
-                             retry=self.running(job), stdin=start_payload(self.secrets))
+        command = start_command(job.remote_dir, python, wait_s, posixpath.join(root, "locks"),
+                                host_locks(job.gpu_indices, slots))
+        announced = False
+        while True:
+            result = session.run(command, "start job", check=False, retry=self.running(job),
+                                 stdin=start_payload(self.secrets))
+            if result.exited != BUSY_EXIT:
+                break
+            if not announced:
+                self.console.say(job, f"{result.stdout.split()[-1]} on {job.host.name} is held by another sweep's "
+                                      "job; queued")
+                announced = True
+            if self.cancel.wait(float(self.params["poll_interval_s"])):
+                raise Cancelled(getattr(self.cancel, "reason", "interrupted"))
+        if announced and timeout:
+            job.deadline = time.monotonic() + float(timeout)  # timeout_s counts from the real start
         if result.exited != 0:
             raise LaunchError(f"remote job {job.name} did not start on {job.host.name} (exit {result.exited}): "
                               f"{self.console.redact((result.stderr or result.stdout).strip()[-2000:])}")
@@ -142,6 +173,10 @@ class RemoteJobs:
                         return int(state[1])
                     if state and state[0] == "GONE":
                         follower.write_log(final=True)
+                        full = disk_full(job.session, job.remote_dir)
+                        if full:
+                            raise LaunchError(f"remote job {job.name} on {job.host.name} ended without an exit code: "
+                                              f"{full}\n{self.tail(job)}")
                         raise LaunchError(f"remote job {job.name} on {job.host.name} vanished without an exit code "
                                           f"(killed or host rebooted)\n{self.tail(job)}")
                     if state and state[0] == "STARTING" and time.monotonic() - started > start_timeout:

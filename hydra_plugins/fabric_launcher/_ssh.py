@@ -5,6 +5,7 @@ import fcntl
 import logging
 import os
 import posixpath
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
@@ -228,3 +229,16 @@ def ssh_path(path: str) -> str:
     """A path as one ssh option value: ssh splits values on spaces and expands % and ${}, so quote and escape."""
     escaped = path.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def disk_full(session: Session, path: str) -> Optional[str]:
+    """'No space left on device ...' with the host and the free space when the disk under path is (nearly) full,
+    else None; `stat -f`, so the figure is the filesystem's own."""
+    result = session.run(f"stat -f -c '%a %S' {shlex.quote(path)}", "check free disk", check=False)
+    words = result.stdout.split()
+    if result.exited != 0 or len(words) != 2 or not all(w.isdigit() for w in words):
+        return None
+    free = int(words[0]) * int(words[1])
+    if free >= 1 << 20:
+        return None
+    return f"No space left on device under {path} on {session.host.name} ({free // 1024} KiB free)"
