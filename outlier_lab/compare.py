@@ -283,8 +283,11 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
              f"Sweep dir(s): {', '.join(f'`{r}`' for r in roots)}. {len(done)} completed, {len(failed)} not completed.",
              "Rebuild anywhere from the results files: `python scripts/compare.py "
              + " ".join(str(r) for r in roots) + "`.", "",
+             "Outlier dims and one-sided count headline dims; layers %, positions % and Q1 / median / Q3 (its signed "
+             "outlier values) are those of each job's most common outlier dim; max abs is over every dim, outlier or "
+             "not.", "",
              "| job | model | sweep overrides | arch | kind (experts/top-k) | params (active) | outlier dims | "
-             "one-sided | layers % | positions % | Q1 | median | Q3 | max abs | wall s | est / peak GiB |",
+             "one-sided | layers % | positions % | Q1 | median | Q3 | max abs (all dims) | wall s | est / peak GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "COMPLETED":

@@ -41,7 +41,8 @@ def test_schema1_run_is_compared_and_reported(tmp_path):
     row = read_csv(tmp_path / "sweep" / COMPARISON_CSV)[0]
     assert (row["status"], row["positions_pct"], row["layers_pct"], row["paper_positions_pct"]) == (
         "COMPLETED", "43.75", "75.0", "6")
-    assert "| 43.8 |" in (tmp_path / "sweep" / COMPARISON_MD).read_text()
+    markdown = (tmp_path / "sweep" / COMPARISON_MD).read_text()
+    assert "| 43.8 |" in markdown and "| max abs (all dims) |" in markdown and "most common outlier dim" in markdown
     report = write_report(run).read_text()
     assert "| 138 | 8 | 1.00 | 0.75 | 0.438 |" in report
     # The file on disk is left as the old version wrote it.
