@@ -50,8 +50,9 @@ class HubService:
         token_file.chmod(0o600)
 
     def downloads(self) -> List[dict]:
-        """File downloads the server answered (GETs of resolve URLs), in order."""
-        return [r for r in self.log() if r["method"] == "GET" and "/resolve/" in r["path"]]
+        """File bytes the server sent (GETs of resolve or CDN URLs that were not redirects), in order."""
+        return [r for r in self.log() if r["method"] == "GET" and r["status"] in (200, 206)
+                and ("/resolve/" in r["path"] or r["path"].startswith("/_cdn/"))]
 
 
 def _answers(url: str) -> bool:

@@ -8,7 +8,8 @@ hub's HTTP API read from huggingface_hub 2.4 and datasets 5.2:
   GET  /api/{models,datasets}/ORG/NAME/tree/REV[/PATH]      file listing (recursive=true)
   POST /api/{models,datasets}/ORG/NAME/paths-info/REV       info of given paths
   GET  /api/{models,datasets}/ORG/NAME/refs                 branches and tags
-  HEAD/GET /[datasets/]ORG/NAME/resolve/REV/PATH            file bytes: ETag, X-Repo-Commit, Content-Length, Range
+  HEAD/GET /[datasets/]ORG/NAME/resolve/REV/PATH            file bytes: ETag, X-Repo-Commit, Content-Length, Range;
+                                                            files >= 1 KiB: 302 to /_cdn/... with X-Linked-Etag/-Size
 
 Errors carry the hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo). Gated repos need
 `Authorization: Bearer <token>` with the token in ROOT/token. Test controls under /_emulator/: `log` (GET), `reset`
@@ -34,6 +35,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)(?:/(revision|tree|paths-info)/([^/]+)(/.*)?|/(refs))?$")
 _RESOLVE = re.compile(r"^/(?:(datasets)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+# Where "LFS" files are redirected, like the hub's CDN (whose URLs are signed, so they need no token).
+_CDN = re.compile(r"^/_cdn/(models|datasets)/([^/]+/[^/]+)/([0-9a-f]{40})/(.+)$")
 _LFS_MIN_BYTES = 1024  # files this big are served like LFS files: sha256 ETag, lfs block in listings
 
 
@@ -188,6 +191,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if url.path.startswith("/_emulator/"):
                 return self._control(url.path)
+            match = _CDN.match(url.path)
+            if match:
+                tree, sha, _ = self.hub.commit(*match.group(1, 2, 3))
+                return self._file(tree, sha, match.group(4))
             match = _RESOLVE.match(url.path)
             if match:
                 return self._resolve("datasets" if match.group(1) else "models", *match.group(2, 3, 4))
@@ -268,8 +275,21 @@ class Handler(BaseHTTPRequestHandler):
         return self._json([_entry(tree, p, expand) for p in found])
 
     def _resolve(self, repo_type: str, repo_id: str, revision: str, file_path: str) -> None:
+        """Small files are answered here; LFS-sized ones are redirected to the CDN with X-Linked-Etag/-Size."""
         tree, sha, meta = self.hub.commit(repo_type, repo_id, revision)
         self._check_access(meta)
+        target = tree / unquote(file_path)
+        if not target.is_file():
+            raise HubError(404, "EntryNotFound", f"{file_path} does not exist at {sha}")
+        size = target.stat().st_size
+        if size < _LFS_MIN_BYTES:
+            return self._file(tree, sha, file_path)
+        location = f"http://{self.headers.get('Host')}/_cdn/{repo_type}/{repo_id}/{sha}/{file_path}"
+        return self._send(302, b"", {"Location": location, "X-Repo-Commit": sha, "X-Linked-Size": str(size),
+                                     "X-Linked-Etag": f'"{_etag(target.read_bytes())}"'})
+
+    def _file(self, tree: Path, sha: str, file_path: str) -> None:
+        """The file's bytes (or the Range asked for); a planned fault cuts the body short."""
         target = tree / unquote(file_path)
         if not target.is_file():
             raise HubError(404, "EntryNotFound", f"{file_path} does not exist at {sha}")
