@@ -182,6 +182,22 @@ class ExpertsPerBlock:
 
 
 @dataclass(frozen=True)
+class IntervalFrom:
+    """ERNIE-4.5: MoE in every `interval`-th block from `start` to `end` (inclusive), dense elsewhere."""
+
+    start: str = "moe_layer_start_index"
+    interval: str = "moe_layer_interval"
+    end: str = "moe_layer_end_index"
+
+    def __call__(self, config) -> List[str]:
+        n = int(config_value(config, "num_hidden_layers"))
+        start, step = int(config_value(config, self.start)), int(config_value(config, self.interval))
+        end = int(config_value(config, self.end))
+        end = n - 1 if end < 0 else end
+        return ["moe" if (i + 1) % step == 0 and start <= i <= end else "dense" for i in range(n)]
+
+
+@dataclass(frozen=True)
 class ByConfigValue:
     """One config value picks every block's kind (DeepSeek: q_lora_rank None means a plain q_proj)."""
 
@@ -249,6 +265,8 @@ class Adapter:
         if self.moe is None:
             return 0, 0
         experts, top_k = config_value(config, self.moe.experts), config_value(config, self.moe.top_k)
+        if isinstance(top_k, (list, tuple)):  # per-block top-k (Hunyuan): the largest bounds the active params
+            top_k = max(top_k)
         return (int(experts), int(top_k)) if experts and top_k else (0, 0)
 
     def ffn_width(self, config) -> int:
@@ -367,6 +385,38 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                 "intermediate_size", ByLayerTypes({"mamba": "mamba", "attention": "attention"}, key="layers_block_type"),
                 ExpertsPerBlock(),
                 Moe("num_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts")),
+    ),
+    (("ernie4_5_moe",), Adapter("ernie4_5_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
+                                ffn_of=IntervalFrom(),
+                                moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size",
+                                        shared_count="moe_num_shared_experts"))),
+    (("hunyuan_v1_moe",), Adapter("hunyuan_v1_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
+                                  ffn_of=Uniform("moe"),
+                                  moe=Moe("num_experts", "moe_topk", "intermediate_size",
+                                          shared_width="intermediate_size"))),
+    (("dots1",), Adapter("dots1", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=FirstKDense(),
+                         moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                 shared_count="n_shared_experts"))),
+    (
+        # Lightning (linear) attention blocks and softmax attention blocks (`layer_types`); the lightning mixer's
+        # sites: attn_in = qkv_proj's input, attn_out_in = out_proj's input.
+        ("minimax",),
+        Adapter("minimax", "layers",
+                {"linear_attention": Mixer("self_attn.qkv_proj", "self_attn.out_proj", ("self_attn.output_gate",),
+                                           "input_layernorm"),
+                 "full_attention": _ATTN},
+                _MOE_FFNS, "intermediate_size",
+                ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
+                Uniform("moe"), Moe("num_local_experts", "num_experts_per_tok", "intermediate_size")),
+    ),
+    (("phimoe",), Adapter("phimoe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
+                          moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
+    (
+        ("granitemoe",),
+        Adapter("granitemoe", "layers", _DENSE["mixers"],
+                {"moe": Ffn("block_sparse_moe", "post_attention_layernorm", 3)}, "intermediate_size",
+                ffn_of=Uniform("moe"),
+                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="block_sparse_moe.experts")),
     ),
     (("mixtral",), Adapter("mixtral", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
                            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),

@@ -51,6 +51,17 @@ CONFIGS = {
     "jamba": dict(_COMMON, num_experts=4, num_experts_per_tok=2, attn_layer_period=2, attn_layer_offset=1,
                   expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2,
                   use_mamba_kernels=False),
+    "ernie4_5_moe": dict(_COMMON, moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=1,
+                         moe_layer_interval=1, moe_num_shared_experts=1),
+    "hunyuan_v1_moe": dict(_COMMON, num_experts=4, moe_topk=2),
+    "dots1": dict(_COMMON, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1),
+    # Lightning (linear) attention and softmax attention alternating. Not in the planted CLI set: at random init
+    # its residual stream has many dims above 6 besides the planted ones (its sites are checked in test_adapters).
+    "minimax": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2,
+                    layer_types=["linear_attention", "full_attention"] * (NUM_BLOCKS // 2)),
+    "phimoe": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2),
+    "granitemoe": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2),
     # No curated adapter: the structural fallback's fixture.
     "bloom": dict(n_layer=NUM_BLOCKS, hidden_size=HIDDEN, n_head=4, vocab_size=512, initializer_range=0.02),
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,

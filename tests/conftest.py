@@ -13,7 +13,7 @@ from checkpoints import build_tiny_checkpoint, training_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHITECTURES = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3", "llama4_text",
-                 "jamba")
+                 "jamba", "ernie4_5_moe", "hunyuan_v1_moe", "dots1", "phimoe", "granitemoe")
 
 
 @pytest.fixture(scope="session")

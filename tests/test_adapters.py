@@ -27,6 +27,15 @@ TINY = {
     "opt": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=80, vocab_size=128,
                 word_embed_proj_dim=32, max_position_embeddings=64),
     "bert": dict(_SMALL),
+    "ernie4_5_moe": dict(_SMALL, moe_num_experts=4, moe_k=2, moe_intermediate_size=24, moe_layer_start_index=1,
+                         moe_layer_interval=1, moe_num_shared_experts=1),
+    "hunyuan_v1_moe": dict(_SMALL, num_experts=4, moe_topk=2),
+    "dots1": dict(_SMALL, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, first_k_dense_replace=1,
+                  n_shared_experts=1, n_group=1, topk_group=1),
+    "minimax": dict(_SMALL, num_local_experts=4, num_experts_per_tok=2, num_hidden_layers=4,
+                    layer_types=["linear_attention", "full_attention"] * 2),
+    "phimoe": dict(_SMALL, num_local_experts=4, num_experts_per_tok=2),
+    "granitemoe": dict(_SMALL, num_local_experts=4, num_experts_per_tok=2),
 }
 
 
