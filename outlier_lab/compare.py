@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import paper
+from .detectors import registry, with_section
 from .errors import UserError
 from .heatmap import colorbar, heatmap_axes
+from .markdown import dig, fmt, pm
 from .results import RESULTS_JSON, atomic_write_bytes, upgrade
 
 log = logging.getLogger(__name__)
@@ -27,20 +29,22 @@ PLOT_THRESHOLDS = "compare_thresholds.png"
 PLOT_PERPLEXITY = "compare_perplexity.png"
 
 # One row per job; the CSV keeps this column order so diffs between sweeps stay readable.
-COLUMNS = (
+_JOB_COLUMNS = (
     "job", "status", "model", "overrides", "path", "architecture", "kind", "experts", "top_k",
     "params_total", "params_active", "dataset", "num_sequences", "seq_len", "alpha", "alpha_mode",
     "outlier_dims", "one_sided", "qualified_any_sequence", "top_dim", "layers_pct", "positions_pct",
     "q1", "median", "q3", "max_abs", "wall_time_s", "est_memory_gib", "peak_memory_gib", "peak_memory_kind",
-    "massive_hits", "massive_dims", "massive_max_abs", "massive_bos_frac",
-    "ppl", "bits_per_byte", "top1_prob", "ablated_dims",
-    "d_top1_pct_outliers", "d_top1_pct_random_mean", "d_top1_pct_random_std",
-    "d_ppl_pct_outliers", "d_ppl_pct_random_mean", "d_ppl_pct_random_std",
-    "kl_outliers", "kl_random_mean", "kl_random_std",
+)
+_PAPER_COLUMNS = (
     "paper_model", "paper_outlier_dims", "paper_one_sided", "paper_layers_pct", "paper_positions_pct",
     "paper_q1", "paper_median", "paper_q3",
-    "error",
 )
+# One row per job; the CSV keeps this column order so diffs between sweeps stay readable. Each detector plug-in
+# adds its own columns after the job's.
+# Detectors may share a column (perplexity and the ablation's baseline both give ppl): listed once, the later
+# detector's value wins.
+COLUMNS = tuple(dict.fromkeys(_JOB_COLUMNS + tuple(c for d in registry() for c in d.comparison_columns)
+                              + _PAPER_COLUMNS + ("error",)))
 
 
 @dataclass
@@ -133,15 +137,6 @@ def collect_jobs(roots: Sequence[Path]) -> List[JobDir]:
     return jobs
 
 
-def _get(mapping: Optional[Dict[str, Any]], *keys: str, default: Any = None) -> Any:
-    value: Any = mapping
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return default
-        value = value[key]
-    return value
-
-
 def estimated_memory_gib(resources: Any) -> Optional[float]:
     """The estimate's total GiB from a results `resources` block (the plan: estimate fields at its top level)."""
     value = resources.get("total_gib") if isinstance(resources, dict) else None
@@ -175,8 +170,8 @@ def job_row(job: JobDir) -> Dict[str, Any]:
         model=model.get("name"), path=model.get("path"), architecture=model.get("architecture"),
         kind="MoE" if model.get("is_moe") else "dense", experts=model.get("num_experts"),
         top_k=model.get("experts_per_token"), params_total=model.get("params_total"),
-        params_active=model.get("params_active"), dataset=_get(r, "dataset", "name"),
-        num_sequences=_get(r, "dataset", "num_sequences"), seq_len=_get(r, "dataset", "seq_len"),
+        params_active=model.get("params_active"), dataset=dig(r, "dataset", "name"),
+        num_sequences=dig(r, "dataset", "num_sequences"), seq_len=dig(r, "dataset", "seq_len"),
         alpha=det.get("alpha"), alpha_mode=det.get("alpha_mode", "absolute"),
         outlier_dims=summary.get("num_outlier_features"), one_sided=summary.get("num_one_sided"),
         qualified_any_sequence=summary.get("num_qualified_any_sequence"), top_dim=top.get("dim"),
@@ -185,30 +180,8 @@ def job_row(job: JobDir) -> Dict[str, Any]:
         wall_time_s=r.get("wall_time_s"), est_memory_gib=estimated_memory_gib(r.get("resources")),
         peak_memory_gib=r.get("peak_memory_gib"), peak_memory_kind=r.get("peak_memory_kind"),
     )
-    massive = r.get("massive")
-    if isinstance(massive, dict):
-        msum = massive.get("summary", {})
-        row.update(massive_hits=msum.get("num_hits"), massive_dims=len(msum.get("dims") or []),
-                   massive_max_abs=msum.get("max_abs"), massive_bos_frac=msum.get("bos_frac"))
-    perplexity = r.get("perplexity")
-    if isinstance(perplexity, dict):
-        row.update(ppl=perplexity.get("ppl"), bits_per_byte=perplexity.get("bits_per_byte"))
-    ablation = r.get("ablation")
-    if isinstance(ablation, dict):
-        base = ablation.get("baseline") or {}
-        outl = ablation.get("outliers") or {}
-        rand = ablation.get("random") or {}
-        row.update(ppl=base.get("ppl"), bits_per_byte=base.get("bits_per_byte"), top1_prob=base.get("top1_prob"),
-                   ablated_dims=len(ablation.get("dims") or []),
-                   d_top1_pct_outliers=_get(outl, "delta", "top1_prob_pct"),
-                   d_top1_pct_random_mean=_get(rand, "delta", "top1_prob_pct", "mean"),
-                   d_top1_pct_random_std=_get(rand, "delta", "top1_prob_pct", "std"),
-                   kl_outliers=_get(outl, "delta", "kl_from_baseline"),
-                   kl_random_mean=_get(rand, "delta", "kl_from_baseline", "mean"),
-                   kl_random_std=_get(rand, "delta", "kl_from_baseline", "std"),
-                   d_ppl_pct_outliers=_get(outl, "delta", "ppl_pct"),
-                   d_ppl_pct_random_mean=_get(rand, "delta", "ppl_pct", "mean"),
-                   d_ppl_pct_random_std=_get(rand, "delta", "ppl_pct", "std"))
+    for detector, section in with_section(r):
+        row.update(detector.comparison_row(section))
     published = paper.match(model.get("path"))
     if published is not None:
         row.update(paper_model=published.label, paper_outlier_dims=published.count,
@@ -253,14 +226,6 @@ def read_csv(path: Path) -> List[Dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|")
-
-
 def _params(value: Any) -> str:
     if not isinstance(value, (int, float)):
         return "–"
@@ -268,12 +233,6 @@ def _params(value: Any) -> str:
         if value >= scale:
             return f"{value / scale:.3g}{unit}"
     return str(value)
-
-
-def _pm(mean: Any, std: Any, digits: int = 2) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
 def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots: Sequence[str]) -> str:
@@ -291,21 +250,21 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "COMPLETED":
-            lines.append(f"| {_fmt(r['job'])} | {_fmt(r['model'])} | {_fmt(r['overrides'])} | **{r['status']}** "
+            lines.append(f"| {fmt(r['job'])} | {fmt(r['model'])} | {fmt(r['overrides'])} | **{r['status']}** "
                          + "| " * 12 + "|")
             continue
         kind = r["kind"] + (f" ({r['experts']}/{r['top_k']})" if r["kind"] == "MoE" else "")
         alpha = "" if r["alpha_mode"] == "absolute" else " ×RMS"
         lines.append(
-            f"| {_fmt(r['job'])} | {_fmt(r['model'])} | {_fmt(r['overrides'])} | {_fmt(r['architecture'])} | {kind} | "
-            f"{_params(r['params_total'])} ({_params(r['params_active'])}) | {_fmt(r['outlier_dims'])}{alpha} | "
-            f"{_fmt(r['one_sided'])} | {_fmt(r['layers_pct'])} | {_fmt(r['positions_pct'])} | {_fmt(r['q1'])} | "
-            f"{_fmt(r['median'])} | {_fmt(r['q3'])} | {_fmt(r['max_abs'])} | {_fmt(r['wall_time_s'])} | "
-            f"{_fmt(r['est_memory_gib'], 2)} / {_fmt(r['peak_memory_gib'], 2)} |")
+            f"| {fmt(r['job'])} | {fmt(r['model'])} | {fmt(r['overrides'])} | {fmt(r['architecture'])} | {kind} | "
+            f"{_params(r['params_total'])} ({_params(r['params_active'])}) | {fmt(r['outlier_dims'])}{alpha} | "
+            f"{fmt(r['one_sided'])} | {fmt(r['layers_pct'])} | {fmt(r['positions_pct'])} | {fmt(r['q1'])} | "
+            f"{fmt(r['median'])} | {fmt(r['q3'])} | {fmt(r['max_abs'])} | {fmt(r['wall_time_s'])} | "
+            f"{fmt(r['est_memory_gib'], 2)} / {fmt(r['peak_memory_gib'], 2)} |")
     if failed:
         lines += ["", "## Jobs that did not complete", ""]
         for r in failed:
-            lines.append(f"- `{r['job']}` ({_fmt(r['model'])}, {r['status']}): {_fmt(r['error'])}")
+            lines.append(f"- `{r['job']}` ({fmt(r['model'])}, {r['status']}): {fmt(r['error'])}")
     matched = [r for r in done if r["paper_model"]]
     if matched:
         lines += ["", "## LLM.int8() Table 4: published vs ours", "",
@@ -314,34 +273,14 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
                   "quartiles ours |", "|---|---|---|---|---|---|---|---|"]
         for r in matched:
             lines.append(
-                f"| {r['job']} | {r['paper_model']} | {_fmt(r['paper_outlier_dims'])} / {_fmt(r['outlier_dims'])} | "
-                f"{_fmt(r['paper_one_sided'])} / {_fmt(r['one_sided'])} | {_fmt(r['paper_layers_pct'])} / "
-                f"{_fmt(r['layers_pct'])} | {_fmt(r['paper_positions_pct'])} / {_fmt(r['positions_pct'])} | "
-                f"{_fmt(r['paper_q1'])}, {_fmt(r['paper_median'])}, {_fmt(r['paper_q3'])} | "
-                f"{_fmt(r['q1'])}, {_fmt(r['median'])}, {_fmt(r['q3'])} |")
-    massive = [r for r in done if r["massive_hits"] is not None]
-    if massive:
-        lines += ["", "## Massive activations (Sun et al. 2024)", "",
-                  "| job | model | hits | dims | max abs | share of hits on BOS |", "|---|---|---|---|---|---|"]
-        for r in massive:
-            lines.append(f"| {r['job']} | {_fmt(r['model'])} | {r['massive_hits']} | {r['massive_dims']} | "
-                         f"{_fmt(r['massive_max_abs'])} | {_fmt(r['massive_bos_frac'], 2)} |")
-    ablated = [r for r in done if r["ppl"] is not None]
-    if ablated:
-        lines += ["", "## Ablation (LLM.int8() Sec. 4.2): zero the outlier dims vs the same number of random dims", "",
-                  "Relative changes in %; the paper saw top-1 probability fall by about half (40% -> 20%) and perplexity "
-                  "rise 600-1000% for outliers, about 0.1% for random dims. KL: mean KL(unablated || ablated) per token.",
-                  "",
-                  "| job | model | ppl | bits/byte | top-1 prob | dims | Δ top-1 % outliers | Δ top-1 % random (mean ± sd) | "
-                  "Δ ppl % outliers | Δ ppl % random (mean ± sd) | KL outliers | KL random (mean ± sd) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in ablated:
-            lines.append(
-                f"| {r['job']} | {_fmt(r['model'])} | {_fmt(r['ppl'], 2)} | {_fmt(r['bits_per_byte'], 3)} | "
-                f"{_fmt(r['top1_prob'], 3)} | {_fmt(r['ablated_dims'])} | {_fmt(r['d_top1_pct_outliers'], 1)} | "
-                f"{_pm(r['d_top1_pct_random_mean'], r['d_top1_pct_random_std'], 1)} | {_fmt(r['d_ppl_pct_outliers'], 1)} | "
-                f"{_pm(r['d_ppl_pct_random_mean'], r['d_ppl_pct_random_std'], 1)} | {_fmt(r['kl_outliers'], 4)} | "
-                f"{_pm(r['kl_random_mean'], r['kl_random_std'], 4)} |")
+                f"| {r['job']} | {r['paper_model']} | {fmt(r['paper_outlier_dims'])} / {fmt(r['outlier_dims'])} | "
+                f"{fmt(r['paper_one_sided'])} / {fmt(r['one_sided'])} | {fmt(r['paper_layers_pct'])} / "
+                f"{fmt(r['layers_pct'])} | {fmt(r['paper_positions_pct'])} / {fmt(r['positions_pct'])} | "
+                f"{fmt(r['paper_q1'])}, {fmt(r['paper_median'])}, {fmt(r['paper_q3'])} | "
+                f"{fmt(r['q1'])}, {fmt(r['median'])}, {fmt(r['q3'])} |")
+    for detector in registry():
+        if detector.comparison_columns:
+            lines += detector.comparison_markdown(done)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     lines.append("")
@@ -446,7 +385,7 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
         nrows = math.ceil(len(with_heat) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
         for ax, job in zip(axes.flat, with_heat):
-            rms = _get(job.results, "detector", "alpha_mode") == "rms"
+            rms = dig(job.results, "detector", "alpha_mode") == "rms"
             image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|{' / RMS' if rms else ''}", reasons=False)
             colorbar(fig, image, ax, job.results)
         for ax in list(axes.flat)[len(with_heat):]:

@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Iterator, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+
+from .errors import UserError
 
 SITES = ("attn_in", "attn_out_in", "mlp_in")
+# absolute: |x| >= alpha. rms: |x| >= alpha x the RMS of the site input in that sequence.
+ALPHA_MODES = ("absolute", "rms")
+# The LLM.int8() outlier-value histogram spans [alpha, alpha * 2**OCTAVES); larger values land in its last bin.
+OCTAVES = 14
 
 
 @dataclass
@@ -66,21 +72,10 @@ class DatasetConfig:
 
 
 @dataclass
-class MassiveConfig:
-    # Also run the massive-activations detector (Sun et al. 2024) on block outputs, in the same pass.
-    enabled: bool = False
-    # A hit needs |x| > min_abs ...
-    min_abs: float = 100.0
-    # ... and |x| >= min_ratio x the median |x| of its hidden state (one sequence's block output).
-    min_ratio: float = 1000.0
-    # Hits kept per (block, batch) on the way to the host; counts stay exact beyond it.
-    hits_per_block_batch: int = 256
-    # Hits written to massive_hits.parquet over the run; counts stay exact beyond it.
-    max_hits: int = 20000
-
-
-@dataclass
 class DetectorConfig:
+    """What is measured and the LLM.int8() thresholds: the schema of `detector` and, validated, what the reducers
+    read. Each other detector plug-in adds its own settings node, `detector.<name>` (outlier_lab/detectors/)."""
+
     # Detector name recorded in results.
     name: str = "llm_int8"
     # Magnitude threshold: |x| >= alpha is a hit (LLM.int8() uses 6.0).
@@ -102,8 +97,32 @@ class DetectorConfig:
     # absolute: |x| >= alpha; rms: |x| >= alpha x the RMS of that site input in that sequence (scale-free; all
     # statistics, quartiles and heatmap included, are then in multiples of that RMS).
     alpha_mode: str = "absolute"
-    # The massive-activations detector, run alongside (detector=massive or detector=[llm_int8,massive]).
-    massive: MassiveConfig = field(default_factory=MassiveConfig)
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise UserError(f"detector.alpha={self.alpha} must be > 0")
+        for name in ("min_layer_frac", "min_position_frac", "min_sequences_frac"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise UserError(f"detector.{name}={value} must be in (0, 1]")
+        if self.bins_per_octave < 1:
+            raise UserError(f"detector.bins_per_octave={self.bins_per_octave} must be >= 1")
+        if self.alpha_mode not in ALPHA_MODES:
+            raise UserError(f"detector.alpha_mode={self.alpha_mode!r} is not one of {', '.join(ALPHA_MODES)}")
+
+    @property
+    def num_bins(self) -> int:
+        return OCTAVES * self.bins_per_octave
+
+    @classmethod
+    def of(cls, node: Any) -> "DetectorConfig":
+        """The validated thresholds of a composed `detector` node (its plug-in settings nodes are left out)."""
+        if isinstance(node, cls):
+            return node
+        values = {f.name: node.get(f.name) for f in fields(cls) if node.get(f.name) is not None}
+        if isinstance(node, DictConfig):
+            values = {k: OmegaConf.to_container(v) if isinstance(v, ListConfig) else v for k, v in values.items()}
+        return cls(**values)
 
 
 @dataclass
@@ -166,7 +185,7 @@ class ReportConfig:
 class RunConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
-    detector: DetectorConfig = MISSING
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     hardware: HardwareConfig = MISSING
     # What the job does with the model: conf/analysis/{detect,ablation}.yaml.
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -182,18 +201,25 @@ class RunConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
+def run_schema() -> DictConfig:
+    """RunConfig with each detector plug-in's settings node under `detector`, so YAML and overrides are typed."""
+    from .detectors import settings_nodes  # the plug-ins import the modules that import this one
+
+    schema = OmegaConf.structured(RunConfig)
+    with open_dict(schema.detector):
+        for name, settings in settings_nodes().items():
+            schema.detector[name] = OmegaConf.structured(settings)
+    return schema
+
+
 def register_configs() -> None:
     """Store the schema so every YAML is validated against it at compose time."""
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="run_schema", node=run_schema())
 
 
 def check_schema(cfg: Any) -> None:
     """Refuse keys the schema does not declare: Hydra's `+detector.alpah=5` adds one silently, and the job would then
     run with the default it meant to change."""
-    from omegaconf import DictConfig
-
-    from .errors import UserError
-
     problems = []
     for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig):
         group, name = key.rsplit(".", 1)
@@ -207,6 +233,11 @@ def check_schema(cfg: Any) -> None:
 def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type) -> Iterator[tuple]:
     hints = get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema)]
+    if schema is DetectorConfig:  # the detector plug-ins' settings nodes
+        from .detectors import settings_nodes
+
+        hints.update(settings_nodes())
+        known += list(settings_nodes())
     for key in node.keys():
         key = str(key)
         if key not in hints:

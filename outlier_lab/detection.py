@@ -9,38 +9,15 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .errors import UserError
-
-# The outlier-value histogram spans [alpha, alpha * 2**OCTAVES); larger values land in the last bin (max_abs is exact).
-OCTAVES = 14
-
+from .config import DetectorConfig
 
 def min_count(frac: float, total: int) -> int:
     """Smallest integer count c with c / total >= frac, immune to float rounding (0.06 * 100 must give 6)."""
     return max(0, math.ceil(round(frac * total, 9)))
 
 
-@dataclass
-class Criteria:
-    alpha: float = 6.0
-    min_layer_frac: float = 0.25
-    min_position_frac: float = 0.06
-    min_sequences_frac: float = 0.5
-    bins_per_octave: int = 32
-
-    def __post_init__(self) -> None:
-        if not self.alpha > 0:
-            raise UserError(f"detector.alpha={self.alpha} must be > 0")
-        for name in ("min_layer_frac", "min_position_frac", "min_sequences_frac"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise UserError(f"detector.{name}={value} must be in (0, 1]")
-        if self.bins_per_octave < 1:
-            raise UserError(f"detector.bins_per_octave={self.bins_per_octave} must be >= 1")
-
-    @property
-    def num_bins(self) -> int:
-        return OCTAVES * self.bins_per_octave
+# The reducers read the thresholds straight from the validated detector config: one class, not a twin.
+Criteria = DetectorConfig
 
 
 def site_step(x: torch.Tensor, pos_hits: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .detectors import with_section
 from .explain import near_misses
 from .heatmap import write_heatmap
 from .results import HEATMAP, REPORT, atomic_write_bytes, read_results
@@ -44,18 +45,8 @@ def render_markdown(results: Dict[str, Any]) -> str:
         lines += ["", f"## Separate feature space: {space} (width {sub['width']})", "",
                   f"{sub['summary']['num_outlier_features']} outlier dims: "
                   + ", ".join(str(f["dim"]) for f in sub["outlier_features"][:40])]
-    if results.get("massive"):
-        from .massive import markdown_section as massive_section
-
-        lines += [""] + massive_section(results["massive"])
-    if results.get("perplexity"):
-        from .perplexity import markdown_section as perplexity_section
-
-        lines += [""] + perplexity_section(results["perplexity"])
-    if results.get("ablation"):
-        from .ablation import markdown_section as ablation_section
-
-        lines += [""] + ablation_section(results["ablation"])
+    for detector, section in with_section(results):
+        lines += [""] + detector.report_section(section)
     if wants_heatmap(results):
         lines += ["", f"![heatmap]({HEATMAP})"]
     lines.append("")

@@ -16,12 +16,11 @@ from .adapters import Adapter, SiteMap, blocks_path, config_value, discover_site
 from .capture import plan_probes
 from .catalog import GpuClass
 from .data import check_window_shape
-from .detection import OCTAVES
+from .detectors import MemoryNeed, MemoryShape, memory_total, registry
 from .errors import UserError
 from .memory import cpu_heap_policy
 from .models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
                      resolve_device)
-from .perplexity import LOGITS_CHUNK_TOKENS, head_and_logits_bytes
 
 GIB = 2**30
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
@@ -41,8 +40,6 @@ GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 DISK_EXTRA_GIB = 2.0
 # MXFP4: 4-bit values plus one shared 8-bit scale per 32 values.
 MXFP4_BITS = 4.25
-# The LLM.int8() reducer's signed outlier histogram: int64 counts, OCTAVES x bins_per_octave bins, 2 signs.
-_HIST_BYTES_PER_DIM_PER_BIN = 2 * 8
 
 
 @dataclass
@@ -280,7 +277,7 @@ def _attention_impl(cfg: DictConfig, adapter: Adapter) -> str:
 
 
 def activation_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str,
-                     widths: Dict[str, int], analyzed_blocks: int, bins_per_octave: int) -> Tuple[float, Dict[str, float]]:
+                     detectors: MemoryNeed) -> Tuple[float, Dict[str, float]]:
     """Peak transient memory of one forward (no KV cache, no logits) plus the detector's reduction state.
 
     Blocks run one after another and free their temporaries, so the peak is the worst block's worst phase on top of
@@ -321,18 +318,10 @@ def activation_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes
         # A shared expert runs after the routed ones, next to their output.
         shared = n * a * (d + 3 * s.shared_intermediate) if s.shared_intermediate else 0.0
         phases["moe"] = n * a * d + router + max(gate_phase, down_phase, shared)
-    # Detector: per batch block hits and position hits (bool), per-sequence max; per run block max and histogram.
-    bins = OCTAVES * bins_per_octave
-    reducer_state = sum(
-        batch * analyzed_blocks * w + n * w + batch * w * 4 + analyzed_blocks * w * 4 + w * bins * _HIST_BYTES_PER_DIM_PER_BIN
-        for w in widths.values()
-    )
-    # Observing one site, next to the block's own tensors: |x| in the model's dtype (exact, no fp32 copy) and the
-    # hit mask; the sparse histogram's index tensors are sized by the hits, which are rare.
-    widest = max(widths.values()) if widths else d
-    per_element = a + 1
-    observe = n * widest * per_element + n * a * (d + q_width + 2 * kv_width)
-    phases["observe"] = observe
+    # The detectors' state lives through the forward; each observes one probe at a time, next to the block's own
+    # tensors (its input, q and k/v).
+    reducer_state = detectors.state
+    phases["observe"] = detectors.observe + n * a * (d + q_width + 2 * kv_width)
     peak_phase = max(phases.values())
     parts = dict(persistent=persistent, reducer_state=reducer_state, **{f"phase_{k}": v for k, v in phases.items()})
     return persistent + reducer_state + peak_phase, parts
@@ -419,31 +408,22 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     params_active = int(moe["params_active"])
     if moe["is_moe"]:
         notes.append(f"all {moe['num_experts']} experts resident (top-{moe['experts_per_token']} active per token)")
-    notes.append("LM head skipped (base model, no logits)")
 
     ds = cfg.dataset
     batch = max(1, min(int(ds.batch_size), int(ds.num_sequences)))
     attn_impl = _attention_impl(cfg, adapter)
-    activations, parts = activation_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, widths,
-                                          len(site_map.block_indices),
-                                          int(cfg.detector.get("bins_per_octave", 32)))
-
-    analysis = cfg.get("analysis") or {}
-    if analysis.get("perplexity", False) and analysis.get("mode", "detect") != "ablation" and engine == "resident":
-        # The head runs on chunks of the last hidden states: its weights, one chunk's logits and their fp32 copies.
-        head, logits = head_and_logits_bytes(text, batch, int(ds.seq_len), dtype_bytes)
-        weight_bytes += head
-        activations += logits
-        notes[notes.index("LM head skipped (base model, no logits)")] = (
-            f"analysis.perplexity: LM head and {LOGITS_CHUNK_TOKENS}-position logits chunks counted")
-    if analysis.get("mode", "detect") == "ablation":
-        # The ablation scores next-token predictions: it loads the LM head and holds logits, the baseline's fp32
-        # log-probs for the KL term, and one row's fp32 log-softmax.
-        vocab, hidden = text.vocab_size, text.hidden_size
-        if not getattr(text, "tie_word_embeddings", False):
-            weight_bytes += vocab * hidden * dtype_bytes
-        activations += batch * int(ds.seq_len) * vocab * (dtype_bytes + 4) + 2 * int(ds.seq_len) * vocab * 4
-        notes[notes.index("LM head skipped (base model, no logits)")] = "analysis=ablation: LM head and logits counted"
+    shape = MemoryShape(batch=batch, seq_len=int(ds.seq_len), hidden=text.hidden_size, act_bytes=dtype_bytes,
+                        widths=widths, analyzed_blocks=len(site_map.block_indices), vocab_size=text.vocab_size,
+                        tied_embeddings=bool(getattr(text, "tie_word_embeddings", False)), device=device,
+                        engine=engine)
+    detectors = memory_total(cfg, shape)
+    activations, parts = activation_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device,
+                                          detectors)
+    weight_bytes += detectors.weights + detectors.lm_head
+    activations += detectors.extra
+    if not detectors.lm_head and not any(d.needs_lm_head for d in registry() if d.enabled(cfg)):
+        notes.append("LM head skipped (base model, no logits)")
+    notes += detectors.notes
 
     if device == "cuda":
         # cuBLAS takes its workspace from PyTorch's caching allocator (32 MiB on Hopper), so

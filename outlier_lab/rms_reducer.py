@@ -5,8 +5,6 @@ import torch
 
 from .detection import Int8Reducer
 
-ALPHA_MODES = ("absolute", "rms")
-
 
 class RmsInt8Reducer(Int8Reducer):
     """Int8Reducer on x / RMS(x): a hit is |x| >= alpha x RMS of that site input in that sequence.

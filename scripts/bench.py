@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from omegaconf import OmegaConf  # noqa: E402
 
 from outlier_lab.adapters import discover_sites  # noqa: E402
 from outlier_lab.capture import bare_forward  # noqa: E402
-from outlier_lab.config import DetectorConfig  # noqa: E402
+from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
+from outlier_lab.detectors import selected  # noqa: E402
 from outlier_lab.memory import PeakMemory  # noqa: E402
 from outlier_lab.pipeline import analyze  # noqa: E402
 
@@ -79,7 +79,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = build_model(args.arch, args.hidden, args.blocks, args.device, dtype)
     site_map = discover_sites(model)
-    detector = OmegaConf.structured(DetectorConfig())
+    job = run_schema()
+    detectors = selected(job)
     torch.manual_seed(1)
     tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len))
 
@@ -88,11 +89,11 @@ def main() -> None:
             bare_forward(model, tokens[start:start + args.batch_size].to(args.device))
 
     def full():
-        analyze(model, site_map, tokens, detector, args.batch_size, progress=False)
+        analyze(model, site_map, tokens, detectors, args.batch_size, progress=False)
 
     def hooks_only():
         # Diagnostic: the same reductions fed by plain forward pre-hooks, to split nnsight's cost from the reducer's.
-        reduce_with_hooks(model, site_map, tokens, detector, args.batch_size, args.device)
+        reduce_with_hooks(model, site_map, tokens, job.detector, args.batch_size, args.device)
 
     bare(), full()  # warm-up: allocator, kernels, nnsight's first trace
     # Interleaved so that machine noise hits both sides alike.
@@ -127,10 +128,9 @@ def main() -> None:
 def reduce_with_hooks(model, site_map, tokens, detector, batch_size: int, device: str) -> None:
     from outlier_lab.capture import plan_probes
     from outlier_lab.detection import Int8Reducer
-    from outlier_lab.pipeline import criteria_of
 
     probes, widths = plan_probes(model, site_map)
-    crit = criteria_of(detector)
+    crit = DetectorConfig.of(detector)
     reducers = {s: Int8Reducer(crit, len(site_map.block_indices), w, device) for s, w in widths.items()}
     handles = [model.get_submodule(p.path).register_forward_pre_hook(
         lambda mod, args, p=p: reducers[p.space].observe(p.slot, args[0])) for p in probes]
@@ -165,8 +165,7 @@ def probe(args) -> None:
     model = build_model(args.arch, args.hidden, args.blocks, args.device, dtype)
     tokens = torch.randint(0, model.config.vocab_size, (args.probe_sequences, args.seq_len))
     with PeakMemory(args.device) as mem:
-        analyze(model, discover_sites(model), tokens, OmegaConf.structured(DetectorConfig()), args.batch_size,
-                progress=False)
+        analyze(model, discover_sites(model), tokens, selected(run_schema()), args.batch_size, progress=False)
     print(json.dumps({"sequences": args.probe_sequences, "peak_gib": mem.peak_gib}))
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from outlier_lab.adapters import discover_sites  # noqa: E402
 from outlier_lab.capture import bare_forward  # noqa: E402
-from outlier_lab.config import DetectorConfig, MassiveConfig  # noqa: E402
+from outlier_lab.config import run_schema  # noqa: E402
+from outlier_lab.detectors import selected  # noqa: E402
 from outlier_lab.memory import PeakMemory  # noqa: E402
 from outlier_lab.pipeline import analyze  # noqa: E402
 
@@ -46,9 +47,9 @@ def main() -> None:
     torch.manual_seed(1)
     tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len))
     detectors = {
-        "llm_int8": OmegaConf.structured(DetectorConfig()),
-        "llm_int8+massive": OmegaConf.structured(DetectorConfig(massive=MassiveConfig(enabled=True))),
-        "llm_int8 alpha_mode=rms": OmegaConf.structured(DetectorConfig(alpha_mode="rms")),
+        name: selected(OmegaConf.merge(run_schema(), {"detector": settings}))
+        for name, settings in (("llm_int8", {}), ("llm_int8+massive", {"massive": {"enabled": True}}),
+                               ("llm_int8 alpha_mode=rms", {"alpha_mode": "rms"}))
     }
 
     def bare():

@@ -185,7 +185,7 @@ def test_unknown_facts_fail_instead_of_falling_back():
 
 
 def test_ablation_zeroes_the_mixer_input_siblings_from_the_adapter():
-    from outlier_lab.ablation import ablation_paths
+    from outlier_lab.detectors.ablation import ablation_paths
 
     model = tiny_model("llama")
     paths = ablation_paths(model, discover_sites(model, layers=[0]), ["attn_in"])

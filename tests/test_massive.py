@@ -9,7 +9,7 @@ import torch
 from checkpoints import EXPECTED_OUTLIERS, NUM_BLOCKS
 from conftest import run_cli, tiny_job_overrides
 
-from outlier_lab.massive import HITS_FILE, MassiveCriteria, MassiveReducer
+from outlier_lab.detectors.massive import HITS_FILE, MassiveConfig, MassiveReducer
 from outlier_lab.results import read_tokens
 
 BOS_DIM, BOS_VALUE = 7, 3000.0
@@ -84,7 +84,7 @@ def test_reducer_streaming_equals_one_shot():
     x[4, 9, 2] = 90.0  # above 1000x the median but not above min_abs, until doubled in block 1
 
     def hits(batch_size, sync_free):
-        reducer = MassiveReducer(MassiveCriteria(), [0, 1], 16, sync_free=sync_free)
+        reducer = MassiveReducer(MassiveConfig(), [0, 1], 16, sync_free=sync_free)
         for start in range(0, 6, batch_size):
             chunk = x[start:start + batch_size]
             reducer.start_batch(chunk.shape[0], 10)

@@ -32,34 +32,36 @@ def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from outlier_lab.ablation import token_bytes
     from outlier_lab.adapters import discover_sites
-    from outlier_lab.config import DetectorConfig
-    from outlier_lab.perplexity import PerplexityReducer
+    from outlier_lab.config import run_schema
+    from outlier_lab.detectors import selected
     from outlier_lab.pipeline import analyze
 
     tokenizer, tokens = _windows(trained, text_file)
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
     with torch.no_grad():
         expected = float(model(input_ids=tokens, labels=tokens).loss)  # HF shifts labels itself
+    int8, ppl = selected(OmegaConf.merge(run_schema(), {"analysis": {"perplexity": True}}))
     # 7-position chunks and batches of 2 exercise the chunking and the batch boundary.
-    ppl = PerplexityReducer(model.get_output_embeddings(), token_bytes(tokenizer, 512), chunk_tokens=7)
+    ppl.chunk_tokens = 7
+    ppl.loaded(model, tokenizer)
     base = model.base_model
-    analysis = analyze(base, discover_sites(base), tokens, OmegaConf.structured(DetectorConfig()), 2, False, ppl)
-    got = ppl.result()
+    analyze(base, discover_sites(base), tokens, [int8, ppl], 2, False)
+    got = ppl.reducer.result()
     assert got["nll"] == pytest.approx(expected, rel=1e-5)
     assert got["ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
     assert got["tokens"] == tokens.shape[0] * (tokens.shape[1] - 1)
+    assert got["logits_chunk_tokens"] == 7
     text_bytes = sum(len(tokenizer.decode(row[1:], skip_special_tokens=True).encode("utf-8")) for row in tokens)
     assert got["bytes"] == text_bytes
     assert got["bits_per_byte"] == pytest.approx(expected * got["tokens"] / math.log(2) / text_bytes, rel=1e-5)
-    assert analysis.spaces  # the detection ran in that very pass
+    assert int8.accumulators["hidden"].num_sequences == tokens.shape[0]  # the detection ran in that very pass
 
 
 def test_refuses_a_checkpoint_without_a_trained_head():
     from transformers import LlamaConfig
 
-    from outlier_lab.perplexity import require_trained_head
+    from outlier_lab.detectors.perplexity import require_trained_head
 
     config = LlamaConfig(architectures=["LlamaModel"])
     with pytest.raises(UserError, match="analysis.perplexity=true needs a causal language model; m ships"):

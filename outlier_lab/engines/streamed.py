@@ -8,16 +8,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import OmegaConf
 
 from ..adapters import SiteMap, discover_sites
-from ..capture import forward_kwargs, plan_probes
+from ..capture import forward_kwargs
 from ..errors import UserError
+from ..detectors import Detector
 from ..memory import trim_cpu_heap
-from ..reduction import Analysis, Reduction
+from ..reduction import Reduction
 from .shards import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -265,8 +266,9 @@ def _keep_hidden_on_gpu(total: int, largest_block: int, device: str) -> bool:
     return device == "cuda" and hidden_states_fit(total, largest_block, _cuda_free())
 
 
-def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, batch_size: int, device: str,
-                     dtype: torch.dtype, progress: bool = True) -> Tuple[Analysis, torch.nn.Module, StreamStats]:
+def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detectors: Sequence[Detector],
+                     batch_size: int, device: str, dtype: torch.dtype,
+                     progress: bool = True) -> Tuple[torch.nn.Module, StreamStats]:
     """Embed all sequences, then per block: read its tensors, run every batch through it, reduce, free it."""
     from tqdm.auto import tqdm
 
@@ -296,8 +298,7 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, batch_
         hidden = [h.cpu().pin_memory() for h in hidden]
         stats.hidden_states_on = "cpu (pinned)"
 
-    probes, widths = plan_probes(model, site_map)
-    reduction = Reduction(hf_config.get_text_config().hidden_size, site_map, probes, widths, det_cfg, device)
+    reduction = Reduction(model, site_map, detectors, device)
     seq_len = tokens.shape[1]
     states: List[Optional[list]] = [None] * len(batches)
     analyzed = set(site_map.block_indices)
@@ -331,7 +332,7 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, batch_
         reduction.end_batch()
     stats.tensors_read, stats.bytes_read = checkpoint.tensors_read, checkpoint.bytes_read
     stats.read_s = loader.read_s
-    return reduction.finish(), model, stats
+    return model, stats
 
 
 def _run_block(block, index, batches, hidden, per_shape, reduction, states, seq_len, device, analyzed, last) -> None:
@@ -340,7 +341,7 @@ def _run_block(block, index, batches, hidden, per_shape, reduction, states, seq_
         for b, batch in enumerate(batches):
             if analyzed:
                 if states[b] is None:
-                    reduction.start_batch(batch.shape[0], seq_len)
+                    reduction.start_batch(batch)
                 else:
                     reduction.resume(states[b])
             rest, kwargs = per_shape[batch.shape[0]][index]

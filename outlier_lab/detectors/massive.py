@@ -8,9 +8,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from .capture import SiteProbe
-from .results import atomic_write_bytes
+from ..adapters import SiteMap
+from ..capture import SiteProbe
+from ..markdown import fmt
+from ..data import special_ids
+from ..results import atomic_write_bytes
+from . import Detector, JobContext, MemoryNeed, MemoryShape
 
 SPACE = "block_out"
 SITE = "block_out"
@@ -20,7 +25,11 @@ DELIMITER_TEXT = frozenset(".,;:!?\n")
 
 
 @dataclass
-class MassiveCriteria:
+class MassiveConfig:
+    """`detector.massive`: the schema of its YAML and what the reducer reads."""
+
+    # Run the massive-activations detector (Sun et al. 2024) on block outputs, in the same pass as llm_int8.
+    enabled: bool = False
     # A hit needs |x| > min_abs ...
     min_abs: float = 100.0
     # ... and |x| >= min_ratio x the median |x| of its hidden state (one sequence's block output).
@@ -39,7 +48,7 @@ class MassiveReducer:
     partition for the median are several times cheaper than topk and torch.median.
     """
 
-    def __init__(self, criteria: MassiveCriteria, block_indices: Sequence[int], hidden: int,
+    def __init__(self, criteria: MassiveConfig, block_indices: Sequence[int], hidden: int,
                  device: torch.device | str = "cpu", sync_free: Optional[bool] = None):
         self.criteria = criteria
         self.block_indices = list(block_indices)
@@ -212,19 +221,6 @@ def write_hits(path: Path, table: Dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, sink.getvalue())
 
 
-def with_block_outputs(probes: Sequence, site_map) -> List:
-    """The site probes plus one block-output probe per analyzed block, after that block's sites (execution order)."""
-    merged: List = []
-    slots = {block: slot for slot, block in enumerate(site_map.block_indices)}
-    by_block: Dict[int, List] = {}
-    for probe in probes:
-        by_block.setdefault(probe.block, []).append(probe)
-    for block in site_map.block_indices:
-        merged += by_block.get(block, [])
-        merged.append(SiteProbe(block, slots[block], SITE, site_map.block_path(block), SPACE, output=True))
-    return merged
-
-
 def markdown_section(section: Dict[str, Any]) -> List[str]:
     """report.md lines for one run's massive activations."""
     s, c = section["summary"], section["criteria"]
@@ -241,3 +237,76 @@ def markdown_section(section: Dict[str, Any]) -> List[str]:
             lines.append(f"| {d['dim']} | {d['hits']} | {d['max_abs']:.1f} | {d['blocks'][0]}-{d['blocks'][-1]} "
                          f"({len(d['blocks'])}) | {d['positions'][:8]} | {tokens} |")
     return lines + [""]
+
+
+class Massive(Detector):
+    """Block outputs with |x| > min_abs and >= min_ratio x the median |x| of their hidden state."""
+
+    name = "massive"
+    section = "massive"
+    settings = MassiveConfig
+    order = 10
+    comparison_columns = ("massive_hits", "massive_dims", "massive_max_abs", "massive_bos_frac")
+
+    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
+               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MassiveConfig), self.cfg.detector.massive))
+        self.reducer = MassiveReducer(settings, site_map.block_indices, model.config.get_text_config().hidden_size,
+                                      device)
+        return [SiteProbe(block, slot, SITE, site_map.block_path(block), SPACE, output=True)
+                for slot, block in enumerate(site_map.block_indices)]
+
+    def start_batch(self, input_ids: torch.Tensor) -> None:
+        self.reducer.start_batch(*input_ids.shape)
+
+    def observe(self, probe: SiteProbe, x: Any) -> None:
+        self.reducer.observe(probe.slot, x)
+
+    def suspend_batch(self) -> Any:
+        return self.reducer.suspend_batch()
+
+    def resume_batch(self, state: Any) -> None:
+        self.reducer.resume_batch(state)
+
+    def end_batch(self) -> None:
+        self.reducer.end_batch()
+
+    def finalize(self, ctx: JobContext) -> Dict[str, Any]:
+        ds = ctx.cfg.dataset
+        bos_id, _ = special_ids(ctx.tokenizer, ds.bos_token)
+        section, self._hits = finalize(self.reducer, ctx.tokens, ctx.tokenizer, bos_id,
+                                       bool(ds.prepend_bos and bos_id is not None))
+        return section
+
+    def write_files(self, out_dir) -> None:
+        write_hits(Path(out_dir) / HITS_FILE, self._hits)
+
+    report_section = staticmethod(markdown_section)
+
+    @staticmethod
+    def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
+        s = section.get("summary", {})
+        return dict(massive_hits=s.get("num_hits"), massive_dims=len(s.get("dims") or []),
+                    massive_max_abs=s.get("max_abs"), massive_bos_frac=s.get("bos_frac"))
+
+    @staticmethod
+    def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
+        rows = [r for r in rows if r["massive_hits"] is not None]
+        if not rows:
+            return []
+        lines = ["", "## Massive activations (Sun et al. 2024)", "",
+                 "| job | model | hits | dims | max abs | share of hits on BOS |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['job']} | {fmt(r['model'])} | {r['massive_hits']} | {r['massive_dims']} | "
+                         f"{fmt(r['massive_max_abs'])} | {fmt(r['massive_bos_frac'], 2)} |")
+        return lines
+
+    @classmethod
+    def memory(cls, cfg: DictConfig, shape: MemoryShape) -> MemoryNeed:
+        slots, d, n = shape.analyzed_blocks, shape.hidden, shape.tokens
+        # Per block: int64 hit counts and fp32 hit max per dim, fp64 top-3 and median sums.
+        state = slots * d * (8 + 4) + slots * 4 * 8
+        # Observing one block output: its fp32 copy (none for fp32 on CPU), |x|, the median's (CPU) or the
+        # masked |x|'s (GPU) fp32 buffer, and three bool masks.
+        copy = 0 if (shape.act_bytes == 4 and shape.device == "cpu") else 4
+        return MemoryNeed(state=state, observe=n * d * (copy + 4 + 4 + 3))

@@ -7,8 +7,10 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from .errors import UserError
+from ..errors import UserError
+from . import Detector, JobContext, MemoryNeed, MemoryShape
 
 # Positions whose logits exist at once: fp32 [chunk, vocab] plus its log-softmax, never [batch, seq, vocab].
 LOGITS_CHUNK_TOKENS = 1024
@@ -94,15 +96,6 @@ def last_hidden_states(base: torch.nn.Module, sink: List[torch.Tensor]) -> Itera
         handle.remove()
 
 
-def head_and_logits_bytes(text_config, batch: int, seq_len: int, dtype_bytes: int,
-                          chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> tuple:
-    """(head weight bytes when untied, peak bytes of one logits chunk: model-dtype logits, fp32 copy, log-softmax)."""
-    vocab, hidden = text_config.vocab_size, text_config.hidden_size
-    head = 0 if getattr(text_config, "tie_word_embeddings", False) else vocab * hidden * dtype_bytes
-    rows = min(chunk_tokens, batch * max(seq_len - 1, 1))
-    return head, rows * vocab * (dtype_bytes + 4 + 4)
-
-
 def markdown_section(section: Dict[str, Any]) -> List[str]:
     """report.md lines for the perplexity of the analyzed windows."""
     if section.get("skipped"):
@@ -110,3 +103,73 @@ def markdown_section(section: Dict[str, Any]) -> List[str]:
     return ["## Perplexity", "",
             f"On the analyzed windows ({section['tokens']} predicted tokens, {section['bytes']} bytes): perplexity "
             f"{section['ppl']:.3f}, {section['bits_per_byte']:.4f} bits per byte (NLL {section['nll']:.4f} nats).", ""]
+
+
+class Perplexity(Detector):
+    """analysis.perplexity=true: perplexity and bits per byte of the analyzed windows, from the analysis pass itself
+    (the LM head on the last hidden states, in chunks of logits), so it costs no second forward."""
+
+    name = "perplexity"
+    section = "perplexity"
+    order = 15
+    needs_lm_head = True
+    full_forward = True
+    comparison_columns = ("ppl", "bits_per_byte")
+    chunk_tokens = LOGITS_CHUNK_TOKENS
+
+    @classmethod
+    def enabled(cls, cfg: DictConfig) -> bool:
+        return bool((cfg.get("analysis") or {}).get("perplexity", False))
+
+    @classmethod
+    def check(cls, cfg: DictConfig, hf_config: Any) -> None:
+        require_trained_head(hf_config, cfg.model.name, "analysis.perplexity=true")
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        self.reducer: Optional[PerplexityReducer] = None
+        self._finals: List[torch.Tensor] = []
+        self._hook: Optional[contextlib.ExitStack] = None
+
+    def loaded(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        from .ablation import token_bytes
+
+        self.reducer = PerplexityReducer(model.get_output_embeddings(),
+                                         token_bytes(tokenizer, model.config.get_text_config().vocab_size),
+                                         logit_transform(model.config), self.chunk_tokens)
+
+    def probes(self, model, site_map, site_probes, widths, device) -> list:
+        if self.reducer is not None:  # the streamed engine loads no head: nothing to observe
+            self._hook = contextlib.ExitStack()
+            self._hook.enter_context(last_hidden_states(model, self._finals))
+        return []
+
+    def start_batch(self, input_ids: torch.Tensor) -> None:
+        self._ids = input_ids
+
+    def end_batch(self) -> None:
+        if self.reducer is not None:
+            self.reducer.observe(self._finals.pop(), self._ids)
+
+    def finalize(self, ctx: JobContext) -> Dict[str, Any]:
+        if self._hook is not None:
+            self._hook.close()
+        if self.reducer is None:
+            return dict(skipped="the streamed engine does not run the LM head yet")
+        return dict(self.reducer.result(), num_sequences=int(ctx.tokens.shape[0]))
+
+    report_section = staticmethod(markdown_section)
+
+    @staticmethod
+    def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(ppl=section.get("ppl"), bits_per_byte=section.get("bits_per_byte"))
+
+    @classmethod
+    def memory(cls, cfg: DictConfig, shape: MemoryShape) -> MemoryNeed:
+        if shape.engine != "resident":
+            return MemoryNeed()
+        # The head runs on chunks of the last hidden states: its weights, one chunk's logits and their fp32 copies.
+        rows = min(cls.chunk_tokens, shape.batch * max(shape.seq_len - 1, 1))
+        head = 0.0 if shape.tied_embeddings else shape.vocab_size * shape.hidden * shape.act_bytes
+        return MemoryNeed(lm_head=head, extra=rows * shape.vocab_size * (shape.act_bytes + 4 + 4),
+                          notes=[f"analysis.perplexity: LM head and {cls.chunk_tokens}-position logits chunks counted"])
