@@ -18,7 +18,7 @@ def job(**detector):
 
 def test_every_shipped_detector_is_found_in_run_order():
     names = [d.name for d in registry()]
-    assert names == ["llm_int8", "massive", "ablation"]
+    assert names == ["llm_int8", "massive", "perplexity", "ablation"]
     assert [d.name for d in selected(job())] == ["llm_int8"]
     assert [d.name for d in selected(job(massive={"enabled": True}))] == ["llm_int8", "massive"]
     ablation = OmegaConf.merge(job(), {"analysis": {"mode": "ablation"}})
@@ -53,8 +53,8 @@ class Recorder(Detector):
         self.seen, self.batches = [], []
         return [p for p in site_probes if p.site == "mlp_in"]
 
-    def start_batch(self, batch, seq_len):
-        self.batches.append((batch, seq_len))
+    def start_batch(self, input_ids):
+        self.batches.append(tuple(input_ids.shape))
 
     def observe(self, probe, x):
         self.seen.append((probe.block, tuple(x.shape)))
@@ -80,11 +80,14 @@ def test_memory_of_the_selected_detectors_is_summed():
                         vocab_size=100, tied_embeddings=False, device="cpu")
     alone = memory_total(job(), shape)
     both = memory_total(job(massive={"enabled": True}), shape)
-    massive = registry()[1].memory(job(), shape)
+    massive = next(d for d in registry() if d.name == "massive").memory(job(), shape)
     assert both.state == alone.state + massive.state and massive.state > 0
     assert both.observe == max(alone.observe, massive.observe)
     ablation = memory_total(OmegaConf.merge(job(), {"analysis": {"mode": "ablation"}}), shape)
-    assert ablation.weights == 100 * 64 * 4 and ablation.extra > 0 and alone.weights == 0
+    assert ablation.lm_head == 100 * 64 * 4 and ablation.extra > 0 and alone.lm_head == 0
+    # Ablation and perplexity both need the head: it is loaded, and counted, once.
+    both_heads = memory_total(OmegaConf.merge(job(), {"analysis": {"mode": "ablation", "perplexity": True}}), shape)
+    assert both_heads.lm_head == ablation.lm_head and both_heads.extra > ablation.extra
 
 
 def test_plan_probes_feed_the_headline_widths(tiny_checkpoint):
