@@ -14,6 +14,8 @@ from .errors import UserError
 SITES = ("attn_in", "attn_out_in", "mlp_in")
 # absolute: |x| >= alpha. rms: |x| >= alpha x the RMS of the site input in that sequence.
 ALPHA_MODES = ("absolute", "rms")
+# The launcher's plan of a job, written where the job can read it; `hardware.planned` names the file.
+PLAN_FILE = "plan.json"
 # The LLM.int8() outlier-value histogram spans [alpha, alpha * 2**OCTAVES); larger values land in its last bin.
 OCTAVES = 14
 
@@ -146,8 +148,9 @@ class HardwareConfig:
     catalog: Optional[str] = None
     # The remote GPU host has MXFP4 kernels (triton>=3.4 + kernels); false plans dequantized bf16 experts.
     mxfp4_kernels: bool = True
-    # Set by a remote launcher on the job it starts, so the job runs instead of refusing a non-local plan.
-    launched_remotely: bool = False
+    # Set by a launcher on each job it starts: its plan for that job (a JSON file). The job runs under it and checks
+    # the host it landed on, as hardware=local does, instead of planning again.
+    planned: Optional[str] = None
 
 
 @dataclass
@@ -199,6 +202,14 @@ class RunConfig:
     progress: bool = True
     # What each job writes besides results.json, per_sequence.parquet, tokens.safetensors and report.md.
     report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def planned_override(path: str) -> str:
+    """The override a launcher adds to each job it starts: where its plan for the job is."""
+    if "'" in path or "\\" in path:
+        raise UserError(f"cannot hand the plan file {path!r} to the job: quotes and backslashes are not supported in "
+                        "its path (hydra.sweep.dir, hydra.launcher.remote_root)")
+    return f"hardware.planned='{path}'"
 
 
 def run_schema() -> DictConfig:

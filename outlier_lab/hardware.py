@@ -1,8 +1,10 @@
 """GPU catalog, the cheapest (class x count) that fits a job's estimate, and the check of this machine."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
@@ -11,6 +13,7 @@ from omegaconf import DictConfig
 from .catalog import GpuClass, load_catalog
 from .config import check_schema
 from .errors import UserError
+from .results import write_json
 from .resources import GIB, Estimate, estimate
 
 log = logging.getLogger(__name__)
@@ -236,6 +239,35 @@ def _local_plan(cfg: DictConfig) -> HardwarePlan:
             log.warning("hardware=local: %s", warning)
         return plan
     raise refusals[-1]
+
+
+def check_host(cfg: DictConfig, planned: Dict[str, Any]) -> HardwarePlan:
+    """The host a launcher put this job on, checked against the job's estimate as hardware=local checks this machine,
+    with the engine the launcher's plan chose."""
+    engine = str(planned.get("engine") or "resident")
+    try:
+        host = _local_check(cfg, engine)
+    except UserError as err:
+        gpu = planned.get("gpu") or {}
+        raise UserError(f"the launcher planned {gpu.get('count', 0)} x {gpu.get('class', 'no GPU')} for this job, but "
+                        f"on the host it landed on {str(err).replace('hardware=local: ', '')}") from None
+    host.engine_reason = f"the launcher's plan ({planned.get('engine_reason') or engine})"
+    for warning in host.warnings:
+        log.warning("this host: %s", warning)
+    return host
+
+
+def write_plan(path: Path, plan: HardwarePlan) -> None:
+    """The launcher's plan for one job, as the job reads it back (hardware.planned)."""
+    write_json(path, plan.to_dict())
+
+
+def read_plan(path: str) -> Dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"hardware.planned={path}: cannot read the launcher's plan ({type(err).__name__}); a launcher "
+                        "sets it, so drop it to plan here") from None
 
 
 def plan(cfg: DictConfig) -> HardwarePlan:

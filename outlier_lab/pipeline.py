@@ -18,7 +18,7 @@ from .config import DetectorConfig, check_schema
 from .data import build_windows, check_source, documents
 from .detectors import Detector, JobContext, selected
 from .errors import UserError, run_task
-from .hardware import HardwarePlan, format_plan, plan
+from .hardware import HardwarePlan, check_host, format_plan, plan, read_plan
 from .hub import hub_revision
 from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
@@ -47,19 +47,37 @@ def _check_inputs(cfg: DictConfig) -> None:
         raise UserError(f"dataset.batch_size={cfg.dataset.batch_size}; it must be >= 1")
 
 
-def _plan_resources(cfg: DictConfig) -> Optional[Any]:
-    """The resource plan (estimate + hardware) for this job; a non-local plan runs only where a launcher put it."""
-    hardware_plan = plan(cfg)
-    if hardware_plan.local and hardware_plan.estimate.device == "cpu":
+def _plan_resources(cfg: DictConfig) -> Tuple[Dict[str, Any], HardwarePlan]:
+    """(the plan results.json records, the plan this host runs under). A launcher's plan travels with its job
+    (hardware.planned): the job checks the host it landed on against it, as hardware=local does, and never plans
+    again. Without one, a plan for anything but this machine is refused: a launcher must run it."""
+    if cfg.hardware.get("planned"):
+        planned = read_plan(cfg.hardware.planned)
+        host = check_host(cfg, planned)
+        gpu = planned.get("gpu") or {}
+        log.info("the launcher's plan (hardware=%s): %s x %s; this host:\n%s", cfg.hardware.name, gpu.get("count", 0),
+                 gpu.get("class", "no GPU"), format_plan(host))
+    else:
+        host = plan(cfg)
+        log.info("resource plan (hardware=%s):\n%s", cfg.hardware.name, format_plan(host))
+        if not host.local:
+            raise UserError(f"hardware={cfg.hardware.name} plans a remote run ({host.count} x {host.gpu.name}, "
+                            f"{host.estimate.required_gib:.1f} GiB required); use the fabric launcher "
+                            "(hydra/launcher=fabric, the default of every non-local hardware YAML) to launch it, "
+                            "or hardware=local to run on this machine")
+        planned = host.to_dict()
+    if host.estimate.device == "cpu":
         configure_cpu_heap()
-    log.info("resource plan (hardware=%s):\n%s", cfg.hardware.name, format_plan(hardware_plan))
-    if not hardware_plan.local and not cfg.hardware.get("launched_remotely", False):
-        gpu = hardware_plan.gpu
-        raise UserError(f"hardware={cfg.hardware.name} plans a remote run ({hardware_plan.count} x {gpu.name}, "
-                        f"{hardware_plan.estimate.required_gib:.1f} GiB required); use the fabric launcher "
-                        "(hydra/launcher=fabric, the default of every non-local hardware YAML) to launch it, "
-                        "or hardware=local to run on this machine")
-    return hardware_plan
+    return planned, host
+
+
+def ran_on(host: HardwarePlan) -> Dict[str, Any]:
+    """What the job actually ran on: the host, its device and GPUs (name and count), and its check of the estimate."""
+    gpu = host.gpu
+    return dict(hostname=platform.node(), device=host.estimate.device, gpu_name=gpu.name if gpu else None,
+                gpu_count=host.count if gpu else 0, vram_gib_each=gpu.vram_gib if gpu else None,
+                compute_capability=gpu.compute_capability if gpu else None, engine=host.engine,
+                per_gpu_required_gib=host.per_gpu_required_gib, warnings=list(host.warnings))
 
 
 def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, detectors: Sequence[Detector],
@@ -117,8 +135,8 @@ def _environment() -> Dict[str, Any]:
 
 
 def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, found: Dict[str, Any],
-                  plan: Optional[HardwarePlan], device: str, memory: PeakMemory, timings: Dict[str, float],
-                  started: float) -> Dict[str, Any]:
+                  planned: Dict[str, Any], host: HardwarePlan, device: str, memory: PeakMemory,
+                  timings: Dict[str, float], started: float) -> Dict[str, Any]:
     """The results.json payload of one job: model and data facts, what the detectors found, plan and environment."""
     ds = cfg.dataset
     text_config = model.config.get_text_config()
@@ -141,7 +159,9 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
         timings=timings,
         peak_memory_gib=memory.peak_gib,
         peak_memory_kind=memory.kind,
-        resources=plan.to_dict() if plan is not None else None,
+        # The plan the job ran under (the launcher's, for a launched job) and the host it actually ran on.
+        resources=planned,
+        ran_on=ran_on(host),
         environment=_environment(),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
@@ -181,7 +201,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
 
         disable_progress_bars()
     detectors = selected(cfg)
-    plan = _plan_resources(cfg)
+    planned, host = _plan_resources(cfg)
     device = resolve_device(cfg.device)
 
     tick = time.perf_counter()
@@ -193,7 +213,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     tokenizer, tokens = _windows(cfg, hf_config)
     timings["tokenize_s"] = time.perf_counter() - tick
 
-    engine, engine_reason = _engine(cfg, plan, detectors)
+    engine, engine_reason = _engine(cfg, host, detectors)
     stream = None
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
@@ -218,7 +238,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         timings["analyze_s"] = time.perf_counter() - tick
 
     found = _finalize(detectors, JobContext(cfg, model, site_map, tokens, tokenizer, {}), timings)
-    results = build_results(cfg, model, site_map, tokens, found, plan, device, memory, timings, started)
+    results = build_results(cfg, model, site_map, tokens, found, planned, host, device, memory, timings, started)
     results["engine"] = dict(name=engine, reason=engine_reason, **(stream.to_dict() if stream is not None else {}))
     # Nothing is written before every detector has finalized, so a failed rerun never clobbers earlier results.
     for detector in detectors:

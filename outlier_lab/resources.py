@@ -87,7 +87,7 @@ def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
     """(device, dtype name) the job will run with: bf16 on a planned GPU, else what this machine offers."""
     if gpu is not None:
         device = "cuda"
-    elif cfg.hardware.name == "local":
+    elif cfg.hardware.name == "local" or cfg.hardware.get("planned"):  # this machine, or the host a launcher chose
         device = resolve_device(cfg.get("device", "auto"))
     else:
         device = "cuda"

@@ -80,7 +80,7 @@ def main(argv) -> int:
         if clean:
             return cleanup(prov, yes)
         cfg = compose(overrides)
-        needs = plan_job(cfg, params)
+        needs = plan_job(cfg)
         fitting, refused = rank(prov.offers(), needs, params["vendors"])
     picked = fitting[0] if fitting else None
     print(f"model={cfg.model.name} needs: {needs.gpu_count} x {needs.vram_gib_each:.1f} GiB "

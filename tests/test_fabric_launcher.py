@@ -140,7 +140,7 @@ def test_dry_run_prints_plan_and_commands_and_connects_to_nothing(tiny_checkpoin
     hosts = [{"address": "127.0.0.1", "port": dead_port, "user": "nobody"}]
     proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *launcher_overrides(tmp_path, hosts, dry_run="true"))
     assert "needs: 1 x T4" in proc.stdout
-    assert "hardware.launched_remotely=true" in proc.stdout and "run.py" in proc.stdout
+    assert "hardware.planned=" in proc.stdout and "/plan.json" in proc.stdout and "run.py" in proc.stdout
     assert "start: " in proc.stdout and "poll: " in proc.stdout and "sha256-verified" in proc.stdout
     assert not (tmp_path / "known_hosts").exists() and not (tmp_path / "remote").exists()
 
@@ -192,7 +192,12 @@ def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(ss
     assert deterministic(sweep / "0_llama") == local_reference
     launch = json.loads((sweep / "0_llama" / "launch.json").read_text())
     assert launch["host"] == f"{ssh_server.user}@127.0.0.1:{ssh_server.port}"
-    assert launch["gpu_class"] == "T4" and launch["gpu_count"] == 1
+    assert launch["gpu_class"] == "t4" and launch["gpu_name"] == "T4" and launch["gpu_count"] == 1
+    # The launcher's plan travelled with the job; the job checked the host it ran on instead of planning again.
+    results = json.loads((sweep / "0_llama" / "results.json").read_text())
+    assert results["resources"]["gpu"]["key"] == "t4" and results["resources"] == launch["estimate"]
+    assert results["ran_on"]["device"] == "cpu" and results["ran_on"]["gpu_name"] is None
+    assert results["ran_on"]["gpu_count"] == 0 and results["ran_on"]["hostname"]
     assert launch["estimate"]["required_gib"] > 0 and launch["measured_peak_gib"] is not None
     assert launch["indicative_cost_usd"] is not None and launch["timings_s"]["total_s"] > 0
     assert "outlier features" in text  # the remote log streamed to the terminal
@@ -262,7 +267,7 @@ def test_sigint_kills_the_remote_process_group_and_destroys_the_instance(ssh_ser
                                         create_command=f"'sh {create} {{gpu_class}} {{gpu_count}}'",
                                         destroy_command=f"'sh {destroy} {{id}}'"), out)
     interrupt_running_job(proc, out, tmp_path)
-    assert ledger.read_text().splitlines() == ["create T4 x 1", "destroy inst-7"]
+    assert ledger.read_text().splitlines() == ["create t4 x 1", "destroy inst-7"]
     assert json.loads((tmp_path / "sweep" / "0_llama" / "launch.json").read_text())["destroy"]["ok"] is True
 
 
@@ -366,11 +371,11 @@ def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
     probe = {"gpus": [{"name": "L4", "vram_gib": 22.0}, {"name": "A100", "vram_gib": 79.0},
                       {"name": "A100", "vram_gib": 79.0}, {"name": "MI300X", "vram_gib": 191.0, "vendor": "amd"}],
              "ram_gib": 500.0, "disk_free_gib": 900.0}
-    big = Needs(gpu_class="A100-80", gpu_count=1, vram_gib_each=40.0, ram_gib=64.0)
+    big = Needs(gpu_class="a100_80", gpu_count=1, vram_gib_each=40.0, ram_gib=64.0)
     assert choose_gpus(probe, big, params, set()) == [1]
     assert choose_gpus(probe, big, params, {1}) == [2]
     assert choose_gpus(probe, big, params, {1, 2}) is None  # the L4 is too small, the AMD card is filtered out
-    pair = Needs(gpu_class="A100-80", gpu_count=2, vram_gib_each=40.0, ram_gib=64.0)
+    pair = Needs(gpu_class="a100_80", gpu_count=2, vram_gib_each=40.0, ram_gib=64.0)
     assert choose_gpus(probe, pair, params, set()) == [1, 2]
     assert "needs 3 GPU(s)" in host_refusal(probe, Needs(gpu_count=3, vram_gib_each=40.0), params)
     assert "RAM" in host_refusal({**probe, "ram_gib": 32.0}, big, params)

@@ -231,6 +231,28 @@ def test_estimate_script_json_and_table():
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: format='xml'")
 
 
+def test_a_launched_job_runs_under_the_launchers_plan_and_checks_its_host(tiny_checkpoint, tmp_path):
+    from outlier_lab.config import PLAN_FILE, planned_override
+    from outlier_lab.pipeline import _plan_resources, ran_on
+
+    checkpoint = tiny_checkpoint("llama")
+    launcher = hardware.plan(local_model(checkpoint, "hardware=t4"))  # what a launcher plans: 1 x T4
+    path = tmp_path / PLAN_FILE
+    hardware.write_plan(path, launcher)
+    override = planned_override(str(path))
+    recorded, host = _plan_resources(local_model(checkpoint, "hardware=t4", override))
+    assert recorded == json.loads(path.read_text()) and recorded["gpu"]["key"] == "t4"
+    # This machine (no GPU) was checked as hardware=local checks it; nothing was planned against the catalog again.
+    assert host.local and host.gpu is None and host.estimate.device == "cpu" and host.estimate.dtype == "float32"
+    assert ran_on(host)["gpu_name"] is None and ran_on(host)["device"] == "cpu"
+    huge = local_model(checkpoint, "hardware=t4", override, "dataset.seq_len=512", "dataset.batch_size=100000000",
+                       "dataset.num_sequences=100000000")
+    with pytest.raises(UserError, match=r"the launcher planned 1 x T4 for this job, but on the host it landed on this"):
+        _plan_resources(huge)
+    with pytest.raises(UserError, match="cannot read the launcher's plan"):
+        _plan_resources(local_model(checkpoint, "hardware=t4", planned_override(str(tmp_path / "absent.json"))))
+
+
 def test_in_process_run_refuses_a_remote_plan(text_file):
     proc = run_cli("model=olmoe", "hardware=auto", "hydra/launcher=basic", "hydra.mode=RUN", check=False)
     assert proc.returncode == 2

@@ -107,6 +107,8 @@ def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(slurm_cluster,
     for i in small_jobs:
         remote = json.loads((job_dir(sweep_dir, i) / "results.json").read_text())
         assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
+        # The submit side's plan (1 x T4 from the test catalog) travelled with the job; the node was checked.
+        assert remote["resources"]["gpu"]["key"] == "t4" and remote["ran_on"]["device"] == "cpu"
         assert (job_dir(sweep_dir, i) / "tokens.safetensors").read_bytes() == \
             (local_dir / "tokens.safetensors").read_bytes()
 

@@ -120,7 +120,7 @@ class Launch:
                 cfg.hydra.job.num = idx
             HydraConfig.instance().set_config(cfg)
             local_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-            needs = plan_job(cfg, self.params)
+            needs = plan_job(cfg)
             jobs.append(Job(idx=idx, overrides=list(overrides), cfg=cfg, local_dir=local_dir,
                             name=local_dir.name, needs=needs, key=f"{self.sweep_id}-{idx}"))
         return jobs

@@ -43,7 +43,7 @@ def dry_run(jobs: List[Job], inventory: List[Host], params: Dict[str, Any], bund
                  f"{'  (~ stands for the remote $HOME, resolved at launch)' if root.startswith('~') else ''}",
                  f"  estimate: {json.dumps(job.needs.plan) if job.needs.plan else job.needs.note}",
                  f"  needs: {job.needs.describe()}",
-                 f"  gpu class: {job.needs.gpu_class} x {job.needs.gpu_count}",
+                 f"  gpu class: {job.needs.gpu_class} ({job.needs.gpu_name}) x {job.needs.gpu_count}",
                  f"  hosts: {host_choices(job, inventory, params, probes)}",
                  f"  ship: tracked files of {bundle.repo} (code {bundle.code_id}, commit {bundle.commit}) -> "
                  f"{code_dir}"]

@@ -21,7 +21,7 @@ def create_instance(params: Dict[str, Any], job: Job, console: Console) -> Host:
     template = params.get("create_command")
     if not template or not params.get("destroy_command"):
         raise user_error("provider=command needs hydra.launcher.create_command and destroy_command")
-    values = {"gpu_class": job.needs.gpu_class or "", "gpu_count": job.needs.gpu_count, "job_name": job.name}
+    values = {"gpu_class": job.needs.gpu_class or "", "gpu_name": job.needs.gpu_name or "", "gpu_count": job.needs.gpu_count, "job_name": job.name}
     command = template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
     console.say(job, f"creating instance: {command}")
     proc = subprocess.run(command, shell=True, capture_output=True, text=True, start_new_session=True,

@@ -6,6 +6,8 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any, Dict, List
 
+from outlier_lab.config import PLAN_FILE
+
 from ._bundle import EXACT_CODE_CHECK, CodeBundle
 from ._detach import DETACH_PY
 
@@ -17,8 +19,10 @@ RESULT_MANIFEST = "out.manifest.json"
 
 
 def remote_command(overrides: List[str], remote_dir: str, python: str) -> List[str]:
-    """The job re-invokes our own CLI with its overrides; it knows it is the remote side and runs locally there."""
-    return [python, "run.py", *overrides, "hardware.launched_remotely=true", "hydra.mode=RUN",
+    """The job re-invokes our own CLI with its overrides and the launcher's plan (uploaded beside job.sh): it runs
+    under that plan and checks the host it landed on, instead of planning again."""
+    return [python, "run.py", *overrides, f"hardware.planned={hydra_quote(posixpath.join(remote_dir, PLAN_FILE))}",
+            "hydra.mode=RUN",
             f"hydra.run.dir={hydra_quote(posixpath.join(remote_dir, 'out'))}"]
 
 

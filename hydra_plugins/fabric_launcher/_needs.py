@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ._errors import user_error
 
 
 @dataclass
 class Needs:
     """What a job asks of a host, from the resource plan."""
+    # The catalog key (hardware=<key>, outlier_lab/data/gpus.yaml), as everywhere; gpu_name is its display name.
     gpu_class: Optional[str] = None
+    gpu_name: Optional[str] = None
     gpu_count: int = 0
     vram_gib_each: float = 0.0
     ram_gib: float = 0.0
@@ -24,7 +25,7 @@ class Needs:
     def describe(self) -> str:
         parts = []
         if self.gpu_class:
-            parts.append(f"{self.gpu_count} x {self.gpu_class}, {self.vram_gib_each:.1f} GiB VRAM each")
+            parts.append(f"{self.gpu_count} x {self.gpu_name or self.gpu_class}, {self.vram_gib_each:.1f} GiB VRAM each")
         parts.append(f"RAM >= {self.ram_gib:.0f} GiB")
         if self.disk_gib:
             parts.append(f"disk >= {self.disk_gib:.1f} GiB")
@@ -33,37 +34,16 @@ class Needs:
         return ", ".join(parts)
 
 
-def plan_job(cfg: DictConfig, params: Dict[str, Any]) -> Needs:
-    """Ask outlier_lab.hardware.plan for the job's estimate and GPU class; tolerate its absence only without GPUs."""
-    ram_floor = float(OmegaConf.select(cfg, "hardware.ram_floor_gib", default=0.0) or 0.0)
-    try:
-        from outlier_lab.hardware import plan as hardware_plan
-    except ImportError as err:
-        if params["require_gpu"]:
-            raise user_error("the resource planner (outlier_lab.hardware.plan) is not available, so no GPU host can "
-                              "be matched; set hydra.launcher.require_gpu=false to launch without an estimate") from err
-        return Needs(ram_gib=ram_floor, note="no estimate: outlier_lab.hardware.plan unavailable")
+def plan_job(cfg: DictConfig) -> Needs:
+    """What the job needs, from outlier_lab's resource plan; the plan itself then travels with the job."""
+    from outlier_lab.hardware import plan as hardware_plan  # torch: imported only when a launch plans
+
     plan = hardware_plan(cfg)
-    as_dict = plan.to_dict() if hasattr(plan, "to_dict") else None
-    estimate = getattr(plan, "estimate", None)
-    required = _first_number(estimate, ("required_gib",)) or 0.0
-    disk = _first_number(estimate, ("disk_gib",)) or 0.0
-    gpu = getattr(plan, "gpu", None)
-    count = int(getattr(plan, "count", 0) or 0) if gpu is not None else 0
-    each = _first_number(plan, ("per_gpu_required_gib",)) or (required / count if count else 0.0)
-    price = _first_number(plan, ("usd_per_hour",))
-    if price is None and gpu is not None and getattr(gpu, "usd_per_hour", None) is not None:
-        price = float(gpu.usd_per_hour) * count
-    return Needs(gpu_class=getattr(gpu, "name", None) if gpu is not None else None, gpu_count=count,
-                 vram_gib_each=each, ram_gib=ram_floor, disk_gib=disk, usd_per_hour=price, plan=as_dict)
-
-
-def _first_number(obj: Any, names: Sequence[str]) -> Optional[float]:
-    for name in names:
-        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
+    gpu = plan.gpu
+    return Needs(gpu_class=gpu.key if gpu else None, gpu_name=gpu.name if gpu else None,
+                 gpu_count=plan.count if gpu else 0, vram_gib_each=plan.per_gpu_required_gib if gpu else 0.0,
+                 ram_gib=float(cfg.hardware.ram_floor_gib), disk_gib=plan.estimate.disk_gib,
+                 usd_per_hour=plan.usd_per_hour if gpu else None, plan=plan.to_dict())
 
 
 def fitting_gpu_indices(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any]) -> List[int]:

@@ -67,7 +67,7 @@ def launch_record(job: Job, failure: Optional[BaseException], provider: str, hos
         "host": job.host.name if job.host else None,
         "instance_id": job.host.instance_id if job.host else None,
         "provider": provider,
-        "gpu_class": needs.gpu_class, "gpu_count": needs.gpu_count,
+        "gpu_class": needs.gpu_class, "gpu_name": needs.gpu_name, "gpu_count": needs.gpu_count,
         "host_gpus": host_gpus,
         "gpu_indices": job.gpu_indices,
         "estimate": needs.plan,

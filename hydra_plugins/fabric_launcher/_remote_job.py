@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 import shlex
 import threading
@@ -9,6 +10,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import paramiko
+from outlier_lab.config import PLAN_FILE
 
 from ._bundle import CodeBundle
 from ._detach import BUSY_EXIT, start_payload
@@ -121,15 +123,20 @@ class RemoteJobs:
                               "hydra.launcher.remote_root at a bigger disk")
 
     def start(self, job: Job, code_dir: str, python: str, root: str, slots: int) -> None:
-        """Upload job.sh, then start it detached with the secrets on stdin (no secret file, ever); a retried start
+        """Upload job.sh and the launcher's plan, then start it detached with the secrets on stdin (no secret file, ever); a retried start
         is harmless, a start that fails is reported with its stderr, and one whose GPUs (or the host's slots) are
         held by another sweep's job waits for them, as jobs queue within one sweep."""
         q = shlex.quote
         session = job.session
         session.run(f"mkdir -p -m 700 {q(job.remote_dir)}", "create job dir")
         script = job_script(job, self.params, code_dir, python, self.bundle)
-        session.with_sftp("upload job script",
-                          lambda sftp: sftp.putfo(io.BytesIO(script.encode()), posixpath.join(job.remote_dir, "job.sh")))
+        plan = json.dumps(job.needs.plan, indent=1).encode()
+
+        def upload(sftp: paramiko.SFTPClient) -> None:
+            sftp.putfo(io.BytesIO(script.encode()), posixpath.join(job.remote_dir, "job.sh"))
+            sftp.putfo(io.BytesIO(plan), posixpath.join(job.remote_dir, PLAN_FILE))  # the job runs under it
+
+        session.with_sftp("upload job script and plan", upload)
         timeout = self.params.get("timeout_s")
         job.mark_started(time.monotonic() + float(timeout) if timeout else None)  # a cancel now kills what started
         wait_s = min(float(self.params["start_timeout_s"]), 30.0)

@@ -19,7 +19,7 @@ class FabricLauncherConf:
     hosts_file: Optional[str] = "${oc.env:OUTLIER_LAB_HOSTS,'~/.config/outlier_lab/hosts.yaml'}"
     # Only hosts carrying all these labels are considered.
     host_labels: List[str] = field(default_factory=list)
-    # provider=command: shell template that creates an instance; gets {gpu_class} {gpu_count} {job_name}, prints
+    # provider=command: shell template that creates an instance; gets {gpu_class} (catalog key) {gpu_name} {gpu_count} {job_name}, prints
     # one JSON line {"id", "address", "port", "user", "key_path"} on stdout. Every substituted value is shell-quoted.
     create_command: Optional[str] = None
     # provider=command: shell template that destroys it; gets {id} {address}. It always runs, whatever happened.

@@ -54,6 +54,8 @@ class SweepJob:
     state: str = "UNSUBMITTED"
     result: Optional[JobReturn] = None
     events: Dict[str, Any] = field(default_factory=dict)
+    # The job's HardwarePlan (outlier_lab jobs): written beside the sweep and handed to the job (hardware.planned).
+    plan: Any = None
 
 
 class SlurmLauncher(BaseSubmititLauncher):
@@ -64,12 +66,7 @@ class SlurmLauncher(BaseSubmititLauncher):
                  singleton_state: Dict[type, Singleton]) -> JobReturn:
         """Run the job on the allocated node; a failure leaves the process non-zero so Slurm records FAILED
         (stock hydra-submitit returns it as a value and Slurm says COMPLETED: hydra#1928)."""
-        # The job runs on the hardware planned for it, so the app must not refuse its non-local plan.
-        overrides = list(sweep_overrides)
-        if _is_outlier_lab_job(self.config) and not any(
-                o.lstrip("+~").startswith("hardware.launched_remotely=") for o in overrides):
-            overrides.append("hardware.launched_remotely=true")
-        ret = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
+        ret = super().__call__(list(sweep_overrides), job_dir_key, job_num, job_id, singleton_state)
         if ret.status == JobStatus.FAILED:
             raise ret._return_value
         return ret
@@ -78,6 +75,7 @@ class SlurmLauncher(BaseSubmititLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self._plans_dir = sweep_dir.absolute() / "plans"
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
@@ -124,7 +122,7 @@ class SlurmLauncher(BaseSubmititLauncher):
             sbatch, reasons = sizing.request(cfg, plan, self.params)
         except UserError as err:
             raise UserError(f"job #{index} ({' '.join(filter_overrides(overrides))}): {err}") from None
-        return SweepJob(index, overrides, sbatch, reasons, cfg)
+        return SweepJob(index, overrides, sbatch, reasons, cfg, plan=plan)
 
     @staticmethod
     def _group(jobs: List[SweepJob]) -> List[Tuple[Dict[str, Any], List[SweepJob]]]:
@@ -149,7 +147,19 @@ class SlurmLauncher(BaseSubmititLauncher):
 
     def _job_args(self, members: List[SweepJob]) -> List[Tuple[Any, ...]]:
         state = Singleton.get_state()
-        return [(job.overrides, "hydra.sweep.dir", job.index, f"job_id_for_{job.index}", state) for job in members]
+        return [(self._with_plan(job), "hydra.sweep.dir", job.index, f"job_id_for_{job.index}", state)
+                for job in members]
+
+    def _with_plan(self, job: SweepJob) -> List[str]:
+        """The job's overrides plus its plan (written to a shared file): the node runs under it, never plans again."""
+        if job.plan is None:
+            return list(job.overrides)
+        from outlier_lab.config import PLAN_FILE, planned_override
+        from outlier_lab.hardware import write_plan
+
+        path = self._plans_dir / f"{job.index}_{PLAN_FILE}"
+        write_plan(path, job.plan)
+        return [*job.overrides, planned_override(str(path))]
 
     def _submit(self, sbatch: Dict[str, Any], members: List[SweepJob]) -> None:
         executor = self._executor(sbatch)
