@@ -49,6 +49,7 @@ def trained_checkpoint(tiny_checkpoint, tmp_path_factory):
     return target
 
 
+@pytest.mark.slow
 def test_zeroing_planted_dims_hurts_far_more_than_random_dims(trained_checkpoint, text_file, tmp_path):
     run_cli(*tiny_job_overrides(trained_checkpoint, text_file, tmp_path, num_sequences=6, seq_len=48),
             "analysis=ablation", "analysis.random_seeds=4")
@@ -73,6 +74,7 @@ def test_zeroing_planted_dims_hurts_far_more_than_random_dims(trained_checkpoint
     assert base["tokens"] == 6 * 47
 
 
+@pytest.mark.slow
 def test_ablation_in_comparison_and_bad_dims(trained_checkpoint, text_file, tmp_path):
     run_dir = tmp_path / "run"
     run_cli(*tiny_job_overrides(trained_checkpoint, text_file, run_dir, num_sequences=2, seq_len=32),
@@ -86,6 +88,7 @@ def test_ablation_in_comparison_and_bad_dims(trained_checkpoint, text_file, tmp_
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_ablation_refuses_a_model_without_a_trained_lm_head():
     # MiniLM ships a BertModel: a causal-LM class would bolt on a random head and report meaningless perplexities.
     proc = run_cli("+experiment=smoke", "analysis=ablation", "progress=false", check=False)

@@ -21,6 +21,7 @@ def sweep(tiny_checkpoint, text_file, tmp_path_factory):
     return sweep_dir, proc
 
 
+@pytest.mark.slow
 def test_callback_writes_comparison_listing_the_failed_job(sweep):
     sweep_dir, proc = sweep
     rows = read_csv(sweep_dir / COMPARISON_CSV)
@@ -41,6 +42,7 @@ def test_callback_writes_comparison_listing_the_failed_job(sweep):
         assert (sweep_dir / png).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_script_rebuilds_the_same_table_and_merges_sweeps(sweep, tmp_path):
     sweep_dir, _ = sweep
     run_cli(str(sweep_dir), "--out", str(tmp_path / "one"), script="scripts/compare.py")
@@ -56,6 +58,7 @@ def test_script_rebuilds_the_same_table_and_merges_sweeps(sweep, tmp_path):
     assert merged[3]["job"] == "other_sweep/0_llama" and merged[4]["status"] == "FAILED"
 
 
+@pytest.mark.slow
 def test_paper_row_sits_next_to_ours(sweep, tmp_path):
     # A result whose model is the hub's GPT-2 gets the published Table 4 row beside it, from the files alone.
     sweep_dir, _ = sweep
@@ -72,6 +75,7 @@ def test_paper_row_sits_next_to_ours(sweep, tmp_path):
     assert "published vs ours" in (tmp_path / "sweep" / COMPARISON_MD).read_text()
 
 
+@pytest.mark.slow
 def test_script_rejects_a_missing_dir(tmp_path):
     proc = run_cli(str(tmp_path / "nope"), script="scripts/compare.py", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
@@ -109,6 +113,7 @@ def test_rms_alpha_is_scale_free():
     assert stats(Int8Reducer, 250.0 * x).qualifies.all()
 
 
+@pytest.mark.slow
 def test_threshold_sensitivity_experiment(tiny_checkpoint, text_file, tmp_path):
     overrides = [o for o in tiny_job_overrides(tiny_checkpoint("llama"), text_file, num_sequences=2, seq_len=32)]
     run_cli("--multirun", "+experiment=threshold_sensitivity", *overrides, f"hydra.sweep.dir={tmp_path}")

@@ -34,6 +34,7 @@ def massive_checkpoint(tiny_checkpoint, tmp_path_factory):
     return target, colon
 
 
+@pytest.mark.slow
 def test_massive_hits_at_planted_block_position_dim(massive_checkpoint, text_file, tmp_path):
     checkpoint, colon = massive_checkpoint
     run_cli(*tiny_job_overrides(checkpoint, text_file, tmp_path, num_sequences=4, seq_len=48),
@@ -67,6 +68,7 @@ def test_massive_hits_at_planted_block_position_dim(massive_checkpoint, text_fil
     assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
 
 
+@pytest.mark.slow
 def test_massive_thresholds_are_configurable(massive_checkpoint, text_file, tmp_path):
     checkpoint, _ = massive_checkpoint
     run_cli(*tiny_job_overrides(checkpoint, text_file, tmp_path, num_sequences=2, seq_len=32),

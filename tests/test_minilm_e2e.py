@@ -3,6 +3,7 @@ import json
 from fractions import Fraction
 
 import numpy as np
+import pytest
 import torch
 from conftest import run_cli
 
@@ -41,6 +42,7 @@ def hooked_reference(input_ids):
     return qualifies, layer_count / blocks, pos_count / T
 
 
+@pytest.mark.slow
 def test_default_model_end_to_end(tmp_path):
     proc = run_cli("dataset.num_sequences=6", "dataset.seq_len=128", f"hydra.run.dir={tmp_path}", "progress=true")
     assert "analyzing" in proc.stderr  # the progress bar over sequences

@@ -8,6 +8,7 @@ from conftest import ARCHITECTURES, run_cli, tiny_job_overrides
 from outlier_lab.results import read_per_sequence, read_tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_cli_finds_exactly_the_planted_dims(arch, tiny_checkpoint, text_file, tmp_path):
     run_cli(*tiny_job_overrides(tiny_checkpoint(arch), text_file, tmp_path, num_sequences=6, seq_len=48))
@@ -34,6 +35,7 @@ def test_cli_finds_exactly_the_planted_dims(arch, tiny_checkpoint, text_file, tm
     assert "| 3 |" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_layer_subset_changes_the_denominator(tiny_checkpoint, text_file, tmp_path):
     # Analyzing blocks 3..6 only: dim 5 is planted in 3, 4, 5 (3/4), dim 17 in 6 (1/4), dim 40 in 3 (1/4) -> all
     # three reach 25% of the analyzed blocks; dim 29 (blocks 1, 4) has 1/4 too.
@@ -45,6 +47,7 @@ def test_layer_subset_changes_the_denominator(tiny_checkpoint, text_file, tmp_pa
     assert results["detector"]["layers"] == [3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_separate_space_for_wide_o_proj_input(tiny_checkpoint, text_file, tmp_path):
     # qwen3_moe's tiny config has heads x head_dim = 128 != hidden 64, like Qwen3-30B-A3B: o_proj's input is
     # measured in its own feature space and never merged with residual dims.
@@ -55,6 +58,7 @@ def test_separate_space_for_wide_o_proj_input(tiny_checkpoint, text_file, tmp_pa
     assert "hidden" in spaces
 
 
+@pytest.mark.slow
 def test_hybrid_mixers_measure_their_own_spaces(tiny_checkpoint, text_file, tmp_path):
     # qwen3_next: Gated DeltaNet blocks (0-2, 4-6) and full-attention blocks (3, 7). Both out-projection inputs are
     # 128 wide, but they index different features: one space per mixer kind, each over its own blocks.

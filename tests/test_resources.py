@@ -215,6 +215,7 @@ def test_local_check_fails_clearly_when_the_job_cannot_fit_this_machine(tiny_che
         hardware.plan(huge)
 
 
+@pytest.mark.slow
 def test_estimate_script_json_and_table():
     proc = run_cli("model=qwen3_30b", "format=json", script="scripts/estimate_vram.py")
     data = json.loads(proc.stdout)
@@ -253,6 +254,7 @@ def test_a_launched_job_runs_under_the_launchers_plan_and_checks_its_host(tiny_c
         _plan_resources(local_model(checkpoint, "hardware=t4", planned_override(str(tmp_path / "absent.json"))))
 
 
+@pytest.mark.slow
 def test_in_process_run_refuses_a_remote_plan(text_file):
     proc = run_cli("model=olmoe", "hardware=auto", "hydra/launcher=basic", "hydra.mode=RUN", check=False)
     assert proc.returncode == 2
@@ -260,6 +262,7 @@ def test_in_process_run_refuses_a_remote_plan(text_file):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_results_record_the_plan_and_the_measured_peak(tiny_checkpoint, text_file, tmp_path):
     from conftest import tiny_job_overrides
 
