@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .detectors import with_section
 from .explain import near_misses
@@ -19,7 +19,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def render_markdown(results: Dict[str, Any]) -> str:
-    model, data, det, summary = results["model"], results["dataset"], results["detector"], results["summary"]
+    model, data, det = results["model"], results["dataset"], results["detector"]
     lines = [
         f"# Outlier features: {model['name']}",
         "",

@@ -33,6 +33,8 @@ def parse(argv):
         elif arg.startswith("provider="):
             provider = arg.split("=", 1)[1]
         elif arg.startswith("hydra.launcher."):
+            if "=" not in arg:
+                raise UserError(f"{arg}: write hydra.launcher.KEY=VALUE, e.g. hydra.launcher.max_usd_per_hour=2")
             key, value = arg[len("hydra.launcher."):].split("=", 1)
             launcher[key] = yaml.safe_load(value)
         else:

@@ -22,7 +22,8 @@ def _activations(dtype):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_site_step_equals_the_eager_twin_exactly(dtype):
+def test_compiled_site_step_equals_the_eager_twin_exactly(dtype, caplog, monkeypatch):
+    monkeypatch.setattr(detection, "_COMPILED", {})
     x = _activations(dtype)
     eager_hits = torch.zeros(x.shape, dtype=torch.bool)
     eager_hits[0, 0, 0] = True  # state carried over from an earlier site must survive
@@ -31,6 +32,7 @@ def test_compiled_site_step_equals_the_eager_twin_exactly(dtype):
     fused = fused_site_step(torch.device("cpu"), mode="on")
     assert fused is not site_step
     fused_max = fused(x, fused_hits, 6.0)
+    assert "fused reducer kernel unavailable" not in caplog.text  # really compiled, not the eager fallback
     assert fused_max.dtype == torch.float32
     assert torch.equal(fused_max, eager_max)
     assert torch.equal(fused_hits, eager_hits)
