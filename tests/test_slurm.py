@@ -328,9 +328,11 @@ def planned(*overrides: str):
 
 
 def test_gpu_plans_become_gres_constraint_or_count_and_user_values_win():
+    # engine=resident: the whole model on the GPUs, so bigger models need bigger or more GPUs (the streamed engine
+    # plans every target on one small GPU; tests/test_jobcost.py covers that choice).
     from hydra_plugins.slurm_launcher.sizing import request
 
-    cfg, plan = planned("model=olmoe", "hardware=auto")
+    cfg, plan = planned("model=olmoe", "hardware=auto", "engine=resident")
     assert plan.gpu is not None and plan.count >= 1
     params, reasons = request(cfg, plan, launcher_params())
     assert params["gres"] == f"gpu:{plan.gpu.key}:{plan.count}" and "gpus_per_node" not in params
@@ -348,13 +350,13 @@ def test_gpu_plans_become_gres_constraint_or_count_and_user_values_win():
 def test_bigger_models_and_longer_runs_ask_for_more():
     from hydra_plugins.slurm_launcher.sizing import request
 
-    small = request(*planned("model=olmoe", "hardware=auto"), launcher_params())[0]
-    big = request(*planned("model=glm", "hardware=auto"), launcher_params())[0]
+    small = request(*planned("model=olmoe", "hardware=auto", "engine=resident"), launcher_params())[0]
+    big = request(*planned("model=glm", "hardware=auto", "engine=resident"), launcher_params())[0]
     assert (big["mem_gb"], big["cpus_per_task"]) > (small["mem_gb"], small["cpus_per_task"])
     assert big["gres"] != small["gres"]
-    quick = request(*planned("model=olmoe", "hardware=auto", "dataset.num_sequences=64"),
+    quick = request(*planned("model=olmoe", "hardware=auto", "engine=resident", "dataset.num_sequences=64"),
                     launcher_params(min_timeout_min=1))[0]
-    long = request(*planned("model=olmoe", "hardware=auto", "dataset.num_sequences=200000"),
+    long = request(*planned("model=olmoe", "hardware=auto", "engine=resident", "dataset.num_sequences=200000"),
                    launcher_params(min_timeout_min=1))[0]
     assert long["timeout_min"] > quick["timeout_min"]
 
