@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -127,15 +126,14 @@ def test_vast_create_attaches_the_public_key_and_waits_until_ssh_answers(fake_cl
     assert vast.list_ours() == [] and fake_cloud.destroyed[inst.id] == 1
 
 
+@pytest.mark.timeout(120)  # a wait that ignored timeout_s would hang here; no wall-clock assert on a shared box
 def test_ssh_that_never_comes_up_ends_the_wait_in_bounded_time(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     fake_cloud.ssh_never_up = True
     rp = provider("runpod", fake_cloud, monkeypatch)
     inst = rp.create(rp.offers()[0], "outlier-lab-dead-0", PUBLIC_KEY, 40, "runpod/pytorch")
-    started = time.monotonic()
     with pytest.raises(ProviderError) as err:
         rp.wait_ready(inst, timeout_s=1.0, poll_s=0.1, cancel=threading.Event())
-    assert time.monotonic() - started < 10
     assert err.value.instance_id == inst.id and "SSH did not answer within 1s" in str(err.value)
 
 
