@@ -71,8 +71,8 @@ def cleanup(prov, yes: bool) -> int:
 def main(argv) -> int:
     from hydra_plugins.fabric_launcher._needs import plan_job
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
-    from hydra_plugins.fabric_launcher.providers import make_provider
-    from hydra_plugins.fabric_launcher.providers.choice import budget_refusal, rank, table
+    from hydra_plugins.fabric_launcher._providers import make_provider
+    from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     with exit_on_user_error():

@@ -25,7 +25,7 @@ def test_a_bug_is_not_caught():
 
 def test_the_launchers_environment_errors_are_marked_user_facing():
     from hydra_plugins.fabric_launcher._errors import LaunchError
-    from hydra_plugins.fabric_launcher.providers import ProviderError
+    from hydra_plugins.fabric_launcher._providers import ProviderError
     from hydra_plugins.slurm_launcher.slurm_launcher import SlurmJobFailed
 
     for error in (LaunchError("no host fits job 0"), ProviderError("401 from the API"), SlurmJobFailed("job #0 ended")):

@@ -12,9 +12,9 @@ from conftest import REPO
 from provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from ssh_server import ssh_server  # noqa: F401 - fixture used by name
 
-from hydra_plugins.fabric_launcher.providers import Offer, ProviderError, make_provider
-from hydra_plugins.fabric_launcher.providers._http import AnswerLost, ApiError
-from hydra_plugins.fabric_launcher.providers.choice import budget_refusal, rank, table
+from hydra_plugins.fabric_launcher._providers import Offer, ProviderError, make_provider
+from hydra_plugins.fabric_launcher._providers._http import AnswerLost, ApiError
+from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
 from outlier_lab.resources import Estimate
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@outlier-lab"
@@ -201,3 +201,16 @@ def test_hydra_plugin_scan_imports_the_providers_package():
              "print([p.__name__ for p in Plugins.instance().discover(Launcher)])")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "FabricLauncher" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_second_hydra_plugin_scan_keeps_the_provider_classes(monkeypatch):
+    # Hydra re-executes every public module under hydra_plugins/ on each scan (its test suites reset the singleton):
+    # classes defined there would be replaced under whoever imported them, and `except ProviderError` would miss.
+    import hydra_plugins
+    from hydra.core.plugins import Plugins
+
+    Plugins._scan_all_plugins(modules=[hydra_plugins])
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    with pytest.raises(ProviderError):
+        make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0},
+                      threading.Event())

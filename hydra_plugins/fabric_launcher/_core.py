@@ -30,7 +30,7 @@ from ._rental import Rental
 from ._signals import Interrupted, signals_raise_interrupted
 from ._ssh import Session
 from ._transfer import TRANSFER_METHODS, collect_results
-from .providers import PROVIDERS, key_env, provider_key
+from ._providers import PROVIDERS, key_env, provider_key
 
 log = logging.getLogger(__name__)
 

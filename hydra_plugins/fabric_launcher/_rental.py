@@ -13,9 +13,9 @@ from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
-from .providers import TAG_PREFIX, Instance, ProviderError, Refused, make_provider
+from ._providers import TAG_PREFIX, Instance, ProviderError, Refused, make_provider
 from .providers._http import AnswerLost
-from .providers.choice import Choice, NoOffer, choose
+from ._providers._choice import Choice, NoOffer, choose
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
 CREATE_TRIES = 3  # fitting offers tried, cheapest first, while the provider refuses creates (no capacity)

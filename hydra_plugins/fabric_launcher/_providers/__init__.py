@@ -168,8 +168,8 @@ def provider_key(params: Dict[str, Any]) -> Dict[str, str]:
 def make_provider(name: str, params: Dict[str, Any], cancel: threading.Event) -> Provider:
     """The provider named by hydra.launcher.provider, with its API key read from the environment (never config)."""
     from ._http import ApiClient
-    from .runpod import RunPod
-    from .vast import Vast
+    from ._runpod import RunPod
+    from ._vast import Vast
 
     cls = {"runpod": RunPod, "vast": Vast}[name]
     env = key_env({**params, "provider": name})
