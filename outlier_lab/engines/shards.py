@@ -37,13 +37,18 @@ class TensorEntry:
 
 def _header(path: Path) -> Dict[str, TensorEntry]:
     """Tensor entries of one .safetensors file: an 8-byte little-endian header length, then a JSON header."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    base = 8 + length
-    return {key: TensorEntry(path, meta["dtype"], tuple(meta["shape"]), base + meta["data_offsets"][0],
-                             base + meta["data_offsets"][1]) for key, meta in header.items()}
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        base = 8 + length
+        return {key: TensorEntry(path, meta["dtype"], tuple(meta["shape"]), base + meta["data_offsets"][0],
+                                 base + meta["data_offsets"][1]) for key, meta in header.items()}
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        # A truncated or damaged file: engine=auto then plans the resident engine, whose loader names the damage.
+        raise UserError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+                        "re-download or re-save the checkpoint") from None
 
 
 class Checkpoint:
