@@ -13,6 +13,20 @@ SLURM = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.lau
          "hydra.launcher.poll_interval_s=0.5", "hydra.launcher.result_grace_s=3"]
 
 
+@pytest.fixture(autouse=True)
+def _unset_hydra_version_base():
+    """Hydra keeps, per process, the version_base of the first app or compose call; tests earlier in the same pytest
+    process use 1.3 (no chdir), while the suites' apps rely on the legacy default (chdir into the output dir)."""
+    from hydra.core.singleton import Singleton
+    from hydra.version import VersionBase
+
+    saved = Singleton._instances.pop(VersionBase, None)
+    yield
+    Singleton._instances.pop(VersionBase, None)
+    if saved is not None:
+        Singleton._instances[VersionBase] = saved
+
+
 @pytest.fixture
 def slurm_env(slurm_cluster, monkeypatch):  # noqa: F811 - the fixture above, by name
     """The suites launch in this process (LauncherTestSuite) or in a child app (IntegrationTestSuite): both must
