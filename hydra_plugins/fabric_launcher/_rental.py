@@ -14,7 +14,7 @@ from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
 from ._providers import TAG_PREFIX, Instance, ProviderError, Refused, make_provider
-from .providers._http import AnswerLost
+from ._providers._http import AnswerLost
 from ._providers._choice import Choice, NoOffer, choose
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
