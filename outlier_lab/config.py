@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, List, Optional, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
-from .errors import UserError
+from outlier_lab.errors import UserError
 
 SITES = ("attn_in", "attn_out_in", "mlp_in")
 # absolute: |x| >= alpha. rms: |x| >= alpha x the RMS of the site input in that sequence.
@@ -214,7 +214,7 @@ def planned_override(path: str) -> str:
 
 def run_schema() -> DictConfig:
     """RunConfig with each detector plug-in's settings node under `detector`, so YAML and overrides are typed."""
-    from .detectors import settings_nodes  # the plug-ins import the modules that import this one
+    from outlier_lab.analysis.detectors import settings_nodes  # the plug-ins import the modules that import this one
 
     schema = OmegaConf.structured(RunConfig)
     with open_dict(schema.detector):
@@ -245,7 +245,7 @@ def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type) -> Iterat
     hints = get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema)]
     if schema is DetectorConfig:  # the detector plug-ins' settings nodes
-        from .detectors import settings_nodes
+        from outlier_lab.analysis.detectors import settings_nodes
 
         hints.update(settings_nodes())
         known += list(settings_nodes())

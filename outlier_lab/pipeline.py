@@ -11,21 +11,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import results as store
-from .adapters import SiteMap, discover_sites
-from .capture import Capture
-from .config import DetectorConfig, check_schema
-from .data import build_windows, check_source, documents
-from .detectors import Detector, JobContext, selected
-from .errors import UserError, run_task
-from .hardware import HardwarePlan, check_host, format_plan, plan, read_plan
-from .hub import hub_revision
-from .memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
-from .models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
+from outlier_lab import results as store
+from outlier_lab.arch.adapters import SiteMap, discover_sites
+from outlier_lab.analysis.capture import Capture
+from outlier_lab.config import DetectorConfig, check_schema
+from outlier_lab.loading.windows import build_windows, check_source, documents
+from outlier_lab.analysis.detectors import Detector, JobContext, selected
+from outlier_lab.errors import UserError, run_task
+from outlier_lab.planning.hardware import HardwarePlan, check_host, format_plan, plan, read_plan
+from outlier_lab.loading.hub import hub_revision
+from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
+from outlier_lab.loading.models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
-from .reduction import Reduction
-from .report import write_report
-from .resources import meta_model
+from outlier_lab.analysis.reduction import Reduction
+from outlier_lab.reporting.report import write_report
+from outlier_lab.planning.estimate import meta_model
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -218,7 +218,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
         if engine == "streamed":
-            from .engines.streamed import analyze_streamed
+            from outlier_lab.analysis.engines.streamed import analyze_streamed
 
             model, stream = analyze_streamed(cfg.model, hf_config, tokens, cfg.detector, detectors,
                                              cfg.dataset.batch_size, device, resolve_dtype(cfg.model.dtype, device),

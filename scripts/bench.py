@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from outlier_lab.adapters import discover_sites  # noqa: E402
-from outlier_lab.capture import bare_forward  # noqa: E402
+from outlier_lab.arch.adapters import discover_sites  # noqa: E402
+from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
-from outlier_lab.detectors import selected  # noqa: E402
-from outlier_lab.memory import PeakMemory  # noqa: E402
+from outlier_lab.analysis.detectors import selected  # noqa: E402
+from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.pipeline import analyze  # noqa: E402
 
 GIB = 2**30
@@ -126,8 +126,8 @@ def main() -> None:
 
 
 def reduce_with_hooks(model, site_map, tokens, detector, batch_size: int, device: str) -> None:
-    from outlier_lab.capture import plan_probes
-    from outlier_lab.detection import Int8Reducer
+    from outlier_lab.analysis.capture import plan_probes
+    from outlier_lab.analysis.detectors._int8_reducer import Int8Reducer
 
     probes, widths = plan_probes(model, site_map)
     crit = DetectorConfig.of(detector)

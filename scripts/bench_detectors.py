@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import build_model, timed  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from outlier_lab.adapters import discover_sites  # noqa: E402
-from outlier_lab.capture import bare_forward  # noqa: E402
+from outlier_lab.arch.adapters import discover_sites  # noqa: E402
+from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import run_schema  # noqa: E402
-from outlier_lab.detectors import selected  # noqa: E402
-from outlier_lab.memory import PeakMemory  # noqa: E402
+from outlier_lab.analysis.detectors import selected  # noqa: E402
+from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.pipeline import analyze  # noqa: E402
 
 

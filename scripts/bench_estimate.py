@@ -109,7 +109,7 @@ def measure(overrides, out_dir: Path) -> dict:
 def predicted(overrides, device: str, engine: str = "resident") -> tuple:
     import torch
 
-    from outlier_lab.resources import GIB, estimate
+    from outlier_lab.planning.estimate import GIB, estimate
 
     free = torch.cuda.mem_get_info()[0] / GIB if device == "cuda" else None
     est = estimate(compose(overrides), None, engine, free_gib=free)

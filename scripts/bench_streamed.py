@@ -59,7 +59,7 @@ def engine_reads(checkpoint: Path) -> tuple[float, float]:
     """Bytes and seconds of the streamed engine's reader fetching every block in order, with nothing else running."""
     import re
 
-    from outlier_lab.engines.shards import Checkpoint
+    from outlier_lab.loading.shards import Checkpoint
 
     reader = Checkpoint.open(checkpoint)
     blocks = reader.keys_matching(re.compile(r"^(?:model\.)?layers\.(\d+)\."))
@@ -98,7 +98,7 @@ def run_engine(engine: str, checkpoint: Path, text: Path, out: Path, args) -> di
 def plans() -> list:
     from estimate_vram import compose
 
-    from outlier_lab.hardware import plan
+    from outlier_lab.planning.hardware import plan
 
     rows = []
     for name in TARGETS:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from outlier_lab.compare import write_comparison  # noqa: E402
+from outlier_lab.reporting.compare import write_comparison  # noqa: E402
 from outlier_lab.errors import exit_on_user_error  # noqa: E402
 
 

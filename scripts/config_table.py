@@ -68,7 +68,7 @@ def _layout_rule(rule, table_kind: str) -> str:
 def architecture_table() -> str:
     """Every transformers `config.model_type` with a curated adapter, its layout rules and its site modules."""
     sys.path.insert(0, str(REPO))
-    from outlier_lab.adapters import ADAPTERS
+    from outlier_lab.arch.adapters import ADAPTERS
 
     lines = ["| `config.model_type` | adapter | blocks | mixers (attn_in, attn_out_in) | FFN (mlp_in) | MoE experts key |",
              "|---|---|---|---|---|---|"]

@@ -39,7 +39,7 @@ PY
 # 1b. The fused reducer kernel (torch.compile) equals its eager twin exactly on CUDA, in bf16 and fp32.
 step fused_kernel 90 python3 - <<'PY'
 import torch
-from outlier_lab.detection import fused_site_step, site_step
+from outlier_lab.analysis.detectors._int8_reducer import fused_site_step, site_step
 fused = fused_site_step(torch.device("cuda"))
 for dtype in (torch.bfloat16, torch.float32):
     for shape in ((4, 512, 4096), (3, 37, 1024)):

@@ -14,7 +14,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from outlier_lab.errors import run_task
-    from outlier_lab.inspection import describe_model
+    from outlier_lab.reporting.inspection import describe_model
 
     run_task(describe_model, cfg)
 

@@ -29,7 +29,7 @@ def _estimate(needs: Any):
     """The plan's Estimate, rebuilt from the dict that travels with the job (None without a plan)."""
     plan = getattr(needs, "plan", None)
     try:
-        from outlier_lab.resources import Estimate
+        from outlier_lab.planning.estimate import Estimate
     except ImportError:
         return None
     if not plan:
@@ -46,7 +46,7 @@ def need_per_gpu(needs: Any, count: int) -> float:
     est = _estimate(needs)
     if est is None:
         return float(getattr(needs, "vram_gib_each", 0.0) or 0.0)
-    from outlier_lab.hardware import per_gpu_required
+    from outlier_lab.planning.hardware import per_gpu_required
 
     return per_gpu_required(est, count)
 

@@ -1,0 +1,1 @@
+"""Getting inputs: hub access, checkpoints and their dtypes, datasets cut into windows."""

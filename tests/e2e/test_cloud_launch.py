@@ -1,0 +1,188 @@
+"""run.py with hydra.launcher.provider=runpod|vast against the fake provider API, whose instances are the test sshd."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.support.cli import cli_env, run_cli
+from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
+from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
+from tests.e2e.test_fabric_launcher import (deterministic, finish, gated_python, group_members,  # noqa: F401
+                                  interrupt_running_job, job_overrides, launcher_overrides, local_reference,
+                                  remote_job_dir, start_cli, wait_for)
+
+pytestmark = pytest.mark.slow
+KEY_ENV = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
+
+
+def cloud_overrides(tmp: Path, cloud, provider: str, ssh, ram_floor: float = 1, **extra) -> List[str]:
+    settings = {**dict(provider=provider, api_url=f"'{cloud.url()}'", ssh_key_path=ssh.key, ready_timeout_s=20,
+                       api_timeout_s=2, retries=3), **extra}
+    return [o if not o.startswith("hardware.ram_floor_gib=") else f"hardware.ram_floor_gib={ram_floor}"
+            for o in launcher_overrides(tmp, [], **settings)]
+
+
+def cloud_env(cloud, provider: str) -> dict:
+    return dict(cli_env(), **{KEY_ENV[provider]: cloud.api_key})
+
+
+def launch_json(tmp: Path) -> dict:
+    return json.loads((tmp / "sweep" / "0_llama" / "launch.json").read_text())
+
+
+def nvidia_and_amd(cloud) -> None:
+    cloud.runpod_gpus = [runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1),
+                         runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.39, max_count=2),
+                         runpod_gpu("NVIDIA H100 80GB HBM3", "H100 SXM", "NVIDIA", 80, 2.69, max_count=1)]
+
+
+def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_is_destroyed_once(
+        fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    fake_cloud.vast_offers = [
+        vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),   # cheapest, but AMD
+        vast_offer(2, "GT 710", "nvidia", 1, 256, 64 * 1024, 500, 0.08),        # too little VRAM
+        vast_offer(3, "RTX 4090", "nvidia", 1, 24 * 1024, 2 * 1024, 500, 0.10),  # fails the 4 GiB RAM floor
+        vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),
+        vast_offer(6, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10)]
+    python = gated_python(tmp_path)
+    (tmp_path / "manifest.gate").touch()
+    out = tmp_path / "launcher.out"
+    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
+                     cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, ram_floor=4, python=str(python)),
+                     out, cloud_env(fake_cloud, "vast"))
+    job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
+    (instance_id,) = fake_cloud.instances
+    known = tmp_path / "known_hosts.d" / f"vast-{instance_id}"
+    assert known.is_file()  # the host key, trusted on first use for this instance only
+    pgid = int((job_dir / "pgid").read_text())
+    wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert fake_cloud.api_key not in ps
+    for pid in group_members(pgid):  # the remote side never sees the API key
+        assert fake_cloud.api_key.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    (tmp_path / "run.gate").touch()
+    text = finish(proc, out)
+
+    assert [c for c in fake_cloud.calls if c.startswith("PUT")] == ["PUT /api/v0/asks/5/"]
+    assert fake_cloud.instances[instance_id]["public_key"] == Path(ssh_server.key + ".pub").read_text().strip()
+    assert fake_cloud.instances[instance_id]["name"].startswith("outlier-lab-")
+    assert dict(fake_cloud.destroyed) == {instance_id: 1} and not known.exists()
+    launch = launch_json(tmp_path)
+    assert launch["status"] == "COMPLETED" and launch["provider"] == "vast" and launch["instance_id"] == instance_id
+    assert launch["offer"]["id"] == "5" and launch["usd_per_hour"] == 0.30 and launch["destroy"]["ok"] is True
+    assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
+    assert fake_cloud.key_in_url == 0 and fake_cloud.unauthorized == 0
+    for path in [out, *(tmp_path / "sweep").rglob("*")]:
+        if path.is_file():
+            assert fake_cloud.api_key.encode() not in path.read_bytes(), path
+    assert "renting vast 5" in text
+
+
+@pytest.mark.parametrize("case", ["create_fails", "create_refused_once", "ssh_never_up", "job_crashes", "lost_create",
+                                  "api_429_5xx"])
+def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_status(
+        case, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    nvidia_and_amd(fake_cloud)
+    overrides = job_overrides(tiny_checkpoint, text_file)
+    extra = {}
+    if case == "create_fails":
+        fake_cloud.inject("create", "always:fail")
+    elif case == "create_refused_once":  # no capacity for the cheapest: the next fitting offer is rented
+        fake_cloud.inject("create", "fail")
+    elif case == "ssh_never_up":
+        fake_cloud.ssh_never_up = True
+        extra["ready_timeout_s"] = 2
+    elif case == "job_crashes":
+        overrides = [o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt"
+                     for o in overrides]
+    elif case == "lost_create":
+        fake_cloud.inject("create", "hang")
+        fake_cloud.hang_s, extra["api_timeout_s"] = 3, 1
+    else:
+        fake_cloud.inject("offers", "429", "500")
+        fake_cloud.inject("get", "500")
+        fake_cloud.inject("destroy", "429")
+    proc = run_cli(*overrides, *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, **extra),
+                   env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    launch = launch_json(tmp_path)
+    expect_ok = case in ("create_refused_once", "lost_create", "api_429_5xx")
+    assert (proc.returncode == 0) == expect_ok, output[-3000:]
+    assert launch["status"] == ("COMPLETED" if expect_ok else "FAILED"), launch
+    creates = fake_cloud.calls.count("POST /v2/pods")  # a lost create is looked up, never sent again
+    assert creates == (2 if case.startswith("create_") else 1)
+    if case == "create_fails":  # both fitting NVIDIA types refused: nothing exists, nothing to destroy
+        assert fake_cloud.instances == {} and "runpod create failed (2 offer(s) tried)" in output
+        return
+    (instance_id,) = fake_cloud.instances
+    assert dict(fake_cloud.destroyed) == {instance_id: 1}, output[-3000:]
+    assert launch["destroy"] == {"id": instance_id, "ok": True, "error": None}
+    rented = "NVIDIA H100 80GB HBM3" if case == "create_refused_once" else "NVIDIA L4"
+    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": rented, "count": 1}
+    assert launch["offer"]["id"] == f"{rented}/SECURE/1"
+    if case == "ssh_never_up":
+        assert "SSH did not answer within 2s" in output
+    elif case == "job_crashes":
+        assert launch["exit_code"] == 2 and "missing.txt" in output
+    elif case == "create_refused_once":
+        assert "refused (injected); trying the next offer" in output
+    elif case == "lost_create":
+        assert "looking the instance up by its name" in output and "the create did happen" in output
+    else:
+        assert "HTTP 429" in output and "HTTP 500" in output
+
+
+def test_sigint_mid_run_kills_the_remote_job_and_destroys_the_instance(fake_cloud, ssh_server, tiny_checkpoint,
+                                                                       text_file, tmp_path):
+    nvidia_and_amd(fake_cloud)
+    python = gated_python(tmp_path)
+    out = tmp_path / "launcher.out"
+    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
+                     cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, python=str(python)),
+                     out, cloud_env(fake_cloud, "runpod"))
+    interrupt_running_job(proc, out, tmp_path)
+    (instance_id,) = fake_cloud.instances
+    assert dict(fake_cloud.destroyed) == {instance_id: 1}, out.read_text()[-3000:]
+    assert launch_json(tmp_path)["destroy"]["ok"] is True
+
+
+def test_a_failed_destroy_is_loud_the_leftover_is_reported_next_sweep_and_the_budget_guard_refuses(
+        fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    nvidia_and_amd(fake_cloud)
+    fake_cloud.inject("destroy", "always:500")
+    env = cloud_env(fake_cloud, "runpod")
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server), env=env, check=False, timeout=300)
+    (instance_id,) = fake_cloud.instances
+    assert proc.returncode != 0 and not fake_cloud.destroyed
+    banner = next(line for line in proc.stderr.splitlines() if "DESTROY FAILED" in line)
+    assert instance_id in banner and f"https://api.runpod.io/v2/pods/{instance_id}" in banner
+    launch = launch_json(tmp_path)
+    assert launch["destroy"]["ok"] is False and launch["status"] == "FAILED"
+    assert (tmp_path / "sweep" / "0_llama" / "results.json").exists()  # the results still came back
+
+    fake_cloud.faults.clear()
+    (tmp_path / "again").mkdir()
+    creates = fake_cloud.calls.count("POST /v2/pods")
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path / "again", fake_cloud, "runpod", ssh_server, max_usd_per_hour=0.2),
+                   env=env, check=False, timeout=300)
+    assert proc.returncode == 2
+    assert f"leftover at sweep start: runpod instance {instance_id}" in proc.stdout
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "max_usd_per_hour=0.2" in error[0] and "nothing was rented" in error[0]
+    assert fake_cloud.calls.count("POST /v2/pods") == creates  # refused before renting
+
+
+def test_dry_run_prints_the_chosen_offer_and_calls_only_the_offers_api(fake_cloud, ssh_server, tiny_checkpoint,
+                                                                      text_file, tmp_path):
+    nvidia_and_amd(fake_cloud)
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, dry_run="true"),
+                   env=cloud_env(fake_cloud, "runpod"), timeout=300)
+    assert "rent: runpod NVIDIA L4/SECURE/1: 1 x L4 (nvidia, 24 GiB each)" in proc.stdout
+    assert set(fake_cloud.calls) == {"GET /v2/catalog/gpus"} and fake_cloud.instances == {}

@@ -1,0 +1,297 @@
+"""The hub path through run.py against the hub emulator: downloads, cache, revisions, gated repos, faults, datasets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tests.support.checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint, training_text
+from tests.support.cli import cli_env, run_cli, tiny_job_overrides
+from tests.support.hub_service import HubService, hub  # noqa: F401 - fixture used by name
+from tests.support.ssh_server import _free_port, ssh_server  # noqa: F401 - fixture used by name
+
+from outlier_lab.planning.estimate import DISK_EXTRA_GIB
+
+REPO_V1, GATED, DATASET = "acme/tiny-llama", "acme/gated-llama", "Salesforce/wikitext"
+DETERMINISTIC_FILES = ("per_sequence.parquet", "tokens.safetensors")
+# The v2 commit of REPO_V1 plants dim 7 where v1 planted dim 5.
+V2_ATTN = {7: [0, 1, 2, 3, 4, 5], 17: [2, 6], 40: [3]}
+
+
+def deterministic(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    return {"files": {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in DETERMINISTIC_FILES},
+            "outlier_features": results["outlier_features"], "summary": results["summary"]}
+
+
+def hub_env(hub: HubService, hf_home: Path, **extra) -> dict:
+    env = {k: v for k, v in cli_env().items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    return dict(env, HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), **extra)
+
+
+def hub_overrides(text: Path, run_dir: Path, repo: str = REPO_V1, *extra: str) -> list:
+    local = tiny_job_overrides(Path("unused"), text, run_dir)
+    return [o for o in local if not o.startswith(("model.path=", "model.name="))] + [
+        "model.source=hub", f"model.path={repo}", "model.name=tiny_hub", *extra]
+
+
+def error_line(proc) -> str:
+    """The run's error: exactly one line on stderr, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def repos(hub, tiny_checkpoint, tmp_path_factory) -> dict:
+    """REPO_V1: commit v1 (tag v1, the tiny llama) then v2 on main; GATED: v1's files, gated; the dataset."""
+    v1 = tiny_checkpoint("llama")
+    v2 = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("v2") / "llama", attn=V2_ATTN)
+    sha_v1 = hub.publish(REPO_V1, v1, tags=["v1"])
+    sha_v2 = hub.publish(REPO_V1, v2)
+    sha_gated = hub.publish(GATED, v1, gated=True)
+    data = tmp_path_factory.mktemp("wikitext")
+    (data / "wikitext-103-raw-v1").mkdir()
+    docs = [d for d in training_text().split("\n\n") if d.strip()]  # what dataset=text_file reads from the same text
+    pq.write_table(pa.table({"text": docs}), data / "wikitext-103-raw-v1" / "test-00000-of-00001.parquet",
+                   row_group_size=200)
+    (data / "README.md").write_text("---\nconfigs:\n- config_name: wikitext-103-raw-v1\n  data_files:\n"
+                                    "  - split: test\n    path: wikitext-103-raw-v1/test-*\n---\n")
+    hub.publish(DATASET, data, repo_type="datasets")
+    return dict(v1=v1, sha_v1=sha_v1, sha_v2=sha_v2, sha_gated=sha_gated)
+
+
+@pytest.fixture(scope="module")
+def local_reference(repos, text_file, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("local_run")
+    run_cli(*tiny_job_overrides(repos["v1"], text_file, out))
+    return deterministic(out)
+
+
+@pytest.mark.slow
+def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, text_file, local_reference,
+                                                                   tmp_path):
+    env = hub_env(hub, tmp_path / "hf")
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "first", REPO_V1, "model.revision=v1"), env=env)
+    first = hub.downloads()
+    assert deterministic(tmp_path / "first") == local_reference
+    fetched = {r["path"].rsplit("/", 1)[-1] for r in first}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched
+    weights = [r for r in first if r["path"].endswith("model.safetensors")]
+    assert len(weights) == 1 and weights[0]["bytes"] == (repos["v1"] / "model.safetensors").stat().st_size
+    # The plan's disk figure is what the run downloaded (every file of this checkpoint) + the fixed extra.
+    plan = json.loads((tmp_path / "first" / "results.json").read_text())["resources"]
+    published = sum(p.stat().st_size for p in repos["v1"].iterdir())
+    assert sum(r["bytes"] for r in first) == published
+    assert plan["disk_gib"] == pytest.approx(published / 2**30 + DISK_EXTRA_GIB)
+
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "second", REPO_V1, "model.revision=v1"), env=env)
+    assert hub.downloads() == []  # only the revision lookup reaches the server
+    assert all("/api/" in r["path"] for r in hub.log()), [r["path"] for r in hub.log()]
+    assert deterministic(tmp_path / "second") == local_reference
+    model = json.loads((tmp_path / "second" / "results.json").read_text())["model"]
+    assert model["revision"] == repos["sha_v1"] and model["revision_requested"] == "v1"
+
+
+@pytest.mark.slow
+def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(hub, repos, text_file,
+                                                                                local_reference, tmp_path):
+    env = hub_env(hub, tmp_path / "hf")
+    run_cli(*hub_overrides(text_file, tmp_path / "main", REPO_V1), env=env)
+    main = json.loads((tmp_path / "main" / "results.json").read_text())
+    assert main["model"]["revision"] == repos["sha_v2"] != repos["sha_v1"]
+    assert main["model"]["revision_requested"] == "main"
+    assert {f["dim"] for f in main["outlier_features"]} == EXPECTED_OUTLIERS - {5} | {7}  # v2's content
+
+    run_cli(*hub_overrides(text_file, tmp_path / "tag", REPO_V1, "model.revision=v1"), env=env)
+    tagged = json.loads((tmp_path / "tag" / "results.json").read_text())
+    assert tagged["model"]["revision"] == repos["sha_v1"]
+    assert {f["dim"] for f in tagged["outlier_features"]} == EXPECTED_OUTLIERS
+    # The recorded sha, fed back (a fresh cache, so the server answers), reproduces the tag's run.
+    run_cli(*hub_overrides(text_file, tmp_path / "sha", REPO_V1, f"model.revision={tagged['model']['revision']}"),
+            env=hub_env(hub, tmp_path / "hf2"))
+    assert deterministic(tmp_path / "sha") == deterministic(tmp_path / "tag") == local_reference
+
+
+@pytest.mark.slow
+def test_gated_repo_needs_hf_token_which_reaches_the_server_and_nothing_else(hub, repos, text_file,
+                                                                            local_reference, tmp_path):
+    token = "hf_test" + uuid.uuid4().hex
+    hub.set_token(token)
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "denied", GATED), env=hub_env(hub, tmp_path / "hf"),
+                   check=False)
+    line = error_line(proc)
+    assert "HF_TOKEN" in line and GATED in line and "gated" in line
+
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "wrong", GATED),
+                   env=hub_env(hub, tmp_path / "hf", HF_TOKEN="hf_wrong" + uuid.uuid4().hex), check=False)
+    line = error_line(proc)
+    assert "HF_TOKEN" in line and GATED in line and "refused" in line
+
+    hub.reset()
+    args = hub_overrides(text_file, tmp_path / "allowed", GATED)
+    proc = run_cli(*args, env=hub_env(hub, tmp_path / "hf", HF_TOKEN=token))
+    resolves = [r for r in hub.log() if "/resolve/" in r["path"]]
+    assert resolves and all(r["auth"] == "valid" for r in resolves)
+    assert deterministic(tmp_path / "allowed") == local_reference
+    assert token not in " ".join(args) and token not in proc.stdout + proc.stderr
+    for path in (tmp_path / "allowed").rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_unknown_repo_or_revision_is_one_line(hub, repos, text_file, tmp_path):
+    env = hub_env(hub, tmp_path / "hf")
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "a", "acme/no-such-model"), env=env, check=False))
+    assert "acme/no-such-model" in line and "no such repo" in line
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "b", REPO_V1, "model.revision=v9"), env=env,
+                              check=False))
+    assert "model.revision=v9" in line and REPO_V1 in line
+
+
+@pytest.mark.slow
+def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, repos, text_file, local_reference,
+                                                                       tmp_path_factory, tmp_path):
+    # huggingface_hub reads 10 MiB chunks and resumes from the last whole one: a 24 MiB checkpoint (a large,
+    # mostly unused vocabulary) is cut after 12 MiB, so the retry must ask for the rest with a Range.
+    big = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("big") / "llama", vocab_size=48_000)
+    sha = hub.publish("acme/big-llama", big)
+    size = (big / "model.safetensors").stat().st_size
+    chunk = 10 * 2**20
+    env = hub_env(hub, tmp_path / "hf")
+    hub.reset()
+    hub.cut("model.safetensors", drop_after=12 * 2**20)
+    run_cli(*hub_overrides(text_file, tmp_path / "resumed", "acme/big-llama"), env=env)
+    gets = [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]
+    assert [(r["bytes"], r["range"]) for r in gets] == [(12 * 2**20, None), (size - chunk, f"bytes={chunk}-")]
+    blob = tmp_path / "hf" / "hub" / "models--acme--big-llama" / "snapshots" / sha / "model.safetensors"
+    assert blob.read_bytes() == (big / "model.safetensors").read_bytes()
+    results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
+
+    # A server that keeps failing: the run ends with one line and the cache keeps no partial or corrupt blob ...
+    env = hub_env(hub, tmp_path / "hf2")
+    hub.reset()
+    hub.cut("model.safetensors", drop_after=300_000)
+    hub.cut("model.safetensors", drop_after=0, times=20)
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "failed", REPO_V1, "model.revision=v1"),
+                              env=env, check=False))
+    assert REPO_V1 in line and "rerun" in line
+    cache = tmp_path / "hf2" / "hub" / f"models--{REPO_V1.replace('/', '--')}"
+    assert not list(cache.rglob("*.incomplete"))
+    assert not (cache / "snapshots" / repos["sha_v1"] / "model.safetensors").exists()
+    linked = {p.resolve() for p in (cache / "snapshots").rglob("*") if p.is_symlink()}
+    assert set((cache / "blobs").iterdir()) <= linked  # no blob that no snapshot file points to
+    # ... so the next run downloads the file whole and gives the local result.
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "retried", REPO_V1, "model.revision=v1"), env=env)
+    assert [r["range"] for r in hub.downloads() if r["path"].endswith("model.safetensors")] == [None]
+    assert deterministic(tmp_path / "retried") == local_reference
+
+
+@pytest.mark.slow
+def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_file, local_reference, tmp_path):
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.monotonic()
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "cold", REPO_V1, "model.revision=v1"),
+                   env=dict(hub_env(hub, tmp_path / "empty"), HF_ENDPOINT=dead), check=False)
+    assert time.monotonic() - started < 60
+    line = error_line(proc)
+    assert "unreachable" in line and REPO_V1 in line and "cache" in line
+
+    warm = tmp_path / "hf"
+    run_cli(*hub_overrides(text_file, tmp_path / "online", REPO_V1, "model.revision=v1"), env=hub_env(hub, warm))
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "offline", REPO_V1, "model.revision=v1"),
+                   env=dict(hub_env(hub, warm), HF_ENDPOINT=dead))
+    assert deterministic(tmp_path / "offline") == local_reference
+    assert json.loads((tmp_path / "offline" / "results.json").read_text())["model"]["revision"] == repos["sha_v1"]
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(hub, repos, text_file,
+                                                                             local_reference, tmp_path):
+    from transformers import AutoTokenizer
+
+    from outlier_lab.results import read_tokens
+
+    overrides = [o for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
+                 if not o.startswith(("dataset=", "dataset.path="))]
+    hub.reset()
+    run_cli(*overrides, "dataset=wikitext103", env=hub_env(hub, tmp_path / "hf"))
+    assert any(r["path"].startswith(f"/_cdn/datasets/{DATASET}/") and r["status"] == 206 for r in hub.log())
+    # The same documents read from the local file give the same windows, and the same results.
+    assert deterministic(tmp_path / "run") == local_reference
+    # The windows, rebuilt here: documents EOS-joined, cut into consecutive BOS + 63-token pieces.
+    tokenizer = AutoTokenizer.from_pretrained(str(repos["v1"]))
+    stream = []
+    for doc in (d for d in training_text().split("\n\n") if d.strip()):
+        if stream:
+            stream.append(tokenizer.eos_token_id)
+        stream.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if len(stream) > 4 * 63:
+            break
+    windows = read_tokens(tmp_path / "run").tolist()
+    assert windows == [[tokenizer.bos_token_id] + stream[i * 63:(i + 1) * 63] for i in range(4)]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dataset"]["path"] == DATASET and results["dataset"]["seq_len"] == 64
+
+
+@pytest.mark.slow
+def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_the_env_file(
+        hub, repos, text_file, local_reference, ssh_server, tmp_path):
+    from tests.e2e.test_fabric_launcher import finish, launcher_overrides, start_cli
+
+    token = "hf_test" + uuid.uuid4().hex
+    hub.set_token(token)
+    hf_home = tmp_path / "remote_hf"
+    # progress on: huggingface_hub's download bars must reach the launcher's streamed log
+    args = [*(o for o in hub_overrides(text_file, None, GATED) if o != "progress=false"), *launcher_overrides(
+        tmp_path, [ssh_server.host_entry()], hf_home=hf_home, secret_env="[HF_TOKEN,HF_ENDPOINT]")]
+    hub.reset()
+    out = tmp_path / "launcher.out"
+    text = finish(start_cli(["--multirun", *args], out, hub_env(hub, tmp_path / "local_hf", HF_TOKEN=token)), out)
+    job = next((tmp_path / "sweep").glob("0_*"))
+    assert deterministic(job) == local_reference
+    snapshot = hf_home / "hub" / f"models--{GATED.replace('/', '--')}" / "snapshots" / repos["sha_gated"]
+    assert (snapshot / "model.safetensors").is_file()  # downloaded on the remote side, into hydra.launcher.hf_home
+    assert not list((tmp_path / "local_hf").rglob("model.safetensors"))  # planning locally reads configs only
+    resolves = [r for r in hub.log() if "/resolve/" in r["path"]]
+    assert resolves and all(r["auth"] == "valid" for r in resolves)
+    assert "Fetching" in text and "outlier features" in text  # the remote log, streamed
+    assert token not in " ".join(args) and token not in text
+    assert not list((tmp_path / "remote").rglob("secrets.env"))
+    for path in [*(tmp_path / "sweep").rglob("*"), *(tmp_path / "remote").rglob("*")]:
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_a_run_downloads_top_level_configs_and_every_weight_shard_only():
+    from outlier_lab.loading.hub import Pinned, select_files
+
+    gpt_oss = ["config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+               "chat_template.jinja", "README.md", ".gitattributes", "LICENSE",
+               *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15)),
+               "original/model--00001-of-00007.safetensors", "original/config.json", "metal/model.bin"]
+    assert select_files(gpt_oss, weights=False) == ["chat_template.jinja", "config.json", "generation_config.json",
+                                                    "tokenizer.json"]
+    assert select_files(gpt_oss, weights=True) == sorted(
+        ["chat_template.jinja", "config.json", "generation_config.json", "tokenizer.json",
+         "model.safetensors.index.json", *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15))])
+    # A checkpoint without safetensors (KoboldAI's fairseq copies) downloads its .bin files instead.
+    fairseq = ["config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "flax_model.msgpack"]
+    assert select_files(fairseq, weights=True) == ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"]
+    sizes = {name: 1000 for name in gpt_oss} | {f"model-{i:05d}-of-00014.safetensors": 4 * 2**30 for i in range(1, 15)}
+    pinned = Pinned("openai/gpt-oss-120b", "main", "0" * 40, tuple(sizes.items()))
+    assert pinned.download_bytes() == 14 * 4 * 2**30 + 5 * 1000  # 4 metadata files + the index, no subfolders
+    assert Pinned("a/b", "main", "0" * 40, (("config.json", None),)).download_bytes() is None  # listed offline
