@@ -18,7 +18,7 @@ from outlier_lab.config import DetectorConfig, check_schema
 from outlier_lab.loading.windows import build_windows, check_source, documents
 from outlier_lab.analysis.detectors import Detector, JobContext, selected
 from outlier_lab.errors import UserError, run_task
-from outlier_lab.planning.hardware import HardwarePlan, check_host, format_plan, plan, read_plan
+from outlier_lab.planning import HardwarePlan, check_host, format_plan, plan, read_plan
 from outlier_lab.loading.hub import hub_revision
 from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from outlier_lab.loading.models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
@@ -101,15 +101,13 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
             bar.update(batch.shape[0])
 
 
-def _engine(cfg: DictConfig, plan, detectors: Sequence[Detector]) -> Tuple[str, str]:
-    """(engine, why): the plan's choice (it follows engine=...), unless a detector needs the whole model (ablation)."""
+def _engine(host: HardwarePlan, detectors: Sequence[Detector]) -> Tuple[str, str]:
+    """(engine, why): the plan's choice (planning.engines decides it from engine=...), unless a detector needs the
+    whole model (ablation)."""
     whole = [d.name for d in detectors if d.needs_resident]
     if whole:
         return "resident", f"{', '.join(whole)} needs the whole model and its LM head"
-    if plan is not None and plan.engine:
-        return plan.engine, plan.engine_reason
-    name = str(cfg.get("engine", {}).get("name", "auto"))
-    return ("resident", "the default") if name == "auto" else (name, f"engine={name}")
+    return host.engine, host.engine_reason
 
 
 def _git_commit() -> Optional[str]:
@@ -213,7 +211,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     tokenizer, tokens = _windows(cfg, hf_config)
     timings["tokenize_s"] = time.perf_counter() - tick
 
-    engine, engine_reason = _engine(cfg, host, detectors)
+    engine, engine_reason = _engine(host, detectors)
     stream = None
     with PeakMemory(device) as memory:
         tick = time.perf_counter()

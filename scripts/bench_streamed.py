@@ -98,7 +98,7 @@ def run_engine(engine: str, checkpoint: Path, text: Path, out: Path, args) -> di
 def plans() -> list:
     from estimate_vram import compose
 
-    from outlier_lab.planning.hardware import plan
+    from outlier_lab.planning import plan
 
     rows = []
     for name in TARGETS:

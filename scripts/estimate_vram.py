@@ -59,7 +59,7 @@ def as_json(plan) -> dict:
 
 
 def main(argv) -> int:
-    from outlier_lab.planning.hardware import format_alternatives, format_plan, plan
+    from outlier_lab.planning import format_alternatives, format_plan, plan
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     with exit_on_user_error():

@@ -36,7 +36,7 @@ class Needs:
 
 def plan_job(cfg: DictConfig) -> Needs:
     """What the job needs, from outlier_lab's resource plan; the plan itself then travels with the job."""
-    from outlier_lab.planning.hardware import plan as hardware_plan  # torch: imported only when a launch plans
+    from outlier_lab.planning import plan as hardware_plan  # torch: imported only when a launch plans
 
     plan = hardware_plan(cfg)
     gpu = plan.gpu

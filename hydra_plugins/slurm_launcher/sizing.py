@@ -14,7 +14,7 @@ _HALF_PRECISION = ("bfloat16", "float16", "bf16", "fp16")
 
 def plan_job(cfg: DictConfig) -> Any:
     """The job's HardwarePlan (estimate + GPU class and count) from the resources module."""
-    from outlier_lab.planning.hardware import plan
+    from outlier_lab.planning import plan
 
     return plan(cfg)
 

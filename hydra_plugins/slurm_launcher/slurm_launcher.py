@@ -155,7 +155,7 @@ class SlurmLauncher(BaseSubmititLauncher):
         if job.plan is None:
             return list(job.overrides)
         from outlier_lab.config import PLAN_FILE, planned_override
-        from outlier_lab.planning.hardware import write_plan
+        from outlier_lab.planning import write_plan
 
         path = self._plans_dir / f"{job.index}_{PLAN_FILE}"
         write_plan(path, job.plan)

@@ -9,8 +9,8 @@ import resource
 from pathlib import Path
 
 import torch
+from outlier_lab.units import GIB
 
-GIB = 2**30
 
 
 def _rss_bytes() -> int:

@@ -21,8 +21,9 @@ from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
 from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
                      resolve_device)
+from outlier_lab.planning.footprint import streamed_footprint
+from outlier_lab.units import GIB
 
-GIB = 2**30
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
 CUDA_CONTEXT_GIB = 0.6
 CUBLAS_WORKSPACE_BYTES = 32 * 2**20
@@ -454,8 +455,6 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     streamed = None
     num_blocks = site_map.num_blocks
     if engine == "streamed":
-        from outlier_lab.planning.footprint import streamed_footprint
-
         last = max(site_map.block_indices)
         free = (free_gib if free_gib is not None else gpu.vram_gib if gpu is not None else 0.0) * GIB
         stacks = moe["is_moe"] and _per_expert_checkpoint(cfg, adapter)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Dict, List
+from outlier_lab.units import GIB
 
-GIB = 2**30
 # Hidden states stay on the GPU while they take at most this share of the memory left after two blocks (the rule
 # the engine applies at run time, so the estimate and the run agree).
 GPU_HIDDEN_SHARE = 0.5

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict
+from typing import Dict
 
-if TYPE_CHECKING:
-    from outlier_lab.planning.hardware import GpuClass
-    from outlier_lab.planning.estimate import Estimate
+from outlier_lab.planning.catalog import GpuClass
+from outlier_lab.planning.estimate import DISK_EXTRA_GIB, Estimate
+from outlier_lab.units import GIB
 
-GIB = 2**30
 # hardware.download_gbps when unset: gigabits per second from the hub to a rented node (2 Gb/s = 250 MB/s, what a
 # single hf_hub download stream sustains from a cloud region; set it for your provider).
 DEFAULT_DOWNLOAD_GBPS = 2.0
@@ -36,7 +35,7 @@ class JobTime:
                     transfer_s=self.transfer_s, total_s=self.total_s)
 
 
-def job_time(est: "Estimate", gpu: "GpuClass", download_gbps: float) -> JobTime:
+def job_time(est: Estimate, gpu: GpuClass, download_gbps: float) -> JobTime:
     """download (checkpoint size / link) + weight reads (bytes read / disk) + compute (2 x active params per token).
 
     A resident job reads every weight before its forward; the streamed engine reads block i+1 while block i runs,
@@ -60,6 +59,4 @@ def job_time(est: "Estimate", gpu: "GpuClass", download_gbps: float) -> JobTime:
 
 
 def _disk_extra() -> float:
-    from outlier_lab.planning.estimate import DISK_EXTRA_GIB
-
     return DISK_EXTRA_GIB

@@ -46,7 +46,7 @@ def need_per_gpu(needs: Any, count: int) -> float:
     est = _estimate(needs)
     if est is None:
         return float(getattr(needs, "vram_gib_each", 0.0) or 0.0)
-    from outlier_lab.planning.hardware import per_gpu_required
+    from outlier_lab.planning import per_gpu_required
 
     return per_gpu_required(est, count)
 

@@ -20,9 +20,9 @@ from outlier_lab.analysis.detectors import Detector
 from outlier_lab.analysis.peak_memory import trim_cpu_heap
 from outlier_lab.analysis.reduction import Reduction
 from outlier_lab.loading.shards import Checkpoint
+from outlier_lab.units import GIB
 
 log = logging.getLogger(__name__)
-GIB = 2**30
 
 
 @dataclass

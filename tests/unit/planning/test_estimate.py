@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from tests.support.cli import REPO, run_cli
-from outlier_lab.planning import hardware
+from outlier_lab import planning
+from outlier_lab.planning.catalog import load_catalog
 from outlier_lab.errors import UserError
 from outlier_lab.planning.estimate import GIB, estimate
 
@@ -109,14 +110,14 @@ def test_every_expert_counts_not_only_the_active_ones(tiny_checkpoint):
     assert eight.params_total - four.params_total == 2 * routed_four + router_growth
     assert eight.params_active == four.params_active + router_growth  # the router is dense
     # Qwen3-30B-A3B from its shipped config: ~30.2B resident parameters in bf16, not the ~3B active ones.
-    qwen = estimate(compose("model=qwen3_30b", "hardware=h100"), hardware.load_catalog()["h100"])
+    qwen = estimate(compose("model=qwen3_30b", "hardware=h100"), load_catalog()["h100"])
     assert qwen.params_total == 30_220_957_696
     assert 3.0e9 < qwen.params_active < 3.4e9
     assert qwen.weights_gib == pytest.approx(qwen.params_total * 2 / GIB, rel=1e-3)
 
 
 def test_mxfp4_kept_only_where_gpu_and_runtime_support_it():
-    catalog = hardware.load_catalog()
+    catalog = load_catalog()
     cfg = compose("model=gptoss", "hardware=h100")
     packed = estimate(cfg, catalog["h100"])
     volta = estimate(cfg, catalog["v100"])
@@ -135,22 +136,22 @@ def test_mxfp4_kept_only_where_gpu_and_runtime_support_it():
 
 def test_auto_picks_the_cheapest_class_times_count(tmp_path):
     cfg = compose("model=olmoe", "hardware=auto")
-    est = estimate(cfg, hardware.load_catalog()["h100"])
-    need_one = hardware.per_gpu_required(est, 1)
+    est = estimate(cfg, load_catalog()["h100"])
+    need_one = planning.per_gpu_required(est, 1)
     classes = {  # small: needs several GPUs; mid: one fits; big: one fits but costs more
         "small": dict(vram_gib=need_one / 2.5, usd_per_hour=0.5),
         "mid": dict(vram_gib=need_one * 1.05, usd_per_hour=1.9),
         "big": dict(vram_gib=need_one * 3, usd_per_hour=2.5),
     }
     catalog_path = write_catalog(tmp_path / "gpus.yaml", classes)
-    chosen = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={catalog_path}",
+    chosen = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={catalog_path}",
                                    "engine=resident"))
     # Brute force over every (class x count) with the documented per-GPU split; nodes have 1, 2, 4 or 8 GPUs, and
     # the classes share the default job-time figures, so the cheapest job is the cheapest hour.
     options = []
-    for gpu in hardware.load_catalog(catalog_path).values():
+    for gpu in load_catalog(catalog_path).values():
         for count in (1, 2, 4, 8):
-            if hardware.per_gpu_required(est, count) <= gpu.vram_gib:
+            if planning.per_gpu_required(est, count) <= gpu.vram_gib:
                 options.append((gpu.usd_per_hour * count, count, gpu.key))
                 break
     price, count, key = min(options)
@@ -163,13 +164,13 @@ def test_auto_picks_the_cheapest_class_times_count(tmp_path):
     tie = dict(classes, small=dict(vram_gib=need_one / 1.5, usd_per_hour=0.95),
                mid=dict(vram_gib=need_one * 1.05, usd_per_hour=1.9))
     tie_path = write_catalog(tmp_path / "tie.yaml", tie)
-    tied = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={tie_path}", "engine=resident"))
+    tied = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={tie_path}", "engine=resident"))
     assert (tied.gpu.key, tied.count) == ("mid", 1)
 
     # The RAM floor rules out nodes with too little host memory: 2 x small has 2 x 16 GiB < 64 GiB.
     low_ram = dict(classes, small=dict(classes["small"], host_ram_gib_per_gpu=16))
     ram_path = write_catalog(tmp_path / "ram.yaml", low_ram)
-    floored = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={ram_path}", "engine=resident"))
+    floored = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={ram_path}", "engine=resident"))
     assert floored.gpu.key != "small" or floored.count * 16 >= 64
 
 
@@ -177,42 +178,42 @@ def test_vendor_filter_removes_other_manufacturers(tmp_path):
     classes = {"cheap_amd": dict(vendor="amd", compute_capability="gfx942", vram_gib=192, usd_per_hour=0.1),
                "nv": dict(vram_gib=80, usd_per_hour=5.0)}
     path = write_catalog(tmp_path / "gpus.yaml", classes)
-    nvidia = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={path}"))
+    nvidia = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={path}"))
     assert nvidia.gpu.vendor == "nvidia" and nvidia.gpu.key == "nv"
-    anyone = hardware.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={path}", "hardware.vendor=any"))
+    anyone = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={path}", "hardware.vendor=any"))
     assert anyone.gpu.key == "cheap_amd"
-    shipped = hardware.plan(compose("model=glm", "hardware=auto"))
+    shipped = planning.plan(compose("model=glm", "hardware=auto"))
     assert shipped.gpu.vendor == "nvidia"
     with pytest.raises(UserError, match="matches no GPU class"):
-        hardware.plan(compose("model=olmoe", "hardware=auto", "hardware.vendor=intel"))
+        planning.plan(compose("model=olmoe", "hardware=auto", "hardware.vendor=intel"))
 
 
 def test_clear_errors_when_nothing_fits(tmp_path):
     path = write_catalog(tmp_path / "gpus.yaml", {"tiny": dict(vram_gib=1.0, usd_per_hour=0.1, max_per_node=2)})
     with pytest.raises(UserError, match=r"no nvidia GPU class .* fits this job.*estimate: weights"):
-        hardware.plan(compose("model=qwen3_30b", "hardware=auto", f"hardware.catalog={path}"))
+        planning.plan(compose("model=qwen3_30b", "hardware=auto", f"hardware.catalog={path}"))
     # A fixed class that is too small names the estimate and a class that would fit.
     with pytest.raises(UserError) as err:
-        hardware.plan(compose("model=glm", "hardware=t4", "engine=resident"))
+        planning.plan(compose("model=glm", "hardware=t4", "engine=resident"))
     message = str(err.value)
     assert "does not fit" in message and "estimate: weights" in message and "would fit (hardware=" in message
     assert "\n" not in message
     # Streamed too: a GPU that cannot hold one block says how much that block needs.
     with pytest.raises(UserError, match=r"engine=streamed needs \d+\.\d GiB per GPU.*largest block \d+\.\d+ GiB"):
-        hardware.plan(compose("model=glm", "hardware=auto", f"hardware.catalog={path}", "hardware.gpu_class=tiny",
+        planning.plan(compose("model=glm", "hardware=auto", f"hardware.catalog={path}", "hardware.gpu_class=tiny",
                               "engine=streamed"))
     with pytest.raises(UserError, match="not a GPU class"):
-        hardware.plan(compose("model=olmoe", "hardware=auto", "hardware.gpu_class=nonesuch"))
+        planning.plan(compose("model=olmoe", "hardware=auto", "hardware.gpu_class=nonesuch"))
 
 
 def test_local_check_fails_clearly_when_the_job_cannot_fit_this_machine(tiny_checkpoint):
     checkpoint = tiny_checkpoint("llama")
-    fits = hardware.plan(local_model(checkpoint, "hardware=local"))
+    fits = planning.plan(local_model(checkpoint, "hardware=local"))
     assert fits.local and fits.gpu is None and fits.to_dict()["gpu"] is None
     huge = local_model(checkpoint, "hardware=local", "dataset.seq_len=512", "dataset.batch_size=100000000",
                        "dataset.num_sequences=100000000")
     with pytest.raises(UserError, match=r"hardware=local: this job needs .* GiB of RAM"):
-        hardware.plan(huge)
+        planning.plan(huge)
 
 
 @pytest.mark.slow
@@ -237,9 +238,9 @@ def test_a_launched_job_runs_under_the_launchers_plan_and_checks_its_host(tiny_c
     from outlier_lab.pipeline import _plan_resources, ran_on
 
     checkpoint = tiny_checkpoint("llama")
-    launcher = hardware.plan(local_model(checkpoint, "hardware=t4"))  # what a launcher plans: 1 x T4
+    launcher = planning.plan(local_model(checkpoint, "hardware=t4"))  # what a launcher plans: 1 x T4
     path = tmp_path / PLAN_FILE
-    hardware.write_plan(path, launcher)
+    planning.write_plan(path, launcher)
     override = planned_override(str(path))
     recorded, host = _plan_resources(local_model(checkpoint, "hardware=t4", override))
     assert recorded == json.loads(path.read_text()) and recorded["gpu"]["key"] == "t4"
@@ -283,7 +284,7 @@ SHIPPED_MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")
 
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_every_shipped_model_is_estimable_offline(name):
-    planned = hardware.plan(compose(f"model={name}", "hardware=auto"))
+    planned = planning.plan(compose(f"model={name}", "hardware=auto"))
     est = planned.estimate
     assert est.params_total > 0 and 0 < est.params_active <= est.params_total
     assert est.weights_gib > 0 and est.activations_gib > 0 and est.disk_gib > est.weights_gib / 2

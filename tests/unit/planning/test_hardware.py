@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from outlier_lab.config import register_configs
-from outlier_lab.planning.hardware import format_plan, plan
+from outlier_lab.planning import format_plan, plan
 from tests.support.cli import REPO
 
 CONF = REPO / "conf"

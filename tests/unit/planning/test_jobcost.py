@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from tests.unit.planning.test_estimate import compose, write_catalog
 
-from outlier_lab.planning import hardware
+from outlier_lab import planning
+from outlier_lab.planning.catalog import load_catalog
 from outlier_lab.planning.catalog import GpuClass
 from outlier_lab.planning.estimate import GIB, estimate
 
@@ -31,10 +32,10 @@ def test_streamed_wins_when_resident_needs_more_gpus(tmp_path):
     tflops = 1.0
     probe = _gpu(1000.0, tflops)
     resident, streamed = (estimate(compose(*OVERRIDES), probe, e) for e in ("resident", "streamed"))
-    vram = max(hardware.per_gpu_required(streamed, 1), hardware.per_gpu_required(resident, 2)) * 1.01
-    assert hardware.per_gpu_required(resident, 1) > vram  # resident needs two of these
+    vram = max(planning.per_gpu_required(streamed, 1), planning.per_gpu_required(resident, 2)) * 1.01
+    assert planning.per_gpu_required(resident, 1) > vram  # resident needs two of these
     path = write_catalog(tmp_path / "gpus.yaml", {"g": dict(FIGURES, vram_gib=vram, sustained_tflops=tflops)})
-    plan = hardware.plan(compose(*OVERRIDES, f"hardware.catalog={path}"))
+    plan = planning.plan(compose(*OVERRIDES, f"hardware.catalog={path}"))
     expected_streamed = hand_seconds(streamed, "streamed", tflops) / 3600 * 1.0 * 1
     expected_resident = hand_seconds(resident, "resident", tflops) / 3600 * 1.0 * 2
     assert (plan.engine, plan.count) == ("streamed", 1)
@@ -49,7 +50,7 @@ def test_streamed_wins_when_resident_needs_more_gpus(tmp_path):
     # but take one block at a time.
     small_host = write_catalog(tmp_path / "ram.yaml", {"g": dict(FIGURES, vram_gib=vram, sustained_tflops=tflops,
                                                                  host_ram_gib_per_gpu=16)})
-    plan = hardware.plan(compose(*OVERRIDES, f"hardware.catalog={small_host}"))
+    plan = planning.plan(compose(*OVERRIDES, f"hardware.catalog={small_host}"))
     assert (plan.engine, plan.count) == ("streamed", 1) and plan.estimate.ram_floor_gib < 16
     rival = next(a for a in plan.alternatives if a["engine"] == "resident")
     assert rival["count"] == 4  # 4 x 16 GiB meets the 64 GiB floor
@@ -62,7 +63,7 @@ def test_resident_wins_when_the_model_fits_and_compute_is_short(tmp_path):
     probe = _gpu(200.0, tflops)
     resident, streamed = (estimate(compose(*OVERRIDES), probe, e) for e in ("resident", "streamed"))
     path = write_catalog(tmp_path / "gpus.yaml", {"g": dict(FIGURES, vram_gib=200.0, sustained_tflops=tflops)})
-    plan = hardware.plan(compose(*OVERRIDES, f"hardware.catalog={path}"))
+    plan = planning.plan(compose(*OVERRIDES, f"hardware.catalog={path}"))
     expected_resident = hand_seconds(resident, "resident", tflops) / 3600
     expected_streamed = hand_seconds(streamed, "streamed", tflops) / 3600
     assert expected_resident < expected_streamed
@@ -73,7 +74,7 @@ def test_resident_wins_when_the_model_fits_and_compute_is_short(tmp_path):
 
 
 def test_gpu_counts_are_ones_nodes_have():
-    plan = hardware.plan(compose("model=gptoss", "hardware=t4", "engine=resident"))
+    plan = planning.plan(compose("model=gptoss", "hardware=t4", "engine=resident"))
     assert plan.count in (1, 2, 4, 8)
     custom = GpuClass("X", "nvidia", 16, "9.0", 8, 1.0, counts=(1, 3))
     assert custom.allowed_counts() == (1, 3)
