@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from outlier_lab import results as store
-from outlier_lab.arch.adapters import SiteMap, discover_sites
+from outlier_lab.arch.sites import SiteMap, discover_sites
 from outlier_lab.analysis.capture import Capture
 from outlier_lab.config import DetectorConfig, check_schema
 from outlier_lab.loading.windows import build_windows, check_source, documents

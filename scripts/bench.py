@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from outlier_lab.arch.adapters import discover_sites  # noqa: E402
+from outlier_lab.arch.sites import discover_sites  # noqa: E402
 from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
 from outlier_lab.analysis.detectors import selected  # noqa: E402

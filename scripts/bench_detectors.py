@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import build_model, timed  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from outlier_lab.arch.adapters import discover_sites  # noqa: E402
+from outlier_lab.arch.sites import discover_sites  # noqa: E402
 from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import run_schema  # noqa: E402
 from outlier_lab.analysis.detectors import selected  # noqa: E402

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from outlier_lab.arch.adapters import SiteMap, input_width
+from outlier_lab.arch.sites import SiteMap, input_width
 from outlier_lab.config import SITES
 from outlier_lab.errors import UserError
 

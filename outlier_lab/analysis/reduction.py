@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from outlier_lab.arch.adapters import SiteMap
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe, plan_probes
 from outlier_lab.config import SITES
 from outlier_lab.analysis.detectors import Detector, merge_probes

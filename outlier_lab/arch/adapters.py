@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
 
 from outlier_lab.config import SITES
 from outlier_lab.errors import UserError
@@ -106,7 +105,7 @@ def config_value(config, key: str):
     text = _text(config)
     if not hasattr(text, key):
         raise UserError(f"{type(text).__name__} has no {key!r}, which the {text.model_type!r} adapter reads; "
-                        "the adapter in outlier_lab/adapters.py does not match this config")
+                        "the adapter in outlier_lab/arch/adapters.py does not match this config")
     return getattr(text, key)
 
 
@@ -131,7 +130,7 @@ class ByLayerTypes:
         unknown = sorted(set(values) - set(self.kinds))
         if unknown:
             raise UserError(f"{self.key} {unknown} of {_text(config).model_type!r} have no block kind in its adapter "
-                            f"(known: {sorted(self.kinds)}); add them in outlier_lab/adapters.py")
+                            f"(known: {sorted(self.kinds)}); add them in outlier_lab/arch/adapters.py")
         return [self.kinds[v] for v in values]
 
 
@@ -210,9 +209,12 @@ class ByConfigValue:
         return [kind] * int(config_value(config, "num_hidden_layers"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Adapter:
-    """Where the blocks live, what kinds of block there are and which module's input each canonical site is."""
+    """Where the blocks live, what kinds of block there are and which module's input each canonical site is.
+
+    Keyword arguments only: a registry entry names every fact it sets.
+    """
 
     name: str
     # ModuleList of blocks, relative to the transformers base model (`model.base_model`).
@@ -304,36 +306,45 @@ _QWEN_MOE = Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size")
 # The FFN contraction (down_proj) is deliberately absent: the sites are the inputs reading the residual stream, and
 # the mixer output's projection.
 _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
-    (("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo"), Adapter("llama", "layers", **_DENSE)),
+    (("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo"),
+     Adapter(name="llama", blocks="layers", **_DENSE)),
     (
         # Post-norm blocks: attn_in and mlp_in read the raw residual.
         ("olmo2",),
-        Adapter("olmo2", "layers", mixers={"attention": Mixer(_ATTN.attn_in, _ATTN.attn_out_in, _ATTN.siblings)},
+        Adapter(name="olmo2", blocks="layers",
+                mixers={"attention": Mixer(_ATTN.attn_in, _ATTN.attn_out_in, _ATTN.siblings)},
                 ffns={"dense": Ffn("mlp", None, 3)}, intermediate_key="intermediate_size"),
     ),
     (
         # A norm before and after each sublayer: the FFN reads pre_feedforward_layernorm's output.
         ("gemma2", "gemma3_text"),
-        Adapter("gemma2", "layers", mixers={"attention": _ATTN}, ffns={"dense": Ffn("mlp", "pre_feedforward_layernorm", 3)},
-                intermediate_key="intermediate_size"),
+        Adapter(name="gemma2", blocks="layers", mixers={"attention": _ATTN},
+                ffns={"dense": Ffn("mlp", "pre_feedforward_layernorm", 3)}, intermediate_key="intermediate_size"),
     ),
-    (("olmoe",), Adapter("olmoe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
-                         moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size"))),
-    (("qwen3_moe",), Adapter("qwen_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
-                             ffn_of=SparseStep(), moe=_QWEN_MOE)),
-    (("qwen2_moe",), Adapter("qwen2_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=SparseStep(),
-                             moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                     shared_width="shared_expert_intermediate_size"))),
-    (("glm4_moe",), Adapter("glm4_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
-                            ffn_of=FirstKDense(),
-                            moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                    shared_count="n_shared_experts", fp32_router=True))),
+    (("olmoe",),
+     Adapter(name="olmoe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
+             moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size"))),
+    (("qwen3_moe",),
+     Adapter(name="qwen_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=SparseStep(), moe=_QWEN_MOE)),
+    (("qwen2_moe",),
+     Adapter(name="qwen2_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=SparseStep(),
+             moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                     shared_width="shared_expert_intermediate_size"))),
+    (("glm4_moe",),
+     Adapter(name="glm4_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=FirstKDense(),
+             moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
+                     shared_count="n_shared_experts", fp32_router=True))),
     (
         ("gpt_oss",),
-        Adapter("gpt_oss", "layers", {"sliding_attention": _ATTN, "full_attention": _ATTN}, _MOE_FFNS,
-                "intermediate_size", ByLayerTypes({"sliding_attention": "sliding_attention",
-                                                   "full_attention": "full_attention"}), Uniform("moe"),
-                Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", fused_checkpoint=True),
+        Adapter(name="gpt_oss", blocks="layers", mixers={"sliding_attention": _ATTN, "full_attention": _ATTN},
+                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
+                mixer_of=ByLayerTypes({"sliding_attention": "sliding_attention", "full_attention": "full_attention"}),
+                ffn_of=Uniform("moe"),
+                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", fused_checkpoint=True),
                 sdpa=False, attention_sinks=True),
     ),
     (
@@ -341,36 +352,38 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
         # linear-attention sites: attn_in = in_proj_qkvz's input (the normed residual; in_proj_ba reads the same),
         # attn_out_in = out_proj's input (the gated-RMSNormed value heads), its own feature space per mixer kind.
         ("qwen3_next",),
-        Adapter("qwen3_next", "layers",
-                {"linear_attention": Mixer("linear_attn.in_proj_qkvz", "linear_attn.out_proj", ("linear_attn.in_proj_ba",),
-                                           "input_layernorm"),
-                 "full_attention": _ATTN},
-                _MOE_FFNS, "intermediate_size", ByLayerTypes({"linear_attention": "linear_attention",
-                                                              "full_attention": "full_attention"}), SparseStep(),
-                Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                    shared_width="shared_expert_intermediate_size")),
+        Adapter(name="qwen3_next", blocks="layers",
+                mixers={"linear_attention": Mixer("linear_attn.in_proj_qkvz", "linear_attn.out_proj",
+                                                  ("linear_attn.in_proj_ba",), "input_layernorm"),
+                        "full_attention": _ATTN},
+                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
+                mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
+                ffn_of=SparseStep(),
+                moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                        shared_width="shared_expert_intermediate_size")),
     ),
     (
         # Multi-head latent attention: attn_in = q_a_proj's input (q_proj without a q LoRA), which
         # kv_a_proj_with_mqa reads too; attn_out_in = o_proj's input (heads x v_head_dim: its own space when wider).
         ("deepseek_v3",),
-        Adapter("deepseek_v3", "layers",
-                {"mla": Mixer("self_attn.q_a_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
-                              "input_layernorm"),
-                 "mla_q": Mixer("self_attn.q_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
-                                "input_layernorm")},
-                _MOE_FFNS, "intermediate_size", ByConfigValue("q_lora_rank", "mla_q", "mla"), FirstKDense(),
-                Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", shared_count="n_shared_experts",
-                    fp32_router=True)),
+        Adapter(name="deepseek_v3", blocks="layers",
+                mixers={"mla": Mixer("self_attn.q_a_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
+                                     "input_layernorm"),
+                        "mla_q": Mixer("self_attn.q_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
+                                       "input_layernorm")},
+                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
+                mixer_of=ByConfigValue("q_lora_rank", "mla_q", "mla"), ffn_of=FirstKDense(),
+                moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
+                        shared_count="n_shared_experts", fp32_router=True)),
     ),
     (
         # Interleaved dense and MoE blocks (`moe_layers`, from interleave_moe_layer_step); the FFN is `feed_forward`:
         # a dense MLP intermediate_size_mlp wide, or routed experts plus a shared expert, both intermediate_size wide.
         ("llama4_text",),
-        Adapter("llama4_text", "layers", _DENSE["mixers"],
-                {"dense": Ffn("feed_forward", "post_attention_layernorm", 3),
-                 "moe": Ffn("feed_forward", "post_attention_layernorm", 3)},
-                "intermediate_size_mlp", ffn_of=MoeLayerList(),
+        Adapter(name="llama4_text", blocks="layers", mixers=_DENSE["mixers"],
+                ffns={"dense": Ffn("feed_forward", "post_attention_layernorm", 3),
+                      "moe": Ffn("feed_forward", "post_attention_layernorm", 3)},
+                intermediate_key="intermediate_size_mlp", ffn_of=MoeLayerList(),
                 moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts",
                         shared_width="intermediate_size")),
     ),
@@ -379,69 +392,80 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
         # expert_layer_period-th block. The Mamba mixer's sites, like Gated DeltaNet's: attn_in = in_proj's input (the
         # normed residual), attn_out_in = out_proj's input (the gated SSM output, its own space per mixer kind).
         ("jamba",),
-        Adapter("jamba", "layers",
-                {"mamba": Mixer("mamba.in_proj", "mamba.out_proj", (), "input_layernorm"), "attention": _ATTN},
-                {"dense": Ffn("feed_forward", "pre_ff_layernorm", 3), "moe": Ffn("feed_forward", "pre_ff_layernorm", 3)},
-                "intermediate_size", ByLayerTypes({"mamba": "mamba", "attention": "attention"}, key="layers_block_type"),
-                ExpertsPerBlock(),
-                Moe("num_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts")),
+        Adapter(name="jamba", blocks="layers",
+                mixers={"mamba": Mixer("mamba.in_proj", "mamba.out_proj", (), "input_layernorm"), "attention": _ATTN},
+                ffns={"dense": Ffn("feed_forward", "pre_ff_layernorm", 3),
+                      "moe": Ffn("feed_forward", "pre_ff_layernorm", 3)},
+                intermediate_key="intermediate_size",
+                mixer_of=ByLayerTypes({"mamba": "mamba", "attention": "attention"}, key="layers_block_type"),
+                ffn_of=ExpertsPerBlock(),
+                moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts")),
     ),
-    (("ernie4_5_moe",), Adapter("ernie4_5_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
-                                ffn_of=IntervalFrom(),
-                                moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size",
-                                        shared_count="moe_num_shared_experts"))),
-    (("hunyuan_v1_moe",), Adapter("hunyuan_v1_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
-                                  ffn_of=Uniform("moe"),
-                                  moe=Moe("num_experts", "moe_topk", "intermediate_size",
-                                          shared_width="intermediate_size"))),
-    (("dots1",), Adapter("dots1", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=FirstKDense(),
-                         moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                 shared_count="n_shared_experts"))),
+    (("ernie4_5_moe",),
+     Adapter(name="ernie4_5_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=IntervalFrom(),
+             moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size", shared_count="moe_num_shared_experts"))),
+    (("hunyuan_v1_moe",),
+     Adapter(name="hunyuan_v1_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
+             moe=Moe("num_experts", "moe_topk", "intermediate_size", shared_width="intermediate_size"))),
+    (("dots1",),
+     Adapter(name="dots1", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=FirstKDense(),
+             moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
+                     shared_count="n_shared_experts"))),
     (
         # Lightning (linear) attention blocks and softmax attention blocks (`layer_types`); the lightning mixer's
         # sites: attn_in = qkv_proj's input, attn_out_in = out_proj's input.
         ("minimax",),
-        Adapter("minimax", "layers",
-                {"linear_attention": Mixer("self_attn.qkv_proj", "self_attn.out_proj", ("self_attn.output_gate",),
-                                           "input_layernorm"),
-                 "full_attention": _ATTN},
-                _MOE_FFNS, "intermediate_size",
-                ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
-                Uniform("moe"), Moe("num_local_experts", "num_experts_per_tok", "intermediate_size")),
+        Adapter(name="minimax", blocks="layers",
+                mixers={"linear_attention": Mixer("self_attn.qkv_proj", "self_attn.out_proj",
+                                                  ("self_attn.output_gate",), "input_layernorm"),
+                        "full_attention": _ATTN},
+                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
+                mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
+                ffn_of=Uniform("moe"), moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size")),
     ),
-    (("phimoe",), Adapter("phimoe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
-                          moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
+    (("phimoe",),
+     Adapter(name="phimoe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
+             moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
     (
         ("granitemoe",),
-        Adapter("granitemoe", "layers", _DENSE["mixers"],
-                {"moe": Ffn("block_sparse_moe", "post_attention_layernorm", 3)}, "intermediate_size",
-                ffn_of=Uniform("moe"),
-                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="block_sparse_moe.experts")),
+        Adapter(name="granitemoe", blocks="layers", mixers=_DENSE["mixers"],
+                ffns={"moe": Ffn("block_sparse_moe", "post_attention_layernorm", 3)},
+                intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
+                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size",
+                        path="block_sparse_moe.experts")),
     ),
-    (("mixtral",), Adapter("mixtral", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=Uniform("moe"),
-                           moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
+    (("mixtral",),
+     Adapter(name="mixtral", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
+             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
+             moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
     (
         ("gpt2",),
-        Adapter("gpt2", "h", {"attention": Mixer("attn.c_attn", "attn.c_proj", (), "ln_1")},
-                {"dense": Ffn("mlp.c_fc", "ln_2", live_tensors=4)}, "n_inner", transposed_weights=True,
-                residual_copies=4),
+        Adapter(name="gpt2", blocks="h", mixers={"attention": Mixer("attn.c_attn", "attn.c_proj", (), "ln_1")},
+                ffns={"dense": Ffn("mlp.c_fc", "ln_2", live_tensors=4)}, intermediate_key="n_inner",
+                transposed_weights=True, residual_copies=4),
     ),
     (
         # Parallel attention and MLP: both read ln_1's output.
         ("gptj",),
-        Adapter("gptj", "h", {"attention": Mixer("attn.q_proj", "attn.out_proj", ("attn.k_proj", "attn.v_proj"), "ln_1")},
-                {"dense": Ffn("mlp.fc_in", "ln_1", live_tensors=4)}, "n_inner", residual_copies=4),
+        Adapter(name="gptj", blocks="h",
+                mixers={"attention": Mixer("attn.q_proj", "attn.out_proj", ("attn.k_proj", "attn.v_proj"), "ln_1")},
+                ffns={"dense": Ffn("mlp.fc_in", "ln_1", live_tensors=4)}, intermediate_key="n_inner",
+                residual_copies=4),
     ),
     # fairseq dense models (LLM.int8() Table 4) as converted to transformers' XGLM classes.
-    (("xglm",), Adapter("xglm", "layers", **_FAIRSEQ)),
-    (("opt",), Adapter("opt", "decoder.layers", **_FAIRSEQ)),
+    (("xglm",), Adapter(name="xglm", blocks="layers", **_FAIRSEQ)),
+    (("opt",), Adapter(name="opt", blocks="decoder.layers", **_FAIRSEQ)),
     (
         # Post-norm encoder: attention reads the previous block's output.
         ("bert",),
-        Adapter("bert", "encoder.layer",
-                {"attention": Mixer("attention.self.query", "attention.output.dense",
-                                    ("attention.self.key", "attention.self.value"))},
-                {"dense": Ffn("intermediate.dense", None, live_tensors=2)}, "intermediate_size"),
+        Adapter(name="bert", blocks="encoder.layer",
+                mixers={"attention": Mixer("attention.self.query", "attention.output.dense",
+                                           ("attention.self.key", "attention.self.value"))},
+                ffns={"dense": Ffn("intermediate.dense", None, live_tensors=2)}, intermediate_key="intermediate_size"),
     ),
 )
 
@@ -459,102 +483,5 @@ def adapter_for(model_type: str) -> Adapter:
     except KeyError:
         raise UserError(
             f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}. "
-            "Add an Adapter(blocks=..., mixers=..., ffns=...) for it in outlier_lab/adapters.py"
+            "Add an Adapter(blocks=..., mixers=..., ffns=...) for it in outlier_lab/arch/adapters.py"
         ) from None
-
-
-def resolve_adapter(model: torch.nn.Module) -> Adapter:
-    """The curated adapter of the model's model_type, else one discovered on the model (logged as not curated)."""
-    curated = ADAPTERS.get(model.config.model_type)
-    if curated is not None:
-        return curated
-    from outlier_lab.arch.discovery import discover_adapter  # discovery builds Adapters: a top-level import would be circular
-
-    return discover_adapter(model)
-
-
-def get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    """`root.get_submodule` with an error that names the missing path."""
-    try:
-        return root.get_submodule(path) if path else root
-    except AttributeError:
-        raise UserError(f"module path {path!r} not found in {type(root).__name__}; the adapter does not match") from None
-
-
-def input_width(module: torch.nn.Module, hidden: int, adapter: Adapter) -> int:
-    """Width of a module's input: a Linear's in_features, a transposed (Conv1D) weight's rows, else the residual."""
-    if isinstance(getattr(module, "in_features", None), int):
-        return module.in_features
-    weight = getattr(module, "weight", None)
-    if adapter.transposed_weights and isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return weight.shape[0]
-    return hidden
-
-
-@dataclass(frozen=True)
-class SiteMap:
-    """Resolved site paths: absolute module path (from the loaded root model) per (block, site)."""
-
-    adapter: Adapter
-    blocks_path: str
-    num_blocks: int
-    block_indices: Tuple[int, ...]
-    site_names: Tuple[str, ...]
-    # Every block's kind (not only the analyzed ones).
-    kinds: Tuple[BlockKind, ...] = ()
-
-    def block_path(self, block: int) -> str:
-        return f"{self.blocks_path}.{block}"
-
-    def site_path(self, block: int, site: str) -> str:
-        return f"{self.block_path(block)}.{self.kinds[block].sites[site]}"
-
-    def layouts_record(self) -> List[Dict[str, object]]:
-        """The block layouts as results.json records them: kind, first and last block, site paths."""
-        return [dict(kind=layout.kind.name, blocks=[layout.blocks.start, layout.blocks.stop - 1], sites=layout.sites)
-                for layout in runs_of(self.kinds)]
-
-    def sibling_paths(self, block: int, site: str) -> List[str]:
-        """Modules reading the same input as the site (k_proj, v_proj beside q_proj)."""
-        return [f"{self.block_path(block)}.{s}" for s in self.kinds[block].siblings(site)]
-
-
-def blocks_path(model: torch.nn.Module, adapter: Adapter) -> str:
-    """The blocks' path from the root of `model` (the base model or a model with a head around it)."""
-    base = model.base_model
-    prefix = next((name for name, module in model.named_modules() if module is base), "")
-    path = f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks
-    if base is model and not hasattr(model, adapter.blocks.split(".")[0]):
-        # Some causal-LM classes (Llama4ForCausalLM) name a base_model_prefix they do not have: find the blocks.
-        path = next((name for name, module in model.named_modules()
-                     if name.endswith(f".{adapter.blocks}") and isinstance(module, torch.nn.ModuleList)), path)
-    return path
-
-
-def discover_sites(model: torch.nn.Module, sites=None, layers=None) -> SiteMap:
-    """Resolve the adapter's sites on a loaded (or meta) model; validate the block and site selection."""
-    adapter = resolve_adapter(model)
-    path = blocks_path(model, adapter)
-    num_blocks = len(get_submodule(model, path))
-    kinds = tuple(adapter.block_kinds(model.config))
-    if len(kinds) != num_blocks:
-        raise UserError(f"the {adapter.name} adapter's layout gives {len(kinds)} blocks, the model has {num_blocks}")
-    site_names = tuple(sites) if sites else tuple(adapter.site_names)
-    unknown = [s for s in site_names if s not in adapter.site_names]
-    if unknown:
-        raise UserError(f"unknown site(s) {unknown}; choose from {list(adapter.site_names)}")
-    if layers is None:
-        block_indices = tuple(range(num_blocks))
-    else:
-        bad = [i for i in layers if not -num_blocks <= i < num_blocks]
-        if bad:
-            raise UserError(f"detector.layers {bad} out of range: the model has {num_blocks} blocks (0..{num_blocks - 1})")
-        block_indices = tuple(sorted({i % num_blocks for i in layers}))
-        if not block_indices:
-            raise UserError("detector.layers is empty; give block indices or null for all blocks")
-    site_map = SiteMap(adapter, path, num_blocks, block_indices, site_names, kinds)
-    for block in block_indices:
-        for site in site_names:
-            for path in (site_map.site_path(block, site), *site_map.sibling_paths(block, site)):
-                get_submodule(model, path)
-    return site_map

@@ -19,7 +19,7 @@ EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_
 TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_k", "top_k")
 INTERMEDIATE_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size")
 _DISCOVERED: Dict[tuple, Adapter] = {}
-_HOW_TO = "write an Adapter(blocks=..., mixers=..., ffns=...) for it in outlier_lab/adapters.py"
+_HOW_TO = "write an Adapter(blocks=..., mixers=..., ffns=...) for it in outlier_lab/arch/adapters.py"
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,8 @@ def _discover(base_class, config) -> Adapter:
                     and not n.startswith(blocks_path + "."))
     intermediate = _dense_width(calls, ffn_kinds, ffns.get("dense"))
     adapter = Adapter(
-        f"discovered:{config.model_type}", blocks_path, mixers, ffns,
-        _config_key(config, INTERMEDIATE_KEYS, intermediate) if intermediate else "intermediate_size",
+        name=f"discovered:{config.model_type}", blocks=blocks_path, mixers=mixers, ffns=ffns,
+        intermediate_key=_config_key(config, INTERMEDIATE_KEYS, intermediate) if intermediate else "intermediate_size",
         mixer_of=Fixed(tuple(mixer_kinds)), ffn_of=Fixed(tuple(ffn_kinds)), moe=moe,
         sdpa=bool(getattr(base_class, "_supports_sdpa", False)),
         attention_sinks=any(n.endswith("sinks") for n, _ in probe.get_submodule(blocks_path)[0].named_parameters()),

@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from outlier_lab.loading import hub
-from outlier_lab.arch.adapters import Adapter, SiteMap, blocks_path, config_value, discover_sites
+from outlier_lab.arch.adapters import Adapter, config_value
+from outlier_lab.arch.sites import SiteMap, blocks_path, discover_sites
 from outlier_lab.analysis.capture import plan_probes
 from outlier_lab.planning.catalog import GpuClass
 from outlier_lab.loading.windows import check_window_shape

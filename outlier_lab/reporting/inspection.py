@@ -5,7 +5,7 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
-from outlier_lab.arch.adapters import discover_sites
+from outlier_lab.arch.sites import discover_sites
 from outlier_lab.analysis.capture import plan_probes
 from outlier_lab.loading.models import build_meta_model, count_parameters, load_hf_config, moe_facts
 

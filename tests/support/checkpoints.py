@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from outlier_lab.arch.adapters import blocks_path, resolve_adapter
+from outlier_lab.arch.sites import blocks_path, resolve_adapter
 
 HIDDEN = 64
 NUM_BLOCKS = 8

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 import torch
 from omegaconf import DictConfig
 
-from outlier_lab.arch.adapters import SiteMap
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe
 
 

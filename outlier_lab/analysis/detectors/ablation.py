@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from outlier_lab.arch.adapters import SiteMap, discover_sites, input_width
+from outlier_lab.arch.sites import SiteMap, discover_sites, input_width
 from outlier_lab.analysis.capture import HIDDEN, forward_kwargs
 from outlier_lab.errors import UserError
 from outlier_lab.markdown import dig, fmt, pm

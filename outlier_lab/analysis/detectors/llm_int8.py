@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from outlier_lab import results as store
-from outlier_lab.arch.adapters import SiteMap
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import HIDDEN, SiteProbe, space_blocks
 from outlier_lab.config import DetectorConfig
 from outlier_lab.analysis.detectors._int8_reducer import Int8Reducer, RunAccumulator, summarize

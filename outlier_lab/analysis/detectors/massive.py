@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from outlier_lab.arch.adapters import SiteMap
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe
 from outlier_lab.markdown import fmt
 from outlier_lab.loading.windows import special_ids

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from outlier_lab.arch.adapters import SiteMap, discover_sites
+from outlier_lab.arch.sites import SiteMap, discover_sites
 from outlier_lab.analysis.capture import forward_kwargs
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.detectors import Detector

@@ -2,7 +2,7 @@
 import torch
 from transformers import AutoModel, LlamaConfig
 
-from outlier_lab.arch.adapters import discover_sites
+from outlier_lab.arch.sites import discover_sites
 from outlier_lab.analysis.capture import HIDDEN, plan_probes, space_blocks
 
 

@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from outlier_lab.arch.adapters import discover_sites
+from outlier_lab.arch.sites import discover_sites
 from outlier_lab.analysis.capture import SiteProbe, plan_probes
 from outlier_lab.config import SITES, run_schema
 from outlier_lab.analysis.detectors import Detector, MemoryShape, memory_total, merge_probes, registry, selected

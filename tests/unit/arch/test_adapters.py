@@ -7,8 +7,8 @@ import pytest
 import torch
 from tests.support.checkpoints import CONFIGS
 
-from outlier_lab.arch.adapters import (ADAPTERS, ByLayerTypes, FirstKDense, adapter_for, config_value, discover_sites,
-                                  input_width)
+from outlier_lab.arch.adapters import ADAPTERS, ByLayerTypes, FirstKDense, adapter_for, config_value
+from outlier_lab.arch.sites import discover_sites, input_width
 from outlier_lab.errors import UserError
 
 _SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,

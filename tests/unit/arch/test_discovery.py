@@ -9,7 +9,8 @@ from tests.support.checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint
 from tests.support.cli import run_cli, tiny_job_overrides
 from tests.unit.arch.test_adapters import TINY, recorded_forward, tiny_model
 
-from outlier_lab.arch.adapters import ADAPTERS, discover_sites
+from outlier_lab.arch.adapters import ADAPTERS
+from outlier_lab.arch.sites import discover_sites
 from outlier_lab.arch.discovery import discover_adapter
 from outlier_lab.errors import UserError
 

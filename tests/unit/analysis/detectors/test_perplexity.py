@@ -32,7 +32,7 @@ def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from outlier_lab.arch.adapters import discover_sites
+    from outlier_lab.arch.sites import discover_sites
     from outlier_lab.config import run_schema
     from outlier_lab.analysis.detectors import selected
     from outlier_lab.pipeline import analyze
