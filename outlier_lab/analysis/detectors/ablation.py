@@ -16,7 +16,7 @@ from outlier_lab.errors import UserError
 from outlier_lab.markdown import dig, fmt, pm
 from outlier_lab.loading.models import input_device
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
-from outlier_lab.analysis.detectors.perplexity import require_trained_head
+from outlier_lab.analysis.detectors._shared import require_trained_head, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ def zeroed_inputs(model: torch.nn.Module, paths: Sequence[str], dims: Sequence[i
     finally:
         for handle in handles:
             handle.remove()
-
-
-def token_bytes(tokenizer, vocab_size: int) -> np.ndarray:
-    """UTF-8 bytes of each token's text (special tokens count 0), for bits per byte."""
-    lengths = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(min(vocab_size, len(tokenizer))):
-        lengths[i] = len(tokenizer.decode([i], skip_special_tokens=True).encode("utf-8"))
-    return lengths
 
 
 class Meter:

@@ -11,17 +11,10 @@ from omegaconf import DictConfig
 
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
+from outlier_lab.analysis.detectors._shared import require_trained_head, token_bytes
 
 # Positions whose logits exist at once: fp32 [chunk, vocab] plus its log-softmax, never [batch, seq, vocab].
 LOGITS_CHUNK_TOKENS = 1024
-
-
-def require_trained_head(hf_config, model_name: str, what: str) -> None:
-    """Refuse a checkpoint without a trained next-token head (a causal-LM class would add a random one)."""
-    architectures = list(getattr(hf_config, "architectures", None) or [])
-    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        raise UserError(f"{what} needs a causal language model; {model_name} ships "
-                        f"{architectures or 'no architectures entry'} (no trained next-token head)")
 
 
 def logit_transform(config) -> Dict[str, float]:
@@ -132,8 +125,6 @@ class Perplexity(Detector):
         self._hook: Optional[contextlib.ExitStack] = None
 
     def loaded(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        from outlier_lab.analysis.detectors.ablation import token_bytes
-
         self.reducer = PerplexityReducer(model.get_output_embeddings(),
                                          token_bytes(tokenizer, model.config.get_text_config().vocab_size),
                                          logit_transform(model.config), self.chunk_tokens)

@@ -9,7 +9,6 @@ from tests.support.checkpoints import EXPECTED_OUTLIERS
 from tests.support.cli import run_cli, tiny_job_overrides
 from tests.e2e.test_ablation import train_briefly
 
-from outlier_lab.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +55,6 @@ def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
     assert got["bytes"] == text_bytes
     assert got["bits_per_byte"] == pytest.approx(expected * got["tokens"] / math.log(2) / text_bytes, rel=1e-5)
     assert int8.accumulators["hidden"].num_sequences == tokens.shape[0]  # the detection ran in that very pass
-
-
-def test_refuses_a_checkpoint_without_a_trained_head():
-    from transformers import LlamaConfig
-
-    from outlier_lab.analysis.detectors.perplexity import require_trained_head
-
-    config = LlamaConfig(architectures=["LlamaModel"])
-    with pytest.raises(UserError, match="analysis.perplexity=true needs a causal language model; m ships"):
-        require_trained_head(config, "m", "analysis.perplexity=true")
 
 
 def test_estimate_counts_the_head_and_one_logits_chunk(tiny_checkpoint):
