@@ -2,9 +2,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from outlier_lab.analysis.detectors import settings_nodes
 from outlier_lab.config import register_configs
 
-register_configs()
+register_configs(settings_nodes())
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

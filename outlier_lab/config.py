@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterator, List, Optional, get_type_hints
+from typing import Any, Dict, Iterator, List, Mapping, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from outlier_lab.errors import UserError
@@ -18,6 +19,8 @@ ALPHA_MODES = ("absolute", "rms")
 PLAN_FILE = "plan.json"
 # The LLM.int8() outlier-value histogram spans [alpha, alpha * 2**OCTAVES); larger values land in its last bin.
 OCTAVES = 14
+# The schema's name in Hydra's ConfigStore (conf/config.yaml's defaults list names it).
+SCHEMA_NAME = "run_schema"
 
 
 @dataclass
@@ -212,27 +215,39 @@ def planned_override(path: str) -> str:
     return f"hardware.planned='{path}'"
 
 
-def run_schema() -> DictConfig:
-    """RunConfig with each detector plug-in's settings node under `detector`, so YAML and overrides are typed."""
-    from outlier_lab.analysis.detectors import settings_nodes  # the plug-ins import the modules that import this one
+def run_schema(detector_settings: Mapping[str, type]) -> DictConfig:
+    """RunConfig with each detector plug-in's settings node under `detector`, so YAML and overrides are typed.
 
+    `detector_settings` (name -> settings dataclass) comes from the caller, usually
+    `outlier_lab.analysis.detectors.settings_nodes()`: this leaf module never imports a plug-in.
+    """
     schema = OmegaConf.structured(RunConfig)
     with open_dict(schema.detector):
-        for name, settings in settings_nodes().items():
+        for name, settings in detector_settings.items():
             schema.detector[name] = OmegaConf.structured(settings)
     return schema
 
 
-def register_configs() -> None:
-    """Store the schema so every YAML is validated against it at compose time."""
-    ConfigStore.instance().store(name="run_schema", node=run_schema())
+def register_configs(detector_settings: Mapping[str, type]) -> None:
+    """Store the schema (with the detectors' settings nodes) so every YAML is validated against it at compose time."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=run_schema(detector_settings))
+
+
+def registered_detector_settings() -> Dict[str, type]:
+    """name -> settings dataclass of the detector nodes in the schema register_configs stored."""
+    try:
+        detector = ConfigStore.instance().load(f"{SCHEMA_NAME}.yaml").node.detector
+    except ConfigLoadError:
+        raise RuntimeError("register_configs(settings_nodes()) must run before a config is checked") from None
+    own = {f.name for f in fields(DetectorConfig)}
+    return {str(name): OmegaConf.get_type(detector, str(name)) for name in detector.keys() if name not in own}
 
 
 def check_schema(cfg: Any) -> None:
     """Refuse keys the schema does not declare: Hydra's `+detector.alpah=5` adds one silently, and the job would then
     run with the default it meant to change."""
     problems = []
-    for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig):
+    for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig, registered_detector_settings()):
         group, name = key.rsplit(".", 1)
         close = difflib.get_close_matches(name, known, n=1)
         problems.append(f"{key} is not a setting of {group}" + (f" (did you mean {group}.{close[0]}?)" if close else
@@ -241,14 +256,13 @@ def check_schema(cfg: Any) -> None:
         raise UserError("; ".join(problems) + "; fix or drop the override")
 
 
-def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type) -> Iterator[tuple]:
+def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type,
+                  detector_settings: Mapping[str, type]) -> Iterator[tuple]:
     hints = get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema)]
     if schema is DetectorConfig:  # the detector plug-ins' settings nodes
-        from outlier_lab.analysis.detectors import settings_nodes
-
-        hints.update(settings_nodes())
-        known += list(settings_nodes())
+        hints.update(detector_settings)
+        known += list(detector_settings)
     for key in node.keys():
         key = str(key)
         if key not in hints:
@@ -256,4 +270,4 @@ def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type) -> Iterat
                 yield prefix + key, known
             continue
         if dataclasses.is_dataclass(hints[key]) and isinstance(node.get(key), mapping):
-            yield from _unknown_keys(node[key], hints[key], f"{prefix}{key}.", mapping)
+            yield from _unknown_keys(node[key], hints[key], f"{prefix}{key}.", mapping, detector_settings)

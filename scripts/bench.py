@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from outlier_lab.arch.sites import discover_sites  # noqa: E402
 from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
-from outlier_lab.analysis.detectors import selected  # noqa: E402
+from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E402
 from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.pipeline import analyze  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = build_model(args.arch, args.hidden, args.blocks, args.device, dtype)
     site_map = discover_sites(model)
-    job = run_schema()
+    job = run_schema(settings_nodes())
     detectors = selected(job)
     torch.manual_seed(1)
     tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len))
@@ -165,7 +165,7 @@ def probe(args) -> None:
     model = build_model(args.arch, args.hidden, args.blocks, args.device, dtype)
     tokens = torch.randint(0, model.config.vocab_size, (args.probe_sequences, args.seq_len))
     with PeakMemory(args.device) as mem:
-        analyze(model, discover_sites(model), tokens, selected(run_schema()), args.batch_size, progress=False)
+        analyze(model, discover_sites(model), tokens, selected(run_schema(settings_nodes())), args.batch_size, progress=False)
     print(json.dumps({"sequences": args.probe_sequences, "peak_gib": mem.peak_gib}))
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from outlier_lab.arch.sites import discover_sites  # noqa: E402
 from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import run_schema  # noqa: E402
-from outlier_lab.analysis.detectors import selected  # noqa: E402
+from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E402
 from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.pipeline import analyze  # noqa: E402
 
@@ -47,7 +47,7 @@ def main() -> None:
     torch.manual_seed(1)
     tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len))
     detectors = {
-        name: selected(OmegaConf.merge(run_schema(), {"detector": settings}))
+        name: selected(OmegaConf.merge(run_schema(settings_nodes()), {"detector": settings}))
         for name, settings in (("llm_int8", {}), ("llm_int8+massive", {"massive": {"enabled": True}}),
                                ("llm_int8 alpha_mode=rms", {"alpha_mode": "rms"}))
     }

@@ -37,9 +37,10 @@ def compose(overrides):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from outlier_lab.analysis.detectors import settings_nodes
     from outlier_lab.config import register_configs
 
-    register_configs()
+    register_configs(settings_nodes())
     try:
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
             return hydra_compose(config_name="config", overrides=overrides)

@@ -6,9 +6,10 @@ import hydra
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from outlier_lab.analysis.detectors import settings_nodes  # noqa: E402
 from outlier_lab.config import register_configs  # noqa: E402
 
-register_configs()
+register_configs(settings_nodes())
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -5,10 +5,11 @@ from pathlib import Path
 import hydra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from outlier_lab.analysis.detectors import settings_nodes  # noqa: E402
 from outlier_lab.config import register_configs  # noqa: E402
 from outlier_lab.errors import UserError, run_task  # noqa: E402
 
-register_configs()
+register_configs(settings_nodes())
 
 
 def body(cfg):

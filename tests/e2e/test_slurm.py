@@ -321,9 +321,10 @@ def planned(*overrides: str):
     from hydra import compose, initialize_config_dir
 
     from hydra_plugins.slurm_launcher import sizing
+    from outlier_lab.analysis.detectors import settings_nodes
     from outlier_lab.config import register_configs
 
-    register_configs()
+    register_configs(settings_nodes())
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     return cfg, sizing.plan_job(cfg)

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from outlier_lab.analysis.detectors import settings_nodes
 from outlier_lab.config import register_configs
 from tests.support.cli import REPO
 
@@ -18,7 +19,7 @@ def options(group):
 
 
 def compose_with(*overrides):
-    register_configs()
+    register_configs(settings_nodes())
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 

@@ -7,13 +7,14 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from outlier_lab.arch.sites import discover_sites
 from outlier_lab.analysis.capture import SiteProbe, plan_probes
 from outlier_lab.config import SITES, run_schema
-from outlier_lab.analysis.detectors import Detector, MemoryShape, memory_total, merge_probes, registry, selected
+from outlier_lab.analysis.detectors import (Detector, MemoryShape, memory_total, merge_probes, registry, selected,
+                                            settings_nodes)
 from outlier_lab.analysis.detectors.massive import MassiveConfig
 from outlier_lab.pipeline import analyze
 
 
 def job(**detector):
-    return OmegaConf.merge(run_schema(), {"detector": detector})
+    return OmegaConf.merge(run_schema(settings_nodes()), {"detector": detector})
 
 
 def test_every_shipped_detector_is_found_in_run_order():
@@ -26,7 +27,7 @@ def test_every_shipped_detector_is_found_in_run_order():
 
 
 def test_plugin_settings_are_typed_nodes_of_the_schema():
-    schema = run_schema()
+    schema = run_schema(settings_nodes())
     assert OmegaConf.get_type(schema.detector.massive) is MassiveConfig
     with pytest.raises(ConfigKeyError):
         OmegaConf.merge(schema, {"detector": {"massive": {"min_abz": 3}}})

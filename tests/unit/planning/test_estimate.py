@@ -21,9 +21,10 @@ def compose(*overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from outlier_lab.analysis.detectors import settings_nodes
     from outlier_lab.config import register_configs
 
-    register_configs()
+    register_configs(settings_nodes())
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return hydra_compose(config_name="config", overrides=list(overrides))
 

@@ -4,6 +4,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from outlier_lab.loading import hub
+from outlier_lab.analysis.detectors import settings_nodes
 from outlier_lab.config import register_configs
 from outlier_lab.reporting.inspection import _ranges, describe_model
 from tests.support.cli import REPO
@@ -13,7 +14,7 @@ CONF = REPO / "conf"
 
 def describe(monkeypatch, *overrides):
     monkeypatch.setattr(hub, "_REACHABLE", False)  # the shipped config.json copy, no network
-    register_configs()
+    register_configs(settings_nodes())
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return describe_model(compose("config", overrides=list(overrides))).splitlines()
 

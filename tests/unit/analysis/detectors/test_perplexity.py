@@ -33,14 +33,14 @@ def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
 
     from outlier_lab.arch.sites import discover_sites
     from outlier_lab.config import run_schema
-    from outlier_lab.analysis.detectors import selected
+    from outlier_lab.analysis.detectors import selected, settings_nodes
     from outlier_lab.pipeline import analyze
 
     tokenizer, tokens = _windows(trained, text_file)
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
     with torch.no_grad():
         expected = float(model(input_ids=tokens, labels=tokens).loss)  # HF shifts labels itself
-    int8, ppl = selected(OmegaConf.merge(run_schema(), {"analysis": {"perplexity": True}}))
+    int8, ppl = selected(OmegaConf.merge(run_schema(settings_nodes()), {"analysis": {"perplexity": True}}))
     # 7-position chunks and batches of 2 exercise the chunking and the batch boundary.
     ppl.chunk_tokens = 7
     ppl.loaded(model, tokenizer)
