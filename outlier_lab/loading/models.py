@@ -5,11 +5,12 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from outlier_lab.errors import UserError
+from outlier_lab.loading.hub import reachable, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,18 @@ def checkpoint_location(model_cfg, weights: bool = True) -> Tuple[str, Dict[str,
             raise UserError(f"model.path={path} is not a checkpoint directory (no config.json there)")
         return str(directory.resolve()), {}
     if source == "hub":
-        from outlier_lab.loading.hub import snapshot
-
         return str(snapshot(path, model_cfg.revision, weights)[0]), {}
     raise UserError(f"model.source={source!r} is not one of hub, local, package")
+
+
+def quantization_of(model_cfg, hf_config) -> Optional[str]:
+    """The checkpoint's quantization method: the model YAML wins, else the config's quantization_config."""
+    if model_cfg.get("quantization"):
+        return str(model_cfg.quantization).lower()
+    qc = getattr(hf_config, "quantization_config", None)
+    if isinstance(qc, dict):
+        return qc.get("quant_method")
+    return getattr(qc, "quant_method", None) if qc is not None else None
 
 
 def shipped_config_path(model_cfg) -> Path | None:
@@ -97,8 +106,6 @@ def load_hf_config(model_cfg, prefer_shipped: bool = False):
     skips seconds of download retries).
     """
     from transformers import AutoConfig
-
-    from outlier_lab.loading.hub import reachable
 
     offline_hub = model_cfg.source == "hub" and not reachable()
     if offline_hub and prefer_shipped:

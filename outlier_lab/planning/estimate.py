@@ -21,7 +21,7 @@ from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
 from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
-                     resolve_device)
+                     quantization_of, resolve_device)
 from outlier_lab.planning.footprint import streamed_footprint
 from outlier_lab.units import GIB
 
@@ -99,16 +99,6 @@ def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
     if dtype not in DTYPES:
         raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
     return device, dtype
-
-
-def quantization_of(cfg: DictConfig, hf_config) -> Optional[str]:
-    """The checkpoint's quantization method: the model YAML wins, else the config's quantization_config."""
-    if cfg.model.get("quantization"):
-        return str(cfg.model.quantization).lower()
-    qc = getattr(hf_config, "quantization_config", None)
-    if isinstance(qc, dict):
-        return qc.get("quant_method")
-    return getattr(qc, "quant_method", None) if qc is not None else None
 
 
 def mxfp4_supported(device: str, gpu: GpuClass | None, cfg: DictConfig) -> Tuple[bool, str]:
@@ -387,7 +377,7 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     check_window_shape(int(cfg.dataset.num_sequences), int(cfg.dataset.seq_len), max_positions(hf_config))
     notes: List[str] = []
 
-    quant = quantization_of(cfg, hf_config)
+    quant = quantization_of(cfg.model, hf_config)
     mxfp4 = False
     if quant == "mxfp4" and engine == "streamed":
         notes.append(f"the streamed engine dequantizes MXFP4 experts block by block: experts counted in {dtype}")

@@ -4,19 +4,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Dict, List
+
+from outlier_lab.analysis.engines.streamed import hidden_states_fit
 from outlier_lab.units import GIB
 
-# Hidden states stay on the GPU while they take at most this share of the memory left after two blocks (the rule
-# the engine applies at run time, so the estimate and the run agree).
-GPU_HIDDEN_SHARE = 0.5
 # Host RAM of a streamed GPU job besides block buffers and hidden states: interpreter, torch and CUDA host runtime,
 # tokenizer and the dataset stream.
 HOST_BASE_GIB = 4.0
-
-
-def hidden_states_fit(total_bytes: float, largest_block_bytes: float, free_bytes: float) -> bool:
-    """Keep all hidden states on the GPU when they take at most GPU_HIDDEN_SHARE of what two blocks leave free."""
-    return total_bytes <= GPU_HIDDEN_SHARE * (free_bytes - 2 * largest_block_bytes)
 
 
 def split_blocks(per_block: Dict[str, float]) -> tuple[Dict[int, float], float]:

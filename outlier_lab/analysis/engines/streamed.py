@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import OmegaConf
 
 from outlier_lab.arch.sites import SiteMap, discover_sites
 from outlier_lab.analysis.capture import forward_kwargs
@@ -19,10 +18,15 @@ from outlier_lab.errors import UserError
 from outlier_lab.analysis.detectors import Detector
 from outlier_lab.analysis.peak_memory import trim_cpu_heap
 from outlier_lab.analysis.reduction import Reduction
+from outlier_lab.loading.models import checkpoint_location, quantization_of
+from outlier_lab.loading.mxfp4 import dequantize_state
 from outlier_lab.loading.shards import Checkpoint
 from outlier_lab.units import GIB
 
 log = logging.getLogger(__name__)
+# Hidden states stay on the GPU while they take at most this share of the memory left after two blocks (the planner's
+# streamed footprint applies the same rule, so the estimate and the run agree).
+GPU_HIDDEN_SHARE = 0.5
 
 
 @dataclass
@@ -47,8 +51,6 @@ class StreamStats:
 
 def checkpoint_dir(model_cfg) -> Path:
     """The local directory of the checkpoint's files (a hub checkpoint is downloaded with its weights first)."""
-    from outlier_lab.loading.models import checkpoint_location
-
     return Path(checkpoint_location(model_cfg, weights=True)[0])
 
 
@@ -137,8 +139,6 @@ class BlockLoader:
         from transformers.utils import logging as hf_logging
 
         if self.mxfp4:
-            from outlier_lab.loading.mxfp4 import dequantize_state
-
             tensors = dequantize_state(tensors, self.dtype)
         config = LoadStateDictConfig(device_map={"": self.device}, dtype=self.dtype, dtype_plan=self.dtype_plan,
                                      weight_mapping=self.weight_mapping)
@@ -260,9 +260,12 @@ def _cuda_free() -> int:
     return torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
 
 
-def _keep_hidden_on_gpu(total: int, largest_block: int, device: str) -> bool:
-    from outlier_lab.planning.footprint import hidden_states_fit
+def hidden_states_fit(total_bytes: float, largest_block_bytes: float, free_bytes: float) -> bool:
+    """Keep all hidden states on the GPU when they take at most GPU_HIDDEN_SHARE of what two blocks leave free."""
+    return total_bytes <= GPU_HIDDEN_SHARE * (free_bytes - 2 * largest_block_bytes)
 
+
+def _keep_hidden_on_gpu(total: int, largest_block: int, device: str) -> bool:
     return device == "cuda" and hidden_states_fit(total, largest_block, _cuda_free())
 
 
@@ -272,14 +275,12 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
     """Embed all sequences, then per block: read its tensors, run every batch through it, reduce, free it."""
     from tqdm.auto import tqdm
 
-    from outlier_lab.planning.estimate import quantization_of
-
     checkpoint = Checkpoint.open(checkpoint_dir(model_cfg))
     model = build_skeleton(model_cfg, hf_config, dtype)
     site_map = discover_sites(model, det_cfg.sites, det_cfg.layers)
     blocks = model.get_submodule(site_map.blocks_path)
     last = max(site_map.block_indices)
-    mxfp4 = quantization_of(OmegaConf.create({"model": OmegaConf.to_container(model_cfg)}), hf_config) == "mxfp4"
+    mxfp4 = quantization_of(model_cfg, hf_config) == "mxfp4"
     loader = BlockLoader(model, checkpoint, site_map, device, dtype, mxfp4)
     stats = StreamStats(checkpoint_files=len(checkpoint.files))
     largest = max(_block_bytes(blocks[i]) for i in range(last + 1))
