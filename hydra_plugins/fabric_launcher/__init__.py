@@ -9,7 +9,7 @@ from typing import Any
 _PUBLIC = {
     "LaunchError": "_errors", "RetryPolicy": "_errors",
     "Session": "_ssh",
-    "Host": "_hosts", "parse_probe": "_hosts",
+    "Host": "_host", "parse_probe": "_hosts",
     "Needs": "_needs", "choose_gpus": "_needs", "host_refusal": "_needs",
     "MANIFEST_PY": "_job_script",
     "Transfer": "_transfer",

@@ -19,7 +19,8 @@ from omegaconf import OmegaConf, open_dict, read_write
 from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
 from ._errors import CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, RetryPolicy, user_error
-from ._hosts import Host, HostPool, ProbeCache, host_capacity, load_inventory, probe_host
+from ._host import Host
+from ._hosts import HostPool, ProbeCache, host_capacity, load_inventory, probe_host
 from ._instances import CommandInstances
 from ._job import Job
 from ._job_script import CODE_MISMATCH_EXIT

@@ -9,7 +9,8 @@ from typing import Any, Dict, List
 from hydra.core.utils import JobReturn, filter_overrides
 
 from ._bundle import CodeBundle
-from ._hosts import Host, ProbeCache
+from ._host import Host
+from ._hosts import ProbeCache
 from ._job import Job
 from ._job_script import POLL_COMMAND, host_locks, remote_command, start_command
 from ._needs import host_refusal

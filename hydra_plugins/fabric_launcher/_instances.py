@@ -9,7 +9,7 @@ import sys
 from typing import Any, Dict, Optional
 
 from ._errors import LaunchError, user_error
-from ._hosts import Host
+from ._host import Host
 from ._job import Job
 from ._output import Console
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from omegaconf import DictConfig
 
-from ._hosts import Host
+from ._host import Host
 from ._needs import Needs
 from ._ssh import Session
 

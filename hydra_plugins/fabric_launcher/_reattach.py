@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ._errors import HostUnreachable, LaunchError, RetryPolicy
-from ._hosts import Host
+from ._host import Host
 from ._job_script import POLL_COMMAND
 from ._output import Redactor
 from ._ssh import Session

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ._errors import Cancelled, LaunchError, user_error
-from ._hosts import Host
+from ._host import Host
 from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console

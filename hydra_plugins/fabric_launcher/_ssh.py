@@ -8,15 +8,13 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import paramiko
 
 from ._errors import ConnectionDropped, LaunchError, RetryPolicy, is_transient, user_error
+from ._host import Host
 from ._liveness import LinkWatchdog
-
-if TYPE_CHECKING:
-    from ._hosts import Host
 
 log = logging.getLogger(__name__)
 # paramiko logs every channel (INFO) and every dropped connection with a traceback (ERROR); the retry warnings
