@@ -1,151 +1,15 @@
 """GPU cloud providers behind one interface: live offers, create with an SSH key, wait for SSH, destroy, list ours."""
-# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in sys.modules,
-# and dataclasses with string annotations look their module up there (AttributeError on every run).
-
 import os
-import socket
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
-# Every instance we create is named TAG_PREFIX + sweep id + job index, so leftovers can be found by name.
-TAG_PREFIX = "outlier-lab-"
+from ._base import TAG_PREFIX, Instance, Offer, Provider, ProviderError, Refused
+from ._http import ApiClient
+from ._runpod import RunPod
+from ._vast import Vast
 
-
-class ProviderError(Exception):
-    """A provider call failed; `instance_id` is set when an instance may exist and must be destroyed."""
-
-    user_facing = True  # an API refusal or outage: one line and exit code 2 (outlier_lab/errors.py)
-
-    def __init__(self, message: str, instance_id: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.instance_id = instance_id
-
-
-class Refused(ProviderError):
-    """The provider turned this request down (no capacity, offer taken): nothing was created; another offer may work."""
-
-
-@dataclass(frozen=True)
-class Offer:
-    """One rentable configuration, in the same units whatever the provider."""
-    provider: str
-    offer_id: str
-    gpu_name: str
-    # The provider's manufacturer field, lower case ("nvidia", "amd"); never guessed from the GPU name.
-    manufacturer: str
-    gpu_count: int
-    vram_gib: float  # per GPU
-    # Host RAM and disk; None where the provider does not report them (RAM is then probed after create, disk is
-    # sized at create).
-    ram_gib: Optional[float]
-    disk_gib: Optional[float]
-    usd_per_hour: float  # the whole offer, all its GPUs
-    download_mbps: Optional[float] = None
-    region: Optional[str] = None
-    # What create needs besides the id (RunPod: GPU type id and cloud).
-    create_args: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def describe(self) -> str:
-        ram = f"{self.ram_gib:.0f} GiB RAM" if self.ram_gib is not None else "RAM not reported"
-        disk = f", {self.disk_gib:.0f} GB disk" if self.disk_gib is not None else ""
-        return (f"{self.provider} {self.offer_id}: {self.gpu_count} x {self.gpu_name} ({self.manufacturer}, "
-                f"{self.vram_gib:.0f} GiB each), {ram}{disk}, ${self.usd_per_hour:.3f}/h"
-                f"{', ' + self.region if self.region else ''}")
-
-
-@dataclass
-class Instance:
-    """A rented machine as the provider reports it; address/port are set once SSH is published."""
-    provider: str
-    id: str
-    name: str
-    status: str
-    address: Optional[str] = None
-    port: Optional[int] = None
-    user: str = "root"
-    usd_per_hour: Optional[float] = None
-
-    def describe(self) -> str:
-        where = f" at {self.address}:{self.port}" if self.address else ""
-        return f"{self.provider} instance {self.id} ({self.name}, {self.status}{where})"
-
-
-class Provider:
-    """offers / create / get / wait_ready / destroy / list_ours; subclasses speak one provider's documented API."""
-
-    name = "provider"
-    default_url = ""
-    default_image = ""
-
-    def __init__(self, api: Any) -> None:
-        self.api = api
-
-    def offers(self) -> List[Offer]:
-        raise NotImplementedError
-
-    def create(self, offer: Offer, name: str, public_key: str, disk_gib: int, image: str) -> Instance:
-        raise NotImplementedError
-
-    def get(self, instance_id: str) -> Optional[Instance]:
-        """The instance now, or None when the provider no longer knows it."""
-        raise NotImplementedError
-
-    def destroy(self, instance_id: str) -> None:
-        """Delete the instance; one that is already gone counts as destroyed."""
-        raise NotImplementedError
-
-    def list_ours(self, prefix: str = TAG_PREFIX) -> List[Instance]:
-        """The account's live instances whose name starts with `prefix`."""
-        raise NotImplementedError
-
-    def console_command(self, instance_id: str) -> str:
-        """What a user runs by hand to kill an instance we could not destroy."""
-        raise NotImplementedError
-
-    def find_by_name(self, name: str, attempts: int = 4, delay_s: float = 1.0,
-                     cancel: Optional[threading.Event] = None) -> Optional[Instance]:
-        """The instance carrying exactly this name; polled a few times, since a lost create may show up late."""
-        for attempt in range(attempts):
-            found = [i for i in self.list_ours(name) if i.name == name]
-            if found:
-                return found[0]
-            if attempt + 1 < attempts and (cancel.wait(delay_s) if cancel else time.sleep(delay_s)):
-                break
-        return None
-
-    def wait_ready(self, instance: Instance, timeout_s: float, poll_s: float,
-                   cancel: threading.Event) -> Instance:
-        """Poll until the instance runs and its SSH port answers with a banner; bounded by timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        last = instance
-        while True:
-            current = self.get(instance.id)
-            if current is None:
-                raise ProviderError(f"{instance.describe()} disappeared while starting", instance.id)
-            last = current
-            if current.status in ("error", "exited", "terminated"):
-                raise ProviderError(f"{current.describe()} failed to start", instance.id)
-            if current.status == "running" and current.address and current.port and \
-                    ssh_banner(current.address, current.port):
-                return current
-            if time.monotonic() > deadline:
-                raise ProviderError(f"{last.describe()}: SSH did not answer within {timeout_s:g}s "
-                                    "(hydra.launcher.ready_timeout_s)", instance.id)
-            if cancel.wait(poll_s):
-                raise ProviderError(f"interrupted while waiting for {last.describe()}", instance.id)
-
-
-def ssh_banner(address: str, port: int, timeout_s: float = 3.0) -> bool:
-    """True when an SSH server answers on address:port (its banner starts with SSH-)."""
-    try:
-        with socket.create_connection((address, int(port)), timeout=timeout_s) as sock:
-            sock.settimeout(timeout_s)
-            return sock.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
-
+__all__ = ["TAG_PREFIX", "Instance", "Offer", "Provider", "ProviderError", "Refused", "KEY_ENVS",
+           "PROVIDERS", "key_env", "provider_key", "make_provider"]
 
 # hydra.launcher.provider values that rent from a GPU cloud, and where each one's API key is read from by default.
 KEY_ENVS = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
@@ -167,10 +31,6 @@ def provider_key(params: Dict[str, Any]) -> Dict[str, str]:
 
 def make_provider(name: str, params: Dict[str, Any], cancel: threading.Event) -> Provider:
     """The provider named by hydra.launcher.provider, with its API key read from the environment (never config)."""
-    from ._http import ApiClient
-    from ._runpod import RunPod
-    from ._vast import Vast
-
     cls = {"runpod": RunPod, "vast": Vast}[name]
     env = key_env({**params, "provider": name})
     key = os.environ.get(env, "")

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import requests
 
-from . import ProviderError, Refused
+from ._base import ProviderError, Refused
 
 log = logging.getLogger(__name__)
 # urllib3 logs every request line at DEBUG; our URLs carry no secret, but keep its noise out of job logs.

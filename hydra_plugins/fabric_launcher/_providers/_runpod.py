@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from . import TAG_PREFIX, Instance, Offer, Provider
+from ._base import TAG_PREFIX, Instance, Offer, Provider
 
 CLOUDS = ("SECURE", "COMMUNITY")
 

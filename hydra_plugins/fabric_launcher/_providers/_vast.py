@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from . import TAG_PREFIX, Instance, Offer, Provider, ProviderError, Refused
+from ._base import TAG_PREFIX, Instance, Offer, Provider, ProviderError, Refused
 
 MAX_PAGES = 40  # instance listing is paged by 25 (show_instances); a bound on the loop
 
