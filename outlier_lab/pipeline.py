@@ -13,17 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from outlier_lab import results as store
 from outlier_lab.arch.sites import SiteMap, discover_sites
-from outlier_lab.analysis.capture import Capture
 from outlier_lab.config import DetectorConfig, check_schema
 from outlier_lab.loading.windows import build_windows, check_source, documents
 from outlier_lab.analysis.detectors import Detector, JobContext, selected
 from outlier_lab.errors import UserError, run_task
 from outlier_lab.planning import HardwarePlan, check_host, format_plan, plan, read_plan
 from outlier_lab.loading.hub import hub_revision
-from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
-from outlier_lab.loading.models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
+from outlier_lab.analysis.engines.resident import analyze
+from outlier_lab.analysis.engines.streamed import analyze_streamed
+from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap
+from outlier_lab.loading.models import (count_parameters, load_hf_config, load_model, load_tokenizer, max_positions,
                      moe_facts, resolve_device, resolve_dtype)
-from outlier_lab.analysis.reduction import Reduction
 from outlier_lab.reporting.report import write_report
 from outlier_lab.planning.estimate import meta_model
 
@@ -80,27 +80,6 @@ def ran_on(host: HardwarePlan) -> Dict[str, Any]:
                 per_gpu_required_gib=host.per_gpu_required_gib, warnings=list(host.warnings))
 
 
-def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, detectors: Sequence[Detector],
-            batch_size: int, progress: bool = True) -> None:
-    """The resident engine: stream every batch through the whole traced model into each detector's reducer; only
-    statistics leave the device."""
-    from tqdm.auto import tqdm
-
-    device = input_device(model)
-    reduction = Reduction(model, site_map, detectors, device)
-    capture = Capture(model, reduction.probes, site_map.num_blocks, full_forward=reduction.full_forward)
-    num_sequences = tokens.shape[0]
-    with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar:
-        for start in range(0, num_sequences, batch_size):
-            batch = tokens[start:start + batch_size].to(device)
-            reduction.start_batch(batch)
-            capture.run(batch, reduction.observe)
-            reduction.end_batch()
-            if device.type == "cpu":
-                trim_cpu_heap()  # this batch's freed buffers leave RSS before the next one starts
-            bar.update(batch.shape[0])
-
-
 def _engine(host: HardwarePlan, detectors: Sequence[Detector]) -> Tuple[str, str]:
     """(engine, why): the plan's choice (planning.engines decides it from engine=...), unless a detector needs the
     whole model (ablation)."""
@@ -124,7 +103,7 @@ def _git_commit() -> Optional[str]:
 
 
 def _environment() -> Dict[str, Any]:
-    import nnsight
+    import nnsight  # heavy: imported when a job records its environment, not by every importer of the pipeline
     import transformers
 
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
@@ -216,8 +195,6 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
         if engine == "streamed":
-            from outlier_lab.analysis.engines.streamed import analyze_streamed
-
             model, stream = analyze_streamed(cfg.model, hf_config, tokens, cfg.detector, detectors,
                                              cfg.dataset.batch_size, device, resolve_dtype(cfg.model.dtype, device),
                                              cfg.progress)

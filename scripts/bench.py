@@ -25,7 +25,7 @@ from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
 from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E402
 from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
-from outlier_lab.pipeline import analyze  # noqa: E402
+from outlier_lab.analysis.engines.resident import analyze  # noqa: E402
 
 GIB = 2**30
 
@@ -164,8 +164,9 @@ def probe(args) -> None:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = build_model(args.arch, args.hidden, args.blocks, args.device, dtype)
     tokens = torch.randint(0, model.config.vocab_size, (args.probe_sequences, args.seq_len))
+    detectors = selected(run_schema(settings_nodes()))
     with PeakMemory(args.device) as mem:
-        analyze(model, discover_sites(model), tokens, selected(run_schema(settings_nodes())), args.batch_size, progress=False)
+        analyze(model, discover_sites(model), tokens, detectors, args.batch_size, progress=False)
     print(json.dumps({"sequences": args.probe_sequences, "peak_gib": mem.peak_gib}))
 
 if __name__ == "__main__":

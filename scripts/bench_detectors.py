@@ -26,7 +26,7 @@ from outlier_lab.analysis.capture import bare_forward  # noqa: E402
 from outlier_lab.config import run_schema  # noqa: E402
 from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E402
 from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
-from outlier_lab.pipeline import analyze  # noqa: E402
+from outlier_lab.analysis.engines.resident import analyze  # noqa: E402
 
 
 def main() -> None:

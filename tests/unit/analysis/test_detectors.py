@@ -10,7 +10,7 @@ from outlier_lab.config import SITES, run_schema
 from outlier_lab.analysis.detectors import (Detector, MemoryShape, memory_total, merge_probes, registry, selected,
                                             settings_nodes)
 from outlier_lab.analysis.detectors.massive import MassiveConfig
-from outlier_lab.pipeline import analyze
+from outlier_lab.analysis.engines.resident import analyze
 
 
 def job(**detector):

@@ -34,7 +34,7 @@ def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
     from outlier_lab.arch.sites import discover_sites
     from outlier_lab.config import run_schema
     from outlier_lab.analysis.detectors import selected, settings_nodes
-    from outlier_lab.pipeline import analyze
+    from outlier_lab.analysis.engines.resident import analyze
 
     tokenizer, tokens = _windows(trained, text_file)
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
