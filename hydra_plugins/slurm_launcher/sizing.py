@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from outlier_lab.errors import UserError
+
 # Resources the launcher derives; a non-null value of the same name in hydra.launcher wins over the derived one.
 DERIVED = ("timeout_min", "mem_gb", "cpus_per_task", "gpus_per_node", "gres", "constraint")
 GPU_REQUESTS = ("gpus_per_node", "gres", "constraint")
@@ -14,7 +16,7 @@ _HALF_PRECISION = ("bfloat16", "float16", "bf16", "fp16")
 
 def plan_job(cfg: DictConfig) -> Any:
     """The job's HardwarePlan (estimate + GPU class and count) from the resources module."""
-    from outlier_lab.planning import plan
+    from outlier_lab.planning import plan  # torch: imported only when a launch plans, not by Hydra's scan
 
     return plan(cfg)
 
@@ -42,8 +44,6 @@ def request(cfg: DictConfig, plan: Any, launcher: Dict[str, Any]) -> Tuple[Dict[
         gpu_type = None if plan.local else launcher["gpu_types"].get(gpu.key, gpu.key)
         style = launcher["gpu_request"]
         if style not in GPU_REQUESTS:
-            from outlier_lab.errors import UserError
-
             raise UserError(f"hydra.launcher.gpu_request={style!r}; choose one of {', '.join(GPU_REQUESTS)}")
         if style == "gres" and gpu_type:
             params["gres"] = f"gpu:{gpu_type}:{count}"

@@ -18,6 +18,9 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import open_dict, read_write
 
+from outlier_lab.config import PLAN_FILE, planned_override
+from outlier_lab.errors import UserError
+
 from . import sizing
 from ._signals import ExitSignal, SignalGuard
 from .config import SlurmLauncherConf
@@ -106,8 +109,6 @@ class SlurmLauncher(BaseSubmititLauncher):
     def _size(self, index: int, overrides: List[str]) -> SweepJob:
         """Plan the job and derive its request; a user mistake (nothing fits, bad setting) ends the sweep before
         anything is submitted (one line, exit code 2: the sweeper's failure policy)."""
-        from outlier_lab.errors import UserError
-
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg.hydra.job):
             cfg.hydra.job.num = index
@@ -154,8 +155,7 @@ class SlurmLauncher(BaseSubmititLauncher):
         """The job's overrides plus its plan (written to a shared file): the node runs under it, never plans again."""
         if job.plan is None:
             return list(job.overrides)
-        from outlier_lab.config import PLAN_FILE, planned_override
-        from outlier_lab.planning import write_plan
+        from outlier_lab.planning import write_plan  # torch: imported only when a launch plans
 
         path = self._plans_dir / f"{job.index}_{PLAN_FILE}"
         write_plan(path, job.plan)
@@ -309,8 +309,6 @@ def _is_outlier_lab_job(cfg: Any) -> bool:
 def _submit_array(executor: Any, function: Any, job_args: List[Tuple[Any, ...]], sbatch: Dict[str, Any]) -> List[Any]:
     """executor.map_array, with sbatch's refusal (bad partition, account, QOS, gres) as a one-line user error."""
     import submitit
-
-    from outlier_lab.errors import UserError
 
     refusal = io.StringIO()
     try:

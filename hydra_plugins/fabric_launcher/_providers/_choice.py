@@ -28,7 +28,7 @@ class Choice:
 def _estimate(needs: Any):
     """The plan's Estimate, rebuilt from the dict that travels with the job (None without a plan)."""
     plan = getattr(needs, "plan", None)
-    try:
+    try:  # torch, through the planner: imported only when a job is priced; the plugin also works without outlier_lab
         from outlier_lab.planning.estimate import Estimate
     except ImportError:
         return None
@@ -46,7 +46,7 @@ def need_per_gpu(needs: Any, count: int) -> float:
     est = _estimate(needs)
     if est is None:
         return float(getattr(needs, "vram_gib_each", 0.0) or 0.0)
-    from outlier_lab.planning import per_gpu_required
+    from outlier_lab.planning import per_gpu_required  # torch: imported only when a job is priced
 
     return per_gpu_required(est, count)
 
