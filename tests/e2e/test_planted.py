@@ -2,8 +2,8 @@
 import json
 
 import pytest
-from tests.support.checkpoints import ATTN_PLANTS, EXPECTED_OUTLIERS, NUM_BLOCKS, REJECTED_DIMS
-from tests.support.cli import ARCHITECTURES, run_cli, tiny_job_overrides
+from tests.support.checkpoints import ARCHITECTURES, ATTN_PLANTS, EXPECTED_OUTLIERS, NUM_BLOCKS, REJECTED_DIMS
+from tests.support.cli import run_cli, tiny_job_overrides
 
 from outlier_lab.results import read_per_sequence, read_tokens
 

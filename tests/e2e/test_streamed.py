@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support.checkpoints import as_pytorch_bin, build_tiny_checkpoint
-from tests.support.cli import ARCHITECTURES, run_cli, tiny_job_overrides
+from tests.support.checkpoints import ARCHITECTURES, as_pytorch_bin, build_tiny_checkpoint
+from tests.support.cli import run_cli, tiny_job_overrides
 from safetensors import safe_open
 
 from outlier_lab.results import read_per_sequence

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from outlier_lab.arch.adapters import ADAPTERS
 from outlier_lab.arch.sites import blocks_path, resolve_adapter
 
 HIDDEN = 64
@@ -56,8 +57,7 @@ CONFIGS = {
     "hunyuan_v1_moe": dict(_COMMON, num_experts=4, moe_topk=2),
     "dots1": dict(_COMMON, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                   first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1),
-    # Lightning (linear) attention and softmax attention alternating. Not in the planted CLI set: at random init
-    # its residual stream has many dims above 6 besides the planted ones (its sites are checked in test_adapters).
+    # Lightning (linear) attention and softmax attention alternating (not planted: see NOT_PLANTED).
     "minimax": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2,
                     layer_types=["linear_attention", "full_attention"] * (NUM_BLOCKS // 2)),
     "phimoe": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2),
@@ -67,6 +67,11 @@ CONFIGS = {
     "gpt2": dict(n_embd=HIDDEN, n_layer=NUM_BLOCKS, n_head=4, n_positions=512, vocab_size=512,
                  initializer_range=0.02),
 }
+
+# Fixtures the planted CLI tests leave out, and why (their sites are still checked in tests/unit/arch/test_adapters.py).
+NOT_PLANTED = {"minimax": "at random init its residual stream has many dims above 6 besides the planted ones"}
+# Architectures of the planted end-to-end tests: every fixture with a curated adapter.
+ARCHITECTURES = tuple(t for t in CONFIGS if t in ADAPTERS and t not in NOT_PLANTED)
 
 
 def training_text() -> str:

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ARCHITECTURES = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3", "llama4_text",
-                 "jamba", "ernie4_5_moe", "hunyuan_v1_moe", "dots1", "phimoe", "granitemoe")
 
 
 def cli_env() -> dict:
