@@ -27,8 +27,6 @@ from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E40
 from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.analysis.engines.resident import analyze  # noqa: E402
 
-GIB = 2**30
-
 
 def build_model(arch: str, hidden: int, blocks: int, device: str, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModel
