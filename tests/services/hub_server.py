@@ -1,8 +1,7 @@
 """A Hugging Face hub emulator on 127.0.0.1: the endpoints huggingface_hub and datasets call, with a request log.
 
 Why not olah: in offline mode olah skips every access check (no 401 for a gated repo), its local-mirror GET ignores
-Range (no resume) and it keeps no request log; see /work/notes/issue-12.md. This server speaks the subset of the
-hub's HTTP API read from huggingface_hub 2.4 and datasets 5.2:
+Range (no resume) and it keeps no request log. This server speaks the subset of the hub's HTTP API read from huggingface_hub 2.4 and datasets 5.2:
 
   GET  /api/{models,datasets}/ORG/NAME[/revision/REV]       repo info (sha, siblings with sizes, gated)
   GET  /api/{models,datasets}/ORG/NAME/tree/REV[/PATH]      file listing (recursive=true)

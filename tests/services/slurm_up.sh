@@ -2,7 +2,12 @@
 # Exports SLURM_CONF, OUTLIER_LAB_SLURM_DIR, OUTLIER_LAB_TEST_SLURM=1, OUTLIER_LAB_SLURM_STARTED (1: this call started
 # the daemons) and PATH with a sacct stand-in first.
 # Idempotent: a cluster already answering in $OUTLIER_LAB_SLURM_DIR is reused. Stop it with tests/services/slurm_down.sh.
-# Facts behind the settings: /work/shared/reference/test-services.md (cgroups off, sacct needs a stand-in).
+# Facts behind the settings, measured on the CI machine kind (Debian 12, slurm-wlm 22.05, root, no systemd): cgroup
+# plugins fail silently (srun exits 0, jobs COMPLETED with no output), so proctrack/linuxproc and task/none; without
+# accounting `sacct` fails, and submitit then warns on every poll and `job.result()` hangs forever on a cancelled
+# job, hence a sacct stand-in first on PATH that answers `sacct -o JobID,State,NodeList --parsable2 -j ID` from
+# `scontrol show job -o ID`; slurm_down.sh scancels and waits for an empty squeue before stopping slurmd, or orphaned
+# slurmstepd/srun processes survive.
 
 _outlier_lab_slurm_wait() {  # poll command "${@:2}" until it succeeds, for at most $1 seconds
     local deadline=$((SECONDS + $1)); shift

@@ -1,6 +1,9 @@
 # Start a real OpenSSH server on 127.0.0.1 for the Fabric launcher tests; source it (CI does) or run it.
 # Idempotent: a server already answering on the port is reused. Exports OUTLIER_LAB_TEST_SSH_{HOST,PORT,USER,KEY,
-# KNOWN_HOSTS,DIR,PID} for tests/ssh_server.py. Facts behind each step: shared/reference/test-services.md.
+# KNOWN_HOSTS,DIR,PID} for tests/support/ssh_server.py. Facts behind the steps, measured on the CI machine kind (Debian
+# 12, root, no systemd): the privilege-separation dir /run/sshd must exist without systemd; StrictModes no, or keys
+# under /tmp are refused; sshd is ready (in about 0.2 s) when ssh-keyscan returns a key, which is also the
+# known_hosts line; stopping the listener's PID leaves open sessions' per-connection sshd children running.
 _outlier_lab_sshd_up() {
     local port="${OUTLIER_LAB_TEST_SSH_PORT:-2222}"
     local dir="${OUTLIER_LAB_TEST_SSH_DIR:-/tmp/outlier_lab_sshd_${port}}"
