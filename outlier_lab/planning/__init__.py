@@ -2,10 +2,11 @@
 
 This package's names below are the one door the launchers use."""
 from outlier_lab.planning.choice import plan
+from outlier_lab.planning.estimate import Estimate
 from outlier_lab.planning.fit import fit_count, per_gpu_required
 from outlier_lab.planning.hardware_plan import HardwarePlan, read_plan, write_plan
 from outlier_lab.planning.host import check_host
 from outlier_lab.planning.tables import format_alternatives, format_plan
 
-__all__ = ["HardwarePlan", "check_host", "fit_count", "format_alternatives", "format_plan", "per_gpu_required", "plan",
-           "read_plan", "write_plan"]
+__all__ = ["Estimate", "HardwarePlan", "check_host", "fit_count", "format_alternatives", "format_plan",
+           "per_gpu_required", "plan", "read_plan", "write_plan"]

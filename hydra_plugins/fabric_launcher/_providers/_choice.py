@@ -29,7 +29,7 @@ def _estimate(needs: Any):
     """The plan's Estimate, rebuilt from the dict that travels with the job (None without a plan)."""
     plan = getattr(needs, "plan", None)
     try:  # torch, through the planner: imported only when a job is priced; the plugin also works without outlier_lab
-        from outlier_lab.planning.estimate import Estimate
+        from outlier_lab.planning import Estimate
     except ImportError:
         return None
     if not plan:
