@@ -133,7 +133,10 @@ def test_signals_kill_the_remote_group_and_destroy(ssh_server, tiny_checkpoint, 
         wait_for(lambda: "destroying instance" in out.read_text(), proc, out, "teardown to begin")
         proc.send_signal(signals[1])
     finish(proc, out, expect_ok=False, timeout=60)
-    assert proc.returncode != 0
+    # The shell's convention, as the Slurm launcher does: 128 + the first signal; one line, no traceback.
+    assert proc.returncode == 128 + signals[0], out.read_text()[-3000:]
+    assert "Traceback" not in out.read_text(), out.read_text()[-3000:]
+    assert f"stopped by {signal.Signals(signals[0]).name}: remote jobs killed" in out.read_text()
     assert group_members(pgid) == []
     assert destroyed_at(ledger) is not None, out.read_text()[-3000:]
     record = launch_record(tmp_path)
