@@ -3,10 +3,12 @@ keeps its traceback."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a process stopped by Ctrl-C
 
 
 class UserError(Exception):
@@ -55,7 +57,24 @@ def run_task(body: Callable[..., Any], *args: Any) -> Any:
     if _hydra_mode() == "MULTIRUN":
         return body(*args)
     with exit_on_user_error():
-        return body(*args)
+        try:
+            return body(*args)
+        except KeyboardInterrupt:
+            print(interrupted_line(), file=sys.stderr)
+            sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+def interrupted_line() -> str:
+    """What a run stopped by Ctrl-C kept: the files in its output dir (results are written only once the analysis
+    has finished, each atomically, so an interrupted run has none, and no earlier run's files were touched)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    kept = sorted(p.name for p in out_dir.iterdir() if p.is_file()) if out_dir and out_dir.is_dir() else []
+    where = f" in {out_dir}" if out_dir else ""
+    return (f"interrupted (Ctrl-C): kept {', '.join(kept) or 'nothing'}{where}; no results were written for this run "
+            "(they are written only once it finishes); earlier runs are untouched"
+            if "results.json" not in kept else f"interrupted (Ctrl-C) after the results were written{where}")
 
 
 def _hydra_mode() -> Optional[str]:

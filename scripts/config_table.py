@@ -1,6 +1,6 @@
-"""Print (or --write into README.md) the generated tables: every config group and option (from each YAML's opening
-comment), and every supported architecture (from the adapters in outlier_lab/adapters.py)."""
+"""Print (or --write into docs/) the generated sections: every config option, every architecture, and the layout."""
 import argparse
+import ast
 import re
 import sys
 from pathlib import Path
@@ -10,6 +10,27 @@ CONF = REPO / "conf"
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
 ARCH_BEGIN, ARCH_END = "<!-- architecture-table:begin -->", "<!-- architecture-table:end -->"
 GROUP_ORDER = ("model", "dataset", "detector", "hardware", "analysis", "experiment", "remote")
+LAYOUT_BEGIN, LAYOUT_END = "<!-- layout:begin -->", "<!-- layout:end -->"
+RUN_PATH_BEGIN, RUN_PATH_END = "<!-- run-path:begin -->", "<!-- run-path:end -->"
+# Where each generated section lives: (file, begin marker, end marker, generator name).
+SECTIONS = (("docs/config.md", BEGIN, END, "table"), ("docs/models.md", ARCH_BEGIN, ARCH_END, "architecture_table"),
+            ("docs/architecture.md", RUN_PATH_BEGIN, RUN_PATH_END, "run_path_table"),
+            ("docs/architecture.md", LAYOUT_BEGIN, LAYOUT_END, "layout_table"))
+# The layers, bottom up: a module imports only from its own layer or one listed before it. The leaves are the
+# package's top-level modules except those on top; a new subpackage must be given its place here.
+SUBPACKAGE_LAYERS = ("arch", "loading", "analysis", "planning", "reporting")
+TOP = ("outlier_lab/pipeline.py", "run.py", "hydra_plugins")
+# The path of one run, in order: (step, the modules that do it). Their docstrings say what each does.
+RUN_PATH = (("compose", ("run.py", "outlier_lab/config.py")),
+            ("plan", ("outlier_lab/planning/estimate.py", "outlier_lab/planning/choice.py",
+                      "outlier_lab/planning/hardware_plan.py")),
+            ("launch", ("hydra_plugins/fabric_launcher/_core.py", "hydra_plugins/slurm_launcher/slurm_launcher.py")),
+            ("job", ("outlier_lab/pipeline.py", "outlier_lab/loading/models.py", "outlier_lab/loading/windows.py",
+                     "outlier_lab/analysis/capture.py", "outlier_lab/analysis/engines/streamed.py",
+                     "outlier_lab/analysis/reduction.py", "outlier_lab/analysis/detectors/llm_int8.py")),
+            ("results", ("outlier_lab/results.py", "hydra_plugins/fabric_launcher/_transfer.py")),
+            ("report", ("outlier_lab/reporting/report.py", "outlier_lab/reporting/heatmap.py",
+                        "outlier_lab/reporting/callbacks.py", "outlier_lab/reporting/compare.py")))
 
 
 def describe(path: Path):
@@ -84,9 +105,63 @@ def architecture_table() -> str:
     return "\n".join(lines)
 
 
+def summary(path: Path) -> str:
+    """A module's docstring up to its first sentence's end (a file without one fails loudly: every module has one)."""
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    if not doc:
+        sys.exit(f"error: {path.relative_to(REPO)} has no docstring; give it a one-line one")
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    found = re.search(r"\.(\s|$)", paragraph)
+    return paragraph[:found.start() + 1] if found else paragraph
+
+
+def _modules(entry: str):
+    path = REPO / entry
+    return [path] if path.is_file() else sorted(path.rglob("*.py"))
+
+
+def _module_rows(entries) -> list:
+    return [f"| `{p.relative_to(REPO).as_posix()}` | {cell(summary(p))} |" for e in entries for p in _modules(e)]
+
+
+def layers() -> list:
+    """(layer name, its files and folders), bottom up."""
+    package = REPO / "outlier_lab"
+    unplaced = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file() and p.name not in SUBPACKAGE_LAYERS)
+    if unplaced:
+        sys.exit(f"error: outlier_lab/{unplaced[0]} is in no layer: add it to SUBPACKAGE_LAYERS in scripts/config_table.py")
+    leaves = sorted((p for p in package.glob("*.py") if p.relative_to(REPO).as_posix() not in TOP),
+                    key=lambda p: (p.name != "__init__.py", p.name))
+    return ([("leaves", [p.relative_to(REPO).as_posix() for p in leaves])]
+            + [(name, [f"outlier_lab/{name}"]) for name in SUBPACKAGE_LAYERS]
+            + [("top: the orchestrator of a run, the command line and the Hydra plugins", list(TOP))])
+
+
+def layout_table() -> str:
+    """Every module of the package, the plugins and run.py, grouped by layer, with its docstring's first sentence."""
+    lines = []
+    for number, (layer, entries) in enumerate(layers()):
+        lines += [f"**{number}. {layer}**", "", "| module | what it does |", "|---|---|", *_module_rows(entries), ""]
+    return "\n".join(lines).rstrip()
+
+
+def run_path_table() -> str:
+    """The steps of one run, each with the modules that do it (a renamed module fails here, loudly)."""
+    lines = ["| step | module | what it does |", "|---|---|---|"]
+    for step, entries in RUN_PATH:
+        for i, row in enumerate(_module_rows(entries)):
+            lines.append(f"| {step if i == 0 else ''} {row}")
+    return "\n".join(lines)
+
+
+def generated() -> dict:
+    """Each generated section's current text, by (file, begin marker)."""
+    return {(file, begin): globals()[name]() for file, begin, _, name in SECTIONS}
+
+
 def replace_between(text: str, begin: str, end: str, body: str) -> str:
     if begin not in text or end not in text:
-        sys.exit(f"error: README.md lacks the markers {begin} ... {end}")
+        sys.exit(f"error: the file lacks the markers {begin} ... {end}")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{body}\n{end}{tail}"
@@ -94,15 +169,22 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="replace the table between the markers in README.md")
+    parser.add_argument("--write", action="store_true",
+                        help="replace every generated section between its markers in docs/ (config, models, architecture)")
     parser.add_argument("--architectures", action="store_true", help="print the supported-architecture table")
+    parser.add_argument("--layout", action="store_true", help="print the layout: the path of one run and the layers")
     args = parser.parse_args()
     if not args.write:
-        print(architecture_table() if args.architectures else table())
+        if args.layout:
+            print(run_path_table() + "\n\n" + layout_table())
+        else:
+            print(architecture_table() if args.architectures else table())
         return
-    readme = REPO / "README.md"
-    text = replace_between(readme.read_text(), BEGIN, END, table())
-    readme.write_text(replace_between(text, ARCH_BEGIN, ARCH_END, architecture_table()))
+    sections = generated()
+    for file, begin, end, _ in SECTIONS:
+        path = REPO / file
+        path.write_text(replace_between(path.read_text(), begin, end, sections[(file, begin)]))
+        print(f"wrote {file} ({begin})")
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import time
 import uuid
@@ -22,7 +23,7 @@ from ._errors import CancelEvent, Cancelled, Detached, HostUnreachable, LaunchEr
 from ._host import Host
 from ._hosts import HostPool, ProbeCache, host_capacity, load_inventory, probe_host
 from ._instances import CommandInstances
-from ._job import Job
+from ._job import Job, Phase
 from ._job_script import CODE_MISMATCH_EXIT
 from ._needs import host_refusal, plan_job
 from ._output import Console, Redactor, job_return, launch_record, write_launch_record
@@ -133,7 +134,7 @@ class Launch:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fabric-job")
         with signals_raise_interrupted():
             futures: Dict[Future, Job] = {pool.submit(self.run_job, job, inventory): job for job in jobs}
-            interrupted = False
+            interrupted, stopped_by = False, ""
             try:
                 pending = set(futures)
                 while pending:
@@ -144,7 +145,7 @@ class Launch:
                                 self.job_ended(futures[future], future)
                     except KeyboardInterrupt as err:
                         if not interrupted:
-                            interrupted = True
+                            interrupted, stopped_by = True, signal_name(err)
                             self.cancel.trigger(f"interrupted by {signal_name(err)}")
                             self.console.say(None, f"{self.cancel.reason}: killing remote jobs and destroying "
                                                    "instances, please wait")
@@ -155,12 +156,17 @@ class Launch:
                         pool.shutdown(wait=True)
                         break
                     except KeyboardInterrupt as err:
-                        interrupted = True
+                        interrupted, stopped_by = True, stopped_by or signal_name(err)
                         self.cancel.trigger(f"interrupted by {signal_name(err)}")
                         self.console.say(None, f"{signal_name(err)} again: still cleaning up remote jobs and "
                                                "instances; please wait")
         if interrupted:
-            raise KeyboardInterrupt
+            # One line and 128 + the signal, as a shell reports a killed process and the Slurm launcher exits.
+            kept = sum(1 for job in jobs if job.phase >= Phase.COLLECTED)
+            self.console.say(None, f"stopped by {stopped_by}: remote jobs killed and instances destroyed; "
+                                   f"{kept} of {len(jobs)} jobs' results kept under {self.sweep_dir} "
+                                   "(launch.json per job says what happened)")
+            raise SystemExit(128 + signal.Signals[stopped_by or "SIGINT"].value)
         returns = []
         for future, job in futures.items():
             try:

@@ -26,6 +26,12 @@ if os.path.isdir(os.path.join(job, "started.lock")):
     sys.exit(0)  # a retried start: the first one got through, and its job holds the locks
 mode, _, names = locks.partition(":")
 held = []
+def holder(name):  # the job dir its holder wrote into the lock file, so a queued job can say what it waits for
+    try:
+        with open(os.path.join(lock_dir, name)) as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
 if names:
     os.makedirs(lock_dir, exist_ok=True)
     for name in names.split(","):
@@ -35,7 +41,7 @@ if names:
         except BlockingIOError:
             os.close(fd)
             if mode == "all":
-                sys.stdout.write("BUSY " + name + "\n")
+                sys.stdout.write("BUSY " + name + " " + holder(name) + "\n")
                 sys.exit(BUSY_EXIT)
             continue
         os.ftruncate(fd, 0)
@@ -45,7 +51,7 @@ if names:
         if mode == "any":
             break
     if not held:
-        sys.stdout.write("BUSY " + names + "\n")
+        sys.stdout.write("BUSY " + names + " " + holder(names.split(",")[0]) + "\n")
         sys.exit(BUSY_EXIT)
 try:
     os.mkdir(os.path.join(job, "started.lock"))  # atomic: a retried start never runs the job twice

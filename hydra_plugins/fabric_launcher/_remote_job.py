@@ -142,16 +142,22 @@ class RemoteJobs:
         wait_s = min(float(self.params["start_timeout_s"]), 30.0)
         command = start_command(job.remote_dir, python, wait_s, posixpath.join(root, "locks"),
                                 host_locks(job.gpu_indices, slots))
-        announced = False
+        announced, queued_at, limit = False, time.monotonic(), float(self.params["queue_timeout_s"])
         while True:
             result = session.run(command, "start job", check=False, retry=self.running(job),
                                  stdin=start_payload(self.secrets))
             if result.exited != BUSY_EXIT:
                 break
+            # "BUSY <lock> <the holder's job dir>": the dir may hold spaces, the lock names never do.
+            _, lock, holder = (result.stdout.strip().splitlines()[-1] + "  ").split(" ", 2)
+            waiting_for = f"{lock} on {job.host.name}, held by another sweep's job ({holder.strip() or 'unknown'})"
             if not announced:
-                self.console.say(job, f"{result.stdout.split()[-1]} on {job.host.name} is held by another sweep's "
-                                      "job; queued")
+                self.console.say(job, f"queued: waiting for {waiting_for}; at most "
+                                      f"{f'{limit:g} s' if limit else 'without limit'} (hydra.launcher.queue_timeout_s)")
                 announced = True
+            if limit and time.monotonic() - queued_at > limit:
+                raise LaunchError(f"remote job {job.name} waited {limit:g} s for {waiting_for} and gave up "
+                                  "(hydra.launcher.queue_timeout_s)")
             if self.cancel.wait(float(self.params["poll_interval_s"])):
                 raise Cancelled(getattr(self.cancel, "reason", "interrupted"))
         if announced and timeout:

@@ -95,6 +95,9 @@ class FabricLauncherConf:
     kill_timeout_s: float = 20.0
     # A started job must show its process group within this many seconds, or it is FAILED with the start's stderr.
     start_timeout_s: float = 60.0
+    # A job whose host's GPUs (or slots) are held by another sweep's job waits for them at most this long, then is
+    # FAILED with the lock and the job dir that holds it (0: wait as long as it takes).
+    queue_timeout_s: float = 14400.0
     # Results transfer: auto (rsync over SSH when both sides have it, else stream), rsync, stream (tar + resumable
     # byte streams over the launcher's own SSH connection) or sftp (like stream, big files over SFTP).
     transfer: str = "auto"

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class SlurmLauncher(BaseSubmititLauncher):
     # ------------------------------------------------------------------------------------------- on the submit host
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
+        if not self.params["dry_run"]:
+            _require_slurm()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self._plans_dir = sweep_dir.absolute() / "plans"
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -296,10 +299,36 @@ class SlurmLauncher(BaseSubmititLauncher):
     def _sbatch_header(self, sbatch: Dict[str, Any], count: int) -> List[str]:
         from submitit.slurm.slurm import _make_sbatch_string
 
-        executor = self._executor(sbatch)._executor
+        with _srun_not_required():
+            executor = self._executor(sbatch)._executor
         text = _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder,
                                    map_count=count if count > 1 else None, **executor.parameters)
         return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+def _require_slurm() -> None:
+    """A real submission needs Slurm's commands here; without them, say so in one line before anything is planned."""
+    from outlier_lab.errors import UserError
+
+    missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+    if missing:
+        verb = "are" if len(missing) > 1 else "is"
+        raise UserError(f"hydra/launcher=slurm needs a Slurm login node ({' and '.join(missing)} {verb} not on PATH "
+                        "here): run the sweep there, or preview its jobs here with hydra.launcher.dry_run=true")
+
+
+@contextlib.contextmanager
+def _srun_not_required():
+    """submitit refuses to build a Slurm executor where `srun` is missing; a dry run only prints the executor's
+    #SBATCH header, so it may build one on any machine (a laptop previewing a cluster sweep)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    original = SlurmExecutor.__dict__["affinity"]
+    SlurmExecutor.affinity = classmethod(lambda cls: 1)
+    try:
+        yield
+    finally:
+        SlurmExecutor.affinity = original
 
 
 def _is_outlier_lab_job(cfg: Any) -> bool:

@@ -133,7 +133,10 @@ def test_signals_kill_the_remote_group_and_destroy(ssh_server, tiny_checkpoint, 
         wait_for(lambda: "destroying instance" in out.read_text(), proc, out, "teardown to begin")
         proc.send_signal(signals[1])
     finish(proc, out, expect_ok=False, timeout=60)
-    assert proc.returncode != 0
+    # The shell's convention, as the Slurm launcher does: 128 + the first signal; one line, no traceback.
+    assert proc.returncode == 128 + signals[0], out.read_text()[-3000:]
+    assert "Traceback" not in out.read_text(), out.read_text()[-3000:]
+    assert f"stopped by {signal.Signals(signals[0]).name}: remote jobs killed" in out.read_text()
     assert group_members(pgid) == []
     assert destroyed_at(ledger) is not None, out.read_text()[-3000:]
     record = launch_record(tmp_path)
@@ -425,3 +428,29 @@ def test_paths_with_spaces_quotes_and_shell_syntax(ssh_server, tiny_checkpoint, 
     record = launch_record(tmp_path)
     assert record["status"] == "COMPLETED" and record["transfer_method"] == transfer
     assert "retrying" not in output
+
+
+# ------------------------------------------------------------------------------- a job queued behind another sweep
+def test_a_job_queued_behind_another_sweeps_lock_says_what_it_waits_for_and_gives_up(ssh_server, tiny_checkpoint,
+                                                                                     text_file, tmp_path):
+    host = {**ssh_server.host_entry(), "slots": 1}
+    first = tmp_path / "first"
+    first.mkdir()
+    proc, out, _ = start_held_job(first, tiny_checkpoint, text_file, [host], hold_manifest=False)
+    try:
+        second = tmp_path / "second"
+        second.mkdir()
+        overrides = [o for o in launcher_overrides(second, [host], queue_timeout_s=2, **FAST_DEADLINES)
+                     if not o.startswith("hydra.launcher.remote_root=")] + [f"hydra.launcher.remote_root={first / 'remote'}"]
+        queued = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides, check=False, timeout=300)
+    finally:
+        (first / "run.gate").touch()
+        finish(proc, out, timeout=300)
+    text = queued.stdout + queued.stderr
+    assert queued.returncode == 2, text[-3000:]
+    assert "Traceback" not in text
+    holder = str(first / "remote" / "jobs")
+    assert "queued: waiting for slot-0 on" in text and holder in text, text[-3000:]
+    assert "at most 2 s (hydra.launcher.queue_timeout_s)" in text
+    (line,) = [line for line in queued.stderr.splitlines() if line.startswith("error:")]
+    assert "waited 2 s for slot-0 on" in line and "gave up (hydra.launcher.queue_timeout_s)" in line, line

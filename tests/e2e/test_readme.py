@@ -1,4 +1,4 @@
-"""README's first screen holds the two commands CI and users run, and its config table lists every option."""
+"""README's first screen holds the two commands CI and users run; its links and the docs' generated sections are current."""
 import re
 import subprocess
 import sys
@@ -8,6 +8,11 @@ import pytest
 
 from tests.support.cli import REPO
 README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs"
+
+
+def _doc(name: str) -> str:
+    return (DOCS / name).read_text()
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -23,7 +28,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_config_table_is_current_and_lists_every_option():
     out = subprocess.run([sys.executable, "scripts/config_table.py"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out in README, "README's config table is stale: run `python scripts/config_table.py --write`"
+    assert out in _doc("config.md"), "docs/config.md's table is stale: run `python scripts/config_table.py --write`"
     for path in (REPO / "conf").rglob("*.yaml"):
         if path.parent.name != "conf":
             assert f"={path.stem}`" in out, path
@@ -34,7 +39,7 @@ def test_architecture_table_is_generated_from_the_adapters_and_complete():
 
     out = subprocess.run([sys.executable, "scripts/config_table.py", "--architectures"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert out in README, "README's architecture table is stale: run `python scripts/config_table.py --write`"
+    assert out in _doc("models.md"), "docs/models.md's table is stale: run `python scripts/config_table.py --write`"
     listed = set(re.findall(r"^\| `([a-z0-9_]+)` \|", out, flags=re.M))
     assert listed == set(ADAPTERS)
     assert {"xglm", "gemma2", "gemma3_text", "olmo2", "granite", "glm4_moe", "gpt_oss"} <= listed
@@ -57,3 +62,29 @@ def test_help_has_our_header_three_examples_and_the_groups():
     assert {"model", "dataset", "detector", "hardware", "analysis", "experiment"} <= set(groups)
     assert "glm" in groups["model"].split(", ") and "auto" in groups["hardware"].split(", ")
     assert "Powered by Hydra" not in out
+
+
+def test_layout_is_generated_from_the_modules_and_current():
+    out = subprocess.run([sys.executable, "scripts/config_table.py", "--layout"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    run_path, layout = out.split("\n\n", 1)
+    page = _doc("architecture.md")
+    assert run_path in page and layout in page, "docs/architecture.md is stale: run `python scripts/config_table.py --write`"
+    steps = re.findall(r"^\| (\w+) \| `", run_path, flags=re.M)
+    assert steps == ["compose", "plan", "launch", "job", "results", "report"]
+    listed = set(re.findall(r"^\| `([^`]+\.py)` \|", layout, flags=re.M))
+    modules = {p.relative_to(REPO).as_posix() for root in ("outlier_lab", "hydra_plugins") for p in (REPO / root).rglob("*.py")}
+    assert modules | {"run.py"} == listed
+    assert "(docs/architecture.md)" in "\n".join(README.splitlines()[:12]), "the first screen links the architecture"
+
+
+def test_readme_and_docs_name_only_links_and_paths_that_exist():
+    pages = {"README.md": README, **{f"docs/{p.name}": p.read_text() for p in DOCS.glob("*.md")}}
+    for name, text in pages.items():
+        base = (REPO / name).parent
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not link.startswith("http"):
+                assert (base / link).exists(), f"{name} links {link}, which does not exist"
+        for path in re.findall(r"`((?:outlier_lab|hydra_plugins|scripts|tests|conf|docs)/[^`\s<>*{}]*)`", text):
+            assert (REPO / path.rstrip("/")).exists(), f"{name} names {path}, which does not exist"
+    assert all(f"(docs/{p.name})" in README for p in DOCS.glob("*.md")), "every docs page is linked from the README"

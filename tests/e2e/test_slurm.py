@@ -402,3 +402,36 @@ def test_preempted_job_is_reported_not_waited_on(slurm_cluster, tiny_checkpoint,
     assert proc.returncode != 0
     assert "ended PREEMPTED on Slurm" in stderr and "preempted and not requeued" in stderr, stderr[-3000:]
     assert summary(sweep_dir)[0]["state"] == "PREEMPTED"
+
+
+def _without_slurm(tmp_path: Path) -> dict:
+    """The CLI's environment on a machine with no Slurm: PATH holds only a folder with python and git."""
+    bin_dir = tmp_path / "no_slurm_bin"
+    bin_dir.mkdir()
+    for tool in ("git",):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = {**cli_env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}"}
+    assert shutil.which("srun", path=env["PATH"]) is None and shutil.which("sbatch", path=env["PATH"]) is None
+    return env
+
+
+def test_dry_run_off_cluster_prints_each_jobs_sbatch_parameters(tmp_path):
+    proc = run_cli("--multirun", "model=olmoe,qwen3", "hardware=auto", "hydra/launcher=slurm",
+                   "hydra.launcher.partition=gpu", "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path / 's'}",
+                   env=_without_slurm(tmp_path))
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "2 jobs in 2 Slurm arrays; nothing submitted" in proc.stdout
+    assert "#0 model=olmoe hardware=auto" in proc.stdout and "#1 model=qwen3 hardware=auto" in proc.stdout
+    assert proc.stdout.count("#SBATCH --partition=gpu") == 2 and proc.stdout.count("#SBATCH --gres=gpu:") == 2
+
+
+def test_real_run_off_cluster_says_it_needs_a_login_node(tmp_path):
+    proc = run_cli("--multirun", "model=olmoe,qwen3", "hardware=auto", "hydra/launcher=slurm",
+                   "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 's'}", check=False,
+                   env=_without_slurm(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: hydra/launcher=slurm needs a Slurm login node (sbatch and srun are not on PATH here): run the sweep "
+        "there, or preview its jobs here with hydra.launcher.dry_run=true"], proc.stderr[-3000:]

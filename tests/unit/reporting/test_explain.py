@@ -73,6 +73,58 @@ def test_heatmap_marks_headline_columns_apart_and_labels_why_the_others_are_not(
     assert [t.get_text() for t in upper.get_xticklabels()] == ["outlier", "not: pos 0.4%<6%", "not: max<6"]
     assert [line.get_xdata()[0] for line in ax.get_lines()] == [0.5]  # the rule after the one headline column
     hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]
-    assert [p.get_x() for p in hatched] == [0.5]  # only dim 99 reaches alpha without being an outlier
+    # Only dim 99 reaches alpha without being an outlier, in both blocks: one hatched cell each.
+    assert sorted((p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in hatched) == [
+        (0.5, -0.5, 1, 1), (0.5, 0.5, 1, 1)]
     assert "over all sequences, positions and sites" in ax.get_title()
     plt.close(fig)
+
+
+def _drawn_heatmap(max_abs):
+    """The heatmap of one headline dim and two bright non-outliers (dims 319 and 5) over four blocks, drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = results_with_a_bright_non_outlier()
+    results["heatmap"] = dict(blocks=[0, 1, 2, 3], dims=[223, 319, 5], num_headline=1, max_abs=max_abs)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    colorbar(fig, heatmap_axes(ax, results, reasons=False), ax, results)
+    fig.canvas.draw()
+    return fig, ax
+
+
+def test_heatmap_hatches_only_the_cells_that_reach_alpha():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    # dim 319 stays at 1.6-2.7 in blocks 0-3 except block 2 (9.5); dim 5 reaches alpha in block 0 only (exactly 6).
+    fig, ax = _drawn_heatmap([[12.5, 1.6, 6.0], [11.0, 2.7, 5.9], [10.0, 9.5, 3.0], [9.0, 2.2, 1.0]])
+    hatched = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches
+                     if isinstance(p, Rectangle) and p.get_hatch())
+    plt.close(fig)
+    assert hatched == [(1.0, 2.0), (2.0, 0.0)]  # (column, block): 319 in block 2, 5 in block 0; never the headline
+
+
+def test_alpha_is_a_break_in_hue_between_just_below_and_just_above():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    # 5.6 and 6.4 (either side of alpha=6) and 5.9 and 6.0 must differ in hue; 1.0 and 5.6 share the cool one.
+    fig, ax = _drawn_heatmap([[12.5, 5.6, 1.0], [11.0, 6.4, 5.9], [10.0, 6.0, 2.0], [9.0, 2.2, 30.0]])
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    height = pixels.shape[0]
+
+    def drawn(column, block):  # a cell's median colour over a grid of points, read from the rendered canvas
+        points = [(column + dx, block + dy) for dx in np.linspace(-0.3, 0.3, 5) for dy in np.linspace(-0.3, 0.3, 5)]
+        return np.median([pixels[height - int(round(y)), int(round(x))]
+                          for x, y in ax.transData.transform(points)], axis=0)
+
+    def warm(rgb):
+        return rgb[0] > rgb[2]
+
+    plt.close(fig)
+    assert not warm(drawn(1, 0)) and warm(drawn(1, 1))  # 5.6 cool, 6.4 warm
+    assert not warm(drawn(2, 1)) and warm(drawn(1, 2))  # 5.9 cool, exactly alpha warm
+    assert not warm(drawn(2, 0)) and warm(drawn(2, 3)) and warm(drawn(0, 0))
