@@ -2,9 +2,10 @@
 keeps its traceback."""
 from __future__ import annotations
 
+import difflib
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 EXIT_CODE = 2
 
@@ -15,6 +16,20 @@ class UserError(Exception):
     # The mark the policy looks for; the launcher plug-ins set it on their own errors (LaunchError, a failed Slurm
     # job) without importing this package.
     user_facing = True
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> Optional[str]:
+    """The option closest to a misspelt word: case and `-` vs `_` ignored first, then difflib's closest, else None."""
+    options = list(options)
+    by_form = {_form(option): option for option in options}
+    if _form(word) in by_form:
+        return by_form[_form(word)]
+    close = difflib.get_close_matches(_form(word), list(by_form), n=1)
+    return by_form[close[0]] if close else None
+
+
+def _form(word: str) -> str:
+    return word.lower().replace("-", "_")
 
 
 def is_user_facing(error: BaseException) -> bool:

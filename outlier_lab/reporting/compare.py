@@ -240,7 +240,7 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
     failed = [r for r in rows if r["status"] != "COMPLETED"]
     lines = ["# Comparison of outlier-feature runs", "",
              f"Sweep dir(s): {', '.join(f'`{r}`' for r in roots)}. {len(done)} completed, {len(failed)} not completed.",
-             "Rebuild anywhere from the results files: `python scripts/compare.py "
+             "Rebuild anywhere from the results files: `outlier-compare "
              + " ".join(str(r) for r in roots) + "`.", "",
              "Outlier dims and one-sided count headline dims; layers %, positions % and Q1 / median / Q3 (its signed "
              "outlier values) are those of each job's most common outlier dim; max abs is over every dim, outlier or "

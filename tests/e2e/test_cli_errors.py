@@ -128,7 +128,7 @@ def test_misspelt_plus_key_under_a_typed_group_fails_before_planning(tmp_path):
     proc = run_cli("+detector.alpah=5", f"hydra.run.dir={tmp_path}", check=False)
     assert_one_line_error(proc, needle)
     assert proc.returncode == 2 and "resource plan" not in proc.stdout + proc.stderr
-    proc = run_cli("model=gpt2", "+detector.alpah=5", script="scripts/estimate_vram.py", check=False)
+    proc = run_cli("model=gpt2", "+detector.alpah=5", script="outlier-estimate", check=False)
     assert_one_line_error(proc, needle)
 
 
@@ -153,6 +153,6 @@ def test_planning_messages_carry_our_logger_and_no_deprecation(tmp_path):
 
 
 def test_offers_script_errors_are_one_line():
-    proc = run_cli("provider=nope", "model=olmoe", script="scripts/offers.py", check=False)
+    proc = run_cli("provider=nope", "model=olmoe", script="outlier-offers", check=False)
     assert_one_line_error(proc, "provider='nope'")
     assert proc.returncode == 2
