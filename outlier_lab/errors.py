@@ -3,6 +3,7 @@ keeps its traceback."""
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -69,8 +70,21 @@ def run_task(body: Callable[..., Any], *args: Any) -> Any:
     it FAILED (job_status.json, comparison) and the sweeper (hydra_plugins/outlier_sweeper) reports it."""
     if _hydra_mode() == "MULTIRUN":
         return body(*args)
-    with exit_on_user_error():
+    try:
         return body(*args)
+    except Exception as error:  # noqa: BLE001 - filtered just below, a bug is re-raised as it came
+        if not is_user_facing(error):
+            raise
+        _log_to_files(error_line(error))  # the run's folder keeps why it holds no results (outlier-compare reads it)
+        report(error)
+
+
+def _log_to_files(line: str) -> None:
+    """Write a line to the log files of the run (Hydra's <job>.log), not to its console, where report() prints it."""
+    record = logging.LogRecord("outlier_lab", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _hydra_mode() -> Optional[str]:

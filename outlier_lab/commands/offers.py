@@ -89,11 +89,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     with exit_on_user_error():
+        cfg = None if clean else compose(overrides)  # a typo is reported before the API key is asked for
         params = {**dataclasses.asdict(FabricLauncherConf()), **launcher}
         prov = make_provider(name, params, threading.Event())
         if clean:
             return cleanup(prov, yes)
-        cfg = compose(overrides)
         needs = plan_job(cfg)
         fitting, refused = rank(prov.offers(), needs, params["vendors"])
     picked = fitting[0] if fitting else None
