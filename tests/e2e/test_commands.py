@@ -86,3 +86,36 @@ def test_inspect_prints_the_sites_and_writes_no_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "blocks: 12 at `h`" in proc.stdout and "mlp_in       h.0.mlp.c_fc" in proc.stdout
     assert os.listdir(tmp_path) == []
+
+
+def offers_against(api_url: str, *settings: str) -> subprocess.CompletedProcess:
+    env = dict(cli_env(), RUNPOD_API_KEY="dummy-key")
+    return run_cli("provider=runpod", "model=gpt2", f"hydra.launcher.api_url={api_url}", *settings,
+                   script="outlier-offers", check=False, env=env, timeout=300)
+
+
+def test_a_dns_failure_names_the_host_and_fails_at_once():
+    proc = offers_against("http://no-such-host.invalid", "hydra.launcher.retries=6")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == ("error: runpod GET /v2/catalog/gpus failed: DNS failure: cannot resolve "
+                                            "no-such-host.invalid (no network, or a wrong hydra.launcher.api_url)")
+    assert "attempt" not in proc.stderr  # not retried
+
+
+def test_a_refused_connection_and_a_silent_server_name_host_and_cause():
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        proc = offers_against(f"http://127.0.0.1:{port}", "hydra.launcher.retries=1", "hydra.launcher.api_timeout_s=1")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines()[-1] == (
+            f"error: runpod GET /v2/catalog/gpus failed after 1 attempts: 127.0.0.1:{port} sent no answer within "
+            "the timeout (hydra.launcher.api_timeout_s)")
+    proc = offers_against(f"http://127.0.0.1:{port}", "hydra.launcher.retries=2", "hydra.launcher.backoff_s=0.1")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: runpod GET /v2/catalog/gpus failed after 2 attempts: 127.0.0.1:{port} refused the connection "
+        "(nothing listens there: check hydra.launcher.api_url)")
