@@ -66,8 +66,9 @@ def _problem(override, loader) -> Optional[str]:
         for value in values:
             if value not in options and value != "null":
                 close = did_you_mean(value, options)
-                hint = f"did you mean {key}={close}?" if close else f"options: {', '.join(options)}"
-                return f"{key}={value} is not an option of {key} ({hint})"
+                sign = "++" if override.is_force_add() else "+" if override.is_add() else ""
+                hint = f"did you mean {sign}{key}={close}?" if close else f"options: {', '.join(options)}"
+                return f"{sign}{key}={value} is not an option of {key} ({hint})"
         return None
     if override.is_add() or override.is_force_add() or key == "hydra" or key.startswith("hydra."):
         return None  # a `+key` is checked against the schema once composed (config.check_schema)
