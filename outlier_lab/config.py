@@ -262,7 +262,8 @@ def _settings(schema: type) -> tuple:
     hints = get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema)]
     if schema is DetectorConfig:
-        from outlier_lab.analysis.detectors import settings_nodes  # the plug-ins import the modules that import this one
+        # The plug-ins import the modules that import this one.
+        from outlier_lab.analysis.detectors import settings_nodes
 
         hints.update(settings_nodes())
         known += list(settings_nodes())

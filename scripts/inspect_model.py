@@ -1,4 +1,5 @@
-"""The old path of `outlier-inspect` (outlier_lab/commands/inspect.py), kept while the README's commands still use it."""
+"""The old path of `outlier-inspect` (outlier_lab/commands/inspect.py),
+kept while the README's commands still use it."""
 import sys
 from pathlib import Path
 

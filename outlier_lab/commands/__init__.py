@@ -1,4 +1,5 @@
-"""The console commands (pyproject's [project.scripts]): outlier-run, -estimate, -offers, -compare, -inspect, -reattach."""
+"""The console commands (pyproject's [project.scripts]): outlier-run, -estimate, -offers, -compare, -inspect and
+-reattach."""
 import argparse
 from pathlib import Path
 

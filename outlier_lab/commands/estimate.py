@@ -65,8 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if fmt == "json":
         print(json.dumps(as_json(result)))
     else:
-        print(f"model={cfg.model.name} dataset.seq_len={cfg.dataset.seq_len} dataset.batch_size={cfg.dataset.batch_size} "
-              f"hardware={cfg.hardware.name}")
+        print(f"model={cfg.model.name} dataset.seq_len={cfg.dataset.seq_len} "
+              f"dataset.batch_size={cfg.dataset.batch_size} hardware={cfg.hardware.name}")
         print(format_plan(result))
         if result.alternatives:
             print("\ncandidates (GiB/GPU with the safety factor; a streamed job uses one GPU):")

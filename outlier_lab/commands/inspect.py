@@ -9,8 +9,8 @@ from outlier_lab.commands.compose import compose
 from outlier_lab.commands import command_parser
 from outlier_lab.errors import exit_on_user_error
 
-EXAMPLES = """The model is built on the meta device from its config.json (shipped or from the hub): nothing is downloaded
-but the config, and nothing is written.
+EXAMPLES = """The model is built on the meta device from its config.json (shipped or from the hub): nothing is
+downloaded but the config, and nothing is written.
 
 examples:
   outlier-inspect model=qwen3_next

@@ -1,4 +1,5 @@
-"""`outlier-run` (and `python run.py`): compose the Hydra config and run one analysis job, or a sweep with --multirun."""
+"""`outlier-run` (and `python run.py`): compose the Hydra config and run one analysis job, or a sweep with
+--multirun."""
 import sys
 
 import hydra

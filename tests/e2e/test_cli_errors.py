@@ -18,7 +18,8 @@ def assert_one_line_error(proc, *needles):
 
 def test_unknown_model_option_is_one_line_listing_the_options():
     proc = run_cli("model=no_such_model", check=False)
-    assert_one_line_error(proc, "model=no_such_model is not an option of model (options: deepseek_v3, ", ", qwen3_30b, ")
+    assert_one_line_error(proc, "model=no_such_model is not an option of model (options: deepseek_v3, ",
+                          ", qwen3_30b, ")
     assert proc.returncode == 2
 
 

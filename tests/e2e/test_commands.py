@@ -37,7 +37,8 @@ def test_every_command_answers_help_with_what_it_does_and_an_example(name, tmp_p
 
 
 TYPOS = [
-    ("run.py", ["detector.alpah=5"], "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)"),
+    ("run.py", ["detector.alpah=5"],
+     "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)"),
     ("run.py", ["model=qwen3-30b"], "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)"),
     ("run.py", ["engine=stream"], "error: engine=stream is not an option of engine (did you mean engine=streamed?)"),
     ("run.py", ["hardware=H100"], "error: hardware=H100 is not an option of hardware (did you mean hardware=h100?)"),
@@ -45,7 +46,8 @@ TYPOS = [
      "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)"),
     ("outlier-estimate", ["model=qwen3-30b"],
      "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)"),
-    ("outlier-inspect", ["engine=stream"], "error: engine=stream is not an option of engine (did you mean engine=streamed?)"),
+    ("outlier-inspect", ["engine=stream"],
+     "error: engine=stream is not an option of engine (did you mean engine=streamed?)"),
     ("outlier-offers", ["provider=runpod", "detector.alpah=5"],
      "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)"),
 ]
