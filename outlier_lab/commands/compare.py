@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     out = args.out
     if out is None and len(args.dirs) > 1:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: List[str]):
     """Split off `format=table|json`; everything else is a Hydra override."""
     fmt, overrides = "table", []
-    for arg in parser().parse_args(argv).overrides:
+    for arg in parser().parse_intermixed_args(argv).overrides:
         if arg.startswith("format="):
             fmt = arg.split("=", 1)[1]
         else:

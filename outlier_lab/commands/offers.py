@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: List[str]):
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     provider, launcher, overrides = None, {}, []
     for arg in args.overrides:
         if arg.startswith("provider="):

@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     with exit_on_user_error():
         if not args.sweep_dir.is_dir():
             raise UserError(f"{args.sweep_dir} is not a directory; pass the sweep dir of the launch")
