@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Iterator, List, Mapping, Optional, get_type_hints
 
@@ -10,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
-from outlier_lab.errors import UserError
+from outlier_lab.errors import UserError, did_you_mean
 
 SITES = ("attn_in", "attn_out_in", "mlp_in")
 # absolute: |x| >= alpha. rms: |x| >= alpha x the RMS of the site input in that sequence.
@@ -246,23 +245,48 @@ def registered_detector_settings() -> Dict[str, type]:
 def check_schema(cfg: Any) -> None:
     """Refuse keys the schema does not declare: Hydra's `+detector.alpah=5` adds one silently, and the job would then
     run with the default it meant to change."""
-    problems = []
-    for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig, registered_detector_settings()):
-        group, name = key.rsplit(".", 1)
-        close = difflib.get_close_matches(name, known, n=1)
-        problems.append(f"{key} is not a setting of {group}" + (f" (did you mean {group}.{close[0]}?)" if close else
-                                                                 f" (its settings: {', '.join(known)})"))
+    problems = [not_a_setting(key, known)
+                for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig, registered_detector_settings())]
     if problems:
         raise UserError("; ".join(problems) + "; fix or drop the override")
 
 
-def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type,
-                  detector_settings: Mapping[str, type]) -> Iterator[tuple]:
+def unknown_setting(key: str) -> Optional[str]:
+    """Why a dotted override key (`detector.alpah`) is not in the schema, or None when it is (or lies under a node the
+    schema leaves free). The schema must be registered first (register_configs)."""
+    schema, parts = RunConfig, key.split(".")
+    detector_settings = registered_detector_settings()
+    for depth, name in enumerate(parts):
+        hints, known = _settings(schema, detector_settings)
+        if name not in hints:
+            return not_a_setting(".".join(parts[: depth + 1]), known)
+        schema = hints[name]
+        if not dataclasses.is_dataclass(schema):
+            return None
+    return None
+
+
+def not_a_setting(key: str, known: List[str]) -> str:
+    group, _, name = key.rpartition(".")
+    close = did_you_mean(name, known)
+    where = f"{group}." if group else ""
+    return f"{key} is not a setting of {group or 'the run config'}" + (
+        f" (did you mean {where}{close}?)" if close else f" (its settings: {', '.join(known)})")
+
+
+def _settings(schema: type, detector_settings: Mapping[str, type]) -> tuple:
+    """A schema dataclass's field types and names; the detector's also hold each plug-in's settings node."""
     hints = get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema)]
-    if schema is DetectorConfig:  # the detector plug-ins' settings nodes
+    if schema is DetectorConfig:
         hints.update(detector_settings)
         known += list(detector_settings)
+    return hints, known
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type,
+                  detector_settings: Mapping[str, type]) -> Iterator[tuple]:
+    hints, known = _settings(schema, detector_settings)
     for key in node.keys():
         key = str(key)
         if key not in hints:

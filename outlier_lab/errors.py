@@ -2,10 +2,12 @@
 keeps its traceback."""
 from __future__ import annotations
 
+import difflib
+import logging
 import sys
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a process stopped by Ctrl-C
@@ -17,6 +19,20 @@ class UserError(Exception):
     # The mark the policy looks for; the launcher plug-ins set it on their own errors (LaunchError, a failed Slurm
     # job) without importing this package.
     user_facing = True
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> Optional[str]:
+    """The option closest to a misspelt word: case and `-` vs `_` ignored first, then difflib's closest, else None."""
+    options = list(options)
+    by_form = {_form(option): option for option in options}
+    if _form(word) in by_form:
+        return by_form[_form(word)]
+    close = difflib.get_close_matches(_form(word), list(by_form), n=1)
+    return by_form[close[0]] if close else None
+
+
+def _form(word: str) -> str:
+    return word.lower().replace("-", "_")
 
 
 def is_user_facing(error: BaseException) -> bool:
@@ -56,12 +72,16 @@ def run_task(body: Callable[..., Any], *args: Any) -> Any:
     it FAILED (job_status.json, comparison) and the sweeper (hydra_plugins/outlier_sweeper) reports it."""
     if _hydra_mode() == "MULTIRUN":
         return body(*args)
-    with exit_on_user_error():
-        try:
-            return body(*args)
-        except KeyboardInterrupt:
-            print(interrupted_line(), file=sys.stderr)
-            sys.exit(INTERRUPTED_EXIT_CODE)
+    try:
+        return body(*args)
+    except KeyboardInterrupt:
+        print(interrupted_line(), file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    except Exception as error:  # noqa: BLE001 - filtered just below, a bug is re-raised as it came
+        if not is_user_facing(error):
+            raise
+        _log_to_files(error_line(error))  # the run's folder keeps why it holds no results (outlier-compare reads it)
+        report(error)
 
 
 def interrupted_line() -> str:
@@ -75,6 +95,14 @@ def interrupted_line() -> str:
     return (f"interrupted (Ctrl-C): kept {', '.join(kept) or 'nothing'}{where}; no results were written for this run "
             "(they are written only once it finishes); earlier runs are untouched"
             if "results.json" not in kept else f"interrupted (Ctrl-C) after the results were written{where}")
+
+
+def _log_to_files(line: str) -> None:
+    """Write a line to the log files of the run (Hydra's <job>.log), not to its console, where report() prints it."""
+    record = logging.LogRecord("outlier_lab", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _hydra_mode() -> Optional[str]:

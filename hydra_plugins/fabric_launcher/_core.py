@@ -201,7 +201,7 @@ class Launch:
         except HostUnreachable as err:
             if job.instance is None:  # a static host: the job does not need the link, so it is left to finish
                 failure = Detached(f"{err}. The job was left running in {job.remote_dir} on {job.host.name}; "
-                                   f"collect its results later with: python scripts/reattach.py {self.sweep_dir}")
+                                   f"collect its results later with: outlier-reattach {self.sweep_dir}")
                 self.console.say(job, str(failure))
             else:  # a rented instance is released whatever happens, so its job ends with it
                 failure = LaunchError(f"{err}; instance {job.instance.instance_id} is destroyed, the job with it")

@@ -49,7 +49,7 @@ class HostUnreachable(Exception):
 
 
 class Detached(LaunchError):
-    """A job was left running on a host that stayed unreachable; scripts/reattach.py collects it later."""
+    """A job was left running on a host that stayed unreachable; outlier-reattach collects it later."""
 
 
 class ConnectionDropped(Exception):

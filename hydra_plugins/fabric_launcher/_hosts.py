@@ -46,7 +46,7 @@ def _no_hosts_message(looked: List[str], wanted: set, jobs: Sequence[Any]) -> st
     return (f"no SSH hosts{labels} to launch on (looked in {' and '.join(looked)}){need}. List hosts under `hosts:` "
             "in that file ($OUTLIER_LAB_HOSTS or hydra.launcher.hosts_file moves it) or in hydra.launcher.hosts, or "
             "rent one with hydra.launcher.provider=runpod|vast|command; hydra.launcher.dry_run=true prints the plan, "
-            f"`python scripts/estimate_vram.py {overrides}` the memory estimate")
+            f"`outlier-estimate {overrides}` the memory estimate")
 
 PROBE_SCRIPT = r"""
 echo "gpus:"; (nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits 2>/dev/null || true)

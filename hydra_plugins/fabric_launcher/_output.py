@@ -46,7 +46,7 @@ class Console:
                 pass
 
 
-# What scripts/reattach.py needs besides the host to reach a job again (none of it secret).
+# What outlier-reattach needs besides the host to reach a job again (none of it secret).
 REATTACH_PARAMS = ("known_hosts", "host_key_policy", "connect_timeout_s", "keepalive_s", "keepalive_count_max",
                    "ssh_op_timeout_s", "outage_budget_s", "retries", "backoff_s", "backoff_max_s", "transfer",
                    "cleanup_remote", "secret_env", "poll_interval_s")

@@ -179,7 +179,7 @@ class Rental:
                 self.destroy_leftover(inst)
             else:
                 self.console.say(None, f"!!! leftover at sweep {when}: {inst.describe()} is alive and billing; destroy "
-                                       f"it with `python scripts/offers.py provider={self.provider.name} --cleanup` "
+                                       f"it with `outlier-offers provider={self.provider.name} --cleanup` "
                                        f"or {self.provider.console_command(inst.id)}")
         return alive
 

@@ -88,7 +88,7 @@ class FabricLauncherConf:
     # Deadline on one remote command or SFTP read on a live link (a remote side that hangs).
     ssh_op_timeout_s: float = 300.0
     # Seconds a host may stay unreachable while its job runs or its results come back; then the launcher gives up
-    # but leaves the job running (a rented instance is still destroyed), and `python scripts/reattach.py SWEEP_DIR`
+    # but leaves the job running (a rented instance is still destroyed), and `outlier-reattach SWEEP_DIR`
     # collects it later.
     outage_budget_s: float = 1200.0
     # After a cancel, timeout or signal: seconds spent reaching the host to kill its job before teardown goes on.

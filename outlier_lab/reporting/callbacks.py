@@ -61,7 +61,7 @@ class ComparisonCallback(Callback):
     @staticmethod
     def _refresh(sweep_dir: Path) -> None:
         # A broken report must never fail the sweep's jobs; the warning names the cause, and
-        # scripts/compare.py rebuilds it later from the same files.
+        # outlier-compare rebuilds it later from the same files.
         try:
             write_comparison([sweep_dir])
         except Exception as err:  # noqa: BLE001 - see above

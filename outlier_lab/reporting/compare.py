@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -115,11 +116,34 @@ def load_job(directory: Path, label: str) -> JobDir:
     results = upgrade(_read_json(directory / RESULTS_JSON))
     status = _read_json(directory / JOB_STATUS) or {}
     if not status:
-        status = {"status": "COMPLETED"} if results is not None else {
-            "status": "INCOMPLETE", "error": "no results.json and no job_status.json (still running, or killed)"}
+        status = {"status": "COMPLETED"} if results is not None else _unrecorded(directory)
     elif status.get("status") == "COMPLETED" and results is None:
         status = dict(status, status="INCOMPLETE", error="job reported success but results.json is missing")
     return JobDir(directory, label, results, status, _read_overrides(directory), _job_number(directory, status))
+
+
+# The failure policy's line, alone on stderr or in a Hydra log record: `[time][outlier_lab][ERROR] - error: ...`.
+_ERROR_LINE = re.compile(r"(?:^|\] - )error: (.*)")
+
+
+def _unrecorded(directory: Path) -> Dict[str, Any]:
+    """The status of a job folder without results or job_status.json, from what its log says: a single run that
+    failed wrote its `error:` line there; an empty log means the job never ran."""
+    lines = [line for log in sorted(directory.glob("*.log")) for line in _read_lines(log)]
+    errors = [match.group(1) for match in map(_ERROR_LINE.search, lines) if match]
+    if errors:
+        return {"status": "FAILED", "error": errors[-1]}
+    if not lines:
+        return {"status": "NEVER RAN", "error": "an empty folder: no log, no results (the run stopped before starting)"}
+    return {"status": "INCOMPLETE", "error": "no results.json and no job_status.json (still running, or killed); "
+                                             f"its log ends: {lines[-1].strip()}"}
+
+
+def _read_lines(path: Path) -> List[str]:
+    try:
+        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return []
 
 
 def collect_jobs(roots: Sequence[Path]) -> List[JobDir]:
@@ -240,7 +264,7 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
     failed = [r for r in rows if r["status"] != "COMPLETED"]
     lines = ["# Comparison of outlier-feature runs", "",
              f"Sweep dir(s): {', '.join(f'`{r}`' for r in roots)}. {len(done)} completed, {len(failed)} not completed.",
-             "Rebuild anywhere from the results files: `python scripts/compare.py "
+             "Rebuild anywhere from the results files: `outlier-compare "
              + " ".join(str(r) for r in roots) + "`.", "",
              "Outlier dims and one-sided count headline dims; layers %, positions % and Q1 / median / Q3 (its signed "
              "outlier values) are those of each job's most common outlier dim; max abs is over every dim, outlier or "
@@ -250,8 +274,8 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "COMPLETED":
-            lines.append(f"| {fmt(r['job'])} | {fmt(r['model'])} | {fmt(r['overrides'])} | **{r['status']}** "
-                         + "| " * 12 + "|")
+            lines.append(f"| {fmt(r['job'])} | {fmt(r['model'])} | {fmt(r['overrides'])} | **{r['status']}**: "
+                         f"{fmt(r['error'])} " + "| " * 12 + "|")
             continue
         kind = r["kind"] + (f" ({r['experts']}/{r['top_k']})" if r["kind"] == "MoE" else "")
         alpha = "" if r["alpha_mode"] == "absolute" else " ×RMS"

@@ -80,7 +80,7 @@ def test_ablation_in_comparison_and_bad_dims(trained_checkpoint, text_file, tmp_
     run_cli(*tiny_job_overrides(trained_checkpoint, text_file, run_dir, num_sequences=2, seq_len=32),
             "analysis=ablation", "analysis.random_seeds=2", "analysis.dims=[1,2]")
     assert json.loads((run_dir / "results.json").read_text())["ablation"]["dims"] == [1, 2]
-    run_cli(str(run_dir), script="scripts/compare.py")
+    run_cli(str(run_dir), script="outlier-compare")
     assert "## Ablation" in (run_dir / "comparison.md").read_text()
     proc = run_cli(*tiny_job_overrides(trained_checkpoint, text_file, tmp_path / "bad", num_sequences=2, seq_len=32),
                    "analysis=ablation", "analysis.dims=[9999]", check=False)

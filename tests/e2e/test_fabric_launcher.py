@@ -289,7 +289,7 @@ def test_no_hosts_is_one_line_naming_the_file_the_plan_and_what_to_do(tiny_check
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert f"{tmp_path / 'absent.yaml'} (no such file)" in line
     assert "job 0_llama needs 1 x T4" in line  # planned before the hosts were looked at
-    for hint in ("hydra.launcher.dry_run=true", "scripts/estimate_vram.py", "hydra.launcher.provider="):
+    for hint in ("hydra.launcher.dry_run=true", "outlier-estimate", "hydra.launcher.provider="):
         assert hint in line
 
 

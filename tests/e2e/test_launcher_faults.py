@@ -170,20 +170,20 @@ def test_giving_up_leaves_the_job_running_and_reattach_collects_it(ssh_server, f
     assert proc.returncode != 0
     assert group_members(pgid), "the job was killed, though it did not need the link"
     sweep = tmp_path / "sweep"
-    assert f"scripts/reattach.py {sweep}" in text
+    assert f"outlier-reattach {sweep}" in text
     record = launch_record(tmp_path)
     assert record["status"] == "DETACHED" and record["remote_dir"]
 
     # Collecting a job still running says so and leaves it be; once it finished, its results come back verified.
     fault_proxy.restore()
-    early = run_cli(str(sweep), script="scripts/reattach.py", check=False)
+    early = run_cli(str(sweep), script="outlier-reattach", check=False)
     assert early.returncode != 0 and "still running" in early.stdout + early.stderr
     (tmp_path / "run.gate").touch()
     deadline = time.monotonic() + 120
     while group_members(pgid):  # the job finishes on its own, with no launcher attached
         assert time.monotonic() < deadline, "the detached job did not finish"
         time.sleep(0.1)
-    done = run_cli(str(sweep), script="scripts/reattach.py")
+    done = run_cli(str(sweep), script="outlier-reattach")
     assert "collected" in done.stdout
     assert launch_record(tmp_path)["status"] == "COMPLETED"
     assert deterministic(sweep / "0_llama") == local_reference

@@ -36,3 +36,9 @@ def test_a_built_wheel_plans_offline_from_outside_the_checkout(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     count, experts = out.stdout.split()
     assert int(count) >= 10 and int(experts) == 128
+    # The console commands: declared in the wheel, installed as executables that run from any directory.
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "outlier-estimate = outlier_lab.commands.estimate:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    helped = subprocess.run([str(tmp_path / "site" / "bin" / "outlier-compare"), "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: outlier-compare "), helped.stderr[-2000:]

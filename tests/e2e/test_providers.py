@@ -175,7 +175,7 @@ def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after
     env = dict(cli_env(), VAST_API_KEY=fake_cloud.api_key)
     job = tiny_job_overrides(tiny_checkpoint("llama"), text_file)
     proc = run_cli("provider=vast", *job, "hardware.ram_floor_gib=16", f"hydra.launcher.api_url={fake_cloud.url()}",
-                   script="scripts/offers.py", env=env, timeout=300)
+                   script="outlier-offers", env=env, timeout=300)
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("*", "   vast"))]
     assert [r.lstrip("* ").split()[:2] for r in rows] == [["vast", "3"], ["vast", "4"]] and rows[0].startswith("*")
     assert "manufacturer amd" in proc.stdout and "host RAM 8 GiB < floor 16" in proc.stdout

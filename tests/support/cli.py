@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,13 +18,28 @@ def cli_env() -> dict:
 
 def run_cli(*overrides: str, script: str = "run.py", timeout: float = 600, check: bool = True,
             env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real command line from the repo root, as a user would."""
-    proc = subprocess.run([sys.executable, script, *overrides], cwd=REPO, capture_output=True, text=True,
+    """Run the real command line from the repo root, as a user would: a script (`run.py`) or a console command
+    (`outlier-estimate`)."""
+    proc = subprocess.run([sys.executable, *command(script), *overrides], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env or cli_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(overrides)} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def command(script: str) -> list:
+    """The interpreter's arguments for a script, or for a console command what pip's wrapper for it runs (its entry
+    point in pyproject.toml), so the checkout's code runs whether or not it is the installed one."""
+    if script.endswith(".py"):
+        return [script]
+    module, function = console_commands()[script].split(":")
+    return ["-c", f"import sys; sys.argv[0] = {script!r}; from {module} import {function}; sys.exit({function}())"]
+
+
+def console_commands() -> dict:
+    """pyproject.toml's [project.scripts]: command name -> "module:function"."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
 def tiny_job_overrides(checkpoint: Path, text: Path, run_dir: Path | None = None, num_sequences: int = 4,

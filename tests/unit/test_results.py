@@ -52,5 +52,5 @@ def test_schema1_run_is_compared_and_reported(tmp_path):
 @pytest.mark.slow
 def test_compare_script_reads_schema1_results(tmp_path):
     shutil.copytree(SCHEMA1_RUN, tmp_path / "0_old_gpt2")
-    run_cli(str(tmp_path), "--no-plots", script="scripts/compare.py")
+    run_cli(str(tmp_path), "--no-plots", script="outlier-compare")
     assert read_csv(tmp_path / COMPARISON_CSV)[0]["positions_pct"] == "43.75"

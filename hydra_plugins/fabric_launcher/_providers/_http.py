@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any, Dict, Optional
+from urllib.parse import urlsplit
 
 import requests
 
@@ -36,6 +38,43 @@ def _not_sent(err: requests.RequestException) -> bool:
         return True
     text = str(err)
     return isinstance(err, requests.ConnectionError) and ("NewConnectionError" in text or "refused" in text)
+
+
+def network_cause(err: requests.RequestException, url: str) -> str:
+    """What went wrong on the way to the API, naming its host: a DNS failure, a refused connection, a timeout."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    where = f"{host}:{parts.port}" if parts.port else host
+    if isinstance(err, requests.ConnectTimeout):
+        return f"timed out connecting to {where} (a firewall, or the API is down)"
+    if isinstance(err, requests.ReadTimeout):
+        return f"{where} sent no answer within the timeout (hydra.launcher.api_timeout_s)"
+    if is_dns_failure(err):
+        return f"DNS failure: cannot resolve {host} (no network, or a wrong hydra.launcher.api_url)"
+    if isinstance(err, requests.exceptions.SSLError):
+        return f"TLS handshake with {where} failed"
+    text = str(err)
+    if "refused" in text.lower():
+        return f"{where} refused the connection (nothing listens there: check hydra.launcher.api_url)"
+    if "reset" in text.lower() or "aborted" in text.lower() or "RemoteDisconnected" in text:
+        return f"{where} dropped the connection"
+    return f"{type(err).__name__} talking to {where}"
+
+
+def is_dns_failure(err: BaseException) -> bool:
+    """True when the API's host name did not resolve: retrying will not help, so the call fails at once."""
+    seen = set()
+    todo = [err]
+    while todo:  # requests wraps urllib3's MaxRetryError, whose `reason` wraps the resolver's error
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
+            return True
+        todo += [getattr(cause, "reason", None), cause.__cause__, cause.__context__,
+                 *(arg for arg in getattr(cause, "args", ()) if isinstance(arg, BaseException))]
+    return False
 
 
 def _error_text(response: requests.Response) -> str:
@@ -83,9 +122,11 @@ class ApiClient:
                 response = self.session.request(method, self.base_url + path, json=json, params=params,
                                                 timeout=(min(10.0, self.timeout_s), self.timeout_s))
             except requests.RequestException as err:
+                problem = network_cause(err, self.base_url)
                 if not (idempotent or _not_sent(err)):
-                    raise AnswerLost(f"{label}: no answer ({type(err).__name__}); it may have been carried out")
-                problem = f"{type(err).__name__}"
+                    raise AnswerLost(f"{label}: no answer ({problem}); it may have been carried out")
+                if is_dns_failure(err):
+                    raise ProviderError(f"{label} failed: {problem}")
             else:
                 if response.status_code < 300:
                     return response.json() if response.content.strip() else None

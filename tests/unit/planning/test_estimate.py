@@ -219,7 +219,7 @@ def test_local_check_fails_clearly_when_the_job_cannot_fit_this_machine(tiny_che
 
 @pytest.mark.slow
 def test_estimate_script_json_and_table():
-    proc = run_cli("model=qwen3_30b", "format=json", script="scripts/estimate_vram.py")
+    proc = run_cli("model=qwen3_30b", "format=json", script="outlier-estimate")
     data = json.loads(proc.stdout)
     for key in ("weights_gib", "activations_gib", "overhead_gib", "total_gib", "required_gib", "ram_floor_gib",
                 "disk_gib", "params_total", "params_active", "quantization"):
@@ -228,9 +228,9 @@ def test_estimate_script_json_and_table():
     assert data["gpu"]["vendor"] == "nvidia"
     assert data["required_gib"] == pytest.approx(data["total_gib"] * 1.3)
     assert data["gpu"]["count"] * data["gpu"]["vram_gib_each"] >= data["weights_gib"]
-    table = run_cli("model=olmoe", "dataset.seq_len=512", "hardware=h100", script="scripts/estimate_vram.py").stdout
+    table = run_cli("model=olmoe", "dataset.seq_len=512", "hardware=h100", script="outlier-estimate").stdout
     assert "required (x1.3)" in table and "H100-80" in table
-    bad = run_cli("model=olmoe", "format=xml", script="scripts/estimate_vram.py", check=False)
+    bad = run_cli("model=olmoe", "format=xml", script="outlier-estimate", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: format='xml'")
 
 

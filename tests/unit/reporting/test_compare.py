@@ -1,4 +1,4 @@
-"""Sweep comparison: the Hydra callback and scripts/compare.py build the same table from a real tiny multirun."""
+"""Sweep comparison: the Hydra callback and outlier-compare build the same table from a real tiny multirun."""
 import json
 import shutil
 
@@ -45,14 +45,14 @@ def test_callback_writes_comparison_listing_the_failed_job(sweep):
 @pytest.mark.slow
 def test_script_rebuilds_the_same_table_and_merges_sweeps(sweep, tmp_path):
     sweep_dir, _ = sweep
-    run_cli(str(sweep_dir), "--out", str(tmp_path / "one"), script="scripts/compare.py")
+    run_cli(str(sweep_dir), "--out", str(tmp_path / "one"), script="outlier-compare")
     assert (tmp_path / "one" / COMPARISON_CSV).read_text() == (sweep_dir / COMPARISON_CSV).read_text()
     assert (tmp_path / "one" / "compare_heatmaps.png").read_bytes()[:8] == PNG
 
     # A second sweep made of the same files (as if copied from another machine) merges into one report.
     other = tmp_path / "other_sweep"
     shutil.copytree(sweep_dir, other)
-    run_cli(str(sweep_dir), str(other), "--out", str(tmp_path / "merged"), script="scripts/compare.py")
+    run_cli(str(sweep_dir), str(other), "--out", str(tmp_path / "merged"), script="outlier-compare")
     merged = read_csv(tmp_path / "merged" / COMPARISON_CSV)
     assert len(merged) == 6
     assert merged[3]["job"] == "other_sweep/0_llama" and merged[4]["status"] == "FAILED"
@@ -68,7 +68,7 @@ def test_paper_row_sits_next_to_ours(sweep, tmp_path):
     results["model"]["path"] = "openai-community/gpt2"
     results["resources"] = dict(results["resources"], total_gib=1.25)
     (job / "results.json").write_text(json.dumps(results))
-    run_cli(str(tmp_path / "sweep"), script="scripts/compare.py")
+    run_cli(str(tmp_path / "sweep"), script="outlier-compare")
     row = read_csv(tmp_path / "sweep" / COMPARISON_CSV)[0]
     assert row["paper_model"] == "GPT-2 117M" and row["paper_outlier_dims"] != ""
     assert float(row["est_memory_gib"]) == 1.25
@@ -77,7 +77,7 @@ def test_paper_row_sits_next_to_ours(sweep, tmp_path):
 
 @pytest.mark.slow
 def test_script_rejects_a_missing_dir(tmp_path):
-    proc = run_cli(str(tmp_path / "nope"), script="scripts/compare.py", check=False)
+    proc = run_cli(str(tmp_path / "nope"), script="outlier-compare", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
