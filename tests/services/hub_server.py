@@ -9,14 +9,23 @@ hub's HTTP API read from huggingface_hub 2.4 and datasets 5.2:
   POST /api/{models,datasets}/ORG/NAME/paths-info/REV       info of given paths
   GET  /api/{models,datasets}/ORG/NAME/refs                 branches and tags
   HEAD/GET /[datasets/]ORG/NAME/resolve/REV/PATH            file bytes: ETag, X-Repo-Commit, Content-Length, Range;
-                                                            files >= 1 KiB: 302 to /_cdn/... with X-Linked-Etag/-Size
+                                                            files >= 1 KiB: 302 to the CDN with X-Repo-Commit,
+                                                            X-Linked-Etag and X-Linked-Size on the 302 itself
 
-Errors carry the hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo). Gated repos need
-`Authorization: Bearer <token>` with the token in ROOT/token. Test controls under /_emulator/: `log` (GET), `reset`
-(POST) and `fault` (POST {"path": substring, "drop_after": bytes, "times": n}: cut that many GETs mid-body).
+The CDN is a second listener on another port (another origin, like cdn-lfs.hf.co): it serves only signed
+/_cdn/... URLs and needs no token, so huggingface_hub, which drops the Authorization header on a redirect to another
+origin (utils/_http.py, _is_same_or_hub_host), fetches from it exactly as from the real CDN. The log says which
+listener answered (`host`: hub or cdn) and whether a token came with the request (`auth`).
 
-Repositories live in ROOT/{models,datasets}/ORG/NAME/: repo.json ({"gated": bool, "branches": {name: sha},
-"tags": {name: sha}}) and commits/SHA/<files>; `publish()` adds a commit.
+Errors carry the hub's X-Error-Code: RepoNotFound (also 401 for an unknown revision asked without a token, as
+huggingface.co answers; see docling-project/docling#923), RevisionNotFound (404, with a token), EntryNotFound,
+GatedRepo (401 without a token; 403 with a valid token whose account has not accepted the terms: repo.json
+"accepted": false). Gated repos need `Authorization: Bearer <token>` with the token in ROOT/token. Test controls
+under /_emulator/: `log` (GET), `reset` (POST) and `fault` (POST {"path": substring, "drop_after": bytes, "times": n}:
+cut that many GETs mid-body).
+
+Repositories live in ROOT/{models,datasets}/ORG/NAME/: repo.json ({"gated": bool, "accepted": bool,
+"branches": {name: sha}, "tags": {name: sha}}) and commits/SHA/<files>; `publish()` adds a commit.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,7 +55,7 @@ def _git_blob_sha(data: bytes) -> str:
 
 
 def publish(root: Path, repo_id: str, source: Path, repo_type: str = "models", branch: str = "main",
-            tags: Iterable[str] = (), gated: Optional[bool] = None) -> str:
+            tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None) -> str:
     """Add the files under `source` as a new commit of `repo_id` on `branch` (and `tags`); returns the commit sha."""
     files = sorted(p for p in Path(source).rglob("*") if p.is_file())
     digest = hashlib.sha1(repo_id.encode())
@@ -63,6 +73,8 @@ def publish(root: Path, repo_id: str, source: Path, repo_type: str = "models", b
     meta["tags"].update({tag: sha for tag in tags})
     if gated is not None:
         meta["gated"] = gated
+    if accepted is not None:
+        meta["accepted"] = accepted
     repo_dir.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=1))
     return sha
@@ -82,6 +94,11 @@ class Hub:
         self.lock = threading.Lock()
         self.log: List[dict] = []
         self.faults: List[dict] = []
+        self.signing_key = secrets.token_bytes(16)  # signs CDN URLs, as the hub's CDN URLs are signed
+        self.cdn_origin = ""  # http://127.0.0.1:PORT of the CDN listener, set by serve()
+
+    def signature(self, path: str) -> str:
+        return hmac.new(self.signing_key, path.encode(), hashlib.sha256).hexdigest()
 
     def token(self) -> Optional[str]:
         path = self.root / "token"
@@ -102,6 +119,10 @@ class Hub:
         if sha is None:
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return repo_dir / "commits" / sha, sha, meta
+
+    def authorized(self, auth: Optional[str]) -> bool:
+        token = self.token()
+        return bool(auth and token and hmac.compare_digest(auth, f"Bearer {token}"))
 
     def take_fault(self, path: str) -> Optional[int]:
         with self.lock:
@@ -137,6 +158,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "outlier-lab-hub/1"
     hub: Hub
+    role = "hub"  # or "cdn": the listener that serves signed /_cdn/ URLs only
 
     def log_message(self, fmt, *args):  # the request log below replaces stderr lines
         pass
@@ -145,12 +167,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/_emulator/"):
             return  # the tests' own calls are not traffic
         auth = self.headers.get("Authorization")
-        token = self.hub.token()
-        state = None if auth is None else ("valid" if token and hmac.compare_digest(auth, f"Bearer {token}")
-                                           else "invalid")
+        state = None if auth is None else ("valid" if self.hub.authorized(auth) else "invalid")
         with self.hub.lock:
-            self.hub.log.append(dict(method=self.command, path=self.path, status=status, bytes=nbytes,
-                                     range=self.headers.get("Range"), auth=state))
+            self.hub.log.append(dict(method=self.command, path=urlparse(self.path).path, status=status,
+                                     bytes=nbytes, range=self.headers.get("Range"), auth=state, host=self.role))
 
     def _send(self, status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None,
               content_type: str = "application/json") -> None:
@@ -173,9 +193,11 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization")
         if auth is None:
             raise HubError(401, "GatedRepo", "Access to this repo is restricted. You must be authenticated.")
-        token = self.hub.token()
-        if not token or not hmac.compare_digest(auth, f"Bearer {token}"):
+        if not self.hub.authorized(auth):
             raise HubError(401, "", "Invalid credentials in Authorization header")
+        if meta.get("accepted") is False:
+            raise HubError(403, "GatedRepo", "Access to this repo is restricted and you are not in the authorized "
+                                             "list. Visit its page to ask for access.")
 
     def do_HEAD(self):
         self._dispatch()
@@ -192,7 +214,12 @@ class Handler(BaseHTTPRequestHandler):
             if url.path.startswith("/_emulator/"):
                 return self._control(url.path)
             match = _CDN.match(url.path)
-            if match:
+            if self.role == "cdn" or match:
+                if self.role != "cdn" or not match or self.command not in ("GET", "HEAD"):
+                    raise HubError(404, "", f"no route for {url.path} on the {self.role}")
+                signature = parse_qs(url.query).get("sig", [""])[0]
+                if not hmac.compare_digest(signature, self.hub.signature(unquote(url.path))):
+                    raise HubError(403, "", "Request signature does not match")
                 tree, sha, _ = self.hub.commit(*match.group(1, 2, 3))
                 return self._file(tree, sha, match.group(4))
             match = _RESOLVE.match(url.path)
@@ -238,7 +265,12 @@ class Handler(BaseHTTPRequestHandler):
             return self._json({group: [{"name": n, "ref": f"refs/{'heads' if group == 'branches' else 'tags'}/{n}",
                                          "targetCommit": s} for n, s in meta[group].items()]
                                for group in ("branches", "tags")} | {"converts": []})
-        tree, sha, meta = self.hub.commit(repo_type, repo_id, revision or "main")
+        try:
+            tree, sha, meta = self.hub.commit(repo_type, repo_id, revision or "main")
+        except HubError as err:
+            if err.code == "RevisionNotFound" and self.headers.get("Authorization") is None:
+                raise HubError(401, "RepoNotFound", "Repository not found") from None
+            raise
         if kind in (None, "revision"):
             self._body()
             files = sorted(p for p in tree.rglob("*") if p.is_file())
@@ -284,7 +316,8 @@ class Handler(BaseHTTPRequestHandler):
         size = target.stat().st_size
         if size < _LFS_MIN_BYTES:
             return self._file(tree, sha, file_path)
-        location = f"http://{self.headers.get('Host')}/_cdn/{repo_type}/{repo_id}/{sha}/{file_path}"
+        cdn_path = f"/_cdn/{repo_type}/{repo_id}/{sha}/{file_path}"
+        location = f"{self.hub.cdn_origin}{cdn_path}?sig={self.hub.signature(unquote(cdn_path))}"
         return self._send(302, b"", {"Location": location, "X-Repo-Commit": sha, "X-Linked-Size": str(size),
                                      "X-Linked-Etag": f'"{_etag(target.read_bytes())}"'})
 
@@ -323,23 +356,29 @@ class Handler(BaseHTTPRequestHandler):
         self._record(status, min(drop_after, len(body)))
 
 
-def serve(root: Path, port: int = 0) -> ThreadingHTTPServer:
-    """A started server on 127.0.0.1:port (0: a free one), serving in a daemon thread."""
-    handler = type("BoundHandler", (Handler,), {"hub": Hub(root)})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def serve(root: Path, port: int = 0, cdn_port: int = 0) -> ThreadingHTTPServer:
+    """The hub on 127.0.0.1:port and its CDN on 127.0.0.1:cdn_port (0: free ones), serving in daemon threads."""
+    hub = Hub(root)
+    servers = []
+    for role, bind in (("cdn", cdn_port), ("hub", port)):
+        handler = type(f"{role.title()}Handler", (Handler,), {"hub": hub, "role": role})
+        server = ThreadingHTTPServer(("127.0.0.1", bind), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    hub.cdn_origin = f"http://127.0.0.1:{servers[0].server_address[1]}"
+    return servers[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cdn-port", type=int, default=0, help="the CDN listener's port (0: a free one)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
-    server = serve(args.root, args.port)
+    server = serve(args.root, args.port, args.cdn_port)
     if args.port_file:
         args.port_file.write_text(str(server.server_address[1]))
     threading.Event().wait()
