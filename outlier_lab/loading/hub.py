@@ -292,6 +292,34 @@ def dataset_revision(dataset_cfg) -> Dict[str, Optional[str]]:
     return dict(revision=pin_dataset(dataset_cfg.path, dataset_cfg.revision), revision_requested=dataset_cfg.revision)
 
 
+def pinned_overrides(cfg) -> List[str]:
+    """Overrides that pin a job's hub model and dataset to the commits their revisions point to now.
+
+    A sweep adds them to every job at plan time, so all its jobs analyze the same commits even when a branch moves
+    while they queue or run. A revision that cannot be resolved offline is left for the job to resolve.
+    """
+    pins = []
+    for group, node in (("model", cfg.get("model")), ("dataset", cfg.get("dataset"))):
+        if node is None or node.get("source") != "hub" or not node.get("path"):
+            continue
+        revision = str(node.get("revision") or "main")
+        if _COMMIT.match(revision):
+            continue
+        try:
+            commit = (pin(node.path, revision).commit if group == "model" else pin_dataset(node.path, revision))
+        except UserError:
+            if reachable():
+                raise  # the hub answered no: the job would fail the same way
+            commit = None
+        if commit is None:
+            log.warning("%s.revision=%s of %s is not pinned (hub unreachable): each job resolves it itself",
+                        group, revision, node.path)
+            continue
+        log.info("%s %s: %s is commit %s; every job of this sweep uses it", group, node.path, revision, commit)
+        pins.append(f"{group}.revision={commit}")
+    return pins
+
+
 def hub_revision(model_cfg) -> Dict[str, Optional[str]]:
     """What results.json records: the commit a hub checkpoint was pinned to, and the revision asked for."""
     if model_cfg.source != "hub":
