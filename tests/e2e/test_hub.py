@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -453,3 +454,39 @@ def test_a_sweep_pins_each_revision_once_at_plan_time_and_every_job_gets_the_com
         assert "model.revision=main" not in command
     lookups = [r for r in hub.log() if r["path"] == f"/api/models/{REPO_V1}/revision/main"]
     assert len(lookups) == 1  # resolved once for the whole sweep
+
+
+@pytest.mark.slow
+def test_pin_revisions_writes_each_shipped_yamls_commit_and_date_and_follows_its_branch(hub, repos, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.cli import REPO
+
+    first = hub.publish("acme/pinned-llama", repos["v1"])  # its own repo: moving main here moves no other test
+    conf = tmp_path / "conf"
+    for group, name, repo in (("model", "mixtral", "acme/pinned-llama"), ("dataset", "wikitext103", DATASET)):
+        (conf / group).mkdir(parents=True, exist_ok=True)
+        text = (REPO / "conf" / group / f"{name}.yaml").read_text()
+        (conf / group / f"{name}.yaml").write_text(text.replace(yaml.safe_load(text)["path"], repo))
+    (conf / "model" / "local.yaml").write_text((REPO / "conf" / "model" / "local.yaml").read_text())
+
+    def pin(*args):
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "pin_revisions.py"), "--conf", str(conf),
+                               *args], env=hub_env(hub, tmp_path / "hf"), capture_output=True, text=True, timeout=120)
+
+    proc = pin()
+    assert proc.returncode == 0, proc.stderr
+    model_yaml = (conf / "model" / "mixtral.yaml").read_text()
+    dataset_sha = json.loads((hub.root / "datasets" / DATASET / "repo.json").read_text())["branches"]["main"]
+    assert yaml.safe_load(model_yaml)["revision"] == first
+    assert yaml.safe_load((conf / "dataset" / "wikitext103.yaml").read_text())["revision"] == dataset_sha
+    assert re.search(r"# main on \d{4}-\d{2}-\d{2} \(scripts/pin_revisions.py\)", model_yaml)
+    assert "local" not in proc.stdout  # not a hub model
+    # Nothing moved: nothing rewritten. main moves: the YAML follows it (the branch named in its comment).
+    assert "(unchanged)" in pin("mixtral").stdout and (conf / "model" / "mixtral.yaml").read_text() == model_yaml
+    moved = hub.publish("acme/pinned-llama", repos["v1"])
+    assert pin("mixtral").returncode == 0 and moved != first
+    assert yaml.safe_load((conf / "model" / "mixtral.yaml").read_text())["revision"] == moved
