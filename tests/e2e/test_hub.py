@@ -490,3 +490,23 @@ def test_pin_revisions_writes_each_shipped_yamls_commit_and_date_and_follows_its
     moved = hub.publish("acme/pinned-llama", repos["v1"])
     assert pin("mixtral").returncode == 0 and moved != first
     assert yaml.safe_load((conf / "model" / "mixtral.yaml").read_text())["revision"] == moved
+
+
+@pytest.mark.slow
+def test_a_xet_backed_repo_downloads_through_hf_xet_and_hf_hub_disable_xet_takes_plain_http(
+        hub, repos, text_file, local_reference, tmp_path):
+    sha = hub.publish("acme/xet-llama", repos["v1"], xet=True)  # hf_xet's own local CAS: no network
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "xet", "acme/xet-llama"), env=hub_env(hub, tmp_path / "hf"))
+    assert deterministic(tmp_path / "xet") == local_reference
+    log = hub.log()
+    assert any(r["path"] == f"/api/models/acme/xet-llama/xet-read-token/{sha}" for r in log)
+    assert not [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]  # not over HTTP
+    # The escape hatch: the same repo over plain HTTP, from the CDN.
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "http", "acme/xet-llama"),
+            env=hub_env(hub, tmp_path / "hf2", HF_HUB_DISABLE_XET="1"))
+    assert deterministic(tmp_path / "http") == local_reference
+    weights = [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]
+    assert [r["host"] for r in weights] == ["cdn"]
+    assert not any("xet-read-token" in r["path"] for r in hub.log())

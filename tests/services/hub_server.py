@@ -17,6 +17,10 @@ The CDN is a second listener on another port (another origin, like cdn-lfs.hf.co
 origin (utils/_http.py, _is_same_or_hub_host), fetches from it exactly as from the real CDN. The log says which
 listener answered (`host`: hub or cdn) and whether a token came with the request (`auth`).
 
+A repo published with `xet=True` is stored on Xet as well: its LFS-sized files go into hf_xet's own local CAS
+(a `local://` directory), the 302 adds X-Xet-Hash and a `Link: <...xet-read-token...>; rel="xet-auth"`, and
+/api/.../xet-read-token/REV hands out the CAS address and a token, so huggingface_hub downloads through hf_xet.
+
 Errors carry the hub's X-Error-Code: RepoNotFound (also 401 for an unknown revision asked without a token, as
 huggingface.co answers; see docling-project/docling#923), RevisionNotFound (404, with a token), EntryNotFound,
 GatedRepo (401 without a token; 403 with a valid token whose account has not accepted the terms: repo.json
@@ -37,13 +41,15 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlparse
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-_API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)(?:/(revision|tree|paths-info)/([^/]+)(/.*)?|/(refs))?$")
+_API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)(?:/(revision|tree|paths-info|xet-read-token)/([^/]+)(/.*)?"
+                  r"|/(refs))?$")
 _RESOLVE = re.compile(r"^/(?:(datasets)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 # Where "LFS" files are redirected, like the hub's CDN (whose URLs are signed, so they need no token).
 _CDN = re.compile(r"^/_cdn/(models|datasets)/([^/]+/[^/]+)/([0-9a-f]{40})/(.+)$")
@@ -54,9 +60,33 @@ def _git_blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _xet_cas(root: Path) -> str:
+    """The emulator's Xet CAS: hf_xet's own local CAS (a `local://` endpoint, a directory), no network needed."""
+    return "local://" + str((Path(root) / "xet-cas").resolve())
+
+
+def _xet_upload(root: Path, tree: Path) -> Dict[str, str]:
+    """Store the commit's LFS-sized files in the local CAS through hf_xet; their Xet hashes by path."""
+    import hf_xet  # the tests' dependency (huggingface_hub installs it), not the server's
+
+    paths = [p for p in sorted(tree.rglob("*")) if p.is_file() and p.stat().st_size >= _LFS_MIN_BYTES]
+    hashes = {}
+    with hf_xet.XetSession().new_upload_commit(endpoint=_xet_cas(root), token="emulator",
+                                               token_expiry_unix_secs=2**31 - 1) as commit:
+        handles = {str(p.relative_to(tree)): commit.start_upload_file(str(p.resolve())) for p in paths}
+    for rel, handle in handles.items():
+        hashes[rel] = handle.result().xet_info.hash
+    return hashes
+
+
 def publish(root: Path, repo_id: str, source: Path, repo_type: str = "models", branch: str = "main",
-            tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None) -> str:
-    """Add the files under `source` as a new commit of `repo_id` on `branch` (and `tags`); returns the commit sha."""
+            tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None,
+            xet: bool = False) -> str:
+    """Add the files under `source` as a new commit of `repo_id` on `branch` (and `tags`); returns the commit sha.
+
+    `xet`: the repo is stored on Xet, like most large repos on huggingface.co: its LFS-sized files also go into the
+    local CAS, and their 302 carries X-Xet-Hash and the xet-auth link.
+    """
     files = sorted(p for p in Path(source).rglob("*") if p.is_file())
     digest = hashlib.sha1(repo_id.encode())
     for path in files:
@@ -71,6 +101,10 @@ def publish(root: Path, repo_id: str, source: Path, repo_type: str = "models", b
         shutil.copytree(source, target)
     meta["branches"][branch] = sha
     meta["tags"].update({tag: sha for tag in tags})
+    if xet:
+        hashes_file = repo_dir / "xet" / f"{sha}.json"
+        hashes_file.parent.mkdir(parents=True, exist_ok=True)
+        hashes_file.write_text(json.dumps(_xet_upload(root, target)))
     if gated is not None:
         meta["gated"] = gated
     if accepted is not None:
@@ -271,6 +305,13 @@ class Handler(BaseHTTPRequestHandler):
             if err.code == "RevisionNotFound" and self.headers.get("Authorization") is None:
                 raise HubError(401, "RepoNotFound", "Repository not found") from None
             raise
+        if kind == "xet-read-token":
+            # A short-lived CAS token, in headers (huggingface_hub) and the JSON body (hf_xet's own refresh).
+            self._check_access(meta)
+            expires = int(time.time()) + 3600
+            return self._json({"casUrl": _xet_cas(self.hub.root), "accessToken": "xet-emulator", "exp": expires},
+                              headers={"X-Xet-Cas-Url": _xet_cas(self.hub.root), "X-Xet-Access-Token": "xet-emulator",
+                                       "X-Xet-Token-Expiration": str(expires)})
         if kind in (None, "revision"):
             self._body()
             files = sorted(p for p in tree.rglob("*") if p.is_file())
@@ -318,8 +359,14 @@ class Handler(BaseHTTPRequestHandler):
             return self._file(tree, sha, file_path)
         cdn_path = f"/_cdn/{repo_type}/{repo_id}/{sha}/{file_path}"
         location = f"{self.hub.cdn_origin}{cdn_path}?sig={self.hub.signature(unquote(cdn_path))}"
-        return self._send(302, b"", {"Location": location, "X-Repo-Commit": sha, "X-Linked-Size": str(size),
-                                     "X-Linked-Etag": f'"{_etag(target.read_bytes())}"'})
+        headers = {"Location": location, "X-Repo-Commit": sha, "X-Linked-Size": str(size),
+                   "X-Linked-Etag": f'"{_etag(target.read_bytes())}"'}
+        xet_hashes = tree.parent.parent / "xet" / f"{sha}.json"
+        if meta.get("xet") is not False and xet_hashes.is_file():
+            refresh = f"http://{self.headers.get('Host')}/api/{repo_type}/{repo_id}/xet-read-token/{sha}"
+            headers.update({"X-Xet-Hash": json.loads(xet_hashes.read_text())[unquote(file_path)],
+                            "Link": f'<{refresh}>; rel="xet-auth"'})
+        return self._send(302, b"", headers)
 
     def _file(self, tree: Path, sha: str, file_path: str) -> None:
         """The file's bytes (or the Range asked for); a planned fault cuts the body short."""

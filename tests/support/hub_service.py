@@ -31,8 +31,9 @@ class HubService:
             return json.loads(reply.read() or b"null")
 
     def publish(self, repo_id: str, source: Path, repo_type: str = "models", branch: str = "main",
-                tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None) -> str:
-        return hub_server.publish(self.root, repo_id, source, repo_type, branch, tags, gated, accepted)
+                tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None,
+                xet: bool = False) -> str:
+        return hub_server.publish(self.root, repo_id, source, repo_type, branch, tags, gated, accepted, xet)
 
     def log(self) -> List[dict]:
         return self._call("/_emulator/log")
