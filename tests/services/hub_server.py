@@ -25,8 +25,9 @@ Errors carry the hub's X-Error-Code: RepoNotFound (also 401 for an unknown revis
 huggingface.co answers; see docling-project/docling#923), RevisionNotFound (404, with a token), EntryNotFound,
 GatedRepo (401 without a token; 403 with a valid token whose account has not accepted the terms: repo.json
 "accepted": false). Gated repos need `Authorization: Bearer <token>` with the token in ROOT/token. Test controls
-under /_emulator/: `log` (GET), `reset` (POST) and `fault` (POST {"path": substring, "drop_after": bytes, "times": n}:
-cut that many GETs mid-body).
+under /_emulator/: `log` (GET), `reset` (POST) and `fault` (POST {"path": substring, "drop_after": bytes, "times": n,
+"skip": n}: cut that many GETs mid-body, after `skip` untouched ones; or "status": code instead of "drop_after": answer
+them with that error, as the CDN answers a signed URL that expired).
 
 Repositories live in ROOT/{models,datasets}/ORG/NAME/: repo.json ({"gated": bool, "accepted": bool,
 "branches": {name: sha}, "tags": {name: sha}}) and commits/SHA/<files>; `publish()` adds a commit.
@@ -158,12 +159,16 @@ class Hub:
         token = self.token()
         return bool(auth and token and hmac.compare_digest(auth, f"Bearer {token}"))
 
-    def take_fault(self, path: str) -> Optional[int]:
+    def take_fault(self, path: str) -> Optional[dict]:
+        """The planned fault for this GET of `path`, if any (after its `skip` untouched GETs)."""
         with self.lock:
             for fault in self.faults:
                 if fault["path"] in path and fault["times"] > 0:
+                    if fault["skip"] > 0:
+                        fault["skip"] -= 1
+                        return None
                     fault["times"] -= 1
-                    return int(fault["drop_after"])
+                    return fault
         return None
 
 
@@ -287,8 +292,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_emulator/fault" and self.command == "POST":
             fault = json.loads(self._body())
             with self.hub.lock:
-                self.hub.faults.append(dict(path=fault["path"], drop_after=int(fault["drop_after"]),
-                                            times=int(fault.get("times", 1))))
+                self.hub.faults.append(dict(path=fault["path"], drop_after=fault.get("drop_after"),
+                                            status=fault.get("status"), times=int(fault.get("times", 1)),
+                                            skip=int(fault.get("skip", 0))))
             return self._send(200, b"{}")
         raise HubError(404, "", f"no control {path}")
 
@@ -388,9 +394,12 @@ class Handler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         body = data[start:end + 1]
-        drop_after = self.hub.take_fault(file_path) if self.command == "GET" else None
-        if drop_after is None:
+        fault = self.hub.take_fault(file_path) if self.command == "GET" else None
+        if fault is None:
             return self._send(status, body, headers, "application/octet-stream")
+        if fault["status"]:  # the CDN refuses, as it does a signed URL that expired mid-stream
+            raise HubError(int(fault["status"]), "", "Request has expired")
+        drop_after = int(fault["drop_after"])
         # The cut: promise the whole body, send part of it, then close the connection.
         self.send_response(status)
         for key, value in {**headers, "Content-Type": "application/octet-stream",

@@ -45,6 +45,10 @@ class HubService:
         """The next `times` GETs of a file whose path contains `path` stop after `drop_after` bytes."""
         self._call("/_emulator/fault", {"path": path, "drop_after": drop_after, "times": times})
 
+    def refuse(self, path: str, status: int, times: int = 1, skip: int = 0) -> None:
+        """After `skip` untouched GETs, the next `times` GETs of a file whose path contains `path` get `status`."""
+        self._call("/_emulator/fault", {"path": path, "status": status, "times": times, "skip": skip})
+
     def set_token(self, token: str) -> None:
         token_file = self.root / "token"
         token_file.write_text(token)
