@@ -292,6 +292,9 @@ def dataset_revision(dataset_cfg) -> Dict[str, Optional[str]]:
     return dict(revision=pin_dataset(dataset_cfg.path, dataset_cfg.revision), revision_requested=dataset_cfg.revision)
 
 
+_SAID: set = set()  # (group, repo, revision) already reported by pinned_overrides: once per sweep, not per job
+
+
 def pinned_overrides(cfg) -> List[str]:
     """Overrides that pin a job's hub model and dataset to the commits their revisions point to now.
 
@@ -311,11 +314,16 @@ def pinned_overrides(cfg) -> List[str]:
             if reachable():
                 raise  # the hub answered no: the job would fail the same way
             commit = None
+        said = (group, node.path, revision)
         if commit is None:
-            log.warning("%s.revision=%s of %s is not pinned (hub unreachable): each job resolves it itself",
-                        group, revision, node.path)
+            if said not in _SAID:
+                log.warning("%s.revision=%s of %s is not pinned (hub unreachable): each job resolves it itself",
+                            group, revision, node.path)
+            _SAID.add(said)
             continue
-        log.info("%s %s: %s is commit %s; every job of this sweep uses it", group, node.path, revision, commit)
+        if said not in _SAID:
+            log.info("%s %s: %s is commit %s; every job of this sweep uses it", group, node.path, revision, commit)
+        _SAID.add(said)
         pins.append(f"{group}.revision={commit}")
     return pins
 
