@@ -30,7 +30,7 @@ class ModelConfig:
     source: str = "hub"
     # Hub repo id, local checkpoint directory, or python package name, depending on `source`.
     path: Optional[str] = None
-    # Hub revision (branch, tag or commit); pin a commit for reproducible runs.
+    # Hub revision (branch, tag or commit); a sweep resolves it to one commit at plan time for all its jobs.
     revision: str = "main"
     # Weight dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16.
     dtype: str = "auto"
@@ -57,6 +57,8 @@ class DatasetConfig:
     path: Optional[str] = None
     # Hub dataset config/subset name (e.g. wikitext-103-raw-v1).
     subset: Optional[str] = None
+    # Hub dataset revision (branch, tag or commit); resolved to a commit like model.revision, recorded in results.json.
+    revision: str = "main"
     # Hub split to stream.
     split: str = "train"
     # Column holding the text in hub datasets.

@@ -18,7 +18,7 @@ from outlier_lab.loading.windows import build_windows, check_source, documents
 from outlier_lab.analysis.detectors import Detector, JobContext, selected
 from outlier_lab.errors import UserError, run_task
 from outlier_lab.planning import HardwarePlan, check_host, format_plan, plan, read_plan
-from outlier_lab.loading.hub import hub_revision
+from outlier_lab.loading.hub import dataset_revision, hub_revision
 from outlier_lab.analysis.engines.resident import analyze
 from outlier_lab.analysis.engines.streamed import analyze_streamed
 from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap
@@ -128,6 +128,7 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
                    params_total=params_total, params_active=moe.pop("params_active"), **moe,
                    dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")),
         dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
+                     **dataset_revision(ds),
                      num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
                      prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),
         **found,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -98,6 +99,9 @@ class Launch:
         if self.params["provider"] not in ("inventory", "command", *PROVIDERS):
             raise user_error(f"hydra.launcher.provider={self.params['provider']!r}: use inventory, command, "
                              f"{', '.join(PROVIDERS)}")
+        bad = [n for n in self.params.get("forward_env") or () if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(n))]
+        if bad:
+            raise user_error(f"hydra.launcher.forward_env lists {bad[0]!r}, which is not an environment variable name")
         if self.params["provider"] in PROVIDERS and key_env(self.params) in self.params["secret_env"]:
             raise user_error(f"hydra.launcher.secret_env lists {key_env(self.params)}: the provider API key must "
                              "not reach the rented host; remove it from secret_env")

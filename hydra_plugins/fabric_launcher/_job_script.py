@@ -1,10 +1,11 @@
 """The shell a host runs for a job: the detached wrapper script, and the commands that start, poll and kill it."""
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shlex
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence
 
 from outlier_lab.config import PLAN_FILE
 
@@ -51,21 +52,32 @@ json.dump(entries, sys.stdout)
 """
 
 
-def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bundle: CodeBundle) -> str:
-    """The detached wrapper (started by DETACH_PY with the secrets in its environment, never in a file): process
-    group id, code check, log, manifest, exit code."""
+def env_exports(params: Dict[str, Any], gpu_indices: Sequence[int], environ: Mapping[str, str]) -> List[str]:
+    """The job script's `export` lines: interpreter settings, its GPUs, HF_HOME, and the forward_env variables set
+    here (settings, not secrets: those travel on stdin, never in a file)."""
     q = shlex.quote
-    d = job.remote_dir
     # No bytecode written, so the shared code dir keeps exactly the shipped files (the check refuses any other,
     # a stray .pyc included); installed packages still load their own cached bytecode.
     env_lines = ["export PYTHONUNBUFFERED=1", "export PYTHONDONTWRITEBYTECODE=1"]
-    if job.gpu_indices:  # a shared host: this job sees only the GPUs it was given
-        env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in job.gpu_indices)}")
+    if gpu_indices:  # a shared host: this job sees only the GPUs it was given
+        env_lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(str(i) for i in gpu_indices)}")
     if params.get("hf_home"):
         hf_home = str(params["hf_home"])
         # A quoted `~` would stay literal: expand it through the remote shell's $HOME.
         value = f'"$HOME"/{q(hf_home[2:])}' if hf_home.startswith("~/") else q(hf_home)
         env_lines.append(f"export HF_HOME={value}")
+    for name in params.get("forward_env") or ():
+        if environ.get(name) is not None and name not in (params.get("secret_env") or ()):
+            env_lines.append(f"export {name}={q(environ[name])}")
+    return env_lines
+
+
+def job_script(job: Job, params: Dict[str, Any], code_dir: str, python: str, bundle: CodeBundle) -> str:
+    """The detached wrapper (started by DETACH_PY with the secrets in its environment, never in a file): process
+    group id, code check, log, manifest, exit code."""
+    q = shlex.quote
+    d = job.remote_dir
+    env_lines = env_exports(params, job.gpu_indices, os.environ)
     command = " ".join(q(a) for a in remote_command(job.overrides, d, python))
     return f"""#!/bin/sh
 # outlier_lab remote job {job.name}: detached, its own process group; the launcher polls exit_code.

@@ -66,6 +66,9 @@ class FabricLauncherConf:
     hf_home: Optional[str] = None
     # Local environment variables forwarded through a 0600 env file, never a command line.
     secret_env: List[str] = field(default_factory=lambda: ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"])
+    # Local environment variables (settings, not secrets) exported in each remote job's script when set here.
+    # HF_HUB_DISABLE_XET=1: download Xet-backed repos over plain HTTP (see README, Xet-backed repositories).
+    forward_env: List[str] = field(default_factory=lambda: ["HF_HUB_DISABLE_XET"])
     # Print the plan and the exact remote commands per job; connect to nothing.
     dry_run: bool = False
     # Seconds between polls of a running job.

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, List, Optional
 import torch
 
 from outlier_lab.errors import UserError
-from outlier_lab.loading.hub import reachable as hub_reachable
+from outlier_lab.loading.hub import pin_dataset
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,33 @@ def text_file(path: str) -> Iterator[str]:
             yield doc
 
 
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0]}" if str(err).strip() else type(err).__name__
+
+
 def hub_dataset(dataset_cfg) -> Iterator[str]:
-    """Stream a `datasets` hub dataset's text column; nothing is downloaded in full."""
+    """Stream a `datasets` hub dataset's text column at its pinned commit; nothing is downloaded in full."""
     import datasets
 
-    hub_reachable()
+    commit = pin_dataset(dataset_cfg.path, dataset_cfg.revision)  # also switches to offline mode when unreachable
+    where = f"{dataset_cfg.path}@{(commit or dataset_cfg.revision)[:12]}"
     try:
-        stream = datasets.load_dataset(dataset_cfg.path, dataset_cfg.subset, split=dataset_cfg.split, streaming=True)
+        stream = datasets.load_dataset(dataset_cfg.path, dataset_cfg.subset, split=dataset_cfg.split, streaming=True,
+                                       revision=commit or dataset_cfg.revision)
     except Exception as err:  # datasets raises many types for a missing/unreachable dataset
-        raise UserError(f"cannot stream dataset {dataset_cfg.path!r} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); check the name and the network") from None
-    for i, row in enumerate(stream):
-        if dataset_cfg.max_documents is not None and i >= dataset_cfg.max_documents:
+        raise UserError(f"cannot stream dataset {dataset_cfg.path!r} ({_first_line(err)}); "
+                        "check the name and the network") from None
+    rows = iter(stream)
+    i = 0
+    while dataset_cfg.max_documents is None or i < dataset_cfg.max_documents:
+        try:
+            row = next(rows)
+        except StopIteration:
             return
+        except Exception as err:  # noqa: BLE001 - a read that fails mid-stream (network, server) is one line
+            raise UserError(f"streaming dataset {where} failed after {i} documents ({_first_line(err)}); "
+                            "rerun to try again (nothing was written)") from None
+        i += 1
         if dataset_cfg.text_field not in row:
             raise UserError(f"dataset {dataset_cfg.path!r} has no column {dataset_cfg.text_field!r}; "
                             f"set dataset.text_field to one of {sorted(row)}")

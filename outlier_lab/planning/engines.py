@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from outlier_lab.analysis.engines import ENGINES
 from outlier_lab.errors import UserError
+from outlier_lab.loading import hub
 from outlier_lab.loading.models import checkpoint_location
 from outlier_lab.loading.shards import Checkpoint
 
@@ -31,9 +32,15 @@ def engines_for(cfg: DictConfig) -> Tuple[List[str], str]:
 
 
 def streamed_unavailable(cfg: DictConfig) -> str:
-    """Why the streamed engine cannot read this checkpoint ('' when it can; hub checkpoints are safetensors)."""
+    """Why the streamed engine cannot read this checkpoint ('' when it can). A hub checkpoint is judged by the hub's
+    file listing at plan time (safetensors assumed when neither the hub nor the cache can say)."""
     if cfg.model.source == "hub":
-        return ""
+        try:
+            return hub.pin(cfg.model.path, cfg.model.revision).streamed_unavailable()
+        except UserError:
+            if hub.reachable():
+                raise
+            return ""
     try:
         Checkpoint.open(checkpoint_location(cfg.model)[0])
     except UserError as err:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tests.support.checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint, training_text
 from tests.support.cli import cli_env, run_cli, tiny_job_overrides
-from tests.support.hub_service import HubService, hub  # noqa: F401 - fixture used by name
+from tests.support.hub_service import HubService, copy_checkpoint, hub  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import _free_port, ssh_server  # noqa: F401 - fixture used by name
 
 from outlier_lab.planning.estimate import DISK_EXTRA_GIB
@@ -295,3 +296,220 @@ def test_a_run_downloads_top_level_configs_and_every_weight_shard_only():
     pinned = Pinned("openai/gpt-oss-120b", "main", "0" * 40, tuple(sizes.items()))
     assert pinned.download_bytes() == 14 * 4 * 2**30 + 5 * 1000  # 4 metadata files + the index, no subfolders
     assert Pinned("a/b", "main", "0" * 40, (("config.json", None),)).download_bytes() is None  # listed offline
+
+
+def _published_variant(tmp: Path, source: Path, name: str) -> Path:
+    """A copy of a checkpoint dir to rearrange into another hub layout."""
+    target = tmp / name
+    copy_checkpoint(source, target)
+    return target
+
+
+@pytest.mark.slow
+def test_a_sharded_repo_that_also_ships_consolidated_weights_downloads_only_the_indexed_shards(
+        hub, repos, text_file, local_reference, tmp_path):
+    # Newer Mistral repos: index + shards for transformers, and consolidated.safetensors (the same weights again).
+    layout = _published_variant(tmp_path, repos["v1"], "mistral_like")
+    weights = layout / "model.safetensors"
+    shard = "model-00001-of-00001.safetensors"
+    weights.rename(layout / shard)
+    from safetensors import safe_open
+
+    with safe_open(str(layout / shard), "pt") as f:
+        keys = list(f.keys())
+    (layout / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": (layout / shard).stat().st_size}, "weight_map": {k: shard for k in keys}}))
+    (layout / "consolidated.safetensors").write_bytes((layout / shard).read_bytes())
+    hub.publish("acme/mistral-like", layout)
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "run", "acme/mistral-like"), env=hub_env(hub, tmp_path / "hf"))
+    fetched = [r["path"].rsplit("/", 1)[-1] for r in hub.downloads()]
+    assert shard in fetched and "model.safetensors.index.json" in fetched
+    assert "consolidated.safetensors" not in fetched
+    assert deterministic(tmp_path / "run") == local_reference
+    # The plan's disk figure counts exactly the files downloaded.
+    plan = json.loads((tmp_path / "run" / "results.json").read_text())["resources"]
+    assert plan["disk_gib"] == pytest.approx(sum(r["bytes"] for r in hub.downloads()) / 2**30 + DISK_EXTRA_GIB)
+
+
+@pytest.mark.slow
+def test_a_bin_only_repo_plans_resident_from_the_hub_listing(hub, repos, text_file, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    layout = _published_variant(tmp_path, repos["v1"], "bin_only")
+    torch.save(load_file(str(layout / "model.safetensors")), layout / "pytorch_model.bin")
+    (layout / "model.safetensors").unlink()
+    hub.publish("acme/bin-only", layout)
+    env = hub_env(hub, tmp_path / "hf")
+    run_cli(*hub_overrides(text_file, tmp_path / "auto", "acme/bin-only", "engine=auto"), env=env)
+    results = json.loads((tmp_path / "auto" / "results.json").read_text())
+    assert results["resources"]["engine"] == "resident"
+    assert "no safetensors weights" in results["resources"]["engine_reason"]
+    assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
+    # engine=streamed is refused at plan time, before any weight is downloaded.
+    hub.reset()
+    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "streamed", "acme/bin-only", "engine=streamed"),
+                              env=hub_env(hub, tmp_path / "hf2"), check=False))
+    assert "acme/bin-only" in line and "engine=resident" in line
+    assert not [r for r in hub.downloads() if r["path"].endswith(".bin")]
+
+
+@pytest.mark.slow
+def test_a_gated_repo_whose_terms_are_not_accepted_is_one_line_naming_its_page(hub, repos, tmp_path, text_file):
+    token = "hf_test" + uuid.uuid4().hex
+    hub.set_token(token)
+    hub.publish("acme/terms-llama", repos["v1"], gated=True, accepted=False)
+    proc = run_cli(*hub_overrides(text_file, tmp_path / "run", "acme/terms-llama"),
+                   env=hub_env(hub, tmp_path / "hf", HF_TOKEN=token), check=False)
+    line = error_line(proc)
+    assert f"{hub.url}/acme/terms-llama" in line and "accept its terms" in line
+    assert token not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_the_token_reaches_the_hub_and_never_the_cdn(hub, repos, text_file, tmp_path):
+    token = "hf_test" + uuid.uuid4().hex
+    hub.set_token(token)
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "run", GATED), env=hub_env(hub, tmp_path / "hf", HF_TOKEN=token))
+    log = hub.log()
+    cdn = [r for r in log if r["host"] == "cdn"]
+    redirects = [r for r in log if r["host"] == "hub" and r["status"] == 302]
+    assert {r["path"].rsplit("/", 1)[-1] for r in cdn} >= {"model.safetensors", "tokenizer.json"}
+    assert redirects and all(r["auth"] == "valid" for r in redirects)  # the 302 came from the hub, with the token
+    assert all(r["auth"] is None for r in cdn), cdn  # ... the signed CDN URL was fetched without it
+
+
+def _drifting_dataset(tmp: Path, docs: list, name: str) -> Path:
+    data = tmp / name
+    (data / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": docs}), data / "data" / "test-00000-of-00001.parquet", row_group_size=200)
+    (data / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                    "  - split: test\n    path: data/test-*\n---\n")
+    return data
+
+
+def _hub_dataset_overrides(repos, text_file, run_dir: Path, *extra: str) -> list:
+    local = [o for o in tiny_job_overrides(repos["v1"], text_file, run_dir)
+             if not o.startswith(("dataset=", "dataset.path="))]
+    return [*local, "dataset=wikitext103", "dataset.path=acme/drifting-text", "dataset.subset=default", *extra]
+
+
+@pytest.mark.slow
+def test_a_dataset_is_recorded_at_its_commit_and_the_recorded_sha_reproduces_the_tokens(hub, repos, text_file,
+                                                                                        tmp_path):
+    docs = [d for d in training_text().split("\n\n") if d.strip()]
+    sha_a = hub.publish("acme/drifting-text", _drifting_dataset(tmp_path, docs, "a"), repo_type="datasets")
+    env = hub_env(hub, tmp_path / "hf")
+    run_cli(*_hub_dataset_overrides(repos, text_file, tmp_path / "first"), env=env)
+    first = json.loads((tmp_path / "first" / "results.json").read_text())["dataset"]
+    assert (first["path"], first["subset"], first["split"]) == ("acme/drifting-text", "default", "test")
+    assert first["revision"] == sha_a and first["revision_requested"] == "main"
+
+    # main moves on: the same config now reads other text, and says so.
+    sha_b = hub.publish("acme/drifting-text", _drifting_dataset(tmp_path, docs[::-1], "b"), repo_type="datasets")
+    run_cli(*_hub_dataset_overrides(repos, text_file, tmp_path / "moved"), env=env)
+    moved = json.loads((tmp_path / "moved" / "results.json").read_text())["dataset"]
+    assert moved["revision"] == sha_b != sha_a
+    tokens = lambda run: (tmp_path / run / "tokens.safetensors").read_bytes()  # noqa: E731
+    assert tokens("moved") != tokens("first")
+
+    # The recorded sha reproduces the first run's tokens byte for byte.
+    run_cli(*_hub_dataset_overrides(repos, text_file, tmp_path / "again", f"dataset.revision={first['revision']}"),
+            env=hub_env(hub, tmp_path / "hf2"))
+    assert tokens("again") == tokens("first")
+    line = error_line(run_cli(*_hub_dataset_overrides(repos, text_file, tmp_path / "bad", "dataset.revision=v9"),
+                              env=env, check=False))
+    assert "dataset.revision=v9" in line and "acme/drifting-text" in line
+
+
+@pytest.mark.slow
+def test_a_dataset_stream_that_fails_after_it_opened_is_one_line(hub, repos, text_file, tmp_path):
+    overrides = [o for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
+                 if not o.startswith(("dataset=", "dataset.path="))]
+    # load_dataset reads the parquet footer (the first GET) and returns; the reads of the rows are then refused,
+    # as the CDN refuses a signed URL that expired during a long stream.
+    hub.reset()
+    hub.refuse("wikitext-103-raw-v1/test-00000-of-00001.parquet", 403, times=1000, skip=1)
+    proc = run_cli(*overrides, "dataset=wikitext103", env=hub_env(hub, tmp_path / "hf"), check=False)
+    refused = [r for r in hub.log() if r["status"] == 403 and r["host"] == "cdn"]
+    hub.reset()
+    line = error_line(proc)
+    assert refused and "streaming dataset" in line and DATASET in line and "rerun" in line
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_pins_each_revision_once_at_plan_time_and_every_job_gets_the_commit(hub, repos, text_file, tmp_path):
+    from tests.e2e.test_fabric_launcher import launcher_overrides
+
+    dead = [{"address": "127.0.0.1", "port": _free_port(), "user": "nobody"}]  # dry run: connects to nothing
+    args = [o for o in hub_overrides(text_file, None, REPO_V1) if not o.startswith(("dataset=", "dataset.path="))]
+    hub.reset()
+    proc = run_cli("--multirun", *args, "dataset=wikitext103", "dataset.num_sequences=4,2",
+                   *launcher_overrides(tmp_path, dead, dry_run="true"), env=hub_env(hub, tmp_path / "hf"))
+    dataset_sha = json.loads((hub.root / "datasets" / DATASET / "repo.json").read_text())["branches"]["main"]
+    commands = [line for line in proc.stdout.splitlines() if "run.py" in line]
+    assert len(commands) == 2, proc.stdout[-3000:]
+    for command in commands:
+        assert f"model.revision={repos['sha_v2']}" in command and f"dataset.revision={dataset_sha}" in command
+        assert "model.revision=main" not in command
+    lookups = [r for r in hub.log() if r["path"] == f"/api/models/{REPO_V1}/revision/main"]
+    assert len(lookups) == 1  # resolved once for the whole sweep
+
+
+@pytest.mark.slow
+def test_pin_revisions_writes_each_shipped_yamls_commit_and_date_and_follows_its_branch(hub, repos, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.cli import REPO
+
+    first = hub.publish("acme/pinned-llama", repos["v1"])  # its own repo: moving main here moves no other test
+    conf = tmp_path / "conf"
+    for group, name, repo in (("model", "mixtral", "acme/pinned-llama"), ("dataset", "wikitext103", DATASET)):
+        (conf / group).mkdir(parents=True, exist_ok=True)
+        text = (REPO / "conf" / group / f"{name}.yaml").read_text()
+        (conf / group / f"{name}.yaml").write_text(text.replace(yaml.safe_load(text)["path"], repo))
+    (conf / "model" / "local.yaml").write_text((REPO / "conf" / "model" / "local.yaml").read_text())
+
+    def pin(*args):
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "pin_revisions.py"), "--conf", str(conf),
+                               *args], env=hub_env(hub, tmp_path / "hf"), capture_output=True, text=True, timeout=120)
+
+    proc = pin()
+    assert proc.returncode == 0, proc.stderr
+    model_yaml = (conf / "model" / "mixtral.yaml").read_text()
+    dataset_sha = json.loads((hub.root / "datasets" / DATASET / "repo.json").read_text())["branches"]["main"]
+    assert yaml.safe_load(model_yaml)["revision"] == first
+    assert yaml.safe_load((conf / "dataset" / "wikitext103.yaml").read_text())["revision"] == dataset_sha
+    assert re.search(r"# main on \d{4}-\d{2}-\d{2} \(scripts/pin_revisions.py\)", model_yaml)
+    assert "local" not in proc.stdout  # not a hub model
+    # Nothing moved: nothing rewritten. main moves: the YAML follows it (the branch named in its comment).
+    assert "(unchanged)" in pin("mixtral").stdout and (conf / "model" / "mixtral.yaml").read_text() == model_yaml
+    moved = hub.publish("acme/pinned-llama", repos["v1"])
+    assert pin("mixtral").returncode == 0 and moved != first
+    assert yaml.safe_load((conf / "model" / "mixtral.yaml").read_text())["revision"] == moved
+
+
+@pytest.mark.slow
+def test_a_xet_backed_repo_downloads_through_hf_xet_and_hf_hub_disable_xet_takes_plain_http(
+        hub, repos, text_file, local_reference, tmp_path):
+    sha = hub.publish("acme/xet-llama", repos["v1"], xet=True)  # hf_xet's own local CAS: no network
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "xet", "acme/xet-llama"), env=hub_env(hub, tmp_path / "hf"))
+    assert deterministic(tmp_path / "xet") == local_reference
+    log = hub.log()
+    assert any(r["path"] == f"/api/models/acme/xet-llama/xet-read-token/{sha}" for r in log)
+    assert not [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]  # not over HTTP
+    # The escape hatch: the same repo over plain HTTP, from the CDN.
+    hub.reset()
+    run_cli(*hub_overrides(text_file, tmp_path / "http", "acme/xet-llama"),
+            env=hub_env(hub, tmp_path / "hf2", HF_HUB_DISABLE_XET="1"))
+    assert deterministic(tmp_path / "http") == local_reference
+    weights = [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]
+    assert [r["host"] for r in weights] == ["cdn"]
+    assert not any("xet-read-token" in r["path"] for r in hub.log())

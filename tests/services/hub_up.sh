@@ -13,7 +13,8 @@ _outlier_lab_hub_up() {
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
         rm -f "$root/port"
         # stdio redirected so an upstream `| tee` can end; the server needs the standard library only.
-        "$(command -v python3 || command -v python)" "$here/hub_server.py" --root "$root" --port "$port" --port-file "$root/port" \
+        "$(command -v python3 || command -v python)" "$here/hub_server.py" --root "$root" --port "$port" \
+            --cdn-port "${OUTLIER_LAB_TEST_HUB_CDN_PORT:-0}" --port-file "$root/port" \
             </dev/null >"$root/server.log" 2>&1 &
         pid=$!
         echo "$pid" > "$root/server.pid"

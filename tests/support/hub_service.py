@@ -31,8 +31,9 @@ class HubService:
             return json.loads(reply.read() or b"null")
 
     def publish(self, repo_id: str, source: Path, repo_type: str = "models", branch: str = "main",
-                tags: Iterable[str] = (), gated: Optional[bool] = None) -> str:
-        return hub_server.publish(self.root, repo_id, source, repo_type, branch, tags, gated)
+                tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None,
+                xet: bool = False) -> str:
+        return hub_server.publish(self.root, repo_id, source, repo_type, branch, tags, gated, accepted, xet)
 
     def log(self) -> List[dict]:
         return self._call("/_emulator/log")
@@ -43,6 +44,10 @@ class HubService:
     def cut(self, path: str, drop_after: int, times: int = 1) -> None:
         """The next `times` GETs of a file whose path contains `path` stop after `drop_after` bytes."""
         self._call("/_emulator/fault", {"path": path, "drop_after": drop_after, "times": times})
+
+    def refuse(self, path: str, status: int, times: int = 1, skip: int = 0) -> None:
+        """After `skip` untouched GETs, the next `times` GETs of a file whose path contains `path` get `status`."""
+        self._call("/_emulator/fault", {"path": path, "status": status, "times": times, "skip": skip})
 
     def set_token(self, token: str) -> None:
         token_file = self.root / "token"

@@ -40,3 +40,18 @@ def test_host_locks_name_each_gpu_or_one_slot_of_many():
     assert host_locks([0, 3], slots=4) == "all:gpu-0,gpu-3"
     assert host_locks([], slots=3) == "any:slot-0,slot-1,slot-2"
     assert host_locks([], slots=0) == "any:slot-0"
+
+
+def test_forward_env_settings_reach_the_job_shell_and_secrets_never_enter_the_script():
+    import subprocess
+
+    from hydra_plugins.fabric_launcher._job_script import env_exports
+    from hydra_plugins.fabric_launcher.config import FabricLauncherConf
+
+    params = {"hf_home": None, "forward_env": FabricLauncherConf().forward_env + ["ODD"],
+              "secret_env": ["HF_TOKEN"]}
+    lines = env_exports(params, [], {"HF_HUB_DISABLE_XET": "1", "ODD": "a b'$(id)", "HF_TOKEN": "hf_secret"})
+    assert not any("hf_secret" in line for line in lines)
+    shell = "\n".join(lines + ['printf "%s|%s" "$HF_HUB_DISABLE_XET" "$ODD"'])
+    assert subprocess.run(["sh", "-c", shell], capture_output=True, text=True).stdout == "1|a b'$(id)"
+    assert not any("HF_HUB_DISABLE_XET" in line for line in env_exports(params, [], {}))  # unset here: not set there
