@@ -13,9 +13,10 @@ from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
-from ._providers import TAG_PREFIX, Instance, ProviderError, Refused, make_provider
+from ._providers import (TAG_PREFIX, Instance, NoBalance, OfferQuery, ProviderError, Refused,
+                         interruptible_refusal, make_provider, min_cuda)
 from ._providers._http import AnswerLost
-from ._providers._choice import Choice, NoOffer, choose
+from ._providers._choice import Choice, NoOffer, choose, need_per_gpu
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
 CREATE_TRIES = 3  # fitting offers tried, cheapest first, while the provider refuses creates (no capacity)
@@ -43,22 +44,27 @@ class Rental:
         self.key_path = str(key)
         self.public_key = public.read_text().strip() if public.is_file() else ""
         self.known_dir = known_hosts_path(params).parent / "known_hosts.d"
+        refusal = interruptible_refusal(params["provider"], params)
+        if refusal:
+            raise user_error(refusal)
+        self.image = params.get("image") or self.provider.default_image
         self.choices: Dict[str, List[Choice]] = {}
         self.pending: Dict[str, ProviderError] = {}
-        self._offers = None
+        self._offers: Dict[OfferQuery, list] = {}
         self.lock = threading.Lock()
 
     # before anything is rented ----------------------------------------------------------------------------------
     def choose(self, job: Job) -> Choice:
         """The offer this job will rent; a job that fits nothing, or breaks the budget, is refused here."""
+        query = offer_query(job.needs, self.params, self.image)
         with self.lock:
-            if self._offers is None:
+            if query not in self._offers:
                 try:
-                    self._offers = self.provider.offers()
+                    self._offers[query] = self.provider.offers(query)
                 except ProviderError as err:
                     raise LaunchError(f"could not list {self.provider.name} offers: {err}") from err
         try:
-            ranked = choose(self._offers, job.needs, self.params, self.provider.name)
+            ranked = choose(self._offers[query], job.needs, self.params, self.provider.name)
         except NoOffer as err:
             raise user_error(f"job {job.name}: {err}; nothing was rented") from None
         self.choices[job.key] = ranked
@@ -70,6 +76,7 @@ class Rental:
         job.note(offer={"provider": picked.offer.provider, "id": picked.offer.offer_id,
                         "gpu": picked.offer.gpu_name, "count": picked.offer.gpu_count,
                         "usd_per_hour": picked.offer.usd_per_hour, "region": picked.offer.region,
+                        "interruptible": picked.offer.interruptible,
                         "ranked_by": "job cost" if picked.hours else "usd_per_hour (no time estimate)",
                         "describe": picked.offer.describe()})
 
@@ -88,6 +95,8 @@ class Rental:
             try:
                 inst = self.create_from(job, picked)
                 break
+            except NoBalance as err:
+                raise user_error(str(err)) from None
             except Refused as err:
                 if n == len(candidates):
                     raise LaunchError(f"{self.provider.name} create failed ({n} offer(s) tried): {err}") from err
@@ -98,11 +107,10 @@ class Rental:
 
     def create_from(self, job: Job, picked: Choice) -> Instance:
         name = self.instance_name(job)
-        disk = int(max(40.0, job.needs.disk_gib * 1.2 + 20))  # model files, the venv and the results
-        image = self.params.get("image") or self.provider.default_image
         self.console.say(job, f"renting {picked.offer.describe()} as {name}")
         try:
-            return self.provider.create(picked.offer, name, self.public_key, disk, image)
+            return self.provider.create(picked.offer, name, self.public_key, planned_disk(job.needs),
+                                        self.image)
         except AnswerLost as err:
             self.console.say(job, f"{err}; looking the instance up by its name {name}")
             inst = self.cleanup.find_by_name(name, attempts=max(2, int(self.params["retries"])),
@@ -112,7 +120,7 @@ class Rental:
                                   "name appeared; the end-of-sweep check lists it if it shows up later") from err
             self.console.say(job, f"found {inst.describe()}: the create did happen; using it")
             return inst
-        except Refused:
+        except (Refused, NoBalance):
             raise
         except ProviderError as err:
             if err.instance_id is None:
@@ -189,3 +197,16 @@ class Rental:
         except ProviderError as err:
             destroy_failed(Host(address=inst.address or "?", instance_id=inst.id), str(err),
                            self.provider.console_command(inst.id))
+
+
+def planned_disk(needs: Any) -> int:
+    """GB of disk the create asks for: model files, the environment and the results (Vast prices it by the hour)."""
+    return int(max(40.0, float(needs.disk_gib or 0.0) * 1.2 + 20))
+
+
+def offer_query(needs: Any, params: Dict[str, Any], image: str) -> OfferQuery:
+    """What the provider's search may filter out for this job (lower bounds only; _choice judges the fit)."""
+    return OfferQuery(min_vram_gib_each=need_per_gpu(needs, max(OfferQuery.gpu_counts)),
+                      min_total_vram_gib=need_per_gpu(needs, 1), disk_gib=planned_disk(needs),
+                      min_cuda=min_cuda(params, image), interruptible=bool(params.get("interruptible")),
+                      vendors=tuple(v.lower() for v in params["vendors"]))

@@ -12,7 +12,7 @@ from tests.support.cli import REPO
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
 
-from hydra_plugins.fabric_launcher._providers import Offer, ProviderError, make_provider
+from hydra_plugins.fabric_launcher._providers import Offer, OfferQuery, ProviderError, make_provider
 from hydra_plugins.fabric_launcher._providers._http import AnswerLost, ApiError
 from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
 from outlier_lab.planning.estimate import Estimate
@@ -40,7 +40,7 @@ def needs(weights_gib=10.0, ram_floor=64.0, disk=20.0):
 def test_runpod_offers_carry_the_manufacturer_field_and_one_offer_per_gpu_count(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA GeForce RTX 4090", "RTX 4090", "NVIDIA", 24, 0.44, max_count=2),
                               runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1)]
-    offers = provider("runpod", fake_cloud, monkeypatch).offers()
+    offers = provider("runpod", fake_cloud, monkeypatch).offers(OfferQuery())
     by_id = {o.offer_id: o for o in offers}
     assert sorted(by_id) == ["AMD Instinct MI300X OAM/SECURE/1", "NVIDIA GeForce RTX 4090/SECURE/1",
                              "NVIDIA GeForce RTX 4090/SECURE/2"]
@@ -59,7 +59,7 @@ def test_rank_picks_the_cheapest_fitting_nvidia_offer_and_says_why_others_were_r
         vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),    # the one
         vast_offer(6, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10),
     ]
-    fitting, refused = rank(provider("vast", fake_cloud, monkeypatch).offers(), needs(), ["nvidia"])
+    fitting, refused = rank(provider("vast", fake_cloud, monkeypatch).offers(OfferQuery()), needs(), ["nvidia"])
     assert [c.offer.offer_id for c in fitting] == ["5", "6"]
     reasons = {c.offer.offer_id: c.refusal for c in refused}
     assert "manufacturer amd" in reasons["1"] and "needed per GPU" in reasons["2"]
@@ -83,15 +83,16 @@ def test_429_and_5xx_are_retried_with_backoff(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     fake_cloud.inject("offers", "429", "500")
     rp = provider("runpod", fake_cloud, monkeypatch)
-    assert len(rp.offers()) == 1
+    assert len(rp.offers(OfferQuery())) == 1
     assert rp.api.retried == 2
-    assert fake_cloud.calls.count("GET /v2/catalog/gpus") == 4  # 429, 500, then one call per cloud
+    # 429, 500, then one call per cloud and GPU count (1, 2, 4, 8)
+    assert fake_cloud.calls.count("GET /v2/catalog/gpus") == 2 + 2 * 4
 
 
 def test_a_lost_create_answer_is_not_retried_and_the_instance_is_found_by_its_name(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     rp = provider("runpod", fake_cloud, monkeypatch)
-    offer = rp.offers()[0]
+    offer = rp.offers(OfferQuery())[0]
     fake_cloud.inject("create", "lost")
     with pytest.raises(AnswerLost):
         rp.create(offer, "outlier-lab-test-0", PUBLIC_KEY, 40, "runpod/pytorch")
@@ -109,7 +110,7 @@ def test_a_create_that_times_out_is_an_answer_lost(fake_cloud, monkeypatch):
     vast = provider("vast", fake_cloud, monkeypatch, api_timeout_s=0.5)
     fake_cloud.inject("create", "hang")
     with pytest.raises(AnswerLost):
-        vast.create(vast.offers()[0], "outlier-lab-hang-0", PUBLIC_KEY, 40, "pytorch/pytorch")
+        vast.create(vast.offers(OfferQuery())[0], "outlier-lab-hang-0", PUBLIC_KEY, 40, "pytorch/pytorch")
     assert [i.name for i in vast.list_ours()] == ["outlier-lab-hang-0"]
 
 
@@ -117,7 +118,7 @@ def test_vast_create_attaches_the_public_key_and_waits_until_ssh_answers(fake_cl
     fake_cloud.vast_offers = [vast_offer(7, "L4", "nvidia", 1, 24 * 1024, 64 * 1024, 100, 0.3)]
     fake_cloud.start_polls = 2
     vast = provider("vast", fake_cloud, monkeypatch)
-    inst = vast.create(vast.offers()[0], "outlier-lab-v-0", PUBLIC_KEY, 40, "pytorch/pytorch")
+    inst = vast.create(vast.offers(OfferQuery())[0], "outlier-lab-v-0", PUBLIC_KEY, 40, "pytorch/pytorch")
     assert fake_cloud.instances[inst.id]["public_key"] == PUBLIC_KEY
     ready = vast.wait_ready(inst, timeout_s=20, poll_s=0.05, cancel=threading.Event())
     assert (ready.status, ready.address, ready.port) == ("running", ssh_server.host, ssh_server.port)
@@ -131,7 +132,7 @@ def test_ssh_that_never_comes_up_ends_the_wait_in_bounded_time(fake_cloud, monke
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     fake_cloud.ssh_never_up = True
     rp = provider("runpod", fake_cloud, monkeypatch)
-    inst = rp.create(rp.offers()[0], "outlier-lab-dead-0", PUBLIC_KEY, 40, "runpod/pytorch")
+    inst = rp.create(rp.offers(OfferQuery())[0], "outlier-lab-dead-0", PUBLIC_KEY, 40, "runpod/pytorch")
     with pytest.raises(ProviderError) as err:
         rp.wait_ready(inst, timeout_s=1.0, poll_s=0.1, cancel=threading.Event())
     assert err.value.instance_id == inst.id and "SSH did not answer within 1s" in str(err.value)
