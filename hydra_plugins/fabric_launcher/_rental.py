@@ -7,19 +7,20 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ._errors import Cancelled, LaunchError, user_error
+from ._errors import Cancelled, LaunchError, Preempted, user_error
 from ._hosts import Host
 from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
-from ._providers import (TAG_PREFIX, Instance, NoBalance, OfferQuery, ProviderError, Refused,
+from ._providers import (DEAD_STATUSES, TAG_PREFIX, Instance, NoBalance, OfferQuery, ProviderError, Refused,
                          interruptible_refusal, make_provider, min_cuda)
 from ._providers._http import AnswerLost
 from ._providers._choice import Choice, NoOffer, choose, need_per_gpu
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
 CREATE_TRIES = 3  # fitting offers tried, cheapest first, while the provider refuses creates (no capacity)
+PREEMPT_CHECK_S = 10.0  # seconds between two looks at a running job's instance (one API call each)
 
 
 class Rental:
@@ -52,6 +53,8 @@ class Rental:
         self.pending: Dict[str, ProviderError] = {}
         self._offers: Dict[OfferQuery, list] = {}
         self.lock = threading.Lock()
+        self.rented_at: Dict[str, float] = {}  # instance id -> monotonic time of its create
+        self.last_check: Dict[str, float] = {}  # instance id -> monotonic time of its last preemption check
 
     # before anything is rented ----------------------------------------------------------------------------------
     def choose(self, job: Job) -> Choice:
@@ -81,7 +84,7 @@ class Rental:
                         "describe": picked.offer.describe()})
 
     def instance_name(self, job: Job) -> str:
-        return f"{TAG_PREFIX}{job.key}"  # job.key is the sweep id plus the job index
+        return f"{TAG_PREFIX}{job.attempt_key}"  # the sweep id, the job index, and the rerun after a preemption
 
     # create, ready, destroy ------------------------------------------------------------------------------------
     def create(self, job: Job) -> Host:
@@ -102,6 +105,7 @@ class Rental:
                     raise LaunchError(f"{self.provider.name} create failed ({n} offer(s) tried): {err}") from err
                 self.console.say(job, f"{err}; trying the next offer")
         self.note_offer(job, picked)
+        self.rented_at[inst.id] = time.monotonic()
         return Host(address=inst.address or "", port=inst.port or 22, user=inst.user, key_path=self.key_path,
                     usd_per_hour=picked.offer.usd_per_hour, instance_id=inst.id)
 
@@ -167,10 +171,53 @@ class Rental:
         self.console.say(job, f"destroyed {self.provider.name} instance {host.instance_id}" if error is None else
                          f"destroy of {self.provider.name} instance {host.instance_id} failed {DESTROY_ATTEMPTS} times")
         job.note(destroy={"id": host.instance_id, "ok": error is None, "error": error})
+        self.record_attempt(job, host)
         self.known_hosts_file(host).unlink(missing_ok=True)
         if error:
             destroy_failed(host, error, self.provider.console_command(str(host.instance_id)))
         return error
+
+    def record_attempt(self, job: Job, host: Host) -> None:
+        """launch.json's `attempts`: each instance the job rented, how it ended, and what it cost (rented time x
+        price, from create to destroy)."""
+        hours = (time.monotonic() - self.rented_at.pop(str(host.instance_id), time.monotonic())) / 3600
+        offer = job.events.get("offer") or {}
+        job.events.setdefault("attempts", []).append({
+            "instance_id": host.instance_id, "offer": offer.get("id"), "interruptible": offer.get("interruptible"),
+            "usd_per_hour": host.usd_per_hour, "hours": round(hours, 6),
+            "usd": round(hours * float(host.usd_per_hour or 0.0), 6),
+            "ended": job.events.pop("preempted", None) or "destroyed"})
+
+    # preemption -------------------------------------------------------------------------------------------------
+    def check_alive(self, job: Job, every_s: float = PREEMPT_CHECK_S) -> None:
+        """Raise Preempted when the job's instance is gone or dead (at most one API call per `every_s`): an
+        interruptible instance is taken back without a word to the job."""
+        iid = str(job.instance.instance_id)
+        now = time.monotonic()
+        if now - self.last_check.get(iid, 0.0) < every_s:
+            return
+        self.last_check[iid] = now
+        try:
+            inst = self.provider.get(iid)
+        except ProviderError as err:  # the API being down says nothing about the instance
+            self.console.say(job, f"could not check {self.provider.name} instance {iid}: {err}")
+            return
+        if inst is None or inst.status in DEAD_STATUSES:
+            how = "gone" if inst is None else inst.status
+            raise Preempted(f"{self.provider.name} instance {iid} is {how} while its job runs (preempted)")
+
+    def may_rerun(self, job: Job, err: Preempted) -> bool:
+        """After a preemption: True (and the lost offer dropped) when the job may run again on the next cheapest
+        offer, within hydra.launcher.max_preemptions."""
+        lost = (job.events.get("offer") or {}).get("id")
+        if not self.params.get("interruptible") or job.attempt >= int(self.params["max_preemptions"]):
+            return False
+        self.choices[job.key] = [c for c in self.choices.get(job.key, []) if c.offer.offer_id != lost]
+        if not self.choices[job.key]:
+            return False
+        self.console.say(job, f"{err}; rerunning the job on the next cheapest offer "
+                              f"({job.attempt + 1}/{self.params['max_preemptions']})")
+        return True
 
     # leftovers ----------------------------------------------------------------------------------------------------
     def check_leftovers(self, when: str) -> List[Instance]:

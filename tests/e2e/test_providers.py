@@ -215,3 +215,63 @@ def test_a_second_hydra_plugin_scan_keeps_the_provider_classes(monkeypatch):
     with pytest.raises(ProviderError):
         make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0},
                       threading.Event())
+
+
+def test_the_fake_refuses_and_records_what_the_published_documents_do_not_allow(fake_cloud, monkeypatch):
+    rp = provider("runpod", fake_cloud, monkeypatch)
+    vast = provider("vast", fake_cloud, monkeypatch)
+    bad = [(rp, "GET", "/v2/catalog/gpus", {"params": {"include": "AVAILABILITY", "region": "EU"}}),  # no `region`
+           (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4", "count": 0}}}),  # count<1
+           (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4"}, "spot": True}}),
+           (rp, "PUT", "/v2/pods", {}),  # no such method
+           (vast, "POST", "/api/v0/bundles/", {"json": {"type": "on-demand"}}),  # the example's misspelt enum
+           (vast, "PUT", "/api/v0/asks/5/", {"json": {"label": "no image"}}),  # image is required
+           (vast, "GET", "/api/v0/instances/5/", {"params": {"api_key": fake_cloud.api_key}}),  # key in the URL
+           (vast, "GET", "/api/v0/nothing/", {})]
+    for prov, method, path, kwargs in bad:
+        with pytest.raises(ProviderError):
+            prov.api.request(method, path, **kwargs)
+    assert len(fake_cloud.violations) >= len(bad), fake_cloud.violations
+    assert fake_cloud.key_in_url == 1
+    fake_cloud.violations.clear()  # what this test provoked; the fixture fails any other
+
+
+def test_vast_pages_are_spaced_by_the_documented_rate_limit(fake_cloud, monkeypatch):
+    for n in range(30):
+        fake_cloud.add_instance("vast", f"outlier-lab-page-{n}")
+    vast = provider("vast", fake_cloud, monkeypatch)
+    assert len(vast.list_ours()) == 30
+    assert fake_cloud.calls.count("GET /api/v1/instances/") == 2 and fake_cloud.too_frequent == {}
+
+
+def test_vast_show_instance_ports_as_a_list_or_as_bindings_and_provisioning_has_no_address(fake_cloud, monkeypatch):
+    from hydra_plugins.fabric_launcher._providers._vast import _instance
+
+    fake_cloud.vast_offers = [vast_offer(7, "L4", "nvidia", 1, 24 * 1024, 64 * 1024, 100, 0.3)]
+    fake_cloud.start_polls = 1
+    iid = fake_cloud.add_instance("vast", "outlier-lab-p-0", status="starting")
+    provisioning = _instance(fake_cloud.vast_instance(fake_cloud.instances[iid], "list"))
+    assert (provisioning.status, provisioning.address) == ("provisioning", None)
+    fake_cloud.instances[iid]["status"] = "running"
+    for form in ("list", "dict"):
+        running = _instance(fake_cloud.vast_instance(fake_cloud.instances[iid], form))
+        assert (running.status, running.address, running.port) == ("running", fake_cloud.ssh[0],
+                                                                    fake_cloud.instances[iid]["port"]), form
+
+
+def test_vast_search_filters_and_prices_the_planned_disk_on_the_server(fake_cloud, monkeypatch):
+    fake_cloud.vast_offers = [vast_offer(1, "RTX 3060", "nvidia", 1, 12 * 1024, 64 * 1024, 500, 0.08),
+                              vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.30,
+                                         cuda_max_good=12.4),
+                              vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.25,
+                                         reliability=0.80),
+                              vast_offer(4, "RTX A6000", "nvidia", 1, 48 * 1024, 64 * 1024, 500, 0.40),
+                              vast_offer(5, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.35)]
+    query = OfferQuery(min_vram_gib_each=16, min_total_vram_gib=16, disk_gib=100, min_cuda="12.8")
+    offers = provider("vast", fake_cloud, monkeypatch).offers(query)
+    # 1: too little GPU RAM, 2: CUDA 12.4 < 12.8, 3: unreliable; the rest cheapest first, with 100 GB of storage
+    # at $0.15/GB/month in the hourly price; the other price is the bid at min_bid.
+    assert [o.offer_id for o in offers] == ["5", "4"]
+    storage = 0.15 * 100 / (30 * 24)
+    assert offers[0].usd_per_hour == pytest.approx(0.35 + storage)
+    assert offers[0].other_usd_per_hour == pytest.approx(0.35 * 0.4 + storage)
