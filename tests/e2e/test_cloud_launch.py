@@ -73,7 +73,10 @@ def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_
     assert dict(fake_cloud.destroyed) == {instance_id: 1} and not known.exists()
     launch = launch_json(tmp_path)
     assert launch["status"] == "COMPLETED" and launch["provider"] == "vast" and launch["instance_id"] == instance_id
-    assert launch["offer"]["id"] == "5" and launch["usd_per_hour"] == 0.30 and launch["destroy"]["ok"] is True
+    disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
+    # dph_total as searched with allocated_storage = the disk created: $0.30 + $0.15/GB/month of storage
+    assert launch["offer"]["id"] == "5" and launch["destroy"]["ok"] is True
+    assert launch["usd_per_hour"] == pytest.approx(0.30 + 0.15 * disk / (30 * 24))
     assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
     assert fake_cloud.key_in_url == 0 and fake_cloud.unauthorized == 0
     for path in [out, *(tmp_path / "sweep").rglob("*")]:

@@ -415,8 +415,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _vast_get(self, iid, _body, _query):
         inst = self.cloud._poll(iid)
-        answer = self.cloud.vast_instance(inst, self.cloud.vast_ports) if inst else None
-        self.cloud.answered[iid].append(answer["actual_status"] if answer else "gone")
+        if inst is None:  # show instance documents 400 "Invalid instance ID" (its `instances` is not nullable)
+            self.cloud.answered[iid].append("gone")
+            return 400, {"success": False, "error": "invalid_args", "msg": f"Invalid instance ID {iid}"}
+        answer = self.cloud.vast_instance(inst, self.cloud.vast_ports)
+        self.cloud.answered[iid].append(answer["actual_status"])
         return 200, {"instances": answer}
 
     def _vast_list(self, _iid, _body, query):

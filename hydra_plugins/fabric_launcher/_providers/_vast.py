@@ -8,6 +8,7 @@ import json
 from typing import Any, Dict, List, Optional
 
 from . import TAG_PREFIX, Instance, Offer, OfferQuery, Provider, ProviderError, Refused
+from ._http import RequestRefused
 
 MAX_PAGES = 40  # instance listing is paged by 25 (show_instances); a bound on the loop
 SEARCH_LIMIT = 500  # the most offers one search returns: the cheapest come first (order by dph_total)
@@ -106,8 +107,15 @@ class Vast(Provider):
                         usd_per_hour=offer.usd_per_hour)
 
     def get(self, instance_id: str) -> Optional[Instance]:
-        """GET /api/v0/instances/{id}/: the object sits under `instances` (a single object, not a list)."""
-        body = self.api.request("GET", f"/api/v0/instances/{instance_id}/", missing_ok=True, endpoint="get")
+        """GET /api/v0/instances/{id}/: the object sits under `instances` (a single object, not a list). The
+        document's answer for an id the account no longer has is a 400 ("invalid instance ID"); a null object or a
+        404 is read the same way."""
+        try:
+            body = self.api.request("GET", f"/api/v0/instances/{instance_id}/", missing_ok=True, endpoint="get")
+        except RequestRefused as err:
+            if err.status == 400:
+                return None
+            raise
         inst = (body or {}).get("instances")
         return _instance(inst) if inst else None
 
