@@ -294,7 +294,11 @@ def test_a_preempted_interruptible_instance_is_replaced_and_the_job_gives_the_sa
     attempts = launch["attempts"]
     assert [a["instance_id"] for a in attempts] == [first, second] and [a["offer"] for a in attempts] == ["5", "6"]
     assert f"is {how} while its job runs (preempted)" in attempts[0]["ended"] and attempts[1]["ended"] == "destroyed"
-    assert all(a["interruptible"] and a["usd"] == round(a["hours"] * a["usd_per_hour"], 6) for a in attempts)
+    assert all(a["interruptible"] and a["usd"] == pytest.approx(a["hours"] * a["usd_per_hour"], abs=1e-5)
+               for a in attempts)
+    disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
+    storage = 0.15 * disk / (30 * 24)  # what the search priced in with allocated_storage
+    assert [a["usd_per_hour"] for a in attempts] == [pytest.approx(0.11 + storage), pytest.approx(0.17 + storage)]
     assert "rerunning the job on the next cheapest offer (1/1)" in text
     assert fake_cloud.violations == []
 
