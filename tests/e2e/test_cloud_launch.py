@@ -76,7 +76,7 @@ def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_
     disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
     # dph_total as searched with allocated_storage = the disk created: $0.30 + $0.15/GB/month of storage
     assert launch["offer"]["id"] == "5" and launch["destroy"]["ok"] is True
-    assert launch["usd_per_hour"] == pytest.approx(0.30 + 0.15 * disk / (30 * 24))
+    assert launch["usd_per_hour"] == pytest.approx(0.30 + 0.15 * disk / (30 * 24), abs=1e-6)
     assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
     assert fake_cloud.key_in_url == 0 and fake_cloud.unauthorized == 0
     for path in [out, *(tmp_path / "sweep").rglob("*")]:
@@ -298,7 +298,8 @@ def test_a_preempted_interruptible_instance_is_replaced_and_the_job_gives_the_sa
                for a in attempts)
     disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
     storage = 0.15 * disk / (30 * 24)  # what the search priced in with allocated_storage
-    assert [a["usd_per_hour"] for a in attempts] == [pytest.approx(0.11 + storage), pytest.approx(0.17 + storage)]
+    assert [a["usd_per_hour"] for a in attempts] == [pytest.approx(0.11 + storage, abs=1e-6),
+                                                        pytest.approx(0.17 + storage, abs=1e-6)]
     assert "rerunning the job on the next cheapest offer (1/1)" in text
     assert fake_cloud.violations == []
 

@@ -273,5 +273,5 @@ def test_vast_search_filters_and_prices_the_planned_disk_on_the_server(fake_clou
     # at $0.15/GB/month in the hourly price; the other price is the bid at min_bid.
     assert [o.offer_id for o in offers] == ["5", "4"]
     storage = 0.15 * 100 / (30 * 24)
-    assert offers[0].usd_per_hour == pytest.approx(0.35 + storage)
-    assert offers[0].other_usd_per_hour == pytest.approx(0.35 * 0.4 + storage)
+    assert offers[0].usd_per_hour == pytest.approx(0.35 + storage, abs=1e-6)  # the fake rounds to 6 places
+    assert offers[0].other_usd_per_hour == pytest.approx(0.35 * 0.4 + storage, abs=1e-6)
