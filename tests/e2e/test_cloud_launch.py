@@ -125,7 +125,7 @@ def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_statu
     assert dict(fake_cloud.destroyed) == {instance_id: 1}, output[-3000:]
     assert launch["destroy"] == {"id": instance_id, "ok": True, "error": None}
     rented = "NVIDIA H100 80GB HBM3" if case == "create_refused_once" else "NVIDIA L4"
-    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": rented, "count": 1}
+    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": rented, "count": 1, "minCudaVersion": "12.8"}
     assert launch["offer"]["id"] == f"{rented}/SECURE/1"
     if case == "ssh_never_up":
         assert "SSH did not answer within 2s" in output
