@@ -20,7 +20,8 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
-from ._errors import CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, RetryPolicy, user_error
+from ._errors import (CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, Preempted, RetryPolicy,
+                      user_error)
 from ._host import Host
 from ._hosts import HostPool, ProbeCache, host_capacity, load_inventory, probe_host
 from ._instances import CommandInstances
@@ -194,27 +195,12 @@ class Launch:
     # one job, start to end ----------------------------------------------------------------------------------------
     def run_job(self, job: Job, inventory: List[Host]) -> JobReturn:
         t0 = time.monotonic()
-        failure: Optional[BaseException] = None
-        try:
-            probe = self.place(job, inventory, t0)
-            self.execute(job, probe)
-        except (Cancelled, KeyboardInterrupt) as err:
-            failure = err
-            if job.started:
-                self.remote.kill(job)
-        except HostUnreachable as err:
-            if job.instance is None:  # a static host: the job does not need the link, so it is left to finish
-                failure = Detached(f"{err}. The job was left running in {job.remote_dir} on {job.host.name}; "
-                                   f"collect its results later with: outlier-reattach {self.sweep_dir}")
-                self.console.say(job, str(failure))
-            else:  # a rented instance is released whatever happens, so its job ends with it
-                failure = LaunchError(f"{err}; instance {job.instance.instance_id} is destroyed, the job with it")
-        except BaseException as err:  # noqa: BLE001 - every failure becomes this job's FAILED return
-            failure = err
-            if job.started and job.exit_code is None:
-                self.remote.kill(job)
-        finally:
-            failure = self.teardown(job, failure, t0)
+        while True:
+            failure = self.attempt(job, inventory, t0)
+            # An interruptible instance taken back: the job is a pure function of its config, so it runs again.
+            if not (isinstance(failure, Preempted) and self.instances.may_rerun(job, failure)):
+                break
+            job.rerun()
         ret = job_return(job, failure, self.redact)
         if failure is not None and not isinstance(failure, (Cancelled, KeyboardInterrupt)):
             # The sweep ends with this failure's first line; the details (remote log tail) are shown here, once.
@@ -223,6 +209,42 @@ class Launch:
             # The remote job's own last line names its remote dir, which is gone by now.
             self.console.say(job, f"results: {job.local_dir}")
         return ret
+
+    def attempt(self, job: Job, inventory: List[Host], t0: float) -> Optional[BaseException]:
+        """Place and run the job once, then tear down (kill, destroy, record); the failure, or None."""
+        failure: Optional[BaseException] = None
+        try:
+            probe = self.place(job, inventory, t0)
+            self.execute(job, probe)
+        except (Cancelled, KeyboardInterrupt) as err:
+            failure = err
+            if job.started:
+                self.remote.kill(job)
+        except Preempted as err:
+            failure = err
+            job.note(preempted=str(err))
+            if job.started and job.exit_code is None:
+                self.remote.kill(job)  # a host that answers still runs the lost job: stop it
+        except HostUnreachable as err:
+            if job.instance is None:  # a static host: the job does not need the link, so it is left to finish
+                failure = Detached(f"{err}. The job was left running in {job.remote_dir} on {job.host.name}; "
+                                   f"collect its results later with: outlier-reattach {self.sweep_dir}")
+                self.console.say(job, str(failure))
+            else:  # a rented instance is released whatever happens, so its job ends with it
+                failure = LaunchError(f"{err}; instance {job.instance.instance_id} is destroyed, the job with it")
+                if isinstance(self.instances, Rental):  # unreachable because it was taken back?
+                    try:
+                        self.instances.check_alive(job, every_s=0.0)
+                    except Preempted as preempted:
+                        failure = preempted
+                        job.note(preempted=str(preempted))
+        except BaseException as err:  # noqa: BLE001 - every failure becomes this job's FAILED return
+            failure = err
+            if job.started and job.exit_code is None:
+                self.remote.kill(job)
+        finally:
+            failure = self.teardown(job, failure, t0)
+        return failure
 
     def place(self, job: Job, inventory: List[Host], t0: float) -> Dict[str, Any]:
         """A host for the job (created, or taken from the pool), a session to it, and the job dir; returns the probe."""
@@ -267,7 +289,8 @@ class Launch:
             self.remote.start(job, code_dir, python, root, host_capacity(job.host, {"gpus": probe.get("gpus") or []}))
             # Written now, so a launcher killed outright (SIGKILL, a crash) still leaves what reattach needs.
             self.write_record(job, None, status="RUNNING")
-            job.exited(self.remote.poll(job))
+            watch = self.instances.check_alive if isinstance(self.instances, Rental) else None
+            job.exited(self.remote.poll(job, watch))
         with job.timed("transfer_s"):
             manifest = collect_results(job, job.session.params, self.retry, bool(probe.get("rsync")))
         job.collected(manifest)

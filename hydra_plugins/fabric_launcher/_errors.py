@@ -29,6 +29,10 @@ def user_error(message: str) -> Exception:
         return LaunchError(message)
 
 
+class Preempted(LaunchError):
+    """The rented instance was taken back (gone, or exited) while its job ran; the job may run again elsewhere."""
+
+
 class Cancelled(Exception):
     """The launch was interrupted (a signal) or timed out; cleanup has to run."""
 

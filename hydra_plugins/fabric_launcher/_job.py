@@ -47,6 +47,7 @@ class Job:
     deadline: Optional[float] = None  # monotonic end of timeout_s, counted from the start
     timings: Dict[str, float] = field(default_factory=dict)
     events: Dict[str, Any] = field(default_factory=dict)  # what launch.json reports beyond the fields above
+    attempt: int = 0  # runs before this one that lost their instance to preemption
 
     def _step(self, before: Phase, after: Phase) -> None:
         if self.phase != before:
@@ -57,8 +58,22 @@ class Job:
     def started(self) -> bool:
         return self.phase >= Phase.STARTED
 
+    @property
+    def attempt_key(self) -> str:
+        """The key of this run: a rerun after a preemption gets an instance name and a job dir of its own."""
+        return self.key if not self.attempt else f"{self.key}-r{self.attempt}"
+
     def dir_under(self, root: str) -> str:
-        return posixpath.join(root, "jobs", self.key)
+        return posixpath.join(root, "jobs", self.attempt_key)
+
+    def rerun(self) -> None:
+        """Back to PLANNED after a preemption: the lost run's host, session and exit are forgotten, its record kept
+        in events["attempts"]."""
+        self.phase = Phase.PLANNED
+        self.host = self.session = self.instance = self.remote_dir = self.exit_code = None
+        self.gpu_indices = []
+        self.deadline = None
+        self.attempt += 1
 
     def made_instance(self, instance: Host) -> None:
         if self.phase != Phase.PLANNED or self.instance is not None:

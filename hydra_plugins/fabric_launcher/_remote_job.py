@@ -7,7 +7,7 @@ import posixpath
 import shlex
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import paramiko
 from outlier_lab.config import PLAN_FILE
@@ -166,8 +166,9 @@ class RemoteJobs:
             raise LaunchError(f"remote job {job.name} did not start on {job.host.name} (exit {result.exited}): "
                               f"{self.console.redact((result.stderr or result.stdout).strip()[-2000:])}")
 
-    def poll(self, job: Job) -> int:
-        """Stream the log until the job writes its exit code; reconnects on faults; honours cancel and timeout."""
+    def poll(self, job: Job, watch: Optional[Callable[[Job], None]] = None) -> int:
+        """Stream the log until the job writes its exit code; reconnects on faults; honours cancel and timeout.
+        `watch(job)`, called between polls, raises to end the wait (a rented instance preempted)."""
         job.local_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         timeout = self.params.get("timeout_s")
@@ -198,6 +199,8 @@ class RemoteJobs:
                                           f"{start_timeout:g}s (start_timeout_s): {self.console.redact(stderr)}")
                     if job.deadline is not None and time.monotonic() > job.deadline:
                         raise Cancelled(f"timeout after {timeout}s")
+                    if watch is not None:
+                        watch(job)
                     if self.cancel.wait(interval):
                         raise Cancelled(getattr(self.cancel, "reason", "interrupted"))
             finally:

@@ -7,18 +7,20 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ._errors import Cancelled, LaunchError, user_error
+from ._errors import Cancelled, LaunchError, Preempted, user_error
 from ._host import Host
 from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
-from ._providers import TAG_PREFIX, Instance, ProviderError, Refused, make_provider
+from ._providers import (DEAD_STATUSES, TAG_PREFIX, Instance, NoBalance, OfferQuery, ProviderError, Refused,
+                         interruptible_refusal, make_provider, min_cuda)
 from ._providers._http import AnswerLost
-from ._providers._choice import Choice, NoOffer, choose
+from ._providers._choice import Choice, NoOffer, choose, need_per_gpu
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
 CREATE_TRIES = 3  # fitting offers tried, cheapest first, while the provider refuses creates (no capacity)
+PREEMPT_CHECK_S = 10.0  # seconds between two looks at a running job's instance (one API call each)
 
 
 class Rental:
@@ -43,22 +45,29 @@ class Rental:
         self.key_path = str(key)
         self.public_key = public.read_text().strip() if public.is_file() else ""
         self.known_dir = known_hosts_path(params).parent / "known_hosts.d"
+        refusal = interruptible_refusal(params["provider"], params)
+        if refusal:
+            raise user_error(refusal)
+        self.image = params.get("image") or self.provider.default_image
         self.choices: Dict[str, List[Choice]] = {}
         self.pending: Dict[str, ProviderError] = {}
-        self._offers = None
+        self._offers: Dict[OfferQuery, list] = {}
         self.lock = threading.Lock()
+        self.rented_at: Dict[str, float] = {}  # instance id -> monotonic time of its create
+        self.last_check: Dict[str, float] = {}  # instance id -> monotonic time of its last preemption check
 
     # before anything is rented ----------------------------------------------------------------------------------
     def choose(self, job: Job) -> Choice:
         """The offer this job will rent; a job that fits nothing, or breaks the budget, is refused here."""
+        query = offer_query(job.needs, self.params, self.image)
         with self.lock:
-            if self._offers is None:
+            if query not in self._offers:
                 try:
-                    self._offers = self.provider.offers()
+                    self._offers[query] = self.provider.offers(query)
                 except ProviderError as err:
                     raise LaunchError(f"could not list {self.provider.name} offers: {err}") from err
         try:
-            ranked = choose(self._offers, job.needs, self.params, self.provider.name)
+            ranked = choose(self._offers[query], job.needs, self.params, self.provider.name)
         except NoOffer as err:
             raise user_error(f"job {job.name}: {err}; nothing was rented") from None
         self.choices[job.key] = ranked
@@ -70,11 +79,12 @@ class Rental:
         job.note(offer={"provider": picked.offer.provider, "id": picked.offer.offer_id,
                         "gpu": picked.offer.gpu_name, "count": picked.offer.gpu_count,
                         "usd_per_hour": picked.offer.usd_per_hour, "region": picked.offer.region,
+                        "interruptible": picked.offer.interruptible,
                         "ranked_by": "job cost" if picked.hours else "usd_per_hour (no time estimate)",
                         "describe": picked.offer.describe()})
 
     def instance_name(self, job: Job) -> str:
-        return f"{TAG_PREFIX}{job.key}"  # job.key is the sweep id plus the job index
+        return f"{TAG_PREFIX}{job.attempt_key}"  # the sweep id, the job index, and the rerun after a preemption
 
     # create, ready, destroy ------------------------------------------------------------------------------------
     def create(self, job: Job) -> Host:
@@ -88,21 +98,23 @@ class Rental:
             try:
                 inst = self.create_from(job, picked)
                 break
+            except NoBalance as err:
+                raise user_error(str(err)) from None
             except Refused as err:
                 if n == len(candidates):
                     raise LaunchError(f"{self.provider.name} create failed ({n} offer(s) tried): {err}") from err
                 self.console.say(job, f"{err}; trying the next offer")
         self.note_offer(job, picked)
+        self.rented_at[inst.id] = time.monotonic()
         return Host(address=inst.address or "", port=inst.port or 22, user=inst.user, key_path=self.key_path,
                     usd_per_hour=picked.offer.usd_per_hour, instance_id=inst.id)
 
     def create_from(self, job: Job, picked: Choice) -> Instance:
         name = self.instance_name(job)
-        disk = int(max(40.0, job.needs.disk_gib * 1.2 + 20))  # model files, the venv and the results
-        image = self.params.get("image") or self.provider.default_image
         self.console.say(job, f"renting {picked.offer.describe()} as {name}")
         try:
-            return self.provider.create(picked.offer, name, self.public_key, disk, image)
+            return self.provider.create(picked.offer, name, self.public_key, planned_disk(job.needs),
+                                        self.image)
         except AnswerLost as err:
             self.console.say(job, f"{err}; looking the instance up by its name {name}")
             inst = self.cleanup.find_by_name(name, attempts=max(2, int(self.params["retries"])),
@@ -112,7 +124,7 @@ class Rental:
                                   "name appeared; the end-of-sweep check lists it if it shows up later") from err
             self.console.say(job, f"found {inst.describe()}: the create did happen; using it")
             return inst
-        except Refused:
+        except (Refused, NoBalance):
             raise
         except ProviderError as err:
             if err.instance_id is None:
@@ -159,10 +171,53 @@ class Rental:
         self.console.say(job, f"destroyed {self.provider.name} instance {host.instance_id}" if error is None else
                          f"destroy of {self.provider.name} instance {host.instance_id} failed {DESTROY_ATTEMPTS} times")
         job.note(destroy={"id": host.instance_id, "ok": error is None, "error": error})
+        self.record_attempt(job, host)
         self.known_hosts_file(host).unlink(missing_ok=True)
         if error:
             destroy_failed(host, error, self.provider.console_command(str(host.instance_id)))
         return error
+
+    def record_attempt(self, job: Job, host: Host) -> None:
+        """launch.json's `attempts`: each instance the job rented, how it ended, and what it cost (rented time x
+        price, from create to destroy)."""
+        hours = (time.monotonic() - self.rented_at.pop(str(host.instance_id), time.monotonic())) / 3600
+        offer = job.events.get("offer") or {}
+        job.events.setdefault("attempts", []).append({
+            "instance_id": host.instance_id, "offer": offer.get("id"), "interruptible": offer.get("interruptible"),
+            "usd_per_hour": host.usd_per_hour, "hours": round(hours, 6),
+            "usd": round(hours * float(host.usd_per_hour or 0.0), 6),
+            "ended": job.events.pop("preempted", None) or "destroyed"})
+
+    # preemption -------------------------------------------------------------------------------------------------
+    def check_alive(self, job: Job, every_s: float = PREEMPT_CHECK_S) -> None:
+        """Raise Preempted when the job's instance is gone or dead (at most one API call per `every_s`): an
+        interruptible instance is taken back without a word to the job."""
+        iid = str(job.instance.instance_id)
+        now = time.monotonic()
+        if now - self.last_check.get(iid, 0.0) < every_s:
+            return
+        self.last_check[iid] = now
+        try:
+            inst = self.provider.get(iid)
+        except ProviderError as err:  # the API being down says nothing about the instance
+            self.console.say(job, f"could not check {self.provider.name} instance {iid}: {err}")
+            return
+        if inst is None or inst.status in DEAD_STATUSES:
+            how = "gone" if inst is None else inst.status
+            raise Preempted(f"{self.provider.name} instance {iid} is {how} while its job runs (preempted)")
+
+    def may_rerun(self, job: Job, err: Preempted) -> bool:
+        """After a preemption: True (and the lost offer dropped) when the job may run again on the next cheapest
+        offer, within hydra.launcher.max_preemptions."""
+        lost = (job.events.get("offer") or {}).get("id")
+        if not self.params.get("interruptible") or job.attempt >= int(self.params["max_preemptions"]):
+            return False
+        self.choices[job.key] = [c for c in self.choices.get(job.key, []) if c.offer.offer_id != lost]
+        if not self.choices[job.key]:
+            return False
+        self.console.say(job, f"{err}; rerunning the job on the next cheapest offer "
+                              f"({job.attempt + 1}/{self.params['max_preemptions']})")
+        return True
 
     # leftovers ----------------------------------------------------------------------------------------------------
     def check_leftovers(self, when: str) -> List[Instance]:
@@ -189,3 +244,16 @@ class Rental:
         except ProviderError as err:
             destroy_failed(Host(address=inst.address or "?", instance_id=inst.id), str(err),
                            self.provider.console_command(inst.id))
+
+
+def planned_disk(needs: Any) -> int:
+    """GB of disk the create asks for: model files, the environment and the results (Vast prices it by the hour)."""
+    return int(max(40.0, float(needs.disk_gib or 0.0) * 1.2 + 20))
+
+
+def offer_query(needs: Any, params: Dict[str, Any], image: str) -> OfferQuery:
+    """What the provider's search may filter out for this job (lower bounds only; _choice judges the fit)."""
+    return OfferQuery(min_vram_gib_each=need_per_gpu(needs, max(OfferQuery.gpu_counts)),
+                      min_total_vram_gib=need_per_gpu(needs, 1), disk_gib=planned_disk(needs),
+                      min_cuda=min_cuda(params, image), interruptible=bool(params.get("interruptible")),
+                      vendors=tuple(v.lower() for v in params["vendors"]))

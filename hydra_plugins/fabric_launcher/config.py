@@ -37,6 +37,15 @@ class FabricLauncherConf:
     ssh_key_path: str = "~/.ssh/id_ed25519"
     # provider=runpod|vast: container image of the instance (null: a PyTorch CUDA image of the provider's).
     image: Optional[str] = None
+    # provider=runpod|vast: lowest CUDA version ("12.8") the rented host's driver must support (RunPod
+    # gpu.minCudaVersion, Vast cuda_max_good); null: the default image's, from _providers.IMAGE_CUDA. Set it when
+    # `image` is another image.
+    min_cuda: Optional[str] = None
+    # provider=vast: rent interruptible instances (a bid at the offer's min_bid; cheaper, but another renter can
+    # take the machine). RunPod's REST API v2 has none.
+    interruptible: bool = False
+    # provider=vast, interruptible: times a preempted job is rerun on the next cheapest offer before it fails.
+    max_preemptions: int = 2
     # provider=runpod|vast: seconds to wait for a created instance to answer SSH before destroying it.
     ready_timeout_s: float = 900.0
     # provider=runpod|vast: refuse, before renting, an offer over this price (null: no limit).

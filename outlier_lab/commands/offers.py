@@ -83,8 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         name, clean, yes, launcher, overrides = parse(sys.argv[1:] if argv is None else argv)
     # The launcher's modules bring fabric, paramiko and torch (through planning): imported after --help.
     from hydra_plugins.fabric_launcher._needs import plan_job
-    from hydra_plugins.fabric_launcher._providers import make_provider
+    from hydra_plugins.fabric_launcher._providers import interruptible_refusal, make_provider
     from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
+    from hydra_plugins.fabric_launcher._rental import offer_query
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
@@ -95,7 +96,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if clean:
             return cleanup(prov, yes)
         needs = plan_job(cfg)
-        fitting, refused = rank(prov.offers(), needs, params["vendors"])
+        if interruptible_refusal(name, params):
+            raise UserError(interruptible_refusal(name, params))
+        query = offer_query(needs, params, params.get("image") or prov.default_image)
+        fitting, refused = rank(prov.offers(query), needs, params["vendors"])
     picked = fitting[0] if fitting else None
     print(f"model={cfg.model.name} needs: {needs.gpu_count} x {needs.vram_gib_each:.1f} GiB "
           f"(catalog plan {needs.gpu_class}), RAM >= {needs.ram_gib:.0f} GiB, disk >= {needs.disk_gib:.1f} GB; "

@@ -73,7 +73,10 @@ def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_
     assert dict(fake_cloud.destroyed) == {instance_id: 1} and not known.exists()
     launch = launch_json(tmp_path)
     assert launch["status"] == "COMPLETED" and launch["provider"] == "vast" and launch["instance_id"] == instance_id
-    assert launch["offer"]["id"] == "5" and launch["usd_per_hour"] == 0.30 and launch["destroy"]["ok"] is True
+    disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
+    # dph_total as searched with allocated_storage = the disk created: $0.30 + $0.15/GB/month of storage
+    assert launch["offer"]["id"] == "5" and launch["destroy"]["ok"] is True
+    assert launch["usd_per_hour"] == pytest.approx(0.30 + 0.15 * disk / (30 * 24), abs=1e-6)
     assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
     assert fake_cloud.key_in_url == 0 and fake_cloud.unauthorized == 0
     for path in [out, *(tmp_path / "sweep").rglob("*")]:
@@ -122,7 +125,7 @@ def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_statu
     assert dict(fake_cloud.destroyed) == {instance_id: 1}, output[-3000:]
     assert launch["destroy"] == {"id": instance_id, "ok": True, "error": None}
     rented = "NVIDIA H100 80GB HBM3" if case == "create_refused_once" else "NVIDIA L4"
-    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": rented, "count": 1}
+    assert fake_cloud.instances[instance_id]["spec"]["gpu"] == {"id": rented, "count": 1, "minCudaVersion": "12.8"}
     assert launch["offer"]["id"] == f"{rented}/SECURE/1"
     if case == "ssh_never_up":
         assert "SSH did not answer within 2s" in output
@@ -186,3 +189,127 @@ def test_dry_run_prints_the_chosen_offer_and_calls_only_the_offers_api(fake_clou
                    env=cloud_env(fake_cloud, "runpod"), timeout=300)
     assert "rent: runpod NVIDIA L4/SECURE/1: 1 x L4 (nvidia, 24 GiB each)" in proc.stdout
     assert set(fake_cloud.calls) == {"GET /v2/catalog/gpus"} and fake_cloud.instances == {}
+
+
+# ---------------------------------------------------------------------------- the providers as their documents say
+def two_vast_offers(cloud) -> None:
+    cloud.vast_offers = [vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30, min_bid=0.11),
+                         vast_offer(6, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 900, 0.50, min_bid=0.17)]
+
+
+def test_a_provisioning_vast_instance_is_not_taken_for_ready(fake_cloud, ssh_server, tiny_checkpoint, text_file,
+                                                             tmp_path):
+    # actual_status null (provisioning) while cur_state already says running and the SSH proxy address is set;
+    # `ports` is the documented list of ints, so the address is ssh_host:ssh_port once it runs.
+    two_vast_offers(fake_cloud)
+    fake_cloud.start_polls, fake_cloud.vast_ports = 3, "list"
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server),
+                   env=cloud_env(fake_cloud, "vast"), check=False, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    (instance_id,) = fake_cloud.instances
+    answers = fake_cloud.answered[instance_id]
+    assert answers[:4] == [None, None, None, "running"], answers  # polled until the container ran
+    assert launch_json(tmp_path)["status"] == "COMPLETED" and dict(fake_cloud.destroyed) == {instance_id: 1}
+    search = next(r["body"] for r in fake_cloud.requests if r["path"] == "/api/v0/bundles/")
+    create = next(r["body"] for r in fake_cloud.requests if r["method"] == "PUT")
+    # The search priced the disk the create asked for, filtered and ordered on the server.
+    assert search["allocated_storage"] == create["disk"] and search["order"][0] == ["dph_total", "asc"]
+    assert search["cuda_max_good"] == {"gte": 12.8} and "gte" in search["gpu_ram"] and "reliability" in search
+    assert search["type"] == "ondemand" and "price" not in create
+    assert fake_cloud.violations == [] and fake_cloud.too_frequent == {}
+
+
+@pytest.mark.parametrize("status", ["unknown", "offline"])
+def test_a_vast_instance_that_will_never_run_fails_fast_and_is_destroyed(status, fake_cloud, ssh_server,
+                                                                         tiny_checkpoint, text_file, tmp_path):
+    two_vast_offers(fake_cloud)
+    fake_cloud.fate = status
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, ready_timeout_s=600),
+                   env=cloud_env(fake_cloud, "vast"), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and launch_json(tmp_path)["status"] == "FAILED"
+    (instance_id,) = fake_cloud.instances
+    assert fake_cloud.answered[instance_id] == [None, status], output[-3000:]  # no polling on to ready_timeout_s
+    assert f"({fake_cloud.instances[instance_id]['name']}, {status})" in output and "will never run" in output
+    assert dict(fake_cloud.destroyed) == {instance_id: 1}
+    assert fake_cloud.violations == []
+
+
+@pytest.mark.parametrize("status", [402, 403])
+def test_runpod_create_402_stops_the_launch_and_403_moves_to_the_next_offer(status, fake_cloud, ssh_server,
+                                                                           tiny_checkpoint, text_file, tmp_path):
+    nvidia_and_amd(fake_cloud)
+    fake_cloud.inject("create", str(status))
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server),
+                   env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    creates = [r["body"]["gpu"] for r in fake_cloud.requests if r["method"] == "POST" and r["path"] == "/v2/pods"]
+    if status == 402:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1 and "HTTP 402" in errors[0], output[-3000:]
+        assert "Traceback" not in output and len(creates) == 1 and fake_cloud.instances == {}
+    else:
+        assert proc.returncode == 0, output[-3000:]
+        assert [g["id"] for g in creates] == ["NVIDIA L4", "NVIDIA H100 80GB HBM3"]
+        assert "cannot rent NVIDIA L4/SECURE/1 (HTTP 403); trying the next offer" in output
+        (instance_id,) = fake_cloud.instances
+        assert dict(fake_cloud.destroyed) == {instance_id: 1}
+    # The image's CUDA (12.8 for the default image) is asked of the catalog and of the create.
+    assert all(g["minCudaVersion"] == "12.8" for g in creates)
+    catalog = [r["query"] for r in fake_cloud.requests if r["path"] == "/v2/catalog/gpus"]
+    assert {q["count"][0] for q in catalog} == {"1", "2", "4", "8"} and all(q["minCudaVersion"] == ["12.8"]
+                                                                           for q in catalog)
+    assert fake_cloud.violations == []
+
+
+@pytest.mark.parametrize("how", ["gone", "exited"])
+def test_a_preempted_interruptible_instance_is_replaced_and_the_job_gives_the_same_results(
+        how, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    two_vast_offers(fake_cloud)
+    python = gated_python(tmp_path)
+    (tmp_path / "manifest.gate").touch()
+    out = tmp_path / "launcher.out"
+    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
+                     cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, python=str(python),
+                                     interruptible="true", max_preemptions=1),
+                     out, cloud_env(fake_cloud, "vast"))
+    wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
+    (first,) = fake_cloud.instances
+    fake_cloud.preempt(first, how)
+    wait_for(lambda: len(fake_cloud.instances) == 2 and len(list((tmp_path / "remote" / "jobs").glob("*-r1/pgid"))),
+             proc, out, "the job to start again on a second instance")
+    (tmp_path / "run.gate").touch()
+    text = finish(proc, out)
+
+    creates = [(r["path"], r["body"].get("price")) for r in fake_cloud.requests if r["method"] == "PUT"]
+    assert creates == [("/api/v0/asks/5/", 0.11), ("/api/v0/asks/6/", 0.17)]  # bids at min_bid, next cheapest
+    second = next(i for i in fake_cloud.instances if i != first)
+    assert fake_cloud.destroyed[second] == 1 and fake_cloud.destroyed[first] == (1 if how == "exited" else 0)
+    assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
+    launch = launch_json(tmp_path)
+    assert launch["status"] == "COMPLETED" and launch["instance_id"] == second
+    attempts = launch["attempts"]
+    assert [a["instance_id"] for a in attempts] == [first, second] and [a["offer"] for a in attempts] == ["5", "6"]
+    assert f"is {how} while its job runs (preempted)" in attempts[0]["ended"] and attempts[1]["ended"] == "destroyed"
+    assert all(a["interruptible"] and a["usd"] == pytest.approx(a["hours"] * a["usd_per_hour"], abs=1e-5)
+               for a in attempts)
+    disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
+    storage = 0.15 * disk / (30 * 24)  # what the search priced in with allocated_storage
+    assert [a["usd_per_hour"] for a in attempts] == [pytest.approx(0.11 + storage, abs=1e-6),
+                                                        pytest.approx(0.17 + storage, abs=1e-6)]
+    assert "rerunning the job on the next cheapest offer (1/1)" in text
+    assert fake_cloud.violations == []
+
+
+def test_interruptible_on_runpod_says_in_one_line_that_its_api_has_none(fake_cloud, ssh_server, tiny_checkpoint,
+                                                                        text_file, tmp_path):
+    nvidia_and_amd(fake_cloud)
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
+                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, interruptible="true"),
+                   env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "no interruptible" in errors[0], proc.stderr[-2000:]
+    assert fake_cloud.requests == []

@@ -12,7 +12,7 @@ from tests.support.cli import REPO
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
 
-from hydra_plugins.fabric_launcher._providers import Offer, ProviderError, make_provider
+from hydra_plugins.fabric_launcher._providers import Offer, OfferQuery, ProviderError, make_provider
 from hydra_plugins.fabric_launcher._providers._http import AnswerLost, ApiError
 from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
 from outlier_lab.planning.estimate import Estimate
@@ -40,7 +40,7 @@ def needs(weights_gib=10.0, ram_floor=64.0, disk=20.0):
 def test_runpod_offers_carry_the_manufacturer_field_and_one_offer_per_gpu_count(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA GeForce RTX 4090", "RTX 4090", "NVIDIA", 24, 0.44, max_count=2),
                               runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1)]
-    offers = provider("runpod", fake_cloud, monkeypatch).offers()
+    offers = provider("runpod", fake_cloud, monkeypatch).offers(OfferQuery())
     by_id = {o.offer_id: o for o in offers}
     assert sorted(by_id) == ["AMD Instinct MI300X OAM/SECURE/1", "NVIDIA GeForce RTX 4090/SECURE/1",
                              "NVIDIA GeForce RTX 4090/SECURE/2"]
@@ -59,7 +59,7 @@ def test_rank_picks_the_cheapest_fitting_nvidia_offer_and_says_why_others_were_r
         vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),    # the one
         vast_offer(6, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10),
     ]
-    fitting, refused = rank(provider("vast", fake_cloud, monkeypatch).offers(), needs(), ["nvidia"])
+    fitting, refused = rank(provider("vast", fake_cloud, monkeypatch).offers(OfferQuery()), needs(), ["nvidia"])
     assert [c.offer.offer_id for c in fitting] == ["5", "6"]
     reasons = {c.offer.offer_id: c.refusal for c in refused}
     assert "manufacturer amd" in reasons["1"] and "needed per GPU" in reasons["2"]
@@ -83,15 +83,16 @@ def test_429_and_5xx_are_retried_with_backoff(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     fake_cloud.inject("offers", "429", "500")
     rp = provider("runpod", fake_cloud, monkeypatch)
-    assert len(rp.offers()) == 1
+    assert len(rp.offers(OfferQuery())) == 1
     assert rp.api.retried == 2
-    assert fake_cloud.calls.count("GET /v2/catalog/gpus") == 4  # 429, 500, then one call per cloud
+    # 429, 500, then one call per cloud and GPU count (1, 2, 4, 8)
+    assert fake_cloud.calls.count("GET /v2/catalog/gpus") == 2 + 2 * 4
 
 
 def test_a_lost_create_answer_is_not_retried_and_the_instance_is_found_by_its_name(fake_cloud, monkeypatch):
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     rp = provider("runpod", fake_cloud, monkeypatch)
-    offer = rp.offers()[0]
+    offer = rp.offers(OfferQuery())[0]
     fake_cloud.inject("create", "lost")
     with pytest.raises(AnswerLost):
         rp.create(offer, "outlier-lab-test-0", PUBLIC_KEY, 40, "runpod/pytorch")
@@ -109,7 +110,7 @@ def test_a_create_that_times_out_is_an_answer_lost(fake_cloud, monkeypatch):
     vast = provider("vast", fake_cloud, monkeypatch, api_timeout_s=0.5)
     fake_cloud.inject("create", "hang")
     with pytest.raises(AnswerLost):
-        vast.create(vast.offers()[0], "outlier-lab-hang-0", PUBLIC_KEY, 40, "pytorch/pytorch")
+        vast.create(vast.offers(OfferQuery())[0], "outlier-lab-hang-0", PUBLIC_KEY, 40, "pytorch/pytorch")
     assert [i.name for i in vast.list_ours()] == ["outlier-lab-hang-0"]
 
 
@@ -117,7 +118,7 @@ def test_vast_create_attaches_the_public_key_and_waits_until_ssh_answers(fake_cl
     fake_cloud.vast_offers = [vast_offer(7, "L4", "nvidia", 1, 24 * 1024, 64 * 1024, 100, 0.3)]
     fake_cloud.start_polls = 2
     vast = provider("vast", fake_cloud, monkeypatch)
-    inst = vast.create(vast.offers()[0], "outlier-lab-v-0", PUBLIC_KEY, 40, "pytorch/pytorch")
+    inst = vast.create(vast.offers(OfferQuery())[0], "outlier-lab-v-0", PUBLIC_KEY, 40, "pytorch/pytorch")
     assert fake_cloud.instances[inst.id]["public_key"] == PUBLIC_KEY
     ready = vast.wait_ready(inst, timeout_s=20, poll_s=0.05, cancel=threading.Event())
     assert (ready.status, ready.address, ready.port) == ("running", ssh_server.host, ssh_server.port)
@@ -131,7 +132,7 @@ def test_ssh_that_never_comes_up_ends_the_wait_in_bounded_time(fake_cloud, monke
     fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.4, max_count=1)]
     fake_cloud.ssh_never_up = True
     rp = provider("runpod", fake_cloud, monkeypatch)
-    inst = rp.create(rp.offers()[0], "outlier-lab-dead-0", PUBLIC_KEY, 40, "runpod/pytorch")
+    inst = rp.create(rp.offers(OfferQuery())[0], "outlier-lab-dead-0", PUBLIC_KEY, 40, "runpod/pytorch")
     with pytest.raises(ProviderError) as err:
         rp.wait_ready(inst, timeout_s=1.0, poll_s=0.1, cancel=threading.Event())
     assert err.value.instance_id == inst.id and "SSH did not answer within 1s" in str(err.value)
@@ -214,3 +215,63 @@ def test_a_second_hydra_plugin_scan_keeps_the_provider_classes(monkeypatch):
     with pytest.raises(ProviderError):
         make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0},
                       threading.Event())
+
+
+def test_the_fake_refuses_and_records_what_the_published_documents_do_not_allow(fake_cloud, monkeypatch):
+    rp = provider("runpod", fake_cloud, monkeypatch)
+    vast = provider("vast", fake_cloud, monkeypatch)
+    bad = [(rp, "GET", "/v2/catalog/gpus", {"params": {"include": "AVAILABILITY", "region": "EU"}}),  # no `region`
+           (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4", "count": 0}}}),  # count<1
+           (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4"}, "spot": True}}),
+           (rp, "PUT", "/v2/pods", {}),  # no such method
+           (vast, "POST", "/api/v0/bundles/", {"json": {"type": "on-demand"}}),  # the example's misspelt enum
+           (vast, "PUT", "/api/v0/asks/5/", {"json": {"label": "no image"}}),  # image is required
+           (vast, "GET", "/api/v0/instances/5/", {"params": {"api_key": fake_cloud.api_key}}),  # key in the URL
+           (vast, "GET", "/api/v0/nothing/", {})]
+    for prov, method, path, kwargs in bad:
+        with pytest.raises(ProviderError):
+            prov.api.request(method, path, **kwargs)
+    assert len(fake_cloud.violations) >= len(bad), fake_cloud.violations
+    assert fake_cloud.key_in_url == 1
+    fake_cloud.violations.clear()  # what this test provoked; the fixture fails any other
+
+
+def test_vast_pages_are_spaced_by_the_documented_rate_limit(fake_cloud, monkeypatch):
+    for n in range(30):
+        fake_cloud.add_instance("vast", f"outlier-lab-page-{n}")
+    vast = provider("vast", fake_cloud, monkeypatch)
+    assert len(vast.list_ours()) == 30
+    assert fake_cloud.calls.count("GET /api/v1/instances/") == 2 and fake_cloud.too_frequent == {}
+
+
+def test_vast_show_instance_ports_as_a_list_or_as_bindings_and_provisioning_has_no_address(fake_cloud, monkeypatch):
+    from hydra_plugins.fabric_launcher._providers._vast import _instance
+
+    fake_cloud.vast_offers = [vast_offer(7, "L4", "nvidia", 1, 24 * 1024, 64 * 1024, 100, 0.3)]
+    fake_cloud.start_polls = 1
+    iid = fake_cloud.add_instance("vast", "outlier-lab-p-0", status="starting")
+    provisioning = _instance(fake_cloud.vast_instance(fake_cloud.instances[iid], "list"))
+    assert (provisioning.status, provisioning.address) == ("provisioning", None)
+    fake_cloud.instances[iid]["status"] = "running"
+    for form in ("list", "dict"):
+        running = _instance(fake_cloud.vast_instance(fake_cloud.instances[iid], form))
+        assert (running.status, running.address, running.port) == ("running", fake_cloud.ssh[0],
+                                                                    fake_cloud.instances[iid]["port"]), form
+
+
+def test_vast_search_filters_and_prices_the_planned_disk_on_the_server(fake_cloud, monkeypatch):
+    fake_cloud.vast_offers = [vast_offer(1, "RTX 3060", "nvidia", 1, 12 * 1024, 64 * 1024, 500, 0.08),
+                              vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.30,
+                                         cuda_max_good=12.4),
+                              vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.25,
+                                         reliability=0.80),
+                              vast_offer(4, "RTX A6000", "nvidia", 1, 48 * 1024, 64 * 1024, 500, 0.40),
+                              vast_offer(5, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.35)]
+    query = OfferQuery(min_vram_gib_each=16, min_total_vram_gib=16, disk_gib=100, min_cuda="12.8")
+    offers = provider("vast", fake_cloud, monkeypatch).offers(query)
+    # 1: too little GPU RAM, 2: CUDA 12.4 < 12.8, 3: unreliable; the rest cheapest first, with 100 GB of storage
+    # at $0.15/GB/month in the hourly price; the other price is the bid at min_bid.
+    assert [o.offer_id for o in offers] == ["5", "4"]
+    storage = 0.15 * 100 / (30 * 24)
+    assert offers[0].usd_per_hour == pytest.approx(0.35 + storage, abs=1e-6)  # the fake rounds to 6 places
+    assert offers[0].other_usd_per_hour == pytest.approx(0.35 * 0.4 + storage, abs=1e-6)

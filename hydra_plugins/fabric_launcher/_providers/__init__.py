@@ -3,13 +3,15 @@ import os
 import threading
 from typing import Any, Dict
 
-from ._base import TAG_PREFIX, Instance, Offer, Provider, ProviderError, Refused
+from ._base import (DEAD_STATUSES, IMAGE_CUDA, TAG_PREFIX, Instance, NoBalance, Offer, OfferQuery, Provider,
+                    ProviderError, Refused, interruptible_refusal, min_cuda, ssh_banner)
 from ._http import ApiClient
 from ._runpod import RunPod
 from ._vast import Vast
 
-__all__ = ["TAG_PREFIX", "Instance", "Offer", "Provider", "ProviderError", "Refused", "KEY_ENVS",
-           "PROVIDERS", "key_env", "provider_key", "make_provider"]
+__all__ = ["DEAD_STATUSES", "IMAGE_CUDA", "TAG_PREFIX", "Instance", "NoBalance", "Offer", "OfferQuery", "Provider",
+           "ProviderError", "Refused", "interruptible_refusal", "min_cuda", "ssh_banner", "KEY_ENVS", "PROVIDERS",
+           "key_env", "provider_key", "make_provider"]
 
 # hydra.launcher.provider values that rent from a GPU cloud, and where each one's API key is read from by default.
 KEY_ENVS = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
@@ -39,5 +41,6 @@ def make_provider(name: str, params: Dict[str, Any], cancel: threading.Event) ->
                             "sent only in request headers)", None)
     api = ApiClient(params.get("api_url") or cls.default_url, key, timeout_s=float(params["api_timeout_s"]),
                     retries=int(params["retries"]), backoff_s=float(params["backoff_s"]),
-                    backoff_max_s=float(params["backoff_max_s"]), cancel=cancel, what=name)
+                    backoff_max_s=float(params["backoff_max_s"]), cancel=cancel, what=name,
+                    spacing_s=cls.rate_limits_s)
     return cls(api)

@@ -1,4 +1,4 @@
-"""The provider interface: offers, instances, errors, and the polling every provider shares (wait for SSH)."""
+"""The provider interface: offers, queries, instances, errors, image CUDA, and the polling every provider shares."""
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in sys.modules,
 # and dataclasses with string annotations look their module up there (AttributeError on every run).
 
@@ -26,6 +26,10 @@ class Refused(ProviderError):
     """The provider turned this request down (no capacity, offer taken): nothing was created; another offer may work."""
 
 
+class NoBalance(ProviderError):
+    """The account cannot pay for any rental: no other offer will do better, so the launch stops."""
+
+
 @dataclass(frozen=True)
 class Offer:
     """One rentable configuration, in the same units whatever the provider."""
@@ -40,7 +44,11 @@ class Offer:
     # sized at create).
     ram_gib: Optional[float]
     disk_gib: Optional[float]
-    usd_per_hour: float  # the whole offer, all its GPUs
+    usd_per_hour: float  # the whole offer, all its GPUs, as it would be rented (the bid price when interruptible)
+    # The other price of the same machine: on demand when usd_per_hour is a bid, a bid when it is on demand
+    # (None where the provider has no interruptible rental).
+    other_usd_per_hour: Optional[float] = None
+    interruptible: bool = False
     download_mbps: Optional[float] = None
     region: Optional[str] = None
     # What create needs besides the id (RunPod: GPU type id and cloud).
@@ -49,9 +57,46 @@ class Offer:
     def describe(self) -> str:
         ram = f"{self.ram_gib:.0f} GiB RAM" if self.ram_gib is not None else "RAM not reported"
         disk = f", {self.disk_gib:.0f} GB disk" if self.disk_gib is not None else ""
+        kind = " interruptible" if self.interruptible else ""
         return (f"{self.provider} {self.offer_id}: {self.gpu_count} x {self.gpu_name} ({self.manufacturer}, "
-                f"{self.vram_gib:.0f} GiB each), {ram}{disk}, ${self.usd_per_hour:.3f}/h"
+                f"{self.vram_gib:.0f} GiB each), {ram}{disk}, ${self.usd_per_hour:.3f}/h{kind}"
                 f"{', ' + self.region if self.region else ''}")
+
+
+@dataclass(frozen=True)
+class OfferQuery:
+    """What a search may leave out on the provider's side: offers that cannot run the job, or that the image's CUDA
+    cannot run on. Every bound is a floor that no fitting offer is under (the exact fit is judged in _choice)."""
+    min_vram_gib_each: float = 0.0  # the per-GPU need at the largest count considered
+    min_total_vram_gib: float = 0.0  # the need on one GPU: no count needs less VRAM in all
+    disk_gib: int = 0  # the disk the create will ask for (Vast prices it into dph_total)
+    min_cuda: Optional[str] = None  # "major.minor" the image's CUDA needs of the host driver; None: no filter
+    interruptible: bool = False
+    vendors: tuple = ("nvidia",)
+    gpu_counts: tuple = (1, 2, 4, 8)  # shapes multi-GPU machines come in; a job never needs more than 8
+
+
+# Statuses an instance never leaves for `running` (RunPod PodStatus, Vast actual_status): waiting on them only bills.
+DEAD_STATUSES = ("error", "exited", "terminated", "unknown", "offline")
+
+# CUDA each provider's default image is built against: its host driver must support at least this (RunPod
+# gpu.minCudaVersion, Vast cuda_max_good). Another image: hydra.launcher.min_cuda.
+IMAGE_CUDA = {"runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404": "12.8",
+              "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime": "12.8"}
+
+
+def interruptible_refusal(provider: str, params: Dict[str, Any]) -> Optional[str]:
+    """Why hydra.launcher.interruptible=true cannot be had from this provider, or None."""
+    if params.get("interruptible") and provider == "runpod":
+        return ("hydra.launcher.interruptible=true: RunPod's REST API v2 has no interruptible (spot) pods; use "
+                "hydra.launcher.provider=vast or drop interruptible")
+    return None
+
+
+def min_cuda(params: Dict[str, Any], image: str) -> Optional[str]:
+    """The CUDA version the rented host must run: hydra.launcher.min_cuda, else the image's from IMAGE_CUDA."""
+    value = params.get("min_cuda")
+    return str(value) if value not in (None, "") else IMAGE_CUDA.get(image)
 
 
 @dataclass
@@ -81,7 +126,10 @@ class Provider:
     def __init__(self, api: Any) -> None:
         self.api = api
 
-    def offers(self) -> List[Offer]:
+    # Seconds the provider documents between two calls to one endpoint (endpoint name -> seconds); {} for none.
+    rate_limits_s: Dict[str, float] = {}
+
+    def offers(self, query: OfferQuery) -> List[Offer]:
         raise NotImplementedError
 
     def create(self, offer: Offer, name: str, public_key: str, disk_gib: int, image: str) -> Instance:
@@ -124,8 +172,8 @@ class Provider:
             if current is None:
                 raise ProviderError(f"{instance.describe()} disappeared while starting", instance.id)
             last = current
-            if current.status in ("error", "exited", "terminated"):
-                raise ProviderError(f"{current.describe()} failed to start", instance.id)
+            if current.status in DEAD_STATUSES:
+                raise ProviderError(f"{current.describe()} will never run: destroying it", instance.id)
             if current.status == "running" and current.address and current.port and \
                     ssh_banner(current.address, current.port):
                 return current

@@ -127,13 +127,20 @@ def budget_refusal(choice: Choice, params: Dict[str, Any]) -> Optional[str]:
 
 
 def table(fitting: Sequence[Choice], refused: Sequence[Choice], picked: Optional[Choice], show_refused: int = 0) -> str:
-    """Fitting offers as an aligned table, the picked one marked with `*`; then a few refusals with reasons."""
-    rows = [("", "offer", "gpus", "VRAM each", "RAM", "disk", "$/h", "job $", "region")]
+    """Fitting offers as an aligned table (on-demand and interruptible price; job $ at the price rented), the picked
+    one marked with `*`; then a few refusals with reasons."""
+    rows = [("", "offer", "gpus", "VRAM each", "RAM", "disk", "$/h", "interruptible $/h", "job $", "region")]
+
+    def price(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for c in fitting:
         o = c.offer
+        on_demand, bid = (o.other_usd_per_hour, o.usd_per_hour) if o.interruptible else \
+            (o.usd_per_hour, o.other_usd_per_hour)
         rows.append(("*" if c is picked else "", f"{o.provider} {o.offer_id}", f"{o.gpu_count} x {o.gpu_name}",
                      f"{o.vram_gib:.0f} GiB", "-" if o.ram_gib is None else f"{o.ram_gib:.0f} GiB",
-                     "at create" if o.disk_gib is None else f"{o.disk_gib:.0f} GB", f"{o.usd_per_hour:.3f}",
+                     "at create" if o.disk_gib is None else f"{o.disk_gib:.0f} GB", price(on_demand), price(bid),
                      "-" if c.job_usd is None else f"{c.job_usd:.2f}", o.region or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]

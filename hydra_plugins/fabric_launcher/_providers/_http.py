@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
 
@@ -91,11 +92,18 @@ def _error_text(response: requests.Response) -> str:
     return str(body)[:300]
 
 
+# Last send time per (API base URL, endpoint) across every client of this process: a provider's rate limit is per
+# endpoint and per key, and a launch holds two clients (one for cleanup).
+_LAST_SENT: Dict[tuple, float] = {}
+_SPACING_LOCK = threading.Lock()
+
+
 class ApiClient:
     """One provider API: base URL, bearer key, per-request timeout, retries on 429 / 5xx / network faults."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float, retries: int, backoff_s: float,
-                 backoff_max_s: float, cancel: threading.Event, what: str) -> None:
+                 backoff_max_s: float, cancel: threading.Event, what: str,
+                 spacing_s: Optional[Dict[str, float]] = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -107,17 +115,35 @@ class ApiClient:
         self.cancel = cancel
         self.what = what
         self.retried = 0  # retries made, for the launch record
+        self.spacing_s = dict(spacing_s or {})  # endpoint name -> seconds the provider wants between two calls
+
+    def _wait_turn(self, endpoint: Optional[str]) -> None:
+        """Sleep until `endpoint` may be called again under the provider's documented per-endpoint rate limit."""
+        gap = self.spacing_s.get(endpoint or "", 0.0)
+        if gap <= 0:
+            return
+        key = (self.base_url, endpoint)
+        while True:
+            with _SPACING_LOCK:
+                wait = _LAST_SENT.get(key, -gap) + gap - time.monotonic()
+                if wait <= 0:
+                    _LAST_SENT[key] = time.monotonic()
+                    return
+            if self.cancel.wait(wait):
+                raise ProviderError(f"{self.what} {endpoint}: interrupted")
 
     def request(self, method: str, path: str, *, json: Any = None, params: Optional[Dict[str, Any]] = None,
-                idempotent: bool = True, missing_ok: bool = False) -> Any:
+                idempotent: bool = True, missing_ok: bool = False, endpoint: Optional[str] = None) -> Any:
         """Send one call and return its JSON (None for an empty body or a 404 when missing_ok).
 
         429 is always retried (the server refused the call). 5xx and network faults are retried only for idempotent
-        calls; for the others they raise AnswerLost, because the call may have taken effect (a create)."""
+        calls; for the others they raise AnswerLost, because the call may have taken effect (a create). `endpoint`
+        names the call in spacing_s, whose gap is kept before every attempt."""
         label = f"{self.what} {method} {path}"
         delay = self.backoff_s
         for attempt in range(1, self.retries + 1):
             wait = delay
+            self._wait_turn(endpoint)
             try:
                 response = self.session.request(method, self.base_url + path, json=json, params=params,
                                                 timeout=(min(10.0, self.timeout_s), self.timeout_s))
