@@ -186,3 +186,29 @@ def test_dry_run_prints_the_chosen_offer_and_calls_only_the_offers_api(fake_clou
                    env=cloud_env(fake_cloud, "runpod"), timeout=300)
     assert "rent: runpod NVIDIA L4/SECURE/1: 1 x L4 (nvidia, 24 GiB each)" in proc.stdout
     assert set(fake_cloud.calls) == {"GET /v2/catalog/gpus"} and fake_cloud.instances == {}
+
+
+@pytest.mark.parametrize("provider", ["runpod", "vast"])
+def test_a_streamed_job_rents_and_runs_below_the_ram_floor_default_but_above_its_plans_ram(
+        provider, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    """hardware.ram_floor_gib stays at its 64 GiB default: a streamed job's plan needs far less. Vast reports RAM, so
+    the 32 GiB offer must not be filtered out; RunPod reports none, so the pod (this machine, 23 GiB here) is probed
+    after create and must not be destroyed as a misfit."""
+    nvidia_and_amd(fake_cloud)
+    fake_cloud.vast_offers = [vast_offer(7, "RTX A5000", "nvidia", 1, 24 * 1024, 32 * 1024, 500, 0.20),
+                              vast_offer(8, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 500, 0.40)]
+    overrides = [o for o in cloud_overrides(tmp_path, fake_cloud, provider, ssh_server)
+                 if not o.startswith("hardware.ram_floor_gib=")]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), "engine=streamed", *overrides,
+                   env=cloud_env(fake_cloud, provider), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    launch = launch_json(tmp_path)
+    assert launch["status"] == "COMPLETED" and launch["destroy"]["ok"] is True
+    assert "RAM >= 64" not in output
+    if provider == "vast":
+        assert launch["offer"]["id"] == "7"
+    (instance_id,) = fake_cloud.instances
+    assert dict(fake_cloud.destroyed) == {instance_id: 1}
+    results = json.loads((tmp_path / "sweep" / "0_llama" / "results.json").read_text())
+    assert results["engine"]["name"] == "streamed"
