@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from ._errors import Cancelled, LaunchError, user_error
 from ._hosts import Host
+from ._images import DRIVER_COMMAND, driver_cuda, driver_refusal, min_cuda
 from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
@@ -43,6 +44,11 @@ class Rental:
         self.key_path = str(key)
         self.public_key = public.read_text().strip() if public.is_file() else ""
         self.known_dir = known_hosts_path(params).parent / "known_hosts.d"
+        self.image = params.get("image") or self.provider.default_image
+        try:  # a bad min_cuda is refused before anything is rented
+            self.min_cuda = min_cuda(self.image, params.get("min_cuda"))
+        except ValueError as err:
+            raise user_error(str(err)) from None
         self.choices: Dict[str, List[Choice]] = {}
         self.pending: Dict[str, ProviderError] = {}
         self._offers = None
@@ -99,7 +105,7 @@ class Rental:
     def create_from(self, job: Job, picked: Choice) -> Instance:
         name = self.instance_name(job)
         disk = int(max(40.0, job.needs.disk_gib * 1.2 + 20))  # model files, the venv and the results
-        image = self.params.get("image") or self.provider.default_image
+        image = self.image
         self.console.say(job, f"renting {picked.offer.describe()} as {name}")
         try:
             return self.provider.create(picked.offer, name, self.public_key, disk, image)
@@ -135,6 +141,17 @@ class Rental:
         host.address, host.port, host.user = inst.address, int(inst.port), inst.user
         self.console.say(job, f"{inst.describe()} answers SSH")
         return host
+
+    def check_driver(self, job: Job) -> None:
+        """Once SSH answers and before any set-up: a driver older than the CUDA the image was built for would only
+        fail later, in torch, after the set-up was paid for; such an instance is refused (and so destroyed)."""
+        out = job.session.run(DRIVER_COMMAND, "check NVIDIA driver").stdout
+        driver, cuda = driver_cuda(out)
+        job.note(driver={"version": driver, "cuda": ".".join(map(str, cuda)) if cuda else None,
+                         "image_needs_cuda": ".".join(map(str, self.min_cuda)) if self.min_cuda else None})
+        reason = driver_refusal(out, self.min_cuda, self.image)
+        if reason:
+            raise LaunchError(f"{self.provider.name} instance {job.instance.instance_id} refused: {reason}")
 
     def session_params(self, host: Host) -> Dict[str, Any]:
         """Host keys of a rented instance are trusted on first use in a file of its own, forgotten at destroy:

@@ -1,16 +1,19 @@
 """run.py with hydra.launcher.provider=runpod|vast against the fake provider API, whose instances are the test sshd."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import List
 
 import pytest
 
 from tests.support.cli import cli_env, run_cli
+from tests.services.fake_provider_api import FakeCloud
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
-from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
+from tests.support.ssh_server import extra_sshd, ssh_server  # noqa: F401 - fixture used by name
 from tests.e2e.test_fabric_launcher import (deterministic, finish, gated_python, group_members,  # noqa: F401
                                   interrupt_running_job, job_overrides, launcher_overrides, local_reference,
                                   remote_job_dir, start_cli, wait_for)
@@ -32,6 +35,33 @@ def cloud_env(cloud, provider: str) -> dict:
 
 def launch_json(tmp: Path) -> dict:
     return json.loads((tmp / "sweep" / "0_llama" / "launch.json").read_text())
+
+
+def nvidia_smi(bin_dir: Path, driver: str, cuda: str) -> None:
+    """An nvidia-smi stand-in for a host without a GPU, printing what the real one prints (its documented CSV query
+    output, and the banner of a plain call) for one NVIDIA L4 on `driver`, which runs CUDA `cuda`."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f'  *--query-gpu=driver_version*) echo "{driver}" ;;\n'
+        '  *--query-gpu=name,memory.total,memory.free*nounits*) echo "NVIDIA L4, 23034, 22796" ;;\n'
+        '  *--query-gpu*) echo "unsupported query" >&2; exit 2 ;;\n'
+        f'  "") echo "| NVIDIA-SMI {driver}      Driver Version: {driver}      CUDA Version: {cuda}     |" ;;\n'
+        '  *) exit 2 ;;\n'
+        "esac\n")
+    script.chmod(0o755)
+
+
+@contextlib.contextmanager
+def cloud_on(server):
+    """A fake cloud whose instances are `server` (an extra sshd: a host with its own tools on PATH)."""
+    cloud = FakeCloud(server.host, server.port, api_key="dummy-key-" + uuid.uuid4().hex, ssh_user=server.user).start()
+    try:
+        yield cloud
+    finally:
+        cloud.close()
 
 
 def nvidia_and_amd(cloud) -> None:
@@ -212,3 +242,22 @@ def test_a_streamed_job_rents_and_runs_below_the_ram_floor_default_but_above_its
     assert dict(fake_cloud.destroyed) == {instance_id: 1}
     results = json.loads((tmp_path / "sweep" / "0_llama" / "results.json").read_text())
     assert results["engine"]["name"] == "streamed"
+
+
+def test_a_driver_older_than_the_images_cuda_is_refused_in_one_line_before_set_up_and_destroyed(
+        ssh_server, tiny_checkpoint, text_file, tmp_path):
+    nvidia_smi(tmp_path / "bin", driver="535.104.05", cuda="12.2")  # the default image needs CUDA 12.8
+    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "bin"]) as host, cloud_on(host) as cloud:
+        nvidia_and_amd(cloud)
+        proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *cloud_overrides(tmp_path, cloud, "runpod", host),
+                       env=cloud_env(cloud, "runpod"), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, output[-3000:]
+    assert "NVIDIA driver 535.104.05 runs CUDA 12.2" in errors[0] and "needs CUDA >= 12.8" in errors[0]
+    (instance_id,) = cloud.instances
+    assert dict(cloud.destroyed) == {instance_id: 1}
+    launch = launch_json(tmp_path)
+    assert launch["status"] == "FAILED" and launch["destroy"]["ok"] is True
+    assert launch["driver"] == {"version": "535.104.05", "cuda": "12.2", "image_needs_cuda": "12.8"}
+    assert not (tmp_path / "remote" / "code").exists()  # refused before anything was set up
