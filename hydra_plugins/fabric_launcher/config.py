@@ -54,13 +54,16 @@ class FabricLauncherConf:
     known_hosts: str = "~/.config/outlier_lab/known_hosts"
     # Remote working root for code, environments and job dirs; `~` is expanded on the remote side.
     remote_root: str = "~/.cache/outlier_lab"
-    # Remote environment: interpreter (an existing python on the host) or venv (built once per dependency hash).
-    env_mode: str = "interpreter"
-    # Interpreter used directly (env_mode=interpreter) or to create the venv (env_mode=venv).
+    # Remote environment: interpreter (an existing python on the host), venv (built once per dependency hash), or
+    # auto: with provider=runpod|vast a venv over the image's python with its site packages (its CUDA torch kept,
+    # the project's other dependencies installed), built once per dependency hash; elsewhere interpreter.
+    env_mode: str = "auto"
+    # Interpreter used directly (env_mode=interpreter) or to create the venv (env_mode=venv, or auto on a rental).
     python: str = "python3"
     # env_mode=venv: pip or uv installs the dependencies.
     installer: str = "pip"
-    # env_mode=venv: let the venv see the host interpreter's packages (a preinstalled CUDA torch, say).
+    # env_mode=venv: let the venv see the host interpreter's packages (a preinstalled CUDA torch, say); always so
+    # for env_mode=auto on a rented instance.
     venv_system_site_packages: bool = False
     # HF_HOME on the remote host (null: the host's default cache).
     hf_home: Optional[str] = None

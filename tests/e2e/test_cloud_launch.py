@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.cli import cli_env, run_cli
 from tests.services.fake_provider_api import FakeCloud
+from tests.support.provider_image import image_python, wheelhouse
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import extra_sshd, ssh_server  # noqa: F401 - fixture used by name
 from tests.e2e.test_fabric_launcher import (deterministic, finish, gated_python, group_members,  # noqa: F401
@@ -261,3 +262,34 @@ def test_a_driver_older_than_the_images_cuda_is_refused_in_one_line_before_set_u
     assert launch["status"] == "FAILED" and launch["destroy"]["ok"] is True
     assert launch["driver"] == {"version": "535.104.05", "cuda": "12.2", "image_needs_cuda": "12.8"}
     assert not (tmp_path / "remote" / "code").exists()  # refused before anything was set up
+
+
+def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_once_per_dependency_hash(
+        ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    """No env_mode, no python: the instance's python3 is an image's (torch only); the job sets the rest up itself,
+    keeps the image's torch, and a second job on the same host finds it set up."""
+    image_bin = image_python(tmp_path / "image")
+    probe = "import torch, importlib.util as u; print([m for m in ('hydra', 'transformers', 'nnsight') if u.find_spec(m)])"
+    assert subprocess.run([str(image_bin / "python3"), "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+    wheels = wheelhouse(tmp_path / "wheelhouse")  # the instance's package index: offline, torch not in it
+    nvidia_smi(tmp_path / "tools", driver="570.124.06", cuda="12.8")
+    index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "tools", image_bin], env=index) as host, \
+            cloud_on(host) as cloud:
+        nvidia_and_amd(cloud)
+        overrides = [o for o in cloud_overrides(tmp_path, cloud, "runpod", host)
+                     if not o.startswith("hydra.launcher.python=")]
+        base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
+        proc = run_cli("--multirun", *base, "dataset.num_sequences=4,2", *overrides, env=cloud_env(cloud, "runpod"),
+                       check=False, timeout=900)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        assert sorted(cloud.destroyed.values()) == [1, 1] and len(cloud.instances) == 2
+    launches = [json.loads((tmp_path / "sweep" / f"{i}_llama" / "launch.json").read_text()) for i in (0, 1)]
+    assert [l["status"] for l in launches] == ["COMPLETED", "COMPLETED"]
+    assert sorted(l["env"]["built"] for l in launches) == [False, True]  # built once, found by the other job
+    assert "already set up (same dependencies)" in output
+    (env,) = (tmp_path / "remote" / "envs").glob("*/bin/python")
+    assert not list(env.parent.parent.glob("lib/python*/site-packages/torch"))  # the image's torch was kept
+    assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
