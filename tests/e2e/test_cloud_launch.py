@@ -24,8 +24,9 @@ KEY_ENV = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
 
 
 def cloud_overrides(tmp: Path, cloud, provider: str, ssh, ram_floor: float = 1, **extra) -> List[str]:
+    # env_mode=interpreter: the test's own python has every package (the headline test drops it and `python`).
     settings = {**dict(provider=provider, api_url=f"'{cloud.url()}'", ssh_key_path=ssh.key, ready_timeout_s=20,
-                       api_timeout_s=2, retries=3), **extra}
+                       api_timeout_s=2, retries=3, env_mode="interpreter"), **extra}
     return [o if not o.startswith("hardware.ram_floor_gib=") else f"hardware.ram_floor_gib={ram_floor}"
             for o in launcher_overrides(tmp, [], **settings)]
 
@@ -279,7 +280,7 @@ def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_on
             cloud_on(host) as cloud:
         nvidia_and_amd(cloud)
         overrides = [o for o in cloud_overrides(tmp_path, cloud, "runpod", host)
-                     if not o.startswith("hydra.launcher.python=")]
+                     if not o.startswith(("hydra.launcher.python=", "hydra.launcher.env_mode="))]
         base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
         proc = run_cli("--multirun", *base, "dataset.num_sequences=4,2", *overrides, env=cloud_env(cloud, "runpod"),
                        check=False, timeout=900)
