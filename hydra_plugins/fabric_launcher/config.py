@@ -37,6 +37,9 @@ class FabricLauncherConf:
     ssh_key_path: str = "~/.ssh/id_ed25519"
     # provider=runpod|vast: container image of the instance (null: a PyTorch CUDA image of the provider's).
     image: Optional[str] = None
+    # provider=runpod|vast: CUDA version the image needs of the host's driver, checked once SSH answers (null: 12.8
+    # for the default images, else the CUDA in the image's tag, else no check). A string: "12.4".
+    min_cuda: Optional[str] = None
     # provider=runpod|vast: seconds to wait for a created instance to answer SSH before destroying it.
     ready_timeout_s: float = 900.0
     # provider=runpod|vast: refuse, before renting, an offer over this price (null: no limit).
