@@ -267,7 +267,7 @@ def test_a_driver_older_than_the_images_cuda_is_refused_in_one_line_before_set_u
 
 def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_once_per_dependency_hash(
         ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
-    """No env_mode, no python: the instance's python3 is an image's (torch only); the job sets the rest up itself,
+    """No env_mode: the instance's interpreter is an image's python3 (torch only); the job sets the rest up itself,
     keeps the image's torch, and a second job on the same host finds it set up."""
     image_bin = image_python(tmp_path / "image")
     probe = "import torch, importlib.util as u; print([m for m in ('hydra', 'transformers', 'nnsight') if u.find_spec(m)])"
@@ -276,11 +276,13 @@ def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_on
     wheels = wheelhouse(tmp_path / "wheelhouse")  # the instance's package index: offline, torch not in it
     nvidia_smi(tmp_path / "tools", driver="570.124.06", cuda="12.8")
     index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
-    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "tools", image_bin], env=index) as host, \
+    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "tools"], env=index) as host, \
             cloud_on(host) as cloud:
         nvidia_and_amd(cloud)
-        overrides = [o for o in cloud_overrides(tmp_path, cloud, "runpod", host)
-                     if not o.startswith(("hydra.launcher.python=", "hydra.launcher.env_mode="))]
+        # hydra.launcher.python names the image's python3 by its path: this machine's shell rc puts pyenv's shims
+        # ahead of any PATH the test sshd sets, so a bare `python3` would be the test's own, complete interpreter.
+        overrides = [o for o in cloud_overrides(tmp_path, cloud, "runpod", host, python=str(image_bin / "python3"))
+                     if not o.startswith("hydra.launcher.env_mode=")]
         base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
         proc = run_cli("--multirun", *base, "dataset.num_sequences=4,2", *overrides, env=cloud_env(cloud, "runpod"),
                        check=False, timeout=900)
@@ -292,5 +294,7 @@ def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_on
     assert sorted(l["env"]["built"] for l in launches) == [False, True]  # built once, found by the other job
     assert "already set up (same dependencies)" in output
     (env,) = (tmp_path / "remote" / "envs").glob("*/bin/python")
-    assert not list(env.parent.parent.glob("lib/python*/site-packages/torch"))  # the image's torch was kept
+    site = list(env.parent.parent.glob("lib/python*/site-packages"))
+    assert site and list(site[0].glob("hydra_core-*.dist-info"))  # installed by the set-up, from the wheelhouse
+    assert not list(site[0].glob("torch*"))  # the image's torch was kept
     assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
