@@ -208,6 +208,12 @@ class RunConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
+def hardware_setting(cfg: Any, name: str) -> Any:
+    """cfg.hardware.<name>, or HardwareConfig's default when a hand-built config lacks it: the default lives there only."""
+    defaults = {f.name: f.default for f in fields(HardwareConfig)}
+    return cfg.hardware.get(name, defaults[name])
+
+
 def planned_override(path: str) -> str:
     """The override a launcher adds to each job it starts: where its plan for the job is."""
     if "'" in path or "\\" in path:

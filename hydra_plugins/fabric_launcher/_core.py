@@ -253,6 +253,8 @@ class Launch:
             host = self.instances.ready(job, job.instance)
             job.elapsed("create_s", t0)
             job.connected(host, Session(host, self.instances.session_params(host), self.retry).connect(), [])
+            if isinstance(self.instances, Rental):
+                self.instances.check_driver(job)
             probe = probe_host(job.session, self.remote_root(job.session))
             reason = host_refusal(probe, job.needs, self.params)
             if reason:

@@ -40,9 +40,11 @@ def plan_job(cfg: DictConfig) -> Needs:
 
     plan = hardware_plan(cfg)
     gpu = plan.gpu
+    # The plan's own RAM figure, engine-aware (a streamed job needs far less than hardware.ram_floor_gib): the offer
+    # filter, the check of a created instance and the job's own check all use this one number.
     return Needs(gpu_class=gpu.key if gpu else None, gpu_name=gpu.name if gpu else None,
                  gpu_count=plan.count if gpu else 0, vram_gib_each=plan.per_gpu_required_gib if gpu else 0.0,
-                 ram_gib=float(cfg.hardware.ram_floor_gib), disk_gib=plan.estimate.disk_gib,
+                 ram_gib=float(plan.estimate.ram_floor_gib), disk_gib=plan.estimate.disk_gib,
                  usd_per_hour=plan.usd_per_hour if gpu else None, plan=plan.to_dict())
 
 
@@ -76,7 +78,7 @@ def host_refusal(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any]) ->
             have = ", ".join(f"{g['name']} ({g['vram_gib']:.0f} GiB)" for g in gpus)
             return f"needs {want} GPU(s) with {needs.vram_gib_each:.1f} GiB each, has {have}"
     if probe["ram_gib"] + 0.5 < needs.ram_gib:
-        return f"RAM {probe['ram_gib']:.1f} GiB < floor {needs.ram_gib:.1f} GiB (hardware.ram_floor_gib)"
+        return f"RAM {probe['ram_gib']:.1f} GiB < {needs.ram_gib:.1f} GiB, the plan's RAM floor"
     if probe["disk_free_gib"] < needs.disk_gib:
         return f"free disk {probe['disk_free_gib']:.1f} GiB < {needs.disk_gib:.1f} GiB needed"
     return None

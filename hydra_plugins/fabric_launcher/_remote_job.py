@@ -1,13 +1,14 @@
 """A job on its host: the Python env it runs in, its detached start, the log-streaming poll, and its kill."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
 import shlex
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import paramiko
 from outlier_lab.config import PLAN_FILE
@@ -21,32 +22,65 @@ from ._output import Console
 from ._ssh import disk_full
 
 
+RENTED = ("runpod", "vast")  # providers whose instances run a stock image (CUDA + torch), not a prepared host
+ENV_BUILD_TIMEOUT_S = 1800.0  # pip resolving and fetching the project's dependencies on a fresh instance
+ENV_BUILT = "OUTLIER_LAB_ENV_BUILT"  # printed by the set-up when it built the env (not found it ready)
+
+
+def env_settings(params: Dict[str, Any]) -> Tuple[str, bool]:
+    """(env_mode, venv sees the interpreter's site packages) as they apply: env_mode=auto on a rented image is a
+    venv over the image's python with its site packages, so its CUDA torch is kept; elsewhere the interpreter."""
+    mode = str(params["env_mode"])
+    if mode == "auto":
+        return ("venv", True) if params.get("provider") in RENTED else ("interpreter", False)
+    if mode not in ("interpreter", "venv"):
+        raise user_error(f"hydra.launcher.env_mode={mode!r}: use auto, interpreter or venv")
+    return mode, bool(params["venv_system_site_packages"])
+
+
+def env_dir(params: Dict[str, Any], root: str, bundle: CodeBundle) -> str:
+    """The venv's dir: keyed by the dependency hash, the base interpreter and whether it sees its site packages,
+    so a host keeps one env per combination and builds it once."""
+    _, system_site = env_settings(params)
+    key = hashlib.sha256(f"{bundle.env_id}\0{params['python']}\0{system_site}".encode()).hexdigest()[:16]
+    return posixpath.join(root, "envs", key)
+
+
 def env_python(params: Dict[str, Any], root: str, bundle: CodeBundle) -> str:
-    """The remote interpreter: the venv keyed by the dependency hash, or hydra.launcher.python as given."""
-    if params["env_mode"] == "venv":
-        return posixpath.join(root, "envs", bundle.env_id, "bin", "python")
+    """The remote interpreter: the venv's, or hydra.launcher.python as given."""
+    if env_settings(params)[0] == "venv":
+        return posixpath.join(env_dir(params, root, bundle), "bin", "python")
     return str(params["python"])
 
 
 def env_setup_command(params: Dict[str, Any], root: str, bundle: CodeBundle) -> Optional[str]:
-    """Shell that builds the venv keyed by the dependency hash once (flock'd), or None for interpreter mode."""
-    if params["env_mode"] == "interpreter":
+    """Shell that builds the venv once per env_dir (flock'd, marked ready only when complete), or None for
+    interpreter mode. Over site packages, the interpreter's torch is pinned (a constraint), so pip resolves the
+    project's other dependencies around the image's CUDA build instead of replacing it."""
+    mode, system_site = env_settings(params)
+    if mode == "interpreter":
         return None
-    if params["env_mode"] != "venv":
-        raise user_error(f"hydra.launcher.env_mode={params['env_mode']!r}: use interpreter or venv")
-    env = posixpath.join(root, "envs", bundle.env_id)
+    env = env_dir(params, root, bundle)
     q = shlex.quote
+    base, py = q(str(params["python"])), q(env + "/bin/python")
     reqs = " ".join(q(r) for r in bundle.requirements)
-    site = " --system-site-packages" if params["venv_system_site_packages"] else ""
+    constraints = q(env + "/constraints.txt")
+    site = " --system-site-packages" if system_site else ""
+    pin = (f"{{ {base} -c 'import torch; print(\"torch==\" + torch.__version__)' 2>/dev/null || true; }} > {constraints}"
+           if system_site else f": > {constraints}")
     if params["installer"] == "uv":
-        build = f"uv venv{site} --python {q(params['python'])} {q(env)} && uv pip install --python {q(env + '/bin/python')} {reqs}"
+        build = (f"uv venv{site} --python {base} {q(env)} && {pin} && "
+                 f"uv pip install --python {py} -c {constraints} {reqs}")
     elif params["installer"] == "pip":
-        build = (f"{q(params['python'])} -m venv{site} {q(env)} && {q(env + '/bin/python')} -m pip install -q "
-                 f"--disable-pip-version-check {reqs}")
+        # An image without ensurepip (Debian's python3 lacks python3-venv) still has pip in its site packages.
+        without_pip = f" || {{ rm -rf {q(env)} && {base} -m venv{site} --without-pip {q(env)}; }}" if system_site else ""
+        build = (f"{{ {base} -m venv{site} {q(env)}{without_pip}; }} && {pin} && "
+                 f"{py} -m pip install -q --disable-pip-version-check -c {constraints} {reqs}")
     else:
         raise user_error(f"hydra.launcher.installer={params['installer']!r}: use pip or uv")
     return (f"mkdir -p {q(posixpath.dirname(env))} && exec 9>{q(env + '.lock')} && flock 9 && "
-            f"if [ ! -f {q(env + '/.ready')} ]; then rm -rf {q(env)} && {build} && touch {q(env + '/.ready')}; fi")
+            f"if [ ! -f {q(env + '/.ready')} ]; then rm -rf {q(env)} && {build} && touch {q(env + '/.ready')} && "
+            f"echo {ENV_BUILT}; fi")
 
 
 class RemoteJobs:
@@ -72,7 +106,14 @@ class RemoteJobs:
         command = env_setup_command(self.params, root, self.bundle)
         python = env_python(self.params, root, self.bundle)
         if command:
-            job.session.run(command, "build remote venv")
+            tick = time.monotonic()
+            built = ENV_BUILT in job.session.run(command, "set up the remote environment",
+                                                 timeout=max(ENV_BUILD_TIMEOUT_S,
+                                                             float(self.params["ssh_op_timeout_s"]))).stdout
+            took = time.monotonic() - tick
+            job.note(env={"python": python, "built": built, "seconds": round(took, 1)})
+            self.console.say(job, f"environment {posixpath.dirname(posixpath.dirname(python))} "
+                                  f"{f'set up in {took:.0f}s' if built else 'already set up (same dependencies)'}")
         probe = ("import importlib.util as u, sys; "
                  "print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))")
         missing = job.session.run(f"{shlex.quote(python)} -c {shlex.quote(probe)} hydra omegaconf torch "
@@ -82,7 +123,7 @@ class RemoteJobs:
                               f"{(missing.stderr or missing.stdout).strip()[-500:]}")
         if missing.stdout.strip():
             raise LaunchError(f"remote interpreter {python} on {job.host.name} lacks {missing.stdout.strip()}; use "
-                              "hydra.launcher.env_mode=venv or install them there")
+                              "hydra.launcher.env_mode=venv (or auto on a rented instance) or install them there")
         if job.gpu_indices or (self.params["require_gpu"] and job.needs.gpu_count):
             self.check_cuda(job, python)
         return python

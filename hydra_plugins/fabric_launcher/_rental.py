@@ -9,12 +9,13 @@ from typing import Any, Dict, List, Optional
 
 from ._errors import Cancelled, LaunchError, Preempted, user_error
 from ._host import Host
+from ._images import DRIVER_COMMAND, driver_cuda, driver_refusal, min_cuda
 from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
 from ._ssh import known_hosts_path
 from ._providers import (DEAD_STATUSES, TAG_PREFIX, Instance, NoBalance, OfferQuery, ProviderError, Refused,
-                         interruptible_refusal, make_provider, min_cuda)
+                         interruptible_refusal, make_provider)
 from ._providers._http import AnswerLost
 from ._providers._choice import Choice, NoOffer, choose, need_per_gpu
 
@@ -49,6 +50,10 @@ class Rental:
         if refusal:
             raise user_error(refusal)
         self.image = params.get("image") or self.provider.default_image
+        try:  # a bad min_cuda is refused before anything is rented
+            self.min_cuda = min_cuda(self.image, params.get("min_cuda"))
+        except ValueError as err:
+            raise user_error(str(err)) from None
         self.choices: Dict[str, List[Choice]] = {}
         self.pending: Dict[str, ProviderError] = {}
         self._offers: Dict[OfferQuery, list] = {}
@@ -147,6 +152,17 @@ class Rental:
         host.address, host.port, host.user = inst.address, int(inst.port), inst.user
         self.console.say(job, f"{inst.describe()} answers SSH")
         return host
+
+    def check_driver(self, job: Job) -> None:
+        """Once SSH answers and before any set-up: a driver older than the CUDA the image was built for would only
+        fail later, in torch, after the set-up was paid for; such an instance is refused (and so destroyed)."""
+        out = job.session.run(DRIVER_COMMAND, "check NVIDIA driver").stdout
+        driver, cuda = driver_cuda(out)
+        job.note(driver={"version": driver, "cuda": ".".join(map(str, cuda)) if cuda else None,
+                         "image_needs_cuda": ".".join(map(str, self.min_cuda)) if self.min_cuda else None})
+        reason = driver_refusal(out, self.min_cuda, self.image)
+        if reason:
+            raise LaunchError(f"{self.provider.name} instance {job.instance.instance_id} refused: {reason}")
 
     def session_params(self, host: Host) -> Dict[str, Any]:
         """Host keys of a rented instance are trusted on first use in a file of its own, forgotten at destroy:
@@ -251,9 +267,13 @@ def planned_disk(needs: Any) -> int:
     return int(max(40.0, float(needs.disk_gib or 0.0) * 1.2 + 20))
 
 
+def _cuda_text(version) -> Optional[str]:
+    return None if version is None else ".".join(map(str, version))
+
+
 def offer_query(needs: Any, params: Dict[str, Any], image: str) -> OfferQuery:
     """What the provider's search may filter out for this job (lower bounds only; _choice judges the fit)."""
     return OfferQuery(min_vram_gib_each=need_per_gpu(needs, max(OfferQuery.gpu_counts)),
                       min_total_vram_gib=need_per_gpu(needs, 1), disk_gib=planned_disk(needs),
-                      min_cuda=min_cuda(params, image), interruptible=bool(params.get("interruptible")),
+                      min_cuda=_cuda_text(min_cuda(image, params.get("min_cuda"))), interruptible=bool(params.get("interruptible")),
                       vendors=tuple(v.lower() for v in params["vendors"]))

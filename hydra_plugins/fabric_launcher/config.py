@@ -37,9 +37,9 @@ class FabricLauncherConf:
     ssh_key_path: str = "~/.ssh/id_ed25519"
     # provider=runpod|vast: container image of the instance (null: a PyTorch CUDA image of the provider's).
     image: Optional[str] = None
-    # provider=runpod|vast: lowest CUDA version ("12.8") the rented host's driver must support (RunPod
-    # gpu.minCudaVersion, Vast cuda_max_good); null: the default image's, from _providers.IMAGE_CUDA. Set it when
-    # `image` is another image.
+    # provider=runpod|vast: lowest CUDA version ("12.8") the rented host's driver must support: offers are filtered on
+    # it (RunPod gpu.minCudaVersion, Vast cuda_max_good) and the driver is checked once SSH answers. null: 12.8 for
+    # the default images, else the CUDA in the image's tag, else no check.
     min_cuda: Optional[str] = None
     # provider=vast: rent interruptible instances (a bid at the offer's min_bid; cheaper, but another renter can
     # take the machine). RunPod's REST API v2 has none.
@@ -63,13 +63,16 @@ class FabricLauncherConf:
     known_hosts: str = "~/.config/outlier_lab/known_hosts"
     # Remote working root for code, environments and job dirs; `~` is expanded on the remote side.
     remote_root: str = "~/.cache/outlier_lab"
-    # Remote environment: interpreter (an existing python on the host) or venv (built once per dependency hash).
-    env_mode: str = "interpreter"
-    # Interpreter used directly (env_mode=interpreter) or to create the venv (env_mode=venv).
+    # Remote environment: interpreter (an existing python on the host), venv (built once per dependency hash), or
+    # auto: with provider=runpod|vast a venv over the image's python with its site packages (its CUDA torch kept,
+    # the project's other dependencies installed), built once per dependency hash; elsewhere interpreter.
+    env_mode: str = "auto"
+    # Interpreter used directly (env_mode=interpreter) or to create the venv (env_mode=venv, or auto on a rental).
     python: str = "python3"
     # env_mode=venv: pip or uv installs the dependencies.
     installer: str = "pip"
-    # env_mode=venv: let the venv see the host interpreter's packages (a preinstalled CUDA torch, say).
+    # env_mode=venv: let the venv see the host interpreter's packages (a preinstalled CUDA torch, say); always so
+    # for env_mode=auto on a rented instance.
     venv_system_site_packages: bool = False
     # HF_HOME on the remote host (null: the host's default cache).
     hf_home: Optional[str] = None

@@ -18,6 +18,7 @@ from outlier_lab.analysis.capture import plan_probes
 from outlier_lab.planning.catalog import GpuClass
 from outlier_lab.loading.windows import check_window_shape
 from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total, registry
+from outlier_lab.config import hardware_setting
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
 from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
@@ -110,7 +111,7 @@ def mxfp4_supported(device: str, gpu: GpuClass | None, cfg: DictConfig) -> Tuple
             return False, f"{gpu.name} is not an NVIDIA GPU; MXFP4 experts are dequantized"
         if _cc_tuple(gpu.compute_capability) < (7, 5):
             return False, f"{gpu.name} (compute capability {gpu.compute_capability} < 7.5) lacks MXFP4 kernels"
-        if not cfg.hardware.get("mxfp4_kernels", True):
+        if not hardware_setting(cfg, "mxfp4_kernels"):
             return False, "hardware.mxfp4_kernels=false: the GPU host lacks triton>=3.4/kernels"
         return True, f"MXFP4 experts stay packed on {gpu.name} (cc {gpu.compute_capability}, assumes triton>=3.4 + kernels)"
     if not torch.cuda.is_available():
@@ -440,7 +441,7 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes
         if load_transient > activations:
             notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
-    ram_floor = float(cfg.hardware.get("ram_floor_gib", 64.0))
+    ram_floor = float(hardware_setting(cfg, "ram_floor_gib"))
     disk, disk_how = _checkpoint_bytes(cfg, hf_config, model, adapter, quant)
     read = disk
     streamed = None
@@ -460,7 +461,7 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         read = disk * streamed.blocks_run / num_blocks
         ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead
-    factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
+    factor = float(hardware_setting(cfg, "vram_safety_factor"))
     notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
                  "datasets caches (datasets are streamed: only their metadata is cached) and outputs")
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")

@@ -1,16 +1,20 @@
 """run.py with hydra.launcher.provider=runpod|vast against the fake provider API, whose instances are the test sshd."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import List
 
 import pytest
 
 from tests.support.cli import cli_env, run_cli
+from tests.services.fake_provider_api import FakeCloud
+from tests.support.provider_image import image_python, wheelhouse
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
-from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
+from tests.support.ssh_server import extra_sshd, ssh_server  # noqa: F401 - fixture used by name
 from tests.e2e.test_fabric_launcher import (deterministic, finish, gated_python, group_members,  # noqa: F401
                                   interrupt_running_job, job_overrides, launcher_overrides, local_reference,
                                   remote_job_dir, start_cli, wait_for)
@@ -20,8 +24,9 @@ KEY_ENV = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
 
 
 def cloud_overrides(tmp: Path, cloud, provider: str, ssh, ram_floor: float = 1, **extra) -> List[str]:
+    # env_mode=interpreter: the test's own python has every package (the headline test drops it and `python`).
     settings = {**dict(provider=provider, api_url=f"'{cloud.url()}'", ssh_key_path=ssh.key, ready_timeout_s=20,
-                       api_timeout_s=2, retries=3), **extra}
+                       api_timeout_s=2, retries=3, env_mode="interpreter"), **extra}
     return [o if not o.startswith("hardware.ram_floor_gib=") else f"hardware.ram_floor_gib={ram_floor}"
             for o in launcher_overrides(tmp, [], **settings)]
 
@@ -32,6 +37,33 @@ def cloud_env(cloud, provider: str) -> dict:
 
 def launch_json(tmp: Path) -> dict:
     return json.loads((tmp / "sweep" / "0_llama" / "launch.json").read_text())
+
+
+def nvidia_smi(bin_dir: Path, driver: str, cuda: str) -> None:
+    """An nvidia-smi stand-in for a host without a GPU, printing what the real one prints (its documented CSV query
+    output, and the banner of a plain call) for one NVIDIA L4 on `driver`, which runs CUDA `cuda`."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f'  *--query-gpu=driver_version*) echo "{driver}" ;;\n'
+        '  *--query-gpu=name,memory.total,memory.free*nounits*) echo "NVIDIA L4, 23034, 22796" ;;\n'
+        '  *--query-gpu*) echo "unsupported query" >&2; exit 2 ;;\n'
+        f'  "") echo "| NVIDIA-SMI {driver}      Driver Version: {driver}      CUDA Version: {cuda}     |" ;;\n'
+        '  *) exit 2 ;;\n'
+        "esac\n")
+    script.chmod(0o755)
+
+
+@contextlib.contextmanager
+def cloud_on(server):
+    """A fake cloud whose instances are `server` (an extra sshd: a host with its own tools on PATH)."""
+    cloud = FakeCloud(server.host, server.port, api_key="dummy-key-" + uuid.uuid4().hex, ssh_user=server.user).start()
+    try:
+        yield cloud
+    finally:
+        cloud.close()
 
 
 def nvidia_and_amd(cloud) -> None:
@@ -313,3 +345,83 @@ def test_interruptible_on_runpod_says_in_one_line_that_its_api_has_none(fake_clo
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "no interruptible" in errors[0], proc.stderr[-2000:]
     assert fake_cloud.requests == []
+
+
+@pytest.mark.parametrize("provider", ["runpod", "vast"])
+def test_a_streamed_job_rents_and_runs_below_the_ram_floor_default_but_above_its_plans_ram(
+        provider, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    """hardware.ram_floor_gib stays at its 64 GiB default: a streamed job's plan needs far less. Vast reports RAM, so
+    the 32 GiB offer must not be filtered out; RunPod reports none, so the pod (this machine, 23 GiB here) is probed
+    after create and must not be destroyed as a misfit."""
+    nvidia_and_amd(fake_cloud)
+    fake_cloud.vast_offers = [vast_offer(7, "RTX A5000", "nvidia", 1, 24 * 1024, 32 * 1024, 500, 0.20),
+                              vast_offer(8, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 500, 0.40)]
+    overrides = [o for o in cloud_overrides(tmp_path, fake_cloud, provider, ssh_server)
+                 if not o.startswith("hardware.ram_floor_gib=")]
+    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), "engine=streamed", *overrides,
+                   env=cloud_env(fake_cloud, provider), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    launch = launch_json(tmp_path)
+    assert launch["status"] == "COMPLETED" and launch["destroy"]["ok"] is True
+    assert "RAM >= 64" not in output
+    if provider == "vast":
+        assert launch["offer"]["id"] == "7"
+    (instance_id,) = fake_cloud.instances
+    assert dict(fake_cloud.destroyed) == {instance_id: 1}
+    results = json.loads((tmp_path / "sweep" / "0_llama" / "results.json").read_text())
+    assert results["engine"]["name"] == "streamed"
+
+
+def test_a_driver_older_than_the_images_cuda_is_refused_in_one_line_before_set_up_and_destroyed(
+        ssh_server, tiny_checkpoint, text_file, tmp_path):
+    nvidia_smi(tmp_path / "bin", driver="535.104.05", cuda="12.2")  # the default image needs CUDA 12.8
+    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "bin"]) as host, cloud_on(host) as cloud:
+        nvidia_and_amd(cloud)
+        proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *cloud_overrides(tmp_path, cloud, "runpod", host),
+                       env=cloud_env(cloud, "runpod"), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, output[-3000:]
+    assert "NVIDIA driver 535.104.05 runs CUDA 12.2" in errors[0] and "needs CUDA >= 12.8" in errors[0]
+    (instance_id,) = cloud.instances
+    assert dict(cloud.destroyed) == {instance_id: 1}
+    launch = launch_json(tmp_path)
+    assert launch["status"] == "FAILED" and launch["destroy"]["ok"] is True
+    assert launch["driver"] == {"version": "535.104.05", "cuda": "12.2", "image_needs_cuda": "12.8"}
+    assert not (tmp_path / "remote" / "code").exists()  # refused before anything was set up
+
+
+def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_once_per_dependency_hash(
+        ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    """No env_mode: the instance's interpreter is an image's python3 (torch only); the job sets the rest up itself,
+    keeps the image's torch, and a second job on the same host finds it set up."""
+    image_bin = image_python(tmp_path / "image")
+    probe = "import torch, importlib.util as u; print([m for m in ('hydra', 'transformers', 'nnsight') if u.find_spec(m)])"
+    assert subprocess.run([str(image_bin / "python3"), "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+    wheels = wheelhouse(tmp_path / "wheelhouse")  # the instance's package index: offline, torch not in it
+    nvidia_smi(tmp_path / "tools", driver="570.124.06", cuda="12.8")
+    index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "tools"], env=index) as host, \
+            cloud_on(host) as cloud:
+        nvidia_and_amd(cloud)
+        # hydra.launcher.python names the image's python3 by its path: this machine's shell rc puts pyenv's shims
+        # ahead of any PATH the test sshd sets, so a bare `python3` would be the test's own, complete interpreter.
+        overrides = [o for o in cloud_overrides(tmp_path, cloud, "runpod", host, python=str(image_bin / "python3"))
+                     if not o.startswith("hydra.launcher.env_mode=")]
+        base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
+        proc = run_cli("--multirun", *base, "dataset.num_sequences=4,2", *overrides, env=cloud_env(cloud, "runpod"),
+                       check=False, timeout=900)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        assert sorted(cloud.destroyed.values()) == [1, 1] and len(cloud.instances) == 2
+    launches = [json.loads((tmp_path / "sweep" / f"{i}_llama" / "launch.json").read_text()) for i in (0, 1)]
+    assert [l["status"] for l in launches] == ["COMPLETED", "COMPLETED"]
+    assert sorted(l["env"]["built"] for l in launches) == [False, True]  # built once, found by the other job
+    assert "already set up (same dependencies)" in output
+    (env,) = (tmp_path / "remote" / "envs").glob("*/bin/python")
+    site = list(env.parent.parent.glob("lib/python*/site-packages"))
+    assert site and list(site[0].glob("hydra_core-*.dist-info"))  # installed by the set-up, from the wheelhouse
+    assert not list(site[0].glob("torch*"))  # the image's torch was kept
+    assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference

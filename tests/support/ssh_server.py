@@ -68,9 +68,10 @@ def ssh_server(tmp_path_factory) -> SshServer:
 
 
 @contextlib.contextmanager
-def extra_sshd(base: SshServer, work: Path, path_dirs: List[Path]):
-    """A second sshd (same host key and client key as `base`) whose sessions see `path_dirs` first on PATH: a host
-    with different tools (a broken setsid, an nvidia-smi that lists a GPU) without touching this machine's."""
+def extra_sshd(base: SshServer, work: Path, path_dirs: List[Path], env: Optional[Dict[str, str]] = None):
+    """A second sshd (same host key and client key as `base`) whose sessions see `path_dirs` first on PATH (and
+    `env`): a host with different tools (a broken setsid, an nvidia-smi that lists a GPU, an image's python3)
+    without touching this machine's."""
     work.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = work / "sshd_config"
@@ -81,7 +82,7 @@ def extra_sshd(base: SshServer, work: Path, path_dirs: List[Path]):
                       "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                       "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
                       "Subsystem sftp internal-sftp\nMaxStartups 100:30:200\nMaxSessions 50\n"
-                      f"SetEnv PATH={path}\n")
+                      f"SetEnv PATH={path}{''.join(f' {k}={v}' for k, v in (env or {}).items())}\n")
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     proc = subprocess.Popen([sshd, "-D", "-f", str(config), "-E", str(work / "sshd.log")], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,14 +3,14 @@ import os
 import threading
 from typing import Any, Dict
 
-from ._base import (DEAD_STATUSES, IMAGE_CUDA, TAG_PREFIX, Instance, NoBalance, Offer, OfferQuery, Provider,
-                    ProviderError, Refused, interruptible_refusal, min_cuda, ssh_banner)
+from ._base import (DEAD_STATUSES, TAG_PREFIX, Instance, NoBalance, Offer, OfferQuery, Provider,
+                    ProviderError, Refused, interruptible_refusal, ssh_banner)
 from ._http import ApiClient
 from ._runpod import RunPod
 from ._vast import Vast
 
-__all__ = ["DEAD_STATUSES", "IMAGE_CUDA", "TAG_PREFIX", "Instance", "NoBalance", "Offer", "OfferQuery", "Provider",
-           "ProviderError", "Refused", "interruptible_refusal", "min_cuda", "ssh_banner", "KEY_ENVS", "PROVIDERS",
+__all__ = ["DEAD_STATUSES", "TAG_PREFIX", "Instance", "NoBalance", "Offer", "OfferQuery", "Provider",
+           "ProviderError", "Refused", "interruptible_refusal", "ssh_banner", "KEY_ENVS", "PROVIDERS",
            "key_env", "provider_key", "make_provider"]
 
 # hydra.launcher.provider values that rent from a GPU cloud, and where each one's API key is read from by default.

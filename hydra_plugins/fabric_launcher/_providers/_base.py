@@ -79,24 +79,12 @@ class OfferQuery:
 # Statuses an instance never leaves for `running` (RunPod PodStatus, Vast actual_status): waiting on them only bills.
 DEAD_STATUSES = ("error", "exited", "terminated", "unknown", "offline")
 
-# CUDA each provider's default image is built against: its host driver must support at least this (RunPod
-# gpu.minCudaVersion, Vast cuda_max_good). Another image: hydra.launcher.min_cuda.
-IMAGE_CUDA = {"runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404": "12.8",
-              "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime": "12.8"}
-
-
 def interruptible_refusal(provider: str, params: Dict[str, Any]) -> Optional[str]:
     """Why hydra.launcher.interruptible=true cannot be had from this provider, or None."""
     if params.get("interruptible") and provider == "runpod":
         return ("hydra.launcher.interruptible=true: RunPod's REST API v2 has no interruptible (spot) pods; use "
                 "hydra.launcher.provider=vast or drop interruptible")
     return None
-
-
-def min_cuda(params: Dict[str, Any], image: str) -> Optional[str]:
-    """The CUDA version the rented host must run: hydra.launcher.min_cuda, else the image's from IMAGE_CUDA."""
-    value = params.get("min_cuda")
-    return str(value) if value not in (None, "") else IMAGE_CUDA.get(image)
 
 
 @dataclass

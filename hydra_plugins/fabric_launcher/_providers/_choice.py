@@ -73,7 +73,7 @@ def refusal(offer: Offer, needs: Any, vendors: Iterable[str]) -> Tuple[Optional[
         return f"{offer.gpu_count} x {offer.vram_gib:.0f} GiB < {need:.1f} GiB needed per GPU", need
     ram = float(getattr(needs, "ram_gib", 0.0) or 0.0)
     if offer.ram_gib is not None and offer.ram_gib + 0.5 < ram:
-        return f"host RAM {offer.ram_gib:.0f} GiB < floor {ram:.0f} GiB (hardware.ram_floor_gib)", need
+        return f"host RAM {offer.ram_gib:.0f} GiB < floor {ram:.0f} GiB (the plan's RAM)", need
     disk = float(getattr(needs, "disk_gib", 0.0) or 0.0)
     if offer.disk_gib is not None and offer.disk_gib < disk:
         return f"disk {offer.disk_gib:.0f} GB < {disk:.1f} GB needed", need
