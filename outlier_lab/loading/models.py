@@ -183,6 +183,13 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def lm_head_params(text_config) -> int:
+    """The LM head's parameters, which a base model leaves out (0 when it shares the embedding's weights)."""
+    if getattr(text_config, "tie_word_embeddings", False):
+        return 0
+    return int(text_config.vocab_size) * int(text_config.hidden_size)
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where token ids go: the embedding's device (the first shard under device_map=auto)."""
     return model.get_input_embeddings().weight.device

@@ -19,9 +19,10 @@ from outlier_lab.loading.windows import check_window_shape
 from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total, registry
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
-from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
-                     resolve_device)
+from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, lm_head_params, load_hf_config,
+                                       max_positions, moe_facts, resolve_device)
 from outlier_lab.planning.footprint import streamed_footprint
+from outlier_lab.planning.headroom import headroom
 from outlier_lab.units import GIB
 
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
@@ -45,7 +46,7 @@ MXFP4_BITS = 4.25
 
 @dataclass
 class Estimate:
-    """Memory breakdown of one job in GiB (2**30 bytes); `required_gib` already includes the safety factor."""
+    """Memory breakdown of one job in GiB (2**30 bytes); `required_gib` already includes the headroom."""
 
     weights_gib: float
     activations_gib: float
@@ -65,16 +66,24 @@ class Estimate:
     # GPU memory the checkpoint loader needs beyond the weights (before the forward); total counts the larger of
     # this and the activations.
     load_transient_gib: float = 0.0
-    safety_factor: float = 1.3
+    # required = total x this headroom factor, and where the factor comes from (planning.headroom decides both).
+    safety_factor: float = 1.0
+    headroom_source: str = ""
     # resident (whole model) or streamed (one block at a time; activations then include every hidden state).
     engine: str = "resident"
     hidden_states_gib: float = 0.0
     hidden_states_on: str = ""
-    # Bytes the job reads from the checkpoint (streamed: only the blocks up to the last analyzed one).
+    # Bytes the job reads from the checkpoint (streamed: only the blocks up to the last analyzed one), and the
+    # checkpoint's size as stored (disk_gib adds DISK_EXTRA_GIB to it).
     read_gib: float = 0.0
+    checkpoint_gib: float = 0.0
     # Tokens analyzed (num_sequences x seq_len) and blocks run, for the job-time model.
     num_tokens: int = 0
     blocks_run: int = 0
+    # FLOPs of the whole forward over the blocks run, by kind of work (jobcost times each kind at its measured rate):
+    # gemm (attention projections, dense FFNs, shared experts, routers), experts (routed, top-k of them per token),
+    # scores (attention's QK^T and AV).
+    flops: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -357,6 +366,25 @@ def _site_widths(model: torch.nn.Module, cfg: DictConfig) -> Tuple[SiteMap, Dict
     return site_map, dict(widths)
 
 
+def forward_flops(model: torch.nn.Module, adapter: Adapter, text, num_tokens: int, seq_len: int,
+                  blocks_run: int) -> Dict[str, float]:
+    """FLOPs of the forward of `num_tokens` tokens (windows of `seq_len`) through blocks 0..blocks_run-1: 2 per weight
+    a token meets (routed experts: top-k of them), plus attention scores (full windows: no causal saving counted)."""
+    experts, top_k = adapter.experts(text)
+    prefix = blocks_path(model, adapter) + "."
+    gemm = routed = 0.0
+    for name, p in model.named_parameters():
+        if not name.startswith(prefix) or int(name[len(prefix):].split(".")[0]) >= blocks_run or p.dim() < 2:
+            continue  # outside the blocks run; norms and biases (no matmul)
+        if experts and _is_expert_weight(adapter, name):
+            routed += p.numel() * top_k / experts
+        else:
+            gemm += p.numel()
+    s = _shape(text, adapter)
+    return dict(gemm=2 * gemm * num_tokens, experts=2 * routed * num_tokens,
+                scores=4.0 * seq_len * s.heads * s.head_dim * num_tokens * blocks_run)
+
+
 def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
     """The model's config and its base model on the meta device, built once per process for each model config.
 
@@ -404,7 +432,7 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     site_map, widths = _site_widths(model, cfg)
     adapter = site_map.adapter
     weight_bytes, per_block = _weights(model, adapter, dtype_bytes, mxfp4)
-    params_total = sum(p.numel() for p in model.parameters())
+    params_total = sum(p.numel() for p in model.parameters()) + lm_head_params(text)
     moe = moe_facts(model, adapter)
     params_active = int(moe["params_active"])
     if moe["is_moe"]:
@@ -469,7 +497,8 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         read = disk * streamed.blocks_run / num_blocks
         ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead
-    factor = float(cfg.hardware.get("vram_safety_factor", 1.3))
+    room = headroom(engine, device, cfg.hardware.get("vram_safety_factor"))
+    factor = room.factor
     notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
                  "datasets caches (datasets are streamed: only their metadata is cached) and outputs")
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
@@ -490,10 +519,14 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         block_weights_gib=(streamed.largest_block if streamed else max(per_block.values(), default=0.0)) / GIB,
         load_transient_gib=load_transient / GIB,
         safety_factor=factor,
+        headroom_source=room.source,
         engine=engine,
         hidden_states_gib=streamed.hidden_states / GIB if streamed else 0.0,
         hidden_states_on=streamed.hidden_on if streamed else "",
         read_gib=read / GIB,
+        checkpoint_gib=disk / GIB,
         num_tokens=int(ds.num_sequences) * int(ds.seq_len),
         blocks_run=streamed.blocks_run if streamed else num_blocks,
+        flops=forward_flops(model, adapter, text, int(ds.num_sequences) * int(ds.seq_len), int(ds.seq_len),
+                            streamed.blocks_run if streamed else num_blocks),
     )
