@@ -22,7 +22,7 @@ from outlier_lab.planning import HardwarePlan, check_host, format_plan, plan, re
 from outlier_lab.loading.hub import hub_revision
 from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap, trim_cpu_heap
 from outlier_lab.loading.models import (count_parameters, input_device, load_hf_config, load_model, load_tokenizer, max_positions,
-                     lm_head_params, moe_facts, resolve_device, resolve_dtype)
+                     auto_dtype_reason, lm_head_params, moe_facts, resolve_device, resolve_dtype)
 from outlier_lab.analysis.reduction import Reduction
 from outlier_lab.reporting.report import write_report
 from outlier_lab.planning.estimate import meta_model
@@ -148,7 +148,9 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
                    num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
                    params_total=params_total, params_active=moe.pop("params_active"), **moe,
                    lm_head="run" if model is not counted else "not run (base model); counted in params_total",
-                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")),
+                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", ""),
+                   dtype_reason=(auto_dtype_reason(resolve_dtype("auto", device), device) if cfg.model.dtype == "auto"
+                                 else f"model.dtype={cfg.model.dtype}")),
         dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
                      num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
                      prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),

@@ -20,7 +20,7 @@ from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
 from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, lm_head_params, load_hf_config,
-                                       max_positions, moe_facts, resolve_device)
+                                       max_positions, moe_facts, resolve_device, resolve_dtype, auto_dtype_reason)
 from outlier_lab.planning.footprint import streamed_footprint
 from outlier_lab.planning.headroom import headroom
 from outlier_lab.units import GIB
@@ -101,12 +101,14 @@ def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
         device = resolve_device(cfg.get("device", "auto"))
     else:
         device = "cuda"
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    bf16 = has_bf16(gpu) if gpu is not None else (None if device == "cuda" and torch.cuda.is_available() else True)
+    dtype = str(resolve_dtype(cfg.model.dtype, device, bf16)).replace("torch.", "")
     return device, dtype
+
+
+def has_bf16(gpu: GpuClass) -> bool:
+    """Whether a GPU class has bf16 arithmetic: NVIDIA from compute capability 8.0 (Ampere), AMD's CDNA classes."""
+    return gpu.vendor != "nvidia" or _cc_tuple(gpu.compute_capability) >= (8, 0)
 
 
 def quantization_of(cfg: DictConfig, hf_config) -> Optional[str]:
@@ -413,6 +415,8 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     text = _text_config(hf_config)
     check_window_shape(int(cfg.dataset.num_sequences), int(cfg.dataset.seq_len), max_positions(hf_config))
     notes: List[str] = []
+    if cfg.model.dtype == "auto" and device == "cuda" and dtype == "float32":
+        notes.append(f"dtype: {auto_dtype_reason(DTYPES[dtype], device)}")
 
     quant = quantization_of(cfg, hf_config)
     mxfp4 = False
@@ -461,10 +465,12 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
     else:
         overhead = CPU_RUNTIME_GIB * GIB
+        heap_cache = 0.0
         if cpu_heap_policy() == "trim":
-            cached = cpu_heap_cache_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, widths, parts)
-            overhead += cached
-            notes.append(f"CPU: {cached / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch ends")
+            heap_cache = cpu_heap_cache_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, widths, parts)
+            overhead += heap_cache
+            notes.append(f"CPU: {heap_cache / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch "
+                         "ends")
         if moe["is_moe"] and _per_expert_checkpoint(cfg, adapter):
             # The loader fuses per-expert tensors into 3-D ones; the per-expert pages it read from the mmapped
             # checkpoint stay mapped (and in RSS) for the whole run.
@@ -493,7 +499,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         notes = [n for n in notes if not n.startswith(("all ", "CPU: ", "loading peak"))] + streamed.notes
         weight_bytes, load_transient = streamed.weights, 0.0
         activations = streamed.activations + (CUBLAS_WORKSPACE_BYTES + CUDA_ROUNDING_BYTES if device == "cuda" else 0)
-        overhead = (CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda" else CPU_RUNTIME_GIB * GIB
+        # CPU: the heap keeps the non-peak phases' freed temporaries here too (trimmed only after each block).
+        overhead = ((CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda"
+                    else CPU_RUNTIME_GIB * GIB + heap_cache)
         read = disk * streamed.blocks_run / num_blocks
         ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead

@@ -109,7 +109,7 @@ def job_time(est: Estimate, gpu: GpuClass, download_gbps: float, provision_s: Op
                f"default {DEFAULT_SETUP_S:g} s (a fresh venv with torch and transformers)"),
         download=f"{est.checkpoint_gib:.1f} GiB at {download_gbps:g} Gb/s",
         reads=f"{est.read_gib:.1f} GiB at {disk:g} GB/s ({'catalog' if gpu.disk_gb_per_s else 'default'})",
-        compute=(f"{gpu.name}: {tflops:g} TFLOP/s GEMM ({'catalog' if gpu.sustained_tflops else 'default'}), kinds "
+        compute=(f"{gpu.name}: {tflops:g} TFLOP/s {est.dtype} GEMM ({'catalog' if gpu.sustained_tflops else 'default'}), kinds "
                  f"scaled by rates measured on {ref['device']} ({ref['date']}): "
                  + ", ".join(f"{k} x{kind_scale(k):.2f}" for k in sorted(est.flops) if est.flops[k])))
     return JobTime(provision, setup, download, read, compute, transfer, provision + setup + download + work, sources)

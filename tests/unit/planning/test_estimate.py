@@ -40,12 +40,14 @@ def write_catalog(path: Path, classes: dict) -> Path:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_param_counts_match_the_instantiated_model_exactly(tiny_checkpoint, arch):
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM
 
     checkpoint = tiny_checkpoint(arch)
     est = estimate(local_model(checkpoint))
+    # params_total is the whole checkpoint's model, LM head included, although the run skips the head.
+    whole = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    assert est.params_total == sum(p.numel() for p in whole.parameters())
     model = AutoModel.from_pretrained(checkpoint, dtype=torch.float32)
-    assert est.params_total == sum(p.numel() for p in model.parameters())
     resident = sum(p.numel() * p.element_size() for p in model.parameters())
     resident += sum(b.numel() * b.element_size() for b in model.buffers())
     assert est.weights_gib * GIB == pytest.approx(resident, rel=1e-12)
