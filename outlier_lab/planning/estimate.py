@@ -21,7 +21,7 @@ from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
 from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, lm_head_params, load_hf_config,
                                        max_positions, moe_facts, resolve_device, resolve_dtype, auto_dtype_reason)
-from outlier_lab.planning.footprint import streamed_footprint
+from outlier_lab.planning.footprint import CPU_EXPERT_FUSING, streamed_footprint
 from outlier_lab.planning.headroom import headroom
 from outlier_lab.units import GIB
 
@@ -478,9 +478,11 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
             overhead += pages
             notes.append(f"CPU: {pages / GIB:.2f} GiB of per-expert checkpoint pages stay mapped after fusing")
     load_transient = 0.0
-    if device == "cuda" and moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, adapter):
-        # The loader stacks each block's per-expert tensors on the GPU: the list and the stacked copy coexist.
-        load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes
+    if moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, adapter):
+        # The loader stacks each block's per-expert tensors: on the GPU the list and the stacked copy coexist; on CPU
+        # also the stacked gate and up before their concatenation, in glibc arenas (footprint.CPU_EXPERT_FUSING).
+        load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes * (
+            1.0 if device == "cuda" else CPU_EXPERT_FUSING)
         if load_transient > activations:
             notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
     ram_floor = float(cfg.hardware.get("ram_floor_gib", 64.0))

@@ -291,3 +291,17 @@ def test_every_shipped_model_is_estimable_offline(name):
     assert est.params_total > 0 and 0 < est.params_active <= est.params_total
     assert est.weights_gib > 0 and est.activations_gib > 0 and est.disk_gib > est.weights_gib / 2
     assert planned.gpu.vendor == "nvidia" and planned.per_gpu_required_gib <= planned.gpu.vram_gib
+
+
+def test_gpus_without_bf16_run_float32_with_the_memory_doubled():
+    """A T4 (cc 7.5) has no bf16 arithmetic: model.dtype=auto plans float32 there, forced on CPU by naming the class."""
+    from outlier_lab.loading.models import resolve_dtype
+    from outlier_lab.planning.catalog import load_catalog
+
+    catalog = load_catalog()
+    t4, l4 = (estimate(compose("model=qwen3_8b", "hardware=auto"), catalog[k], "resident") for k in ("t4", "l4"))
+    assert (t4.dtype, l4.dtype) == ("float32", "bfloat16")
+    assert t4.weights_gib == pytest.approx(2 * l4.weights_gib, rel=1e-6)
+    assert any("no bf16 arithmetic" in n and "fp16 overflows" in n for n in t4.notes)
+    assert resolve_dtype("auto", "cuda", bf16=False) == torch.float32
+    assert resolve_dtype("auto", "cuda", bf16=True) == torch.bfloat16
