@@ -146,7 +146,8 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
         model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, **hub_revision(cfg.model),
                    architecture=text_config.model_type, model_class=type(model).__name__,
                    num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
-                   params_total=params_total, params_active=moe.pop("params_active"), **moe,
+                   params_total=params_total, params_active=moe.pop("params_active") + lm_head_params(text_config),
+                   **moe,
                    lm_head="run" if model is not counted else "not run (base model); counted in params_total",
                    dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", ""),
                    dtype_reason=(auto_dtype_reason(resolve_dtype("auto", device), device) if cfg.model.dtype == "auto"

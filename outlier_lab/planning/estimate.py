@@ -199,6 +199,8 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapte
     text = _text_config(hf_config)
     stored_bytes = _stored_bytes(hf_config)
     total, _ = _weights(model, adapter, stored_bytes, quant == "mxfp4")
+    if quant == "fp8":
+        total -= _fp8_saving(model, adapter, hf_config, stored_bytes)
     if not getattr(text, "tie_word_embeddings", False):
         total += text.vocab_size * text.hidden_size * stored_bytes
     mtp = int(getattr(text, "num_nextn_predict_layers", 0) or 0)
@@ -208,6 +210,18 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapte
         last = sum(p.numel() for p in layers[-1].parameters())
         total += mtp * (last + 2 * text.hidden_size**2) * stored_bytes
     return total, "counted from the config"
+
+
+def _fp8_saving(model: torch.nn.Module, adapter: Adapter, hf_config, stored_bytes: int) -> float:
+    """Bytes a block-quantized FP8 checkpoint (DeepSeek-V3) saves over its config dtype: every matmul weight in the
+    blocks is stored in 1 byte plus one fp32 scale per weight block; routers, norms and embeddings keep the dtype."""
+    qc = getattr(hf_config, "quantization_config", None) or {}
+    block = (qc.get("weight_block_size") if isinstance(qc, dict) else getattr(qc, "weight_block_size", None)) or [128, 128]
+    per_weight = 1 + 4 / (int(block[0]) * int(block[1]))
+    prefix = blocks_path(model, adapter) + "."
+    quantized = sum(p.numel() for name, p in model.named_parameters()
+                    if name.startswith(prefix) and p.dim() >= 2 and not name.endswith("mlp.gate.weight"))
+    return quantized * (stored_bytes - per_weight)
 
 
 def _stored_bytes(hf_config) -> int:
@@ -427,6 +441,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         mxfp4, why = mxfp4_supported(device, gpu, cfg)
         notes.append(why if mxfp4 else f"{why}: experts counted in {dtype}")
         quant_label = "mxfp4" if mxfp4 else f"mxfp4->{dtype} (dequantized)"
+    elif quant == "fp8":
+        quant_label = quant
+        notes.append(f"block-quantized FP8 checkpoint: disk and download counted in FP8, memory in {dtype}")
     elif quant:
         quant_label = quant
         notes.append(f"quantization {quant!r} is not modelled; weights counted in {dtype}")
@@ -438,7 +455,7 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     weight_bytes, per_block = _weights(model, adapter, dtype_bytes, mxfp4)
     params_total = sum(p.numel() for p in model.parameters()) + lm_head_params(text)
     moe = moe_facts(model, adapter)
-    params_active = int(moe["params_active"])
+    params_active = int(moe["params_active"]) + lm_head_params(text)  # the head is dense
     if moe["is_moe"]:
         notes.append(f"all {moe['num_experts']} experts resident (top-{moe['experts_per_token']} active per token)")
 

@@ -111,11 +111,13 @@ def test_every_expert_counts_not_only_the_active_ones(tiny_checkpoint):
     router_growth = 4 * 64 * 8  # 4 more router rows of width 64 in each of the 8 blocks
     assert eight.params_total - four.params_total == 2 * routed_four + router_growth
     assert eight.params_active == four.params_active + router_growth  # the router is dense
-    # Qwen3-30B-A3B from its shipped config: ~30.2B resident parameters in bf16, not the ~3B active ones.
+    # Qwen3-30B-A3B from its shipped config: 30.5B parameters with its LM head (151,936 x 2048, untied), ~30.2B
+    # resident in bf16 (the run skips the head), not the ~3.3B active ones.
     qwen = estimate(compose("model=qwen3_30b", "hardware=h100"), load_catalog()["h100"])
-    assert qwen.params_total == 30_220_957_696
-    assert 3.0e9 < qwen.params_active < 3.4e9
-    assert qwen.weights_gib == pytest.approx(qwen.params_total * 2 / GIB, rel=1e-3)
+    head = 151_936 * 2048
+    assert qwen.params_total == 30_220_957_696 + head
+    assert 3.0e9 < qwen.params_active < 3.7e9
+    assert qwen.weights_gib == pytest.approx((qwen.params_total - head) * 2 / GIB, rel=1e-3)
 
 
 def test_mxfp4_kept_only_where_gpu_and_runtime_support_it():
@@ -305,3 +307,11 @@ def test_gpus_without_bf16_run_float32_with_the_memory_doubled():
     assert any("no bf16 arithmetic" in n and "fp16 overflows" in n for n in t4.notes)
     assert resolve_dtype("auto", "cuda", bf16=False) == torch.float32
     assert resolve_dtype("auto", "cuda", bf16=True) == torch.bfloat16
+
+
+def test_fp8_checkpoint_is_counted_in_fp8_on_disk():
+    """DeepSeek-V3 ships block-quantized FP8 (~640 GiB); counted in its config's bf16 it would be ~1,250 GiB."""
+    est = estimate(compose("model=deepseek_v3", "hardware=auto"))
+    bf16_bytes = est.params_total * 2 / GIB
+    assert est.checkpoint_gib < 0.55 * bf16_bytes  # block weights in 1 byte, the rest (embeddings, norms) in 2
+    assert 600 < est.checkpoint_gib < 700 and any("FP8" in n for n in est.notes)
