@@ -182,7 +182,7 @@ def error_bands(rows) -> dict:
 
 
 def record(rows, path: Path) -> None:
-    """Merge this run's rows into the record (a case measured again replaces its old row), recompute the bands."""
+    """Merge this run's rows into the record (a case measured again replaces its old row)."""
     old = json.loads(path.read_text()) if path.is_file() else {}
     keep = {(r["case"], r["engine"], r["device"]): r for r in old.get("cases", [])}
     for row in rows:
@@ -194,7 +194,7 @@ def record(rows, path: Path) -> None:
     path.write_text(json.dumps(dict(
         source="scripts/bench_estimate.py --record", date=datetime.date.today().isoformat(),
         compared="CPU: the estimate's total vs peak RSS growth; CUDA: weights + activations vs max_memory_allocated",
-        bands=error_bands(cases), cases=cases), indent=1) + "\n")
+        cases=cases), indent=1) + "\n")  # outlier_lab/planning/headroom.py derives the bands from the cases
 
 
 def main() -> int:

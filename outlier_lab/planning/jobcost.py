@@ -70,11 +70,11 @@ def compute_seconds(est: Estimate, gemm_flops_per_s: float) -> float:
 
 
 def reference_seconds(est: Estimate) -> float:
-    """The job's reads and compute on the reference device itself (what scripts/bench_estimate.py measures)."""
+    """The job's load and analysis on the reference device itself (what scripts/bench_estimate.py measures): each
+    GiB read and converted at the measured cost, each kind of work at its measured rate."""
     ref = reference()
-    read = est.read_gib * GIB / (float(ref["disk_gb_per_s"]) * 1e9)
     compute = sum(flops / (float(ref["gflops"][kind]) * 1e9) for kind, flops in est.flops.items())
-    return read + compute + float(ref["fixed_s"])
+    return est.read_gib * float(ref["read_convert_s_per_gib"]) + compute
 
 
 def job_time(est: Estimate, gpu: GpuClass, download_gbps: float, provision_s: Optional[float] = None,

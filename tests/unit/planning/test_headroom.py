@@ -47,6 +47,7 @@ def test_estimate_is_never_under_the_recorded_peak(tmp_path, case):
     """Each recorded CPU run's checkpoint, rebuilt as its config alone (the estimate reads no weights), is estimated
     at or above the peak RSS growth bench_estimate measured for it."""
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoConfig
 
     from tests.support.checkpoints import CONFIGS
@@ -57,6 +58,8 @@ def test_estimate_is_never_under_the_recorded_peak(tmp_path, case):
     config = AutoConfig.for_model(model_type, **{**CONFIGS[model_type], **extra})
     config.dtype = torch.bfloat16 if spec["checkpoint"] in bench.FULL_SHAPE else torch.float32  # as saved
     config.save_pretrained(tmp_path)
+    # One per-expert tensor name, as the saved checkpoint stores them (the estimate reads only the names).
+    save_file({"model.layers.0.mlp.experts.0.up_proj.weight": torch.zeros(1)}, tmp_path / "model.safetensors")
     cfg = local_model(tmp_path, f"dataset.seq_len={spec['seq_len']}", f"dataset.batch_size={spec['batch_size']}",
                       f"dataset.num_sequences={spec['num_sequences']}", "hardware=local")
     est = estimate(cfg, None, case["engine"])

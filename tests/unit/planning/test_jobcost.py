@@ -79,7 +79,7 @@ def test_resident_wins_when_the_model_fits_and_compute_is_short(tmp_path):
 
 
 def test_gpu_counts_are_ones_nodes_have():
-    plan = planning.plan(compose("model=gptoss", "hardware=t4", "engine=resident"))
+    plan = planning.plan(compose("model=gptoss", "hardware=l4", "engine=resident"))
     assert plan.count in (1, 2, 4, 8)
     custom = GpuClass("X", "nvidia", 16, "9.0", 8, 1.0, counts=(1, 3))
     assert custom.allowed_counts() == (1, 3)
