@@ -145,8 +145,14 @@ def predicted(overrides, device: str, engine: str = "resident") -> dict:
     free = torch.cuda.mem_get_info()[0] / GIB if device == "cuda" else None
     est = estimate(compose(overrides), None, engine, free_gib=free)
     compared = est.total_gib if device == "cpu" else est.weights_gib + max(est.activations_gib, est.load_transient_gib)
+    try:  # the job-time model on the reference device (a --baseline checkout may predate it)
+        from outlier_lab.planning.jobcost import reference_seconds
+
+        seconds = reference_seconds(est)
+    except (ImportError, KeyError):
+        seconds = float("nan")
     return dict(compared=compared, weights=est.weights_gib, activations=est.activations_gib,
-                required=est.required_gib)
+                required=est.required_gib, seconds=seconds)
 
 
 def baseline_predicted(code: Path, overrides, device: str, engine: str) -> dict | None:
@@ -275,7 +281,8 @@ def main() -> int:
                           + (f"{before['compared']:7.3f} " if baseline else "")
                           + f"{est['compared']:9.3f} {measured:9.3f} "
                           + (f"{row['before_ratio']:7.3f} " if baseline else "")
-                          + f"{ratio:6.3f} {est['required']:8.3f}", flush=True)
+                          + f"{ratio:6.3f} {est['required']:8.3f}   time {est['seconds']:6.1f} s predicted / "
+                          f"{got['work_s']:6.1f} s measured (load + analyze)", flush=True)
     print("\nratio predicted/measured per (engine, device) (target: min >= 1.00, max <= 1.10, before the headroom):")
     for key, band in error_bands(rows).items():
         befores = [r["before_ratio"] for r in rows if "before_ratio" in r and f"{r['engine']}/{r['device']}" == key]
