@@ -141,13 +141,19 @@ class HardwareConfig:
     gpu_class: Optional[str] = None
     # Fixed GPU count (null: the fewest that fit).
     gpu_count: Optional[int] = None
-    # Required VRAM = estimated total x this factor.
-    vram_safety_factor: float = 1.3
+    # Required VRAM = estimated total x this factor (null: the estimator's measured error band for the job's engine
+    # and device, outlier_lab/planning/headroom.py).
+    vram_safety_factor: Optional[float] = None
     # Minimum host RAM in GiB for a resident job (checkpoint loading goes through CPU memory); a streamed job's
     # floor is computed (two block buffers, hidden states kept on the host, runtime).
     ram_floor_gib: float = 64.0
     # Checkpoint download speed to a rented node, gigabits/s, for the job-time estimate (null: 2.0 = 250 MB/s).
     download_gbps: Optional[float] = None
+    # Seconds a rented instance takes to boot and pull its image, for the job-time estimate (null: 180; 0 for your own
+    # hosts or a Slurm node).
+    provision_s: Optional[float] = None
+    # Seconds the job's Python environment takes to set up on a fresh host (null: 150; ~0 where it is cached).
+    setup_s: Optional[float] = None
     # GPU catalog YAML (null: the shipped outlier_lab/data/gpus.yaml).
     catalog: Optional[str] = None
     # The remote GPU host has MXFP4 kernels (triton>=3.4 + kernels); false plans dequantized bf16 experts.

@@ -22,8 +22,8 @@ from outlier_lab.loading.hub import dataset_revision, hub_revision
 from outlier_lab.analysis.engines.resident import analyze
 from outlier_lab.analysis.engines.streamed import analyze_streamed
 from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap
-from outlier_lab.loading.models import (count_parameters, load_hf_config, load_model, load_tokenizer, max_positions,
-                     moe_facts, resolve_device, resolve_dtype)
+from outlier_lab.loading.models import (auto_dtype_reason, count_parameters, lm_head_params, load_hf_config, load_model,
+                                        load_tokenizer, max_positions, moe_facts, resolve_device, resolve_dtype)
 from outlier_lab.reporting.report import write_report
 from outlier_lab.planning.estimate import meta_model
 
@@ -118,15 +118,19 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
     ds = cfg.dataset
     text_config = model.config.get_text_config()
     counted = model.base_model  # the same counts whether or not the LM head was loaded (ablation needs it)
-    params_total = count_parameters(counted)
+    params_total = count_parameters(counted) + lm_head_params(text_config)
     moe = moe_facts(counted, site_map.adapter)
     return dict(
         schema_version=store.SCHEMA_VERSION,
         model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, **hub_revision(cfg.model),
                    architecture=text_config.model_type, model_class=type(model).__name__,
                    num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
-                   params_total=params_total, params_active=moe.pop("params_active"), **moe,
-                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")),
+                   params_total=params_total, params_active=moe.pop("params_active") + lm_head_params(text_config),
+                   **moe,
+                   lm_head="run" if model is not counted else "not run (base model); counted in params_total",
+                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", ""),
+                   dtype_reason=(auto_dtype_reason(resolve_dtype("auto", device), device) if cfg.model.dtype == "auto"
+                                 else f"model.dtype={cfg.model.dtype}")),
         dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
                      **dataset_revision(ds),
                      num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,

@@ -1,7 +1,6 @@
 """hydra.launcher.dry_run: print, per job, the plan, the hosts that fit, and every command a real launch would run."""
 from __future__ import annotations
 
-import json
 import posixpath
 import shlex
 from typing import Any, Dict, List
@@ -42,7 +41,7 @@ def dry_run(jobs: List[Job], inventory: List[Host], params: Dict[str, Any], bund
         python = env_python(params, root, bundle)
         lines = [f"job {job.name}: {' '.join(filter_overrides(job.overrides))}"
                  f"{'  (~ stands for the remote $HOME, resolved at launch)' if root.startswith('~') else ''}",
-                 f"  estimate: {json.dumps(job.needs.plan) if job.needs.plan else job.needs.note}",
+                 *(_estimate_lines(job) if job.needs.plan else [f"  estimate: {job.needs.note}"]),
                  f"  needs: {job.needs.describe()}",
                  f"  gpu class: {job.needs.gpu_class} ({job.needs.gpu_name}) x {job.needs.gpu_count}",
                  f"  hosts: {host_choices(job, inventory, params, probes)}",
@@ -59,4 +58,24 @@ def dry_run(jobs: List[Job], inventory: List[Host], params: Dict[str, Any], bund
                      f"({params['transfer']}, sha256-verified)")
         console.say(None, "\n".join(lines))
         returns.append(job_return(job, None, console.redact))
+    planned = [job for job in jobs if job.needs.plan]
+    if planned:
+        from outlier_lab.planning import sweep_totals
+
+        console.say(None, sweep_totals([job.needs.plan for job in planned], [_offer_price(job) for job in planned]))
     return returns
+
+
+def _offer_price(job: Job):
+    """The live offer's price for the whole offer (provider=runpod|vast), else None: the plan's catalog price."""
+    offer = job.events.get("offer") or {}
+    return offer.get("usd_per_hour")
+
+
+def _estimate_lines(job: Job) -> List[str]:
+    from outlier_lab.planning import plan_table
+
+    price = _offer_price(job)
+    source = "live offer" if price is not None else job.needs.plan.get("price_source") or "catalog prices"
+    table = plan_table(job.needs.plan, price).splitlines()
+    return [f"  estimate: {table[0]}", f"            {table[1]}   (price: {source})"]

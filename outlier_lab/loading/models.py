@@ -32,14 +32,31 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """Model dtype: bf16 on CUDA and fp32 on CPU unless the config names one."""
+def resolve_dtype(dtype: str, device: str, bf16: Optional[bool] = None) -> torch.dtype:
+    """Model dtype: bf16 on CUDA and fp32 on CPU unless the config names one (see auto_dtype_reason for GPUs without
+    bf16 arithmetic; `bf16` None asks this machine's GPU)."""
     if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        if device != "cuda":
+            return torch.float32
+        if bf16 is None:
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if bf16 else torch.float32
     try:
         return DTYPES[dtype]
     except KeyError:
         raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}") from None
+
+
+def auto_dtype_reason(dtype: torch.dtype, device: str) -> str:
+    """Why model.dtype=auto chose `dtype` (results.json and the plan say it)."""
+    if device != "cuda":
+        return "float32 on CPU"
+    if dtype == torch.bfloat16:
+        return "bfloat16 on a GPU with bf16 arithmetic"
+    # fp16 would halve the memory, but massive activations (1e4-1e5 in some models) overflow its 65504 range, and an
+    # outlier study must not clip the very values it measures: fp32 keeps them, at twice the memory.
+    return "float32 (memory doubled): this GPU has no bf16 arithmetic (compute capability < 8.0), and fp16 overflows " \
+           "on massive activations"
 
 
 def checkpoint_location(model_cfg, weights: bool = True) -> Tuple[str, Dict[str, Any]]:
@@ -188,6 +205,13 @@ def load_model(model_cfg, device: str, with_lm_head: bool = False):
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def lm_head_params(text_config) -> int:
+    """The LM head's parameters, which a base model leaves out (0 when it shares the embedding's weights)."""
+    if getattr(text_config, "tie_word_embeddings", False):
+        return 0
+    return int(text_config.vocab_size) * int(text_config.hidden_size)
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

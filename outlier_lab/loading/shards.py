@@ -17,7 +17,7 @@ from outlier_lab.errors import UserError
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # safetensors dtype codes (https://github.com/huggingface/safetensors, format spec) -> torch dtypes.
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
@@ -160,7 +160,7 @@ def _tensor(mapping: mmap.mmap, entry: TensorEntry, dtype: torch.dtype) -> torch
 
 def _dtype(code: str, path: Path) -> torch.dtype:
     try:
-        return _DTYPES[code]
+        return SAFETENSORS_DTYPES[code]
     except KeyError:
         raise UserError(f"{path}: safetensors dtype {code} is not supported by engine=streamed; use engine=resident") \
             from None

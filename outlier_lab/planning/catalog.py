@@ -10,6 +10,8 @@ import yaml
 from outlier_lab.errors import UserError
 
 CATALOG = Path(__file__).resolve().parents[1] / "data" / "gpus.yaml"
+# The catalog's top-level line naming where its prices come from (not a GPU class).
+PRICES_KEY = "_prices"
 _FIELDS = ("name", "vendor", "vram_gib", "compute_capability", "max_per_node", "usd_per_hour")
 
 
@@ -29,6 +31,8 @@ class GpuClass:
     sustained_tflops: float = 0.0
     disk_gb_per_s: float = 0.0
     counts: Tuple[int, ...] = ()
+    # Where usd_per_hour comes from (the catalog's _prices line), printed with every plan priced from it.
+    price_source: str = ""
 
     def allowed_counts(self) -> Tuple[int, ...]:
         """GPU counts nodes really have: the catalog's list, else 1, 2, 4 and 8 up to max_per_node."""
@@ -41,6 +45,7 @@ def load_catalog(path: Optional[str | Path] = None) -> Dict[str, GpuClass]:
     if not source.is_file():
         raise UserError(f"GPU catalog {source} not found; set hardware.catalog=PATH or null for the shipped one")
     raw = yaml.safe_load(source.read_text()) or {}
+    prices = str(raw.pop(PRICES_KEY, "") or f"prices of the catalog {source}")
     catalog: Dict[str, GpuClass] = {}
     for key, entry in raw.items():
         missing = [f for f in _FIELDS if f not in (entry or {})]
@@ -53,5 +58,5 @@ def load_catalog(path: Optional[str | Path] = None) -> Dict[str, GpuClass]:
             host_ram_gib_per_gpu=float(entry.get("host_ram_gib_per_gpu", 0.0)),
             sustained_tflops=float(entry.get("sustained_tflops", 0.0)),
             disk_gb_per_s=float(entry.get("disk_gb_per_s", 0.0)),
-            counts=tuple(int(c) for c in entry.get("counts", ()) or ()))
+            counts=tuple(int(c) for c in entry.get("counts", ()) or ()), price_source=prices)
     return catalog

@@ -34,7 +34,8 @@ def _option(cfg: DictConfig, gpu: GpuClass, engine: str) -> Dict[str, Any]:
     option = dict(key=gpu.key, engine=engine, count=count, est=est, gpu=gpu,
                   per_gpu_gib=per_gpu_required(est, count or 1))
     if count is not None:
-        time = job_time(est, gpu, float(cfg.hardware.get("download_gbps") or DEFAULT_DOWNLOAD_GBPS))
+        time = job_time(est, gpu, float(cfg.hardware.get("download_gbps") or DEFAULT_DOWNLOAD_GBPS),
+                        cfg.hardware.get("provision_s"), cfg.hardware.get("setup_s"))
         option.update(time=time, usd_per_hour=gpu.usd_per_hour * count,
                       usd=time.hours * gpu.usd_per_hour * count)
     return option
@@ -65,7 +66,7 @@ def _plan_of(options: List[Dict[str, Any]], why: str) -> Optional[HardwarePlan]:
     return HardwarePlan(False, best["gpu"], best["count"], best["est"], best["per_gpu_gib"], best["usd_per_hour"],
                         engine=best["engine"], engine_reason=why, estimated_hours=time.hours,
                         estimated_usd=best["usd"], job_time=time.to_dict(),
-                        alternatives=[_summary(o) for o in options])
+                        alternatives=[_summary(o) for o in options], price_source=best["gpu"].price_source)
 
 
 def cheapest_fit(cfg: DictConfig, catalog: Dict[str, GpuClass], vendor: str) -> Optional[HardwarePlan]:

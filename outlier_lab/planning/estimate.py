@@ -21,9 +21,11 @@ from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total
 from outlier_lab.config import hardware_setting
 from outlier_lab.errors import UserError
 from outlier_lab.analysis.peak_memory import cpu_heap_policy
-from outlier_lab.loading.models import (DTYPES, build_meta_model, checkpoint_location, load_hf_config, max_positions, moe_facts,
-                     quantization_of, resolve_device)
-from outlier_lab.planning.footprint import streamed_footprint
+from outlier_lab.loading.models import (DTYPES, auto_dtype_reason, build_meta_model, checkpoint_location,
+                                        lm_head_params, load_hf_config, max_positions, moe_facts, quantization_of,
+                                        resolve_device, resolve_dtype)
+from outlier_lab.planning.footprint import CPU_EXPERT_FUSING, streamed_footprint
+from outlier_lab.planning.headroom import headroom
 from outlier_lab.units import GIB
 
 # CUDA context, cuBLAS workspaces and kernel images per GPU: never seen by torch.cuda.max_memory_allocated.
@@ -47,7 +49,7 @@ MXFP4_BITS = 4.25
 
 @dataclass
 class Estimate:
-    """Memory breakdown of one job in GiB (2**30 bytes); `required_gib` already includes the safety factor."""
+    """Memory breakdown of one job in GiB (2**30 bytes); `required_gib` already includes the headroom."""
 
     weights_gib: float
     activations_gib: float
@@ -67,16 +69,24 @@ class Estimate:
     # GPU memory the checkpoint loader needs beyond the weights (before the forward); total counts the larger of
     # this and the activations.
     load_transient_gib: float = 0.0
-    safety_factor: float = 1.3
+    # required = total x this headroom factor, and where the factor comes from (planning.headroom decides both).
+    safety_factor: float = 1.0
+    headroom_source: str = ""
     # resident (whole model) or streamed (one block at a time; activations then include every hidden state).
     engine: str = "resident"
     hidden_states_gib: float = 0.0
     hidden_states_on: str = ""
-    # Bytes the job reads from the checkpoint (streamed: only the blocks up to the last analyzed one).
+    # Bytes the job reads from the checkpoint (streamed: only the blocks up to the last analyzed one), and the
+    # checkpoint's size as stored (disk_gib adds DISK_EXTRA_GIB to it).
     read_gib: float = 0.0
+    checkpoint_gib: float = 0.0
     # Tokens analyzed (num_sequences x seq_len) and blocks run, for the job-time model.
     num_tokens: int = 0
     blocks_run: int = 0
+    # FLOPs of the whole forward over the blocks run, by kind of work (jobcost times each kind at its measured rate):
+    # gemm (attention projections, dense FFNs, shared experts, routers), experts (routed, top-k of them per token),
+    # scores (attention's QK^T and AV).
+    flops: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -94,12 +104,14 @@ def _target(cfg: DictConfig, gpu: GpuClass | None) -> Tuple[str, str]:
         device = resolve_device(cfg.get("device", "auto"))
     else:
         device = "cuda"
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise UserError(f"model.dtype={dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    bf16 = has_bf16(gpu) if gpu is not None else (None if device == "cuda" and torch.cuda.is_available() else True)
+    dtype = str(resolve_dtype(cfg.model.dtype, device, bf16)).replace("torch.", "")
     return device, dtype
+
+
+def has_bf16(gpu: GpuClass) -> bool:
+    """Whether a GPU class has bf16 arithmetic: NVIDIA from compute capability 8.0 (Ampere), AMD's CDNA classes."""
+    return gpu.vendor != "nvidia" or _cc_tuple(gpu.compute_capability) >= (8, 0)
 
 
 def mxfp4_supported(device: str, gpu: GpuClass | None, cfg: DictConfig) -> Tuple[bool, str]:
@@ -180,6 +192,8 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapte
     text = _text_config(hf_config)
     stored_bytes = _stored_bytes(hf_config)
     total, _ = _weights(model, adapter, stored_bytes, quant == "mxfp4")
+    if quant == "fp8":
+        total -= _fp8_saving(model, adapter, hf_config, stored_bytes)
     if not getattr(text, "tie_word_embeddings", False):
         total += text.vocab_size * text.hidden_size * stored_bytes
     mtp = int(getattr(text, "num_nextn_predict_layers", 0) or 0)
@@ -189,6 +203,18 @@ def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapte
         last = sum(p.numel() for p in layers[-1].parameters())
         total += mtp * (last + 2 * text.hidden_size**2) * stored_bytes
     return total, "counted from the config"
+
+
+def _fp8_saving(model: torch.nn.Module, adapter: Adapter, hf_config, stored_bytes: int) -> float:
+    """Bytes a block-quantized FP8 checkpoint (DeepSeek-V3) saves over its config dtype: every matmul weight in the
+    blocks is stored in 1 byte plus one fp32 scale per weight block; routers, norms and embeddings keep the dtype."""
+    qc = getattr(hf_config, "quantization_config", None) or {}
+    block = (qc.get("weight_block_size") if isinstance(qc, dict) else getattr(qc, "weight_block_size", None)) or [128, 128]
+    per_weight = 1 + 4 / (int(block[0]) * int(block[1]))
+    prefix = blocks_path(model, adapter) + "."
+    quantized = sum(p.numel() for name, p in model.named_parameters()
+                    if name.startswith(prefix) and p.dim() >= 2 and not name.endswith("mlp.gate.weight"))
+    return quantized * (stored_bytes - per_weight)
 
 
 def _stored_bytes(hf_config) -> int:
@@ -349,6 +375,25 @@ def _site_widths(model: torch.nn.Module, cfg: DictConfig) -> Tuple[SiteMap, Dict
     return site_map, dict(widths)
 
 
+def forward_flops(model: torch.nn.Module, adapter: Adapter, text, num_tokens: int, seq_len: int,
+                  blocks_run: int) -> Dict[str, float]:
+    """FLOPs of the forward of `num_tokens` tokens (windows of `seq_len`) through blocks 0..blocks_run-1: 2 per weight
+    a token meets (routed experts: top-k of them), plus attention scores (full windows: no causal saving counted)."""
+    experts, top_k = adapter.experts(text)
+    prefix = blocks_path(model, adapter) + "."
+    gemm = routed = 0.0
+    for name, p in model.named_parameters():
+        if not name.startswith(prefix) or int(name[len(prefix):].split(".")[0]) >= blocks_run or p.dim() < 2:
+            continue  # outside the blocks run; norms and biases (no matmul)
+        if experts and _is_expert_weight(adapter, name):
+            routed += p.numel() * top_k / experts
+        else:
+            gemm += p.numel()
+    s = _shape(text, adapter)
+    return dict(gemm=2 * gemm * num_tokens, experts=2 * routed * num_tokens,
+                scores=4.0 * seq_len * s.heads * s.head_dim * num_tokens * blocks_run)
+
+
 def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
     """The model's config and its base model on the meta device, built once per process for each model config.
 
@@ -377,6 +422,8 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     text = _text_config(hf_config)
     check_window_shape(int(cfg.dataset.num_sequences), int(cfg.dataset.seq_len), max_positions(hf_config))
     notes: List[str] = []
+    if cfg.model.dtype == "auto" and device == "cuda" and dtype == "float32":
+        notes.append(f"dtype: {auto_dtype_reason(DTYPES[dtype], device)}")
 
     quant = quantization_of(cfg.model, hf_config)
     mxfp4 = False
@@ -387,6 +434,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         mxfp4, why = mxfp4_supported(device, gpu, cfg)
         notes.append(why if mxfp4 else f"{why}: experts counted in {dtype}")
         quant_label = "mxfp4" if mxfp4 else f"mxfp4->{dtype} (dequantized)"
+    elif quant == "fp8":
+        quant_label = quant
+        notes.append(f"block-quantized FP8 checkpoint: disk and download counted in FP8, memory in {dtype}")
     elif quant:
         quant_label = quant
         notes.append(f"quantization {quant!r} is not modelled; weights counted in {dtype}")
@@ -396,9 +446,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     site_map, widths = _site_widths(model, cfg)
     adapter = site_map.adapter
     weight_bytes, per_block = _weights(model, adapter, dtype_bytes, mxfp4)
-    params_total = sum(p.numel() for p in model.parameters())
+    params_total = sum(p.numel() for p in model.parameters()) + lm_head_params(text)
     moe = moe_facts(model, adapter)
-    params_active = int(moe["params_active"])
+    params_active = int(moe["params_active"]) + lm_head_params(text)  # the head is dense
     if moe["is_moe"]:
         notes.append(f"all {moe['num_experts']} experts resident (top-{moe['experts_per_token']} active per token)")
 
@@ -425,10 +475,12 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations
     else:
         overhead = CPU_RUNTIME_GIB * GIB
+        heap_cache = 0.0
         if cpu_heap_policy() == "trim":
-            cached = cpu_heap_cache_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, widths, parts)
-            overhead += cached
-            notes.append(f"CPU: {cached / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch ends")
+            heap_cache = cpu_heap_cache_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, widths, parts)
+            overhead += heap_cache
+            notes.append(f"CPU: {heap_cache / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch "
+                         "ends")
         if moe["is_moe"] and _per_expert_checkpoint(cfg, adapter):
             # The loader fuses per-expert tensors into 3-D ones; the per-expert pages it read from the mmapped
             # checkpoint stay mapped (and in RSS) for the whole run.
@@ -436,9 +488,11 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
             overhead += pages
             notes.append(f"CPU: {pages / GIB:.2f} GiB of per-expert checkpoint pages stay mapped after fusing")
     load_transient = 0.0
-    if device == "cuda" and moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, adapter):
-        # The loader stacks each block's per-expert tensors on the GPU: the list and the stacked copy coexist.
-        load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes
+    if moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, adapter):
+        # The loader stacks each block's per-expert tensors: on the GPU the list and the stacked copy coexist; on CPU
+        # also the stacked gate and up before their concatenation, in glibc arenas (footprint.CPU_EXPERT_FUSING).
+        load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes * (
+            1.0 if device == "cuda" else CPU_EXPERT_FUSING)
         if load_transient > activations:
             notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
     ram_floor = float(hardware_setting(cfg, "ram_floor_gib"))
@@ -457,11 +511,14 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         notes = [n for n in notes if not n.startswith(("all ", "CPU: ", "loading peak"))] + streamed.notes
         weight_bytes, load_transient = streamed.weights, 0.0
         activations = streamed.activations + (CUBLAS_WORKSPACE_BYTES + CUDA_ROUNDING_BYTES if device == "cuda" else 0)
-        overhead = (CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda" else CPU_RUNTIME_GIB * GIB
+        # CPU: the heap keeps the non-peak phases' freed temporaries here too (trimmed only after each block).
+        overhead = ((CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda"
+                    else CPU_RUNTIME_GIB * GIB + heap_cache)
         read = disk * streamed.blocks_run / num_blocks
         ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead
-    factor = float(hardware_setting(cfg, "vram_safety_factor"))
+    room = headroom(engine, device, hardware_setting(cfg, "vram_safety_factor"))
+    factor = room.factor
     notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
                  "datasets caches (datasets are streamed: only their metadata is cached) and outputs")
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
@@ -482,10 +539,14 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         block_weights_gib=(streamed.largest_block if streamed else max(per_block.values(), default=0.0)) / GIB,
         load_transient_gib=load_transient / GIB,
         safety_factor=factor,
+        headroom_source=room.source,
         engine=engine,
         hidden_states_gib=streamed.hidden_states / GIB if streamed else 0.0,
         hidden_states_on=streamed.hidden_on if streamed else "",
         read_gib=read / GIB,
+        checkpoint_gib=disk / GIB,
         num_tokens=int(ds.num_sequences) * int(ds.seq_len),
         blocks_run=streamed.blocks_run if streamed else num_blocks,
+        flops=forward_flops(model, adapter, text, int(ds.num_sequences) * int(ds.seq_len), int(ds.seq_len),
+                            streamed.blocks_run if streamed else num_blocks),
     )

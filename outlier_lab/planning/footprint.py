@@ -11,6 +11,12 @@ from outlier_lab.units import GIB
 # Host RAM of a streamed GPU job besides block buffers and hidden states: interpreter, torch and CUDA host runtime,
 # tokenizer and the dataset stream.
 HOST_BASE_GIB = 4.0
+# CPU: fusing a block's per-expert tensors at load time holds, next to the fused result, every per-expert copy in the
+# run dtype (transformers casts all of a block's tensors up front, in worker threads whose glibc arenas keep them
+# until the engine trims the heap after the load) and the stacked gate and up projections before they are
+# concatenated (2 of the 3 expert matrices): 1 + 2/3 of the block's routed-expert bytes. Measured on Qwen3-30B-A3B's
+# block (bf16 on disk, fp32 run): 3.75 GiB above the fused block for 2.25 GiB of experts (scripts/bench_estimate.py).
+CPU_EXPERT_FUSING = 1 + 2 / 3
 
 
 def split_blocks(per_block: Dict[str, float]) -> tuple[Dict[int, float], float]:
@@ -55,8 +61,8 @@ def streamed_footprint(per_block: Dict[str, float], stored_ratio: float, last_bl
     batch_states = float(sum(num_sequences * (analyzed * w + seq_len * w + 4 * w) for w in widths.values()))
     notes = [f"streamed: largest block {largest / GIB:.2f} GiB, blocks 0..{last_block} read once, "
              f"hidden states {hidden_all / GIB:.2f} GiB"]
-    stacking = expert_bytes if stacks_experts else 0.0
     if device == "cuda":
+        stacking = expert_bytes if stacks_experts else 0.0
         on_gpu = hidden_states_fit(hidden_all, largest, free_bytes)
         resident_hidden = hidden_all if on_gpu else 2 * hidden_all / max(num_sequences, 1)
         weights = max(outer, largest + stacking)
@@ -67,7 +73,10 @@ def streamed_footprint(per_block: Dict[str, float], stored_ratio: float, last_bl
         notes.append(f"streamed: hidden states on {hidden_on}; host RAM {ram_floor:.1f} GiB "
                      f"(two block buffers + {HOST_BASE_GIB:g} GiB runtime)")
     else:
-        # The prefetched block's raw buffer sits next to the block being run.
+        # One block's read buffer next to the block in the run dtype: while it loads (its own pages, plus the copies
+        # that fusing experts makes), and while it runs (the next block's prefetched pages; the engine drops its own
+        # pages once loading copied them, and a block stored in the run dtype is its pages).
+        stacking = CPU_EXPERT_FUSING * expert_bytes if stacks_experts else 0.0
         weights = max(outer, largest + stacking + largest * stored_ratio)
         activations = hidden_all + batch_states + batch_activations
         ram_floor = 0.0

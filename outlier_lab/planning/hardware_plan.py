@@ -31,6 +31,8 @@ class HardwarePlan:
     job_time: Dict[str, float] = field(default_factory=dict)
     # Every (class, engine) considered: memory, count, time and cost, or why it does not fit.
     alternatives: List[Dict[str, Any]] = field(default_factory=list)
+    # Where usd_per_hour comes from: the catalog's list prices with their date, or a live offer.
+    price_source: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         out = self.estimate.to_dict()
@@ -42,6 +44,7 @@ class HardwarePlan:
              "vram_gib_each": self.gpu.vram_gib, "compute_capability": self.gpu.compute_capability})
         out["per_gpu_required_gib"] = self.per_gpu_required_gib
         out["usd_per_hour"] = self.usd_per_hour
+        out["price_source"] = self.price_source
         out["warnings"] = list(self.warnings)
         return out
 

@@ -32,7 +32,7 @@ def needs(weights_gib=10.0, ram_floor=64.0, disk=20.0):
     """A job that needs (10 + 1 + 1) x 1.3 = 15.6 GiB on one GPU, RAM >= ram_floor, disk >= disk."""
     est = Estimate(weights_gib=weights_gib, activations_gib=1.0, overhead_gib=1.0, total_gib=weights_gib + 2,
                    required_gib=(weights_gib + 2) * 1.3, ram_floor_gib=ram_floor, disk_gib=disk,
-                   params_total=1, params_active=1, quantization="none", block_weights_gib=1.0)
+                   params_total=1, params_active=1, quantization="none", block_weights_gib=1.0, safety_factor=1.3)
     return SimpleNamespace(plan=est.to_dict(), gpu_count=1, vram_gib_each=est.required_gib, ram_gib=ram_floor,
                            disk_gib=disk)
 

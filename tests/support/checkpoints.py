@@ -129,10 +129,12 @@ def _gain_offset(norm) -> float:
 
 def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[int, List[int]]] = None,
                           mlp: Optional[Dict[int, List[int]]] = None, seed: int = 0,
-                          max_shard_size: Optional[str] = None, **overrides) -> Path:
+                          max_shard_size: Optional[str] = None, dtype: Optional[torch.dtype] = None,
+                          **overrides) -> Path:
     """Save a random tiny causal LM of `model_type` (weights, config, tokenizer) with planted outlier dims.
 
-    `max_shard_size` (e.g. "200KB") saves it as several safetensors shards plus model.safetensors.index.json.
+    `max_shard_size` (e.g. "200KB") saves it as several safetensors shards plus model.safetensors.index.json;
+    `dtype` (e.g. torch.bfloat16, as real checkpoints ship) builds and saves it in that dtype instead of float32.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -143,7 +145,7 @@ def build_tiny_checkpoint(model_type: str, out_dir: Path, attn: Optional[Dict[in
                    pad_token_id=tokenizer.pad_token_id)
     config = AutoConfig.for_model(model_type, **{**CONFIGS[model_type], **special, **overrides})
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {})).eval()
     plant_outliers(model, attn, mlp)
     model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     return out_dir

@@ -20,7 +20,7 @@ from outlier_lab.analysis.peak_memory import trim_cpu_heap
 from outlier_lab.analysis.reduction import Reduction
 from outlier_lab.loading.models import checkpoint_location, quantization_of
 from outlier_lab.loading.mxfp4 import dequantize_state
-from outlier_lab.loading.shards import Checkpoint
+from outlier_lab.loading.shards import SAFETENSORS_DTYPES, Checkpoint
 from outlier_lab.units import GIB
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,13 @@ class BlockLoader:
     def release(self, block: Optional[int]) -> None:
         """Drop a block's (None: the outer tensors') checkpoint pages once its weights are freed."""
         self.checkpoint.release(self.block_keys.get(block, []) if block is not None else self.outer_keys())
+
+    def release_copied(self, block: int) -> None:
+        """Drop the pages of a loaded block's tensors stored in another dtype than the run's (or MXFP4): loading cast
+        them into new tensors, so nothing reads the pages again. Same-dtype tensors are the weights themselves."""
+        name = {v: k for k, v in SAFETENSORS_DTYPES.items()}.get(self.dtype)
+        self.checkpoint.release([key for key in self.block_keys.get(block, [])
+                                 if self.mxfp4 or self.checkpoint.entries[key].dtype != name])
 
     def load(self, tensors: Dict[str, torch.Tensor], scope: Optional[str]) -> None:
         """Put `tensors` into the model (renamed, fused, cast and moved as from_pretrained does); check `scope`."""
@@ -313,6 +320,9 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
             _check_fits(i, _block_bytes(blocks[i]), device)
             loader.load(tensors, scope=f"{site_map.block_path(i)}.")
             del tensors  # at most this block and the next one's read buffer are alive
+            loader.release_copied(i)
+            if device == "cpu":
+                trim_cpu_heap()  # the loader's per-tensor copies (freed after fusing experts) leave RSS now
             if i < last:
                 pending = pool.submit(loader.read, i + 1)  # disk reads overlap this block's forward
             hooks = _capture_hooks(model, reduction, i) if i in analyzed else []

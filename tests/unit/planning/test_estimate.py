@@ -41,12 +41,14 @@ def write_catalog(path: Path, classes: dict) -> Path:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_param_counts_match_the_instantiated_model_exactly(tiny_checkpoint, arch):
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM
 
     checkpoint = tiny_checkpoint(arch)
     est = estimate(local_model(checkpoint))
+    # params_total is the whole checkpoint's model, LM head included, although the run skips the head.
+    whole = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    assert est.params_total == sum(p.numel() for p in whole.parameters())
     model = AutoModel.from_pretrained(checkpoint, dtype=torch.float32)
-    assert est.params_total == sum(p.numel() for p in model.parameters())
     resident = sum(p.numel() * p.element_size() for p in model.parameters())
     resident += sum(b.numel() * b.element_size() for b in model.buffers())
     assert est.weights_gib * GIB == pytest.approx(resident, rel=1e-12)
@@ -110,11 +112,13 @@ def test_every_expert_counts_not_only_the_active_ones(tiny_checkpoint):
     router_growth = 4 * 64 * 8  # 4 more router rows of width 64 in each of the 8 blocks
     assert eight.params_total - four.params_total == 2 * routed_four + router_growth
     assert eight.params_active == four.params_active + router_growth  # the router is dense
-    # Qwen3-30B-A3B from its shipped config: ~30.2B resident parameters in bf16, not the ~3B active ones.
+    # Qwen3-30B-A3B from its shipped config: 30.5B parameters with its LM head (151,936 x 2048, untied), ~30.2B
+    # resident in bf16 (the run skips the head), not the ~3.3B active ones.
     qwen = estimate(compose("model=qwen3_30b", "hardware=h100"), load_catalog()["h100"])
-    assert qwen.params_total == 30_220_957_696
-    assert 3.0e9 < qwen.params_active < 3.4e9
-    assert qwen.weights_gib == pytest.approx(qwen.params_total * 2 / GIB, rel=1e-3)
+    head = 151_936 * 2048
+    assert qwen.params_total == 30_220_957_696 + head
+    assert 3.0e9 < qwen.params_active < 3.7e9
+    assert qwen.weights_gib == pytest.approx((qwen.params_total - head) * 2 / GIB, rel=1e-3)
 
 
 def test_mxfp4_kept_only_where_gpu_and_runtime_support_it():
@@ -123,14 +127,14 @@ def test_mxfp4_kept_only_where_gpu_and_runtime_support_it():
     packed = estimate(cfg, catalog["h100"])
     volta = estimate(cfg, catalog["v100"])
     assert packed.quantization == "mxfp4"
-    assert volta.quantization.startswith("mxfp4->bfloat16")
+    assert volta.quantization.startswith("mxfp4->float32")  # V100 has no bf16 arithmetic: float32
     assert any("dequantized" in n or "lacks MXFP4" in n for n in volta.notes)
     # MXFP4 experts are ~4.25 bits instead of 16: the dequantized model is well over three times larger.
     assert 55 < packed.weights_gib < 66
     assert volta.weights_gib > 3 * packed.weights_gib
     assert volta.params_total == packed.params_total
     no_kernels = estimate(compose("model=gptoss", "hardware=h100", "hardware.mxfp4_kernels=false"), catalog["h100"])
-    assert no_kernels.weights_gib == pytest.approx(volta.weights_gib)
+    assert no_kernels.weights_gib == pytest.approx(volta.weights_gib / 2)  # dequantized to bf16, V100's in float32
     cpu = estimate(compose("model=gptoss", "hardware=local", "device=cpu"))
     assert cpu.quantization.startswith("mxfp4->float32")
 
@@ -290,3 +294,25 @@ def test_every_shipped_model_is_estimable_offline(name):
     assert est.params_total > 0 and 0 < est.params_active <= est.params_total
     assert est.weights_gib > 0 and est.activations_gib > 0 and est.disk_gib > est.weights_gib / 2
     assert planned.gpu.vendor == "nvidia" and planned.per_gpu_required_gib <= planned.gpu.vram_gib
+
+
+def test_gpus_without_bf16_run_float32_with_the_memory_doubled():
+    """A T4 (cc 7.5) has no bf16 arithmetic: model.dtype=auto plans float32 there, forced on CPU by naming the class."""
+    from outlier_lab.loading.models import resolve_dtype
+    from outlier_lab.planning.catalog import load_catalog
+
+    catalog = load_catalog()
+    t4, l4 = (estimate(compose("model=qwen3_8b", "hardware=auto"), catalog[k], "resident") for k in ("t4", "l4"))
+    assert (t4.dtype, l4.dtype) == ("float32", "bfloat16")
+    assert t4.weights_gib == pytest.approx(2 * l4.weights_gib, rel=1e-6)
+    assert any("no bf16 arithmetic" in n and "fp16 overflows" in n for n in t4.notes)
+    assert resolve_dtype("auto", "cuda", bf16=False) == torch.float32
+    assert resolve_dtype("auto", "cuda", bf16=True) == torch.bfloat16
+
+
+def test_fp8_checkpoint_is_counted_in_fp8_on_disk():
+    """DeepSeek-V3 ships block-quantized FP8 (~640 GiB); counted in its config's bf16 it would be ~1,250 GiB."""
+    est = estimate(compose("model=deepseek_v3", "hardware=auto"))
+    bf16_bytes = est.params_total * 2 / GIB
+    assert est.checkpoint_gib < 0.55 * bf16_bytes  # block weights in 1 byte, the rest (embeddings, norms) in 2
+    assert 600 < est.checkpoint_gib < 700 and any("FP8" in n for n in est.notes)

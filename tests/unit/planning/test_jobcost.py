@@ -1,6 +1,8 @@
 """The planner picks the cheaper job across engines: expected times and dollars computed by hand in the test."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from tests.unit.planning.test_estimate import compose, write_catalog
 
@@ -8,6 +10,7 @@ from outlier_lab import planning
 from outlier_lab.planning.catalog import load_catalog
 from outlier_lab.planning.catalog import GpuClass
 from outlier_lab.planning.estimate import GIB, estimate
+from outlier_lab.planning.jobcost import THROUGHPUT, job_time
 
 # Round figures so the expected job times are easy to follow: 1 GB/s downloads (8 Gb/s), 1 GB/s disk reads.
 FIGURES = dict(disk_gb_per_s=1.0, usd_per_hour=1.0, host_ram_gib_per_gpu=256)
@@ -20,12 +23,14 @@ def _gpu(vram: float, tflops: float) -> GpuClass:
 
 
 def hand_seconds(est, engine: str, tflops: float) -> float:
-    download = (est.disk_gib - 2.0) * GIB / 1e9  # disk_gib = checkpoint + 2 GiB of cache and outputs
+    fixed = 180.0 + 150.0  # provisioning and set-up defaults (no hardware.provision_s / setup_s set)
+    download = est.checkpoint_gib * GIB / 1e9
     read = est.read_gib * GIB / 1e9
-    compute = est.num_tokens * est.params_active * 2 / (tflops * 1e12)
+    rates = json.loads(THROUGHPUT.read_text())["gflops"]  # each kind at its measured rate relative to GEMMs
+    compute = sum(f / (tflops * 1e12 * rates[k] / rates["gemm"]) for k, f in est.flops.items())
     if engine == "resident":
-        return download + read + compute  # load everything, then run
-    return download + max(read, compute) + est.block_weights_gib * GIB / 1e9  # reads overlap; first block waits
+        return fixed + download + read + compute  # load everything, then run
+    return fixed + download + max(read, compute) + est.block_weights_gib * GIB / 1e9  # reads overlap; first block waits
 
 
 def test_streamed_wins_when_resident_needs_more_gpus(tmp_path):
@@ -74,8 +79,20 @@ def test_resident_wins_when_the_model_fits_and_compute_is_short(tmp_path):
 
 
 def test_gpu_counts_are_ones_nodes_have():
-    plan = planning.plan(compose("model=gptoss", "hardware=t4", "engine=resident"))
+    plan = planning.plan(compose("model=gptoss", "hardware=l4", "engine=resident"))
     assert plan.count in (1, 2, 4, 8)
     custom = GpuClass("X", "nvidia", 16, "9.0", 8, 1.0, counts=(1, 3))
     assert custom.allowed_counts() == (1, 3)
     assert GpuClass("Y", "nvidia", 16, "9.0", 4, 1.0).allowed_counts() == (1, 2, 4)
+
+
+def test_job_time_counts_provisioning_and_setup_and_names_each_source():
+    probe = _gpu(1000.0, 10.0)
+    est = estimate(compose(*OVERRIDES), probe, "streamed")
+    default = job_time(est, probe, 8.0)
+    assert (default.provision_s, default.setup_s) == (180.0, 150.0)
+    own = job_time(est, probe, 8.0, provision_s=0, setup_s=5)
+    assert default.total_s - own.total_s == pytest.approx(180.0 + 145.0)
+    assert set(default.sources) == {"provision", "setup", "download", "reads", "compute"}
+    assert "hardware.provision_s" in own.sources["provision"] and "default" in default.sources["provision"]
+    assert "experts x" in default.sources["compute"]  # olmoe's routed experts at their own measured rate
