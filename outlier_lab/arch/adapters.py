@@ -51,6 +51,7 @@ class Moe:
     shared_width: Optional[str] = None  # config key: the shared expert's total intermediate width (Qwen2-MoE)
     fp32_router: bool = False  # the router hands fp32 routing weights to the experts (weighted outputs are fp32)
     fused_checkpoint: bool = False  # hub checkpoints already store experts as fused 3-D tensors
+    shared_down: Optional[str] = None  # the shared experts' down projection (an nn.Linear), relative to a block
 
 
 @dataclass(frozen=True)
@@ -323,11 +324,13 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                              ffn_of=SparseStep(), moe=_QWEN_MOE)),
     (("qwen2_moe",), Adapter("qwen2_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=SparseStep(),
                              moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                     shared_width="shared_expert_intermediate_size"))),
+                                     shared_width="shared_expert_intermediate_size",
+                                     shared_down="mlp.shared_expert.down_proj"))),
     (("glm4_moe",), Adapter("glm4_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
                             ffn_of=FirstKDense(),
                             moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                    shared_count="n_shared_experts", fp32_router=True))),
+                                    shared_count="n_shared_experts", fp32_router=True,
+                                    shared_down="mlp.shared_experts.down_proj"))),
     (
         ("gpt_oss",),
         Adapter("gpt_oss", "layers", {"sliding_attention": _ATTN, "full_attention": _ATTN}, _MOE_FFNS,
@@ -348,7 +351,7 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                 _MOE_FFNS, "intermediate_size", ByLayerTypes({"linear_attention": "linear_attention",
                                                               "full_attention": "full_attention"}), SparseStep(),
                 Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                    shared_width="shared_expert_intermediate_size")),
+                    shared_width="shared_expert_intermediate_size", shared_down="mlp.shared_expert.down_proj")),
     ),
     (
         # Multi-head latent attention: attn_in = q_a_proj's input (q_proj without a q LoRA), which
@@ -361,7 +364,7 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                                 "input_layernorm")},
                 _MOE_FFNS, "intermediate_size", ByConfigValue("q_lora_rank", "mla_q", "mla"), FirstKDense(),
                 Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", shared_count="n_shared_experts",
-                    fp32_router=True)),
+                    fp32_router=True, shared_down="mlp.shared_experts.down_proj")),
     ),
     (
         # Interleaved dense and MoE blocks (`moe_layers`, from interleave_moe_layer_step); the FFN is `feed_forward`:
@@ -372,7 +375,7 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                  "moe": Ffn("feed_forward", "post_attention_layernorm", 3)},
                 "intermediate_size_mlp", ffn_of=MoeLayerList(),
                 moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts",
-                        shared_width="intermediate_size")),
+                        shared_width="intermediate_size", shared_down="feed_forward.shared_expert.down_proj")),
     ),
     (
         # State-space hybrid: Mamba blocks and attention blocks (`layers_block_type`), MoE FFN in every
@@ -389,14 +392,16 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
     (("ernie4_5_moe",), Adapter("ernie4_5_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
                                 ffn_of=IntervalFrom(),
                                 moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size",
-                                        shared_count="moe_num_shared_experts"))),
+                                        shared_count="moe_num_shared_experts",
+                                        shared_down="mlp.shared_experts.down_proj"))),
     (("hunyuan_v1_moe",), Adapter("hunyuan_v1_moe", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size",
                                   ffn_of=Uniform("moe"),
                                   moe=Moe("num_experts", "moe_topk", "intermediate_size",
-                                          shared_width="intermediate_size"))),
+                                          shared_width="intermediate_size",
+                                          shared_down="mlp.shared_mlp.down_proj"))),
     (("dots1",), Adapter("dots1", "layers", _DENSE["mixers"], _MOE_FFNS, "intermediate_size", ffn_of=FirstKDense(),
                          moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                                 shared_count="n_shared_experts"))),
+                                 shared_count="n_shared_experts", shared_down="mlp.shared_experts.down_proj"))),
     (
         # Lightning (linear) attention blocks and softmax attention blocks (`layer_types`); the lightning mixer's
         # sites: attn_in = qkv_proj's input, attn_out_in = out_proj's input.
