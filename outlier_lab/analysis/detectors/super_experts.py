@@ -140,12 +140,15 @@ class _DownProjTap(TorchFunctionMode):
             self.fold(int((weight.data_ptr() - down.data_ptr()) // self.expert_bytes), out)
 
 
-def force_eager_experts(experts: torch.nn.Module) -> None:
+def force_eager_experts(experts: torch.nn.Module) -> Optional[Callable[[], None]]:
     """transformers' fused kernels (grouped_mm) run all experts in one call; the eager loop runs one product per
-    expert, which is what the tap reads. The experts' config is the model's, so this holds for the whole job."""
+    expert, which is what the tap reads. The experts' config is the model's; returns what puts its choice back."""
     config = getattr(experts, "config", None)
-    if config is not None and hasattr(config, "_experts_implementation"):
-        config._experts_implementation = "eager"
+    if config is None or not hasattr(config, "_experts_implementation"):
+        return None
+    before = config._experts_implementation
+    config._experts_implementation = "eager"
+    return lambda: setattr(config, "_experts_implementation", before)
 
 
 class SuperExperts(Detector):
@@ -174,10 +177,12 @@ class SuperExperts(Detector):
         self.num_experts = adapter.experts(model.config)[0] if adapter.moe is not None else 0
         self.has_shared = bool(adapter.moe is not None and adapter.moe.shared_down)
         self.reducer = ExpertMaxReducer(moe_blocks, self.num_experts, device)
-        self.handles = []
+        self.handles, self.restores = [], []
         for slot, block in enumerate(moe_blocks if self.num_experts else []):
             experts = model.get_submodule(f"{site_map.block_path(block)}.{adapter.moe.path}")
-            force_eager_experts(experts)
+            restore = force_eager_experts(experts)
+            if restore is not None and not self.restores:
+                self.restores.append(restore)  # one config for all blocks: its first value is the model's own
             self._tap(experts, slot)
             if self.has_shared:
                 shared = model.get_submodule(f"{site_map.block_path(block)}.{adapter.moe.shared_down}")
@@ -202,9 +207,16 @@ class SuperExperts(Detector):
         self.handles.append(experts.register_forward_pre_hook(enter))
         self.handles.append(experts.register_forward_hook(leave, always_call=True))
 
-    def finalize(self, ctx: JobContext) -> Dict[str, Any]:
+    def release(self) -> None:
+        """Remove its hooks and give the experts their kernels back."""
         for handle in self.handles:
             handle.remove()
+        for restore in self.restores:
+            restore()
+        self.handles, self.restores = [], []
+
+    def finalize(self, ctx: JobContext) -> Dict[str, Any]:
+        self.release()
         table = self.reducer.table(self.has_shared)
         c = self.criterion
         table["is_super"] = super_expert_mask(table["max_abs"], c.quantile, c.times)

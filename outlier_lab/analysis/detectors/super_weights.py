@@ -87,9 +87,14 @@ class SuperWeights(Detector):
             for slot, (_, module) in enumerate(found)]
         return []
 
-    def finalize(self, ctx: JobContext) -> Dict[str, Any]:
+    def release(self) -> None:
+        """Remove its hooks."""
         for handle in self.handles:
             handle.remove()
+        self.handles = []
+
+    def finalize(self, ctx: JobContext) -> Dict[str, Any]:
+        self.release()
         r = self.reducer
         in_max, in_ch, out_max, out_ch = (t.cpu().numpy() for t in (r.in_max, r.in_channel, r.out_max, r.out_channel))
         weight = r.weight.cpu().numpy()
