@@ -159,7 +159,7 @@ class SuperExperts(Detector):
     section = "super_experts"
     settings = SuperExpertsConfig
     order = 20  # after massive, whose dims it names
-    comparison_columns = ("super_experts", "super_expert_max_abs")
+    comparison_columns = ("super_expert_count", "super_experts", "super_expert_max_abs")
 
     def _settings(self) -> SuperExpertsConfig:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SuperExpertsConfig),
@@ -275,8 +275,21 @@ class SuperExperts(Detector):
     @staticmethod
     def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
         supers = section.get("super_experts") or []
-        return dict(super_experts=";".join(f"{s['block']}/{s['expert']}@{s['dim']}" for s in supers),
+        return dict(super_expert_count=len(supers),
+                    super_experts=";".join(f"{s['block']}/{s['expert']}@{s['dim']}" for s in supers),
                     super_expert_max_abs=max((s["max_abs"] for s in supers), default=None))
+
+    @staticmethod
+    def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
+        rows = [r for r in rows if r.get("super_expert_count") is not None]
+        if not rows:
+            return []
+        lines = ["", "## Super experts (Su et al. 2025)", "",
+                 "| job | model | super experts | block/expert@dim | max abs |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['job']} | {fmt(r['model'])} | {r['super_expert_count']} | "
+                         f"{fmt(r['super_experts'] or None)} | {fmt(r['super_expert_max_abs'])} |")
+        return lines
 
     @classmethod
     def memory(cls, cfg: DictConfig, shape: MemoryShape) -> MemoryNeed:

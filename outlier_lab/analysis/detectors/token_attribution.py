@@ -202,6 +202,16 @@ class TokenAttribution(Detector):
         return dict(top_token_per_dim=";".join(f"{r['dim']}:{r['top_tokens'][0]['text']!r}" for r in rows
                                                if r["top_tokens"]))
 
+    @staticmethod
+    def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
+        rows = [r for r in rows if r.get("top_token_per_dim") is not None]
+        if not rows:
+            return []
+        lines = ["", "## Top token of each headline dim", "", "| job | model | dim:token |", "|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['job']} | {fmt(r['model'])} | {fmt(r['top_token_per_dim'] or None)} |")
+        return lines
+
     @classmethod
     def memory(cls, cfg: DictConfig, shape: MemoryShape) -> MemoryNeed:
         # Per (distinct token id, dim), per counter set: int32 count and fp32 max; at most min(vocab, tokens seen)
