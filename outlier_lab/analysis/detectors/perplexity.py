@@ -152,6 +152,13 @@ class Perplexity(Detector):
     def start_batch(self, input_ids: torch.Tensor) -> None:
         self._ids = input_ids
 
+    def suspend_batch(self) -> Any:
+        state, self._ids = self._ids, None
+        return state
+
+    def resume_batch(self, state: Any) -> None:
+        self._ids = state
+
     def end_batch(self) -> None:
         if self.reducer is not None:
             self.reducer.observe(self._finals.pop(), self._ids)
