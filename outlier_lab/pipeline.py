@@ -202,7 +202,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         if engine == "streamed":
             model, stream = analyze_streamed(cfg.model, hf_config, tokens, cfg.detector, detectors,
                                              cfg.dataset.batch_size, device, resolve_dtype(cfg.model.dtype, device),
-                                             cfg.progress)
+                                             cfg.progress, tokenizer)
             site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
         else:
             lm_head = any(d.needs_lm_head for d in detectors)

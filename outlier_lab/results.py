@@ -14,6 +14,7 @@ RESULTS_JSON = "results.json"
 PER_SEQUENCE = "per_sequence.parquet"
 TOKENS = "tokens.safetensors"
 HEATMAP = "heatmap.png"
+EXPERT_HEATMAP = "expert_heatmap.png"
 REPORT = "report.md"
 # 2: self-explaining fraction names (position_frac, sequences_frac, positions_pct); `upgrade` reads version 1.
 SCHEMA_VERSION = 2

@@ -1,4 +1,5 @@
-"""Benchmark the extra detectors side by side on the same tokens: bare forward, llm_int8, +massive, rms alpha.
+"""Benchmark the extra detectors side by side on the same tokens: bare forward, llm_int8, +massive, rms alpha, and
+the origin detectors (super experts, token attribution, all of detector=origins).
 
     python scripts/bench_detectors.py                                   # CPU: random Llama, hidden 1024, 8 blocks
     python scripts/bench_detectors.py --device cuda --hidden 4096 --blocks 16 --batch-size 8   # on a GPU
@@ -31,7 +32,7 @@ from outlier_lab.analysis.engines.resident import analyze  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="llama", choices=["llama", "qwen3_moe"])
+    parser.add_argument("--arch", default="qwen3_moe", choices=["llama", "qwen3_moe"])
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
@@ -46,19 +47,30 @@ def main() -> None:
     site_map = discover_sites(model)
     torch.manual_seed(1)
     tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len))
-    detectors = {
-        name: selected(OmegaConf.merge(run_schema(settings_nodes()), {"detector": settings}))
+    configs = {
+        name: OmegaConf.merge(run_schema(settings_nodes()), {"detector": settings})
         for name, settings in (("llm_int8", {}), ("llm_int8+massive", {"massive": {"enabled": True}}),
-                               ("llm_int8 alpha_mode=rms", {"alpha_mode": "rms"}))
+                               ("llm_int8 alpha_mode=rms", {"alpha_mode": "rms"}),
+                               ("llm_int8+super_experts", {"super_experts": {"enabled": True}}),
+                               ("llm_int8+token_attribution", {"token_attribution": {"enabled": True}}),
+                               ("detector=origins", {name: {"enabled": True} for name in (
+                                   "massive", "super_experts", "super_weights", "token_attribution")}))
     }
 
     def bare():
         for start in range(0, args.sequences, args.batch_size):
             bare_forward(model, tokens[start:start + args.batch_size].to(args.device))
 
+    def one_pass(names_detectors):
+        fresh = selected(names_detectors)  # new reducers each time; finalize puts the experts' kernels back
+        analyze(model, site_map, tokens, fresh, args.batch_size, progress=False)
+        for detector in fresh:
+            if hasattr(detector, "handles"):  # the origin detectors' module hooks and kernel choice
+                detector.release()
+
     runs = {"bare forward": bare}
-    for name, detector in detectors.items():
-        runs[name] = (lambda d: lambda: analyze(model, site_map, tokens, d, args.batch_size, progress=False))(detector)
+    for name, cfg in configs.items():
+        runs[name] = (lambda c: lambda: one_pass(c))(cfg)
     for fn in runs.values():
         fn()  # warm-up: allocator, kernels, nnsight's first trace
     times = {name: [] for name in runs}

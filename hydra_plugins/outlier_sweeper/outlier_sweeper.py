@@ -15,7 +15,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
 from outlier_lab.errors import EXIT_CODE, error_line, exit_on_user_error, is_user_facing, one_line
-from outlier_lab.loading.hub import pinned_overrides
+from outlier_lab.planning import pinned_overrides
 
 
 @dataclass

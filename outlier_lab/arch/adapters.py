@@ -50,6 +50,7 @@ class Moe:
     shared_width: Optional[str] = None  # config key: the shared expert's total intermediate width (Qwen2-MoE)
     fp32_router: bool = False  # the router hands fp32 routing weights to the experts (weighted outputs are fp32)
     fused_checkpoint: bool = False  # hub checkpoints already store experts as fused 3-D tensors
+    shared_down: Optional[str] = None  # the shared experts' down projection (an nn.Linear), relative to a block
 
 
 @dataclass(frozen=True)
@@ -332,12 +333,12 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
      Adapter(name="qwen2_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
              intermediate_key="intermediate_size", ffn_of=SparseStep(),
              moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     shared_width="shared_expert_intermediate_size"))),
+                     shared_width="shared_expert_intermediate_size", shared_down="mlp.shared_expert.down_proj"))),
     (("glm4_moe",),
      Adapter(name="glm4_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
              intermediate_key="intermediate_size", ffn_of=FirstKDense(),
              moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     shared_count="n_shared_experts", fp32_router=True))),
+                     shared_count="n_shared_experts", fp32_router=True, shared_down="mlp.shared_experts.down_proj"))),
     (
         ("gpt_oss",),
         Adapter(name="gpt_oss", blocks="layers", mixers={"sliding_attention": _ATTN, "full_attention": _ATTN},
@@ -360,7 +361,7 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                 mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
                 ffn_of=SparseStep(),
                 moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                        shared_width="shared_expert_intermediate_size")),
+                        shared_width="shared_expert_intermediate_size", shared_down="mlp.shared_expert.down_proj")),
     ),
     (
         # Multi-head latent attention: attn_in = q_a_proj's input (q_proj without a q LoRA), which
@@ -374,7 +375,7 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                 ffns=_MOE_FFNS, intermediate_key="intermediate_size",
                 mixer_of=ByConfigValue("q_lora_rank", "mla_q", "mla"), ffn_of=FirstKDense(),
                 moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                        shared_count="n_shared_experts", fp32_router=True)),
+                        shared_count="n_shared_experts", fp32_router=True, shared_down="mlp.shared_experts.down_proj")),
     ),
     (
         # Interleaved dense and MoE blocks (`moe_layers`, from interleave_moe_layer_step); the FFN is `feed_forward`:
@@ -385,7 +386,7 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
                       "moe": Ffn("feed_forward", "post_attention_layernorm", 3)},
                 intermediate_key="intermediate_size_mlp", ffn_of=MoeLayerList(),
                 moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts",
-                        shared_width="intermediate_size")),
+                        shared_width="intermediate_size", shared_down="feed_forward.shared_expert.down_proj")),
     ),
     (
         # State-space hybrid: Mamba blocks and attention blocks (`layers_block_type`), MoE FFN in every
@@ -404,16 +405,16 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
     (("ernie4_5_moe",),
      Adapter(name="ernie4_5_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
              intermediate_key="intermediate_size", ffn_of=IntervalFrom(),
-             moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size", shared_count="moe_num_shared_experts"))),
+             moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size", shared_count="moe_num_shared_experts", shared_down="mlp.shared_experts.down_proj"))),
     (("hunyuan_v1_moe",),
      Adapter(name="hunyuan_v1_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
              intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
-             moe=Moe("num_experts", "moe_topk", "intermediate_size", shared_width="intermediate_size"))),
+             moe=Moe("num_experts", "moe_topk", "intermediate_size", shared_width="intermediate_size", shared_down="mlp.shared_mlp.down_proj"))),
     (("dots1",),
      Adapter(name="dots1", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
              intermediate_key="intermediate_size", ffn_of=FirstKDense(),
              moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     shared_count="n_shared_experts"))),
+                     shared_count="n_shared_experts", shared_down="mlp.shared_experts.down_proj"))),
     (
         # Lightning (linear) attention blocks and softmax attention blocks (`layer_types`); the lightning mixer's
         # sites: attn_in = qkv_proj's input, attn_out_in = out_proj's input.

@@ -60,8 +60,12 @@ def _problem(override, loader) -> Optional[str]:
     if loader.repository.group_exists(key):
         options = loader.get_group_options(key)
         try:
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
-                override.get_value_element_as_str()]
+            if override.is_sweep_override():
+                values = list(override.sweep_string_iterator())
+            elif isinstance(override.value(), list):  # detector=[llm_int8,massive]: several options of one group
+                values = [str(v) for v in override.value()]
+            else:
+                values = [override.get_value_element_as_str()]
         except Exception:  # noqa: BLE001 - a range or glob sweep over a group: Hydra expands and checks it
             return None
         for value in values:

@@ -6,8 +6,10 @@ from typing import Any, Dict, List
 
 from outlier_lab.analysis.detectors import with_section
 from outlier_lab.reporting.explain import near_misses
+from outlier_lab.reporting.expert_heatmap import write_expert_heatmap
 from outlier_lab.reporting.heatmap import write_heatmap
-from outlier_lab.results import HEATMAP, REPORT, atomic_write_bytes, read_results
+from outlier_lab.reporting.origins import origins_section
+from outlier_lab.results import EXPERT_HEATMAP, HEATMAP, REPORT, atomic_write_bytes, read_results
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -45,10 +47,13 @@ def render_markdown(results: Dict[str, Any]) -> str:
         lines += ["", f"## Separate feature space: {space} (width {sub['width']})", "",
                   f"{sub['summary']['num_outlier_features']} outlier dims: "
                   + ", ".join(str(f["dim"]) for f in sub["outlier_features"][:40])]
+    lines += origins_section(results)
     for detector, section in with_section(results):
         lines += [""] + detector.report_section(section)
     if wants_heatmap(results):
         lines += ["", f"![heatmap]({HEATMAP})"]
+        if (results.get("super_experts") or {}).get("heatmap", {}).get("experts"):
+            lines += ["", f"![down_proj max per expert]({EXPERT_HEATMAP})"]
     lines.append("")
     return "\n".join(lines)
 
@@ -108,6 +113,7 @@ def write_report(run_dir: Path) -> Path:
     results = read_results(run_dir)
     if wants_heatmap(results):
         write_heatmap(run_dir, results)
+        write_expert_heatmap(run_dir, results)
     path = Path(run_dir) / REPORT
     atomic_write_bytes(path, render_markdown(results).encode())
     return path

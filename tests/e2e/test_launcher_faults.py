@@ -3,6 +3,7 @@ half-written files and hostile paths, against a real sshd and the fault proxy, w
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -315,7 +316,8 @@ def test_two_sweeps_on_a_one_slot_host_take_turns(ssh_server, tiny_checkpoint, t
     wait(lambda: live_jobs() and any("queued" in out.read_text() for _, _, out in sweeps),
          "one job to run and the other sweep to queue for the host's slot")
     (running,) = live_jobs()
-    owner = next(s for s in sweeps if running.name in s[2].read_text())
+    # The queued sweep's message names the holder's job dir too; the owner is the one that says it runs there.
+    owner = next(s for s in sweeps if re.search(rf"running on \S+ in \S*{re.escape(running.name)}", s[2].read_text()))
     time.sleep(2)  # the waiting sweep keeps trying; it must not get in
     assert live_jobs() == [running]
     (owner[0] / "run.gate").touch()

@@ -59,14 +59,15 @@ def wide_checkpoint(tmp_path_factory) -> Path:
 
 def gpu_catalog(path: Path, small: Path, wide: Path, text_file: Path) -> Path:
     """A GPU catalog whose cheap class (t4) holds the small model's need but not the wide one's, which then goes to
-    l4: the test cluster's two stand-in gres types. The cut sits halfway between the planner's two figures."""
+    l4: the test cluster's two stand-in gres types. The cut sits halfway between the planner's two figures. Both classes
+    have bf16 (compute capability >= 8.0) so both models plan in one dtype; a real T4 would plan float32."""
     needs = []
     for checkpoint in (small, wide):
         _, plan = planned(*dataset(text_file), f"model.path={checkpoint}", "hardware=auto")
         needs.append(plan.per_gpu_required_gib)
     assert needs[0] < needs[1]
     path.write_text(yaml.safe_dump({
-        "t4": dict(name="T4", vendor="nvidia", vram_gib=sum(needs) / 2, compute_capability="7.5", max_per_node=1,
+        "t4": dict(name="T4", vendor="nvidia", vram_gib=sum(needs) / 2, compute_capability="8.0", max_per_node=1,
                    usd_per_hour=0.1),
         "l4": dict(name="L4", vendor="nvidia", vram_gib=4 * needs[1], compute_capability="8.9", max_per_node=8,
                    usd_per_hour=1.0)}))

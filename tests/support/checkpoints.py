@@ -167,3 +167,39 @@ def as_pytorch_bin(checkpoint: Path, out_dir: Path) -> Path:
             shutil.copy(path, out_dir / path.name)
     torch.save(state, out_dir / "pytorch_model.bin")
     return out_dir
+
+
+# One planted super expert per MoE fixture: this expert's down_proj output spikes at this dim whenever it is routed.
+SUPER_EXPERT, SUPER_DIM, SUPER_GAIN = 2, 13, 2000.0
+
+
+def moe_blocks(model) -> List[int]:
+    adapter = resolve_adapter(model.base_model)
+    return [i for i, kind in enumerate(adapter.block_kinds(model.config)) if kind.is_moe]
+
+
+def plant_super_expert(model, block: int, expert: int = SUPER_EXPERT, dim: int = SUPER_DIM,
+                       gain: float = SUPER_GAIN) -> None:
+    """Scale the down_proj weights of one routed expert that write output dim `dim` (fused [E, out, in] or, as in
+    gpt-oss and Llama-4, [E, in, out])."""
+    adapter = resolve_adapter(model.base_model)
+    experts = model.base_model.get_submodule(f"{blocks_path(model.base_model, adapter)}.{block}.{adapter.moe.path}")
+    down = experts.down_proj
+    hidden = model.config.get_text_config().hidden_size
+    with torch.no_grad():
+        if down.shape[1] == hidden:
+            down[expert, dim, :] *= gain
+        else:
+            down[expert, :, dim] *= gain
+
+
+def build_super_expert_checkpoint(model_type: str, out_dir: Path) -> tuple[Path, int]:
+    """The tiny MoE fixture with one super expert planted in its second MoE block; (checkpoint, that block)."""
+    from transformers import AutoModelForCausalLM
+
+    source = build_tiny_checkpoint(model_type, Path(out_dir))
+    model = AutoModelForCausalLM.from_pretrained(source)
+    block = moe_blocks(model)[1]
+    plant_super_expert(model, block)
+    model.save_pretrained(source)
+    return source, block

@@ -129,6 +129,12 @@ class Detector:
     def end_batch(self) -> None:
         pass
 
+    def streamed_head(self, head: torch.nn.Module, config: Any, tokenizer: Any) -> None:
+        """The streamed engine's LM head, read after the last block (only for a detector with `full_forward`)."""
+
+    def last_hidden(self, hidden: torch.Tensor) -> None:
+        """The streamed engine's last hidden state of the open batch, after the final norm (`full_forward` only)."""
+
     def finalize(self, ctx: JobContext) -> Dict[str, Any]:
         """Its results: the `section` (or, for the headline detector, top-level fields of results.json)."""
         return {}

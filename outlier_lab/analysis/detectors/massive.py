@@ -16,30 +16,12 @@ from outlier_lab.markdown import fmt
 from outlier_lab.loading.windows import special_ids
 from outlier_lab.results import atomic_write_bytes
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
+from outlier_lab.analysis.detectors._shared import MassiveConfig, is_delimiter
 
 SPACE = "block_out"
 SITE = "block_out"
 HITS_FILE = "massive_hits.parquet"
 # Tokens that Sun et al. found carrying massive activations besides the first one: punctuation and line breaks.
-DELIMITER_TEXT = frozenset(".,;:!?\n")
-
-
-@dataclass
-class MassiveConfig:
-    """`detector.massive`: the schema of its YAML and what the reducer reads."""
-
-    # Run the massive-activations detector (Sun et al. 2024) on block outputs, in the same pass as llm_int8.
-    enabled: bool = False
-    # A hit needs |x| > min_abs ...
-    min_abs: float = 100.0
-    # ... and |x| >= min_ratio x the median |x| of its hidden state (one sequence's block output).
-    min_ratio: float = 1000.0
-    # Hits kept per (block, batch) before the exact counts alone carry on (bounds device-to-host traffic).
-    hits_per_block_batch: int = 256
-    # Hits kept in massive_hits.parquet over the whole run (counts stay exact).
-    max_hits: int = 20000
-
-
 class MassiveReducer:
     """Per analyzed block: exact hit counts per dim, hit max |x|, mean top-3 and median |x|; a bounded hit list.
 
@@ -145,12 +127,6 @@ class MassiveReducer:
 def token_texts(tokenizer, ids: Sequence[int]) -> Dict[int, str]:
     """Readable text of each distinct token id (byte-level tokens decoded, not shown as Ġ/Ċ)."""
     return {int(i): tokenizer.decode([int(i)]) for i in sorted(set(int(i) for i in ids))}
-
-
-def is_delimiter(text: str, token_id: int, special_ids: Sequence[int]) -> bool:
-    """Special tokens (EOS, SEP), punctuation and whitespace-only tokens: where Sun et al. saw massive activations."""
-    stripped = text.strip()
-    return token_id in special_ids or stripped == "" or stripped in DELIMITER_TEXT
 
 
 def finalize(reducer: MassiveReducer, tokens: torch.Tensor, tokenizer, bos_id: Optional[int],

@@ -125,18 +125,30 @@ class Perplexity(Detector):
         self._hook: Optional[contextlib.ExitStack] = None
 
     def loaded(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        self.reducer = PerplexityReducer(model.get_output_embeddings(),
-                                         token_bytes(tokenizer, model.config.get_text_config().vocab_size),
-                                         logit_transform(model.config), self.chunk_tokens)
+        self.streamed_head(model.get_output_embeddings(), model.config, tokenizer)
+
+    def streamed_head(self, head: torch.nn.Module, config: Any, tokenizer: Any) -> None:
+        self.reducer = PerplexityReducer(head, token_bytes(tokenizer, config.get_text_config().vocab_size),
+                                         logit_transform(config), self.chunk_tokens)
+
+    def last_hidden(self, hidden: torch.Tensor) -> None:
+        self._finals.append(hidden)
 
     def probes(self, model, site_map, site_probes, widths, device) -> list:
-        if self.reducer is not None:  # the streamed engine loads no head: nothing to observe
+        if self.reducer is not None:  # resident; the streamed engine hands the head over after its last block
             self._hook = contextlib.ExitStack()
             self._hook.enter_context(last_hidden_states(model, self._finals))
         return []
 
     def start_batch(self, input_ids: torch.Tensor) -> None:
         self._ids = input_ids
+
+    def suspend_batch(self) -> Any:
+        state, self._ids = self._ids, None
+        return state
+
+    def resume_batch(self, state: Any) -> None:
+        self._ids = state
 
     def end_batch(self) -> None:
         if self.reducer is not None:
@@ -146,7 +158,7 @@ class Perplexity(Detector):
         if self._hook is not None:
             self._hook.close()
         if self.reducer is None:
-            return dict(skipped="the streamed engine does not run the LM head yet")
+            return dict(skipped="no LM head was loaded")
         return dict(self.reducer.result(), num_sequences=int(ctx.tokens.shape[0]))
 
     report_section = staticmethod(markdown_section)
@@ -157,9 +169,8 @@ class Perplexity(Detector):
 
     @classmethod
     def memory(cls, cfg: DictConfig, shape: MemoryShape) -> MemoryNeed:
-        if shape.engine != "resident":
-            return MemoryNeed()
-        # The head runs on chunks of the last hidden states: its weights, one chunk's logits and their fp32 copies.
+        # The head runs on chunks of the last hidden states: its weights, one chunk's logits and their fp32 copies
+        # (the streamed engine reads the head after the last block; counting it beside the blocks stays above that).
         rows = min(cls.chunk_tokens, shape.batch * max(shape.seq_len - 1, 1))
         head = 0.0 if shape.tied_embeddings else shape.vocab_size * shape.hidden * shape.act_bytes
         return MemoryNeed(lm_head=head, extra=rows * shape.vocab_size * (shape.act_bytes + 4 + 4),

@@ -276,17 +276,70 @@ def _keep_hidden_on_gpu(total: int, largest_block: int, device: str) -> bool:
     return device == "cuda" and hidden_states_fit(total, largest_block, _cuda_free())
 
 
+def final_norm(model: torch.nn.Module, blocks_path: str) -> Tuple[str, torch.nn.Module]:
+    """The base model's final norm: its one module with weights outside the blocks that is not an embedding."""
+    found = [(name, module) for name, module in model.named_modules()
+             if name and not (name == blocks_path or name.startswith(f"{blocks_path}."))
+             and not isinstance(module, torch.nn.Embedding) and any(True for _ in module.parameters(recurse=False))]
+    if len(found) != 1:
+        raise UserError(f"analysis.perplexity with engine=streamed: {type(model).__name__} has "
+                        f"{[n for n, _ in found] or 'no'} weighted modules besides its blocks and embeddings, not one "
+                        "final norm; use engine=resident")
+    return found[0]
+
+
+def read_head(loader: "BlockLoader", model: torch.nn.Module, hf_config, device: str,
+              dtype: torch.dtype) -> torch.nn.Linear:
+    """The LM head as a Linear, read from the checkpoint like a block (lm_head.*, or the input embeddings when tied)."""
+    entries = loader.checkpoint.entries
+    weight_key = next((k for k in entries if k.endswith("lm_head.weight")), None)
+    if weight_key is None and getattr(hf_config.get_text_config(), "tie_word_embeddings", False):
+        embed = model.get_input_embeddings()
+        name = next(n for n, m in model.named_modules() if m is embed)
+        candidates = [f"{name}.weight", f"{model.base_model_prefix}.{name}.weight"]
+        weight_key = next((k for k in candidates if k in entries), None)
+    if weight_key is None:
+        raise UserError(f"{loader.checkpoint.directory} has no LM head (lm_head.weight) for analysis.perplexity; "
+                        "use analysis.perplexity=false")
+    bias_key = weight_key[:-len("weight")] + "bias"
+    tensors = loader.timed_read([weight_key] + ([bias_key] if bias_key in entries and "lm_head" in bias_key else []))
+    weight = tensors[weight_key]
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias_key in tensors, device=device, dtype=dtype)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias_key in tensors:
+            head.bias.copy_(tensors[bias_key])
+    return head.eval()
+
+
+def _final_pass(model, loader, site_map, hidden, detectors, hf_config, tokenizer, device, dtype):
+    """After the last block: the final norm (read again from the checkpoint) and the LM head, handed to the
+    detectors that read the last hidden states; returns the norm, applied per batch by the caller."""
+    name, norm = final_norm(model, site_map.blocks_path)
+    prefix = f"{model.base_model_prefix}."
+    keys = [k for k in loader.outer_keys() if (k[len(prefix):] if k.startswith(prefix) else k).startswith(f"{name}.")]
+    loader.load(loader.timed_read(keys), scope=f"{name}.")
+    head = read_head(loader, model, hf_config, device, dtype)
+    for detector in detectors:
+        if detector.full_forward:
+            detector.streamed_head(head, hf_config, tokenizer)
+    return norm
+
+
 def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detectors: Sequence[Detector],
                      batch_size: int, device: str, dtype: torch.dtype,
-                     progress: bool = True) -> Tuple[torch.nn.Module, StreamStats]:
-    """Embed all sequences, then per block: read its tensors, run every batch through it, reduce, free it."""
+                     progress: bool = True, tokenizer: Any = None) -> Tuple[torch.nn.Module, StreamStats]:
+    """Embed all sequences, then per block: read its tensors, run every batch through it, reduce, free it. A
+    detector that reads the last hidden states (perplexity) gets them after every block ran, through the final
+    norm, with the LM head read last."""
     from tqdm.auto import tqdm
 
     checkpoint = Checkpoint.open(checkpoint_dir(model_cfg))
     model = build_skeleton(model_cfg, hf_config, dtype)
     site_map = discover_sites(model, det_cfg.sites, det_cfg.layers)
     blocks = model.get_submodule(site_map.blocks_path)
-    last = max(site_map.block_indices)
+    full_forward = any(d.full_forward for d in detectors)
+    last = site_map.num_blocks - 1 if full_forward else max(site_map.block_indices)
     mxfp4 = quantization_of(model_cfg, hf_config) == "mxfp4"
     loader = BlockLoader(model, checkpoint, site_map, device, dtype, mxfp4)
     stats = StreamStats(checkpoint_files=len(checkpoint.files))
@@ -328,7 +381,7 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
             hooks = _capture_hooks(model, reduction, i) if i in analyzed else []
             try:
                 _run_block(blocks[i], i, batches, hidden, per_shape, reduction, states, seq_len, device,
-                           i in analyzed, i == last)
+                           i in analyzed, i == last and not full_forward)
             finally:
                 for handle in hooks:
                     handle.remove()
@@ -338,8 +391,16 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
                 trim_cpu_heap()  # the freed block leaves RSS before the next one is materialized
             stats.blocks_run.append(i)
             bar.update(1)
-    for state in states:
+    norm = _final_pass(model, loader, site_map, hidden, detectors, hf_config, tokenizer, device, dtype) \
+        if full_forward else None
+    for b, state in enumerate(states):
         reduction.resume(state)
+        if norm is not None:
+            with torch.inference_mode():
+                final = norm(hidden[b].to(device))
+            for detector in detectors:
+                if detector.full_forward:
+                    detector.last_hidden(final)
         reduction.end_batch()
     stats.tensors_read, stats.bytes_read = checkpoint.tensors_read, checkpoint.bytes_read
     stats.read_s = loader.read_s

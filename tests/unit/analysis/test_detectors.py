@@ -19,7 +19,8 @@ def job(**detector):
 
 def test_every_shipped_detector_is_found_in_run_order():
     names = [d.name for d in registry()]
-    assert names == ["llm_int8", "massive", "perplexity", "ablation"]
+    assert names == ["llm_int8", "massive", "perplexity", "ablation", "super_experts", "super_weights",
+                     "token_attribution"]
     assert [d.name for d in selected(job())] == ["llm_int8"]
     assert [d.name for d in selected(job(massive={"enabled": True}))] == ["llm_int8", "massive"]
     ablation = OmegaConf.merge(job(), {"analysis": {"mode": "ablation"}})
@@ -84,6 +85,13 @@ def test_memory_of_the_selected_detectors_is_summed():
     massive = next(d for d in registry() if d.name == "massive").memory(job(), shape)
     assert both.state == alone.state + massive.state and massive.state > 0
     assert both.observe == max(alone.observe, massive.observe)
+    # The origin detectors' counters join the estimate: token attribution's per-(token, dim) counters, one set per
+    # kind of hit (features, and massive when it runs), int32 count and fp32 max each.
+    origins = {name: {"enabled": True} for name in ("massive", "super_experts", "super_weights", "token_attribution")}
+    added = memory_total(job(**origins), shape).state - both.state
+    by_name = {d.name: d.memory(job(**origins), shape).state for d in registry()}
+    assert added == by_name["super_experts"] + by_name["super_weights"] + by_name["token_attribution"]
+    assert by_name["token_attribution"] >= 2 * 100 * 64 * 8 and by_name["super_experts"] > 0
     ablation = memory_total(OmegaConf.merge(job(), {"analysis": {"mode": "ablation"}}), shape)
     assert ablation.lm_head == 100 * 64 * 4 and ablation.extra > 0 and alone.lm_head == 0
     # Ablation and perplexity both need the head: it is loaded, and counted, once.

@@ -26,7 +26,8 @@ def test_unknown_source_and_dtype_are_user_errors():
         checkpoint_location(model_cfg(source="ftp"))
     with pytest.raises(UserError, match="model.dtype='int3'"):
         resolve_dtype("int3", "cpu")
-    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda", bf16=True) == torch.bfloat16
+    assert resolve_dtype("auto", "cuda", bf16=False) == torch.float32  # T4, V100: no bf16 arithmetic
 
 
 def test_shipped_configs_are_package_data_and_paths_pass_through(tmp_path):

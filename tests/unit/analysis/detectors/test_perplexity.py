@@ -107,3 +107,20 @@ def test_comparison_plots_outliers_against_perplexity(tmp_path):
     assert [(float(r["ppl"]), int(r["outlier_dims"])) for r in rows] == [(30.0, 2), (12.0, 5)]
     assert (tmp_path / PLOT_PERPLEXITY).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert PLOT_PERPLEXITY in (tmp_path / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_streamed_engine_gives_the_resident_perplexity(trained, text_file, tmp_path):
+    # The streamed engine runs the final norm and the LM head (read from the checkpoint after the last block) on the
+    # last hidden states of every batch; 5 sequences in batches of 2 exercise the short last batch.
+    run_cli("--multirun", *tiny_job_overrides(trained, text_file, num_sequences=5, seq_len=40), "dataset.batch_size=2",
+            "analysis.perplexity=true", "engine=resident,streamed", f"hydra.sweep.dir={tmp_path}",
+            "hydra.sweep.subdir=${engine.name}")
+    resident, streamed = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("resident", "streamed"))
+    assert (resident["engine"]["name"], streamed["engine"]["name"]) == ("resident", "streamed")
+    assert "skipped" not in streamed["perplexity"]
+    assert streamed["engine"]["blocks_run"] == list(range(8))
+    for key in ("nll", "ppl", "bits_per_byte"):
+        assert streamed["perplexity"][key] == pytest.approx(resident["perplexity"][key], rel=1e-5, abs=1e-5), key
+    assert (streamed["perplexity"]["tokens"], streamed["perplexity"]["bytes"]) == \
+        (resident["perplexity"]["tokens"], resident["perplexity"]["bytes"])
