@@ -1,4 +1,5 @@
 """Typed Hydra schema: one dataclass per config group, registered in the ConfigStore."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -223,8 +224,10 @@ def hardware_setting(cfg: Any, name: str) -> Any:
 def planned_override(path: str) -> str:
     """The override a launcher adds to each job it starts: where its plan for the job is."""
     if "'" in path or "\\" in path:
-        raise UserError(f"cannot hand the plan file {path!r} to the job: quotes and backslashes are not supported in "
-                        "its path (hydra.sweep.dir, hydra.launcher.remote_root)")
+        raise UserError(
+            f"cannot hand the plan file {path!r} to the job: quotes and backslashes are not supported in "
+            "its path (hydra.sweep.dir, hydra.launcher.remote_root)"
+        )
     return f"hardware.planned='{path}'"
 
 
@@ -259,8 +262,10 @@ def registered_detector_settings() -> Dict[str, type]:
 def check_schema(cfg: Any) -> None:
     """Refuse keys the schema does not declare: Hydra's `+detector.alpah=5` adds one silently, and the job would then
     run with the default it meant to change."""
-    problems = [not_a_setting(key, known)
-                for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig, registered_detector_settings())]
+    problems = [
+        not_a_setting(key, known)
+        for key, known in _unknown_keys(cfg, RunConfig, "", DictConfig, registered_detector_settings())
+    ]
     if problems:
         raise UserError("; ".join(problems) + "; fix or drop the override")
 
@@ -285,7 +290,8 @@ def not_a_setting(key: str, known: List[str]) -> str:
     close = did_you_mean(name, known)
     where = f"{group}." if group else ""
     return f"{key} is not a setting of {group or 'the run config'}" + (
-        f" (did you mean {where}{close}?)" if close else f" (its settings: {', '.join(known)})")
+        f" (did you mean {where}{close}?)" if close else f" (its settings: {', '.join(known)})"
+    )
 
 
 def _settings(schema: type, detector_settings: Mapping[str, type]) -> tuple:
@@ -298,8 +304,9 @@ def _settings(schema: type, detector_settings: Mapping[str, type]) -> tuple:
     return hints, known
 
 
-def _unknown_keys(node: Any, schema: type, prefix: str, mapping: type,
-                  detector_settings: Mapping[str, type]) -> Iterator[tuple]:
+def _unknown_keys(
+    node: Any, schema: type, prefix: str, mapping: type, detector_settings: Mapping[str, type]
+) -> Iterator[tuple]:
     hints, known = _settings(schema, detector_settings)
     for key in node.keys():
         key = str(key)

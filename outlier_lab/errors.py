@@ -1,12 +1,13 @@
 """The failure policy, written once: a user mistake or an environment problem is one line and exit code 2; a bug
 keeps its traceback."""
+
 from __future__ import annotations
 
 import difflib
 import logging
 import sys
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 EXIT_CODE = 2
@@ -92,9 +93,12 @@ def interrupted_line() -> str:
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     kept = sorted(p.name for p in out_dir.iterdir() if p.is_file()) if out_dir and out_dir.is_dir() else []
     where = f" in {out_dir}" if out_dir else ""
-    return (f"interrupted (Ctrl-C): kept {', '.join(kept) or 'nothing'}{where}; no results were written for this run "
-            "(they are written only once it finishes); earlier runs are untouched"
-            if "results.json" not in kept else f"interrupted (Ctrl-C) after the results were written{where}")
+    return (
+        f"interrupted (Ctrl-C): kept {', '.join(kept) or 'nothing'}{where}; no results were written for this run "
+        "(they are written only once it finishes); earlier runs are untouched"
+        if "results.json" not in kept
+        else f"interrupted (Ctrl-C) after the results were written{where}"
+    )
 
 
 def _log_to_files(line: str) -> None:

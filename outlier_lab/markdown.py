@@ -1,4 +1,5 @@
 """Markdown table cells shared by comparison.md and the detector plug-ins' sections, and nested-field lookups."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional

@@ -1,4 +1,5 @@
 """One analysis job end to end: plan, tokenize, load, capture and reduce, then write the results files."""
+
 from __future__ import annotations
 
 import logging
@@ -12,20 +13,30 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from outlier_lab import results as store
-from outlier_lab.arch.sites import SiteMap, discover_sites
-from outlier_lab.config import DetectorConfig, check_schema
-from outlier_lab.loading.windows import build_windows, check_source, documents
 from outlier_lab.analysis.detectors import Detector, JobContext, selected
-from outlier_lab.errors import UserError, run_task
-from outlier_lab.planning import HardwarePlan, check_host, format_plan, plan, read_plan
-from outlier_lab.loading.hub import dataset_revision, hub_revision
 from outlier_lab.analysis.engines.resident import analyze
 from outlier_lab.analysis.engines.streamed import analyze_streamed
 from outlier_lab.analysis.peak_memory import PeakMemory, configure_cpu_heap
-from outlier_lab.loading.models import (auto_dtype_reason, count_parameters, lm_head_params, load_hf_config, load_model,
-                                        load_tokenizer, max_positions, moe_facts, resolve_device, resolve_dtype)
-from outlier_lab.reporting.report import write_report
+from outlier_lab.arch.sites import SiteMap, discover_sites
+from outlier_lab.config import DetectorConfig, check_schema
+from outlier_lab.errors import UserError, run_task
+from outlier_lab.loading.hub import dataset_revision, hub_revision
+from outlier_lab.loading.models import (
+    auto_dtype_reason,
+    count_parameters,
+    lm_head_params,
+    load_hf_config,
+    load_model,
+    load_tokenizer,
+    max_positions,
+    moe_facts,
+    resolve_device,
+    resolve_dtype,
+)
+from outlier_lab.loading.windows import build_windows, check_source, documents
+from outlier_lab.planning import HardwarePlan, check_host, format_plan, plan, read_plan
 from outlier_lab.planning.estimate import meta_model
+from outlier_lab.reporting.report import write_report
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,16 +66,23 @@ def _plan_resources(cfg: DictConfig) -> Tuple[Dict[str, Any], HardwarePlan]:
         planned = read_plan(cfg.hardware.planned)
         host = check_host(cfg, planned)
         gpu = planned.get("gpu") or {}
-        log.info("the launcher's plan (hardware=%s): %s x %s; this host:\n%s", cfg.hardware.name, gpu.get("count", 0),
-                 gpu.get("class", "no GPU"), format_plan(host))
+        log.info(
+            "the launcher's plan (hardware=%s): %s x %s; this host:\n%s",
+            cfg.hardware.name,
+            gpu.get("count", 0),
+            gpu.get("class", "no GPU"),
+            format_plan(host),
+        )
     else:
         host = plan(cfg)
         log.info("resource plan (hardware=%s):\n%s", cfg.hardware.name, format_plan(host))
         if not host.local:
-            raise UserError(f"hardware={cfg.hardware.name} plans a remote run ({host.count} x {host.gpu.name}, "
-                            f"{host.estimate.required_gib:.1f} GiB required); use the fabric launcher "
-                            "(hydra/launcher=fabric, the default of every non-local hardware YAML) to launch it, "
-                            "or hardware=local to run on this machine")
+            raise UserError(
+                f"hardware={cfg.hardware.name} plans a remote run ({host.count} x {host.gpu.name}, "
+                f"{host.estimate.required_gib:.1f} GiB required); use the fabric launcher "
+                "(hydra/launcher=fabric, the default of every non-local hardware YAML) to launch it, "
+                "or hardware=local to run on this machine"
+            )
         planned = host.to_dict()
     if host.estimate.device == "cpu":
         configure_cpu_heap()
@@ -74,10 +92,17 @@ def _plan_resources(cfg: DictConfig) -> Tuple[Dict[str, Any], HardwarePlan]:
 def ran_on(host: HardwarePlan) -> Dict[str, Any]:
     """What the job actually ran on: the host, its device and GPUs (name and count), and its check of the estimate."""
     gpu = host.gpu
-    return dict(hostname=platform.node(), device=host.estimate.device, gpu_name=gpu.name if gpu else None,
-                gpu_count=host.count if gpu else 0, vram_gib_each=gpu.vram_gib if gpu else None,
-                compute_capability=gpu.compute_capability if gpu else None, engine=host.engine,
-                per_gpu_required_gib=host.per_gpu_required_gib, warnings=list(host.warnings))
+    return dict(
+        hostname=platform.node(),
+        device=host.estimate.device,
+        gpu_name=gpu.name if gpu else None,
+        gpu_count=host.count if gpu else 0,
+        vram_gib_each=gpu.vram_gib if gpu else None,
+        compute_capability=gpu.compute_capability if gpu else None,
+        engine=host.engine,
+        per_gpu_required_gib=host.per_gpu_required_gib,
+        warnings=list(host.warnings),
+    )
 
 
 def _engine(host: HardwarePlan, detectors: Sequence[Detector]) -> Tuple[str, str]:
@@ -92,8 +117,9 @@ def _engine(host: HardwarePlan, detectors: Sequence[Detector]) -> Tuple[str, str
 def _git_commit() -> Optional[str]:
     """The commit of the checkout this package runs from; None for an installed copy (not tracked by any git)."""
     try:
-        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=PACKAGE_DIR,
-                                 capture_output=True, timeout=10)
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=PACKAGE_DIR, capture_output=True, timeout=10
+        )
         if tracked.returncode != 0:
             return None
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
@@ -106,14 +132,29 @@ def _environment() -> Dict[str, Any]:
     import nnsight  # heavy: imported when a job records its environment, not by every importer of the pipeline
     import transformers
 
-    return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                nnsight=getattr(nnsight, "__version__", "?"), git_commit=_git_commit(),
-                cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+    return dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        nnsight=getattr(nnsight, "__version__", "?"),
+        git_commit=_git_commit(),
+        cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    )
 
 
-def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tensor, found: Dict[str, Any],
-                  planned: Dict[str, Any], host: HardwarePlan, device: str, memory: PeakMemory,
-                  timings: Dict[str, float], started: float) -> Dict[str, Any]:
+def build_results(
+    cfg: DictConfig,
+    model,
+    site_map: SiteMap,
+    tokens: torch.Tensor,
+    found: Dict[str, Any],
+    planned: Dict[str, Any],
+    host: HardwarePlan,
+    device: str,
+    memory: PeakMemory,
+    timings: Dict[str, float],
+    started: float,
+) -> Dict[str, Any]:
     """The results.json payload of one job: model and data facts, what the detectors found, plan and environment."""
     ds = cfg.dataset
     text_config = model.config.get_text_config()
@@ -122,19 +163,39 @@ def build_results(cfg: DictConfig, model, site_map: SiteMap, tokens: torch.Tenso
     moe = moe_facts(counted, site_map.adapter)
     return dict(
         schema_version=store.SCHEMA_VERSION,
-        model=dict(name=cfg.model.name, path=cfg.model.path, source=cfg.model.source, **hub_revision(cfg.model),
-                   architecture=text_config.model_type, model_class=type(model).__name__,
-                   num_blocks=site_map.num_blocks, hidden_size=text_config.hidden_size,
-                   params_total=params_total, params_active=moe.pop("params_active") + lm_head_params(text_config),
-                   **moe,
-                   lm_head="run" if model is not counted else "not run (base model); counted in params_total",
-                   dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", ""),
-                   dtype_reason=(auto_dtype_reason(resolve_dtype("auto", device), device) if cfg.model.dtype == "auto"
-                                 else f"model.dtype={cfg.model.dtype}")),
-        dataset=dict(name=ds.name, source=ds.source, path=ds.path, subset=ds.subset, split=ds.split,
-                     **dataset_revision(ds),
-                     num_sequences=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), batch_size=ds.batch_size,
-                     prepend_bos=ds.prepend_bos, num_tokens=int(tokens.numel())),
+        model=dict(
+            name=cfg.model.name,
+            path=cfg.model.path,
+            source=cfg.model.source,
+            **hub_revision(cfg.model),
+            architecture=text_config.model_type,
+            model_class=type(model).__name__,
+            num_blocks=site_map.num_blocks,
+            hidden_size=text_config.hidden_size,
+            params_total=params_total,
+            params_active=moe.pop("params_active") + lm_head_params(text_config),
+            **moe,
+            lm_head="run" if model is not counted else "not run (base model); counted in params_total",
+            dtype=str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", ""),
+            dtype_reason=(
+                auto_dtype_reason(resolve_dtype("auto", device), device)
+                if cfg.model.dtype == "auto"
+                else f"model.dtype={cfg.model.dtype}"
+            ),
+        ),
+        dataset=dict(
+            name=ds.name,
+            source=ds.source,
+            path=ds.path,
+            subset=ds.subset,
+            split=ds.split,
+            **dataset_revision(ds),
+            num_sequences=int(tokens.shape[0]),
+            seq_len=int(tokens.shape[1]),
+            batch_size=ds.batch_size,
+            prepend_bos=ds.prepend_bos,
+            num_tokens=int(tokens.numel()),
+        ),
         **found,
         device=device,
         wall_time_s=time.perf_counter() - started,
@@ -153,8 +214,9 @@ def _windows(cfg: DictConfig, hf_config) -> Tuple[Any, torch.Tensor]:
     """The tokenizer and the job's token windows [num_sequences, seq_len]."""
     ds = cfg.dataset
     tokenizer = load_tokenizer(cfg.model)
-    tokens = build_windows(tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token,
-                           max_positions(hf_config))
+    tokens = build_windows(
+        tokenizer, documents(ds), ds.num_sequences, ds.seq_len, ds.prepend_bos, ds.bos_token, max_positions(hf_config)
+    )
     return tokenizer, tokens
 
 
@@ -200,9 +262,18 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     with PeakMemory(device) as memory:
         tick = time.perf_counter()
         if engine == "streamed":
-            model, stream = analyze_streamed(cfg.model, hf_config, tokens, cfg.detector, detectors,
-                                             cfg.dataset.batch_size, device, resolve_dtype(cfg.model.dtype, device),
-                                             cfg.progress, tokenizer)
+            model, stream = analyze_streamed(
+                cfg.model,
+                hf_config,
+                tokens,
+                cfg.detector,
+                detectors,
+                cfg.dataset.batch_size,
+                device,
+                resolve_dtype(cfg.model.dtype, device),
+                cfg.progress,
+                tokenizer,
+            )
             site_map = discover_sites(model, cfg.detector.sites, cfg.detector.layers)
         else:
             lm_head = any(d.needs_lm_head for d in detectors)
@@ -226,7 +297,12 @@ def run(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     store.write_tokens(out_dir / store.TOKENS, tokens)
     store.write_json(out_dir / store.RESULTS_JSON, results)
     write_report(out_dir)
-    log.info("%s: %d outlier features (%d one-sided) in %.1f s -> %s", cfg.model.name,
-             results["summary"]["num_outlier_features"], results["summary"]["num_one_sided"],
-             results["wall_time_s"], out_dir)
+    log.info(
+        "%s: %d outlier features (%d one-sided) in %.1f s -> %s",
+        cfg.model.name,
+        results["summary"]["num_outlier_features"],
+        results["summary"]["num_one_sided"],
+        results["wall_time_s"],
+        out_dir,
+    )
     return results

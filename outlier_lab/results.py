@@ -1,4 +1,5 @@
 """The results-file contract: atomic writers and readers for results.json, per_sequence.parquet and tokens."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@
 Prints both times, their ratio (target <= 1.25 on CPU, <= 1.05 on GPU) and the peak memory of each; then the
 analysis's peak at 1 and at --memory-sequences sequences (target: no higher beyond the model's own activations).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,23 +21,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from outlier_lab.arch.sites import discover_sites  # noqa: E402
 from outlier_lab.analysis.capture import bare_forward  # noqa: E402
-from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
 from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E402
-from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.analysis.engines.resident import analyze  # noqa: E402
+from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
+from outlier_lab.arch.sites import discover_sites  # noqa: E402
+from outlier_lab.config import DetectorConfig, run_schema  # noqa: E402
 
 
 def build_model(arch: str, hidden: int, blocks: int, device: str, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModel
 
-    common = dict(hidden_size=hidden, num_hidden_layers=blocks, num_attention_heads=hidden // 64,
-                  num_key_value_heads=max(1, hidden // 256), head_dim=64, intermediate_size=hidden * 11 // 4,
-                  vocab_size=32000, max_position_embeddings=4096)
+    common = dict(
+        hidden_size=hidden,
+        num_hidden_layers=blocks,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        head_dim=64,
+        intermediate_size=hidden * 11 // 4,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
     if arch == "qwen3_moe":
-        common.update(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=hidden // 2, decoder_sparse_step=1,
-                      mlp_only_layers=[])
+        common.update(
+            num_experts=16,
+            num_experts_per_tok=4,
+            moe_intermediate_size=hidden // 2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
     config = AutoConfig.for_model(arch, **common)
     torch.manual_seed(0)
     with torch.device(device):
@@ -84,7 +97,7 @@ def main() -> None:
 
     def bare():
         for start in range(0, args.sequences, args.batch_size):
-            bare_forward(model, tokens[start:start + args.batch_size].to(args.device))
+            bare_forward(model, tokens[start : start + args.batch_size].to(args.device))
 
     def full():
         analyze(model, site_map, tokens, detectors, args.batch_size, progress=False)
@@ -106,8 +119,10 @@ def main() -> None:
     with PeakMemory(args.device) as full_mem:
         full()
     b, f = statistics.median(bare_s), statistics.median(full_s)
-    print(f"device={args.device} arch={args.arch} hidden={args.hidden} blocks={args.blocks} "
-          f"tokens={args.sequences}x{args.seq_len} batch={args.batch_size} dtype={dtype}")
+    print(
+        f"device={args.device} arch={args.arch} hidden={args.hidden} blocks={args.blocks} "
+        f"tokens={args.sequences}x{args.seq_len} batch={args.batch_size} dtype={dtype}"
+    )
     print(f"bare forward   : {b:8.3f} s   peak {bare_mem.peak_gib:7.3f} GiB")
     print(f"full analysis  : {f:8.3f} s   peak {full_mem.peak_gib:7.3f} GiB")
     print(f"ratio analysis/bare = {f / b:.3f}   (target <= {1.05 if args.device == 'cuda' else 1.25})")
@@ -119,8 +134,10 @@ def main() -> None:
     # Each memory probe runs in a fresh process, so allocator caches and earlier high-water marks don't blur it.
     peaks = {n: memory_probe(args, n) for n in (args.batch_size, args.memory_sequences)}
     one, lots = peaks[args.batch_size], peaks[args.memory_sequences]
-    print(f"analysis peak at {args.batch_size} sequences (one batch): {one:.3f} GiB; at {args.memory_sequences} "
-          f"sequences: {lots:.3f} GiB; ratio {lots / max(one, 1e-9):.3f} (target <= 1.0 plus noise)")
+    print(
+        f"analysis peak at {args.batch_size} sequences (one batch): {one:.3f} GiB; at {args.memory_sequences} "
+        f"sequences: {lots:.3f} GiB; ratio {lots / max(one, 1e-9):.3f} (target <= 1.0 plus noise)"
+    )
 
 
 def reduce_with_hooks(model, site_map, tokens, detector, batch_size: int, device: str) -> None:
@@ -130,11 +147,15 @@ def reduce_with_hooks(model, site_map, tokens, detector, batch_size: int, device
     probes, widths = plan_probes(model, site_map)
     crit = DetectorConfig.of(detector)
     reducers = {s: Int8Reducer(crit, len(site_map.block_indices), w, device) for s, w in widths.items()}
-    handles = [model.get_submodule(p.path).register_forward_pre_hook(
-        lambda mod, args, p=p: reducers[p.space].observe(p.slot, args[0])) for p in probes]
+    handles = [
+        model.get_submodule(p.path).register_forward_pre_hook(
+            lambda mod, args, p=p: reducers[p.space].observe(p.slot, args[0])
+        )
+        for p in probes
+    ]
     try:
         for start in range(0, tokens.shape[0], batch_size):
-            batch = tokens[start:start + batch_size].to(device)
+            batch = tokens[start : start + batch_size].to(device)
             for r in reducers.values():
                 r.start_batch(batch.shape[0], batch.shape[1])
             bare_forward(model, batch)
@@ -150,7 +171,8 @@ def memory_probe(args, sequences: int) -> float:
     import subprocess
 
     argv = [sys.executable, __file__, "--probe-sequences", str(sequences)] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("probe_sequences", "skip_memory")]
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("probe_sequences", "skip_memory")
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
@@ -166,6 +188,7 @@ def probe(args) -> None:
     with PeakMemory(args.device) as mem:
         analyze(model, discover_sites(model), tokens, detectors, args.batch_size, progress=False)
     print(json.dumps({"sequences": args.probe_sequences, "peak_gib": mem.peak_gib}))
+
 
 if __name__ == "__main__":
     main()

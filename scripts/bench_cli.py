@@ -12,6 +12,7 @@ token windows (tokens.safetensors), then interleaves, per repetition:
 It prints min and median wall time, the ratios (target: CLI / bare <= 1.10), and each child's peak RSS and minor page
 faults (os.wait4), so the heap policies' time-for-memory trade is shown side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-_MID = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
-            intermediate_size=2816, max_position_embeddings=2048)
+_MID = dict(
+    hidden_size=1024,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=64,
+    intermediate_size=2816,
+    max_position_embeddings=2048,
+)
 ARCHS = {
     "llama": ("llama", _MID),
-    "qwen3_moe": ("qwen3_moe", dict(_MID, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=512,
-                                    decoder_sparse_step=1, mlp_only_layers=[])),
+    "qwen3_moe": (
+        "qwen3_moe",
+        dict(
+            _MID,
+            num_experts=16,
+            num_experts_per_tok=4,
+            moe_intermediate_size=512,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        ),
+    ),
 }
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
@@ -47,7 +64,7 @@ def bare_process(checkpoint: str, tokens: str, batch_size: int) -> None:
     ids = load_file(tokens)["input_ids"]
     with torch.inference_mode():
         for start in range(0, ids.shape[0], batch_size):
-            model(ids[start:start + batch_size], use_cache=False)
+            model(ids[start : start + batch_size], use_cache=False)
 
 
 def timed_child(argv, env) -> dict:
@@ -70,28 +87,47 @@ def build_checkpoint(arch: str, out: Path) -> Path:
 
     model_type, shape = ARCHS[arch]
     tok = build_tokenizer(out)
-    config = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
+    )
     torch.manual_seed(0)
     AutoModel.from_config(config).eval().save_pretrained(out)
     return out
 
 
 def cli_argv(checkpoint: Path, text: Path, run_dir: Path, args) -> list:
-    return [sys.executable, "run.py", "model=local", f"model.path={checkpoint}", f"model.name={checkpoint.name}",
-            "dataset=text_file", f"dataset.path={text}", f"dataset.num_sequences={args.sequences}",
-            f"dataset.seq_len={args.seq_len}", f"dataset.batch_size={args.batch_size}", "progress=false",
-            f"hydra.run.dir={run_dir}"]
+    return [
+        sys.executable,
+        "run.py",
+        "model=local",
+        f"model.path={checkpoint}",
+        f"model.name={checkpoint.name}",
+        "dataset=text_file",
+        f"dataset.path={text}",
+        f"dataset.num_sequences={args.sequences}",
+        f"dataset.seq_len={args.seq_len}",
+        f"dataset.batch_size={args.batch_size}",
+        "progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def summary(label: str, runs: list, floor: list | None = None) -> str:
     walls = [r["wall"] for r in runs]
-    line = (f"{label:<28} min {min(walls):7.2f} s  median {statistics.median(walls):7.2f} s  "
-            f"peak RSS {max(r['rss_gib'] for r in runs):6.3f} GiB  minor faults {statistics.median(r['minflt'] for r in runs):>10,.0f}")
+    line = (
+        f"{label:<28} min {min(walls):7.2f} s  median {statistics.median(walls):7.2f} s  "
+        f"peak RSS {max(r['rss_gib'] for r in runs):6.3f} GiB  minor faults {statistics.median(r['minflt'] for r in runs):>10,.0f}"
+    )
     if floor:
         base = [r["wall"] for r in floor]
-        line += (f"  ratio min {min(walls) / min(base):.3f}  median "
-                 f"{statistics.median(walls) / statistics.median(base):.3f}")
+        line += (
+            f"  ratio min {min(walls) / min(base):.3f}  median {statistics.median(walls) / statistics.median(base):.3f}"
+        )
     return line
 
 
@@ -100,22 +136,40 @@ def bench_arch(arch: str, work: Path, text: Path, args) -> list:
     first = work / f"{arch}-first"
     timed_child(cli_argv(checkpoint, text, first, args), ENV)  # warm file cache; gives the exact windows
     tokens = first / "tokens.safetensors"
-    bare_argv = [sys.executable, __file__, "--bare-process", str(checkpoint), str(tokens),
-                 f"--batch-size={args.batch_size}"]
+    bare_argv = [
+        sys.executable,
+        __file__,
+        "--bare-process",
+        str(checkpoint),
+        str(tokens),
+        f"--batch-size={args.batch_size}",
+    ]
     runs = {"bare forward process": [], "python run.py (trim)": [], "python run.py (pin, round 1)": []}
     for rep in range(args.repeats):  # interleaved, so machine noise hits every side alike
         runs["bare forward process"].append(timed_child(bare_argv, ENV))
-        runs["python run.py (trim)"].append(timed_child(cli_argv(checkpoint, text, work / f"{arch}-t{rep}", args),
-                                                        dict(ENV, OUTLIER_LAB_CPU_HEAP="trim")))
+        runs["python run.py (trim)"].append(
+            timed_child(
+                cli_argv(checkpoint, text, work / f"{arch}-t{rep}", args), dict(ENV, OUTLIER_LAB_CPU_HEAP="trim")
+            )
+        )
         runs["python run.py (pin, round 1)"].append(
-            timed_child(cli_argv(checkpoint, text, work / f"{arch}-p{rep}", args), dict(ENV, OUTLIER_LAB_CPU_HEAP="pin")))
+            timed_child(
+                cli_argv(checkpoint, text, work / f"{arch}-p{rep}", args), dict(ENV, OUTLIER_LAB_CPU_HEAP="pin")
+            )
+        )
     floor = runs["bare forward process"]
-    lines = [f"{arch} (hidden 1024, 8 blocks), {args.sequences} x {args.seq_len} tokens, batch {args.batch_size}, "
-             f"{args.repeats} repetitions, load average {os.getloadavg()[0]:.1f}:"]
+    lines = [
+        f"{arch} (hidden 1024, 8 blocks), {args.sequences} x {args.seq_len} tokens, batch {args.batch_size}, "
+        f"{args.repeats} repetitions, load average {os.getloadavg()[0]:.1f}:"
+    ]
     lines += [summary(label, r, None if label.startswith("bare") else floor) for label, r in runs.items()]
-    analyze = [json.loads((work / f"{arch}-t{rep}" / "results.json").read_text())["timings"]["analyze_s"]
-               for rep in range(args.repeats)]
-    lines.append(f"{'  in-run analyze_s (trim)':<28} min {min(analyze):7.2f} s  median {statistics.median(analyze):7.2f} s")
+    analyze = [
+        json.loads((work / f"{arch}-t{rep}" / "results.json").read_text())["timings"]["analyze_s"]
+        for rep in range(args.repeats)
+    ]
+    lines.append(
+        f"{'  in-run analyze_s (trim)':<28} min {min(analyze):7.2f} s  median {statistics.median(analyze):7.2f} s"
+    )
     return lines
 
 
@@ -143,8 +197,10 @@ def main() -> None:
             print("\n".join(arch_lines), flush=True)
             lines += arch_lines + [""]
         if args.default_run:
-            runs = [timed_child([sys.executable, "run.py", "progress=false", f"hydra.run.dir={work}/default{i}"], ENV)
-                    for i in range(args.repeats)]
+            runs = [
+                timed_child([sys.executable, "run.py", "progress=false", f"hydra.run.dir={work}/default{i}"], ENV)
+                for i in range(args.repeats)
+            ]
             lines.append(summary("default python run.py", runs))
             print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))

@@ -7,6 +7,7 @@ the origin detectors (super experts, token attribution, all of detector=origins)
 Prints each time, its ratio to the bare forward and to llm_int8 alone, and the peak memory of each. The massive
 detector streams on the device like llm_int8 (no host sync inside a batch), so its extra cost should stay small.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import build_model, timed  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from outlier_lab.arch.sites import discover_sites  # noqa: E402
 from outlier_lab.analysis.capture import bare_forward  # noqa: E402
-from outlier_lab.config import run_schema  # noqa: E402
 from outlier_lab.analysis.detectors import selected, settings_nodes  # noqa: E402
-from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
 from outlier_lab.analysis.engines.resident import analyze  # noqa: E402
+from outlier_lab.analysis.peak_memory import PeakMemory  # noqa: E402
+from outlier_lab.arch.sites import discover_sites  # noqa: E402
+from outlier_lab.config import run_schema  # noqa: E402
 
 
 def main() -> None:
@@ -49,17 +50,25 @@ def main() -> None:
     tokens = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len))
     configs = {
         name: OmegaConf.merge(run_schema(settings_nodes()), {"detector": settings})
-        for name, settings in (("llm_int8", {}), ("llm_int8+massive", {"massive": {"enabled": True}}),
-                               ("llm_int8 alpha_mode=rms", {"alpha_mode": "rms"}),
-                               ("llm_int8+super_experts", {"super_experts": {"enabled": True}}),
-                               ("llm_int8+token_attribution", {"token_attribution": {"enabled": True}}),
-                               ("detector=origins", {name: {"enabled": True} for name in (
-                                   "massive", "super_experts", "super_weights", "token_attribution")}))
+        for name, settings in (
+            ("llm_int8", {}),
+            ("llm_int8+massive", {"massive": {"enabled": True}}),
+            ("llm_int8 alpha_mode=rms", {"alpha_mode": "rms"}),
+            ("llm_int8+super_experts", {"super_experts": {"enabled": True}}),
+            ("llm_int8+token_attribution", {"token_attribution": {"enabled": True}}),
+            (
+                "detector=origins",
+                {
+                    name: {"enabled": True}
+                    for name in ("massive", "super_experts", "super_weights", "token_attribution")
+                },
+            ),
+        )
     }
 
     def bare():
         for start in range(0, args.sequences, args.batch_size):
-            bare_forward(model, tokens[start:start + args.batch_size].to(args.device))
+            bare_forward(model, tokens[start : start + args.batch_size].to(args.device))
 
     def one_pass(names_detectors):
         fresh = selected(names_detectors)  # new reducers each time; finalize puts the experts' kernels back
@@ -83,11 +92,15 @@ def main() -> None:
             fn()
         peaks[name] = memory.peak_gib
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"device={args.device} arch={args.arch} hidden={args.hidden} blocks={args.blocks} "
-          f"tokens={args.sequences}x{args.seq_len} batch={args.batch_size} dtype={dtype} repeats={args.repeats}")
+    print(
+        f"device={args.device} arch={args.arch} hidden={args.hidden} blocks={args.blocks} "
+        f"tokens={args.sequences}x{args.seq_len} batch={args.batch_size} dtype={dtype} repeats={args.repeats}"
+    )
     for name in runs:
-        print(f"{name:24s}: {median[name]:8.3f} s   /bare {median[name] / median['bare forward']:6.3f}   "
-              f"/llm_int8 {median[name] / median['llm_int8']:6.3f}   peak {peaks[name]:7.3f} GiB")
+        print(
+            f"{name:24s}: {median[name]:8.3f} s   /bare {median[name] / median['bare forward']:6.3f}   "
+            f"/llm_int8 {median[name] / median['llm_int8']:6.3f}   peak {peaks[name]:7.3f} GiB"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Target: ratio predicted / measured in [1.00, 1.10], before the headroom. `--reco
 each (engine, device)'s error band to outlier_lab/data/memory_measured.json: the planner's headroom and the unit
 test that keeps every estimate above its measured figure read it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))  # tests.support (the checkpoint builders) from this checkout
 sys.path.insert(0, str(REPO))
 
-_MID = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
-            intermediate_size=2816, max_position_embeddings=2048)
+_MID = dict(
+    hidden_size=1024,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=64,
+    intermediate_size=2816,
+    max_position_embeddings=2048,
+)
 _MID_MOE = dict(_MID, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=256)
 CHECKPOINTS = {
     "llama-tiny": ("llama", {}),
@@ -41,24 +49,67 @@ CHECKPOINTS = {
     "llama-mid": ("llama", _MID),
     "qwen3_moe-mid": ("qwen3_moe", dict(_MID_MOE, head_dim=128, decoder_sparse_step=1, mlp_only_layers=[])),
     "olmoe-mid": ("olmoe", dict(_MID_MOE, intermediate_size=256)),
-    "gpt_oss-mid": ("gpt_oss", dict(_MID, num_local_experts=16, num_experts_per_tok=4, intermediate_size=256,
-                                    sliding_window=128, layer_types=["sliding_attention", "full_attention"] * 4)),
-    "glm4_moe-mid": ("glm4_moe", dict(_MID, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4,
-                                      moe_intermediate_size=256, first_k_dense_replace=1, n_group=1, topk_group=1,
-                                      partial_rotary_factor=0.5)),
+    "gpt_oss-mid": (
+        "gpt_oss",
+        dict(
+            _MID,
+            num_local_experts=16,
+            num_experts_per_tok=4,
+            intermediate_size=256,
+            sliding_window=128,
+            layer_types=["sliding_attention", "full_attention"] * 4,
+        ),
+    ),
+    "glm4_moe-mid": (
+        "glm4_moe",
+        dict(
+            _MID,
+            n_routed_experts=16,
+            n_shared_experts=1,
+            num_experts_per_tok=4,
+            moe_intermediate_size=256,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            partial_rotary_factor=0.5,
+        ),
+    ),
     # Wide per-expert MoE, two blocks: loading (stacking each block's experts) rather than the forward peaks.
-    "qwen3_moe-wide": ("qwen3_moe", dict(_MID, num_hidden_layers=2, num_experts=64, num_experts_per_tok=4,
-                                         moe_intermediate_size=1024, decoder_sparse_step=1, mlp_only_layers=[])),
+    "qwen3_moe-wide": (
+        "qwen3_moe",
+        dict(
+            _MID,
+            num_hidden_layers=2,
+            num_experts=64,
+            num_experts_per_tok=4,
+            moe_intermediate_size=1024,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        ),
+    ),
     "gpt2-mid": ("gpt2", dict(n_embd=1024, n_layer=8, n_head=16, n_positions=2048)),
 }
 # Qwen3-30B-A3B's block (hidden 2048, 32 x 128 query heads, 4 KV heads, 128 experts of width 768, top-8), two blocks
 # so the streamed engine prefetches one while the other runs; bf16 on disk with one tensor per expert, as shipped.
 FULL_SHAPE = {
-    "qwen3_30b-block": ("qwen3_moe", dict(hidden_size=2048, num_hidden_layers=2, num_attention_heads=32,
-                                          num_key_value_heads=4, head_dim=128, intermediate_size=6144,
-                                          num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
-                                          decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
-                                          max_position_embeddings=4096)),
+    "qwen3_30b-block": (
+        "qwen3_moe",
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=2,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            head_dim=128,
+            intermediate_size=6144,
+            num_experts=128,
+            num_experts_per_tok=8,
+            moe_intermediate_size=768,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            norm_topk_prob=True,
+            max_position_embeddings=4096,
+        ),
+    ),
 }
 CHECKPOINTS.update(FULL_SHAPE)
 # (checkpoint, seq_len, batch_size, num_sequences)
@@ -87,14 +138,35 @@ CUDA_CASES = [
 RECORD = HERE / "outlier_lab" / "data" / "memory_measured.json"
 
 
-def overrides_for(name: str, checkpoint: Path | None, text: Path, seq_len: int, batch: int, num: int, device: str,
-                  engine: str = "resident"):
-    common = [f"dataset.seq_len={seq_len}", f"dataset.batch_size={batch}", f"dataset.num_sequences={num}",
-              f"device={device}", "hardware=local", "progress=false", f"engine={engine}"]
+def overrides_for(
+    name: str,
+    checkpoint: Path | None,
+    text: Path,
+    seq_len: int,
+    batch: int,
+    num: int,
+    device: str,
+    engine: str = "resident",
+):
+    common = [
+        f"dataset.seq_len={seq_len}",
+        f"dataset.batch_size={batch}",
+        f"dataset.num_sequences={num}",
+        f"device={device}",
+        "hardware=local",
+        "progress=false",
+        f"engine={engine}",
+    ]
     if name == "minilm":
         return ["model=minilm", "dataset=python_docs", *common]
-    return ["model=local", f"model.path={checkpoint}", f"model.name={name}", "dataset=text_file",
-            f"dataset.path={text}", *common]
+    return [
+        "model=local",
+        f"model.path={checkpoint}",
+        f"model.name={name}",
+        "dataset=text_file",
+        f"dataset.path={text}",
+        *common,
+    ]
 
 
 def compose(overrides):
@@ -120,8 +192,15 @@ def worker(overrides, out_dir: str) -> None:
 
     results = run(compose(overrides), Path(out_dir))
     timings = results["timings"]
-    print(json.dumps(dict(peak_gib=results["peak_memory_gib"], kind=results["peak_memory_kind"],
-                          work_s=timings.get("load_s", 0.0) + timings["analyze_s"])))
+    print(
+        json.dumps(
+            dict(
+                peak_gib=results["peak_memory_gib"],
+                kind=results["peak_memory_kind"],
+                work_s=timings.get("load_s", 0.0) + timings["analyze_s"],
+            )
+        )
+    )
 
 
 def _env():
@@ -129,8 +208,13 @@ def _env():
 
 
 def measure(overrides, out_dir: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(overrides), str(out_dir)],
-                          capture_output=True, text=True, env=_env(), cwd=HERE)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(overrides), str(out_dir)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=HERE,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,14 +236,24 @@ def predicted(overrides, device: str, engine: str = "resident") -> dict:
         seconds = reference_seconds(est)
     except (ImportError, KeyError):
         seconds = float("nan")
-    return dict(compared=compared, weights=est.weights_gib, activations=est.activations_gib,
-                required=est.required_gib, seconds=seconds)
+    return dict(
+        compared=compared,
+        weights=est.weights_gib,
+        activations=est.activations_gib,
+        required=est.required_gib,
+        seconds=seconds,
+    )
 
 
 def baseline_predicted(code: Path, overrides, device: str, engine: str) -> dict | None:
     """The same prediction made by another checkout's estimator (None when it fails there)."""
-    proc = subprocess.run([sys.executable, __file__, "--predict", json.dumps([overrides, device, engine])],
-                          capture_output=True, text=True, env=dict(_env(), BENCH_CODE=str(code)), cwd=code)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--predict", json.dumps([overrides, device, engine])],
+        capture_output=True,
+        text=True,
+        env=dict(_env(), BENCH_CODE=str(code)),
+        cwd=code,
+    )
     if proc.returncode != 0:
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -172,8 +266,9 @@ def build(name: str, root: Path) -> Path:
 
     model_type, extra = CHECKPOINTS[name]
     if name in FULL_SHAPE:
-        return build_tiny_checkpoint(model_type, root / name, attn={}, mlp={}, dtype=torch.bfloat16,
-                                     max_shard_size="1GB", **extra)
+        return build_tiny_checkpoint(
+            model_type, root / name, attn={}, mlp={}, dtype=torch.bfloat16, max_shard_size="1GB", **extra
+        )
     return build_tiny_checkpoint(model_type, root / name, attn={}, mlp={}, **extra)
 
 
@@ -194,25 +289,46 @@ def record(rows, path: Path) -> None:
     keep = {(r["case"], r["engine"], r["device"]): r for r in old.get("cases", [])}
     for row in rows:
         keep[(row["case"], row["engine"], row["device"])] = dict(
-            case=row["case"], engine=row["engine"], device=row["device"], spec=row["spec"],
-            measured_gib=round(row["measured_gib"], 4), predicted_gib=round(row["predicted_gib"], 4),
-            ratio=round(row["ratio"], 4))
+            case=row["case"],
+            engine=row["engine"],
+            device=row["device"],
+            spec=row["spec"],
+            measured_gib=round(row["measured_gib"], 4),
+            predicted_gib=round(row["predicted_gib"], 4),
+            ratio=round(row["ratio"], 4),
+        )
     cases = sorted(keep.values(), key=lambda r: (r["device"], r["engine"], r["case"]))
-    path.write_text(json.dumps(dict(
-        source="scripts/bench_estimate.py --record", date=datetime.date.today().isoformat(),
-        compared="CPU: the estimate's total vs peak RSS growth; CUDA: weights + activations vs max_memory_allocated",
-        cases=cases), indent=1) + "\n")  # outlier_lab/planning/headroom.py derives the bands from the cases
+    path.write_text(
+        json.dumps(
+            dict(
+                source="scripts/bench_estimate.py --record",
+                date=datetime.date.today().isoformat(),
+                compared="CPU: the estimate's total vs peak RSS growth; CUDA: weights + activations vs max_memory_allocated",
+                cases=cases,
+            ),
+            indent=1,
+        )
+        + "\n"
+    )  # outlier_lab/planning/headroom.py derives the bands from the cases
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                        help="all: CPU, plus CUDA when a GPU is visible")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "all"), default="all", help="all: CPU, plus CUDA when a GPU is visible"
+    )
     parser.add_argument("--only", default=None, help="comma-separated checkpoint names to run")
-    parser.add_argument("--out", default=str(HERE / "multirun_outputs" / "bench_estimate.json"),
-                        help="where the rows are written as JSON")
-    parser.add_argument("--engine", choices=("resident", "streamed", "all"), default="all",
-                        help="the engine every case runs with (and is estimated for)")
+    parser.add_argument(
+        "--out",
+        default=str(HERE / "multirun_outputs" / "bench_estimate.json"),
+        help="where the rows are written as JSON",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("resident", "streamed", "all"),
+        default="all",
+        help="the engine every case runs with (and is estimated for)",
+    )
     parser.add_argument("--baseline", default=None, help="another checkout whose estimator predicts next to this one")
     parser.add_argument("--record", action="store_true", help=f"merge the measured figures into {RECORD.name}")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -243,10 +359,14 @@ def main() -> int:
         text = root / "text.txt"
         text.write_text(training_text() * 4, encoding="utf-8")
         built = {}
-        print(f"{'case':<36} {'engine':<9} {'dev':<4} {'weights':>8} {'activ':>7} "
-              + (f"{'before':>7} " if baseline else "")
-              + f"{'predicted':>9} {'measured':>9} " + (f"{'before':>7} " if baseline else "") + f"{'ratio':>6}"
-              + f" {'required':>8}")
+        print(
+            f"{'case':<36} {'engine':<9} {'dev':<4} {'weights':>8} {'activ':>7} "
+            + (f"{'before':>7} " if baseline else "")
+            + f"{'predicted':>9} {'measured':>9} "
+            + (f"{'before':>7} " if baseline else "")
+            + f"{'ratio':>6}"
+            + f" {'required':>8}"
+        )
         for device in devices:
             extra = [c for c in CUDA_CASES if wanted is None or c[0] in wanted] if device == "cuda" else []
             for i, (name, seq_len, batch, num) in enumerate(cases + extra):
@@ -265,30 +385,47 @@ def main() -> int:
                     try:
                         got = measure(overrides, root / f"run_{device}_{engine}_{i}")
                     except RuntimeError as err:  # one broken case must not hide the others' figures
-                        print(f"{label:<36} {engine:<9} {device:<4} FAILED: "
-                              f"{str(err).strip().splitlines()[-1][:200]}", flush=True)
+                        print(
+                            f"{label:<36} {engine:<9} {device:<4} FAILED: {str(err).strip().splitlines()[-1][:200]}",
+                            flush=True,
+                        )
                         continue
                     measured = got["peak_gib"]
                     ratio = est["compared"] / measured if measured else float("nan")
-                    row = dict(case=label, engine=engine, device=device, predicted_gib=est["compared"],
-                               measured_gib=measured, ratio=ratio, kind=got["kind"], weights_gib=est["weights"],
-                               activations_gib=est["activations"], required_gib=est["required"],
-                               spec=dict(checkpoint=name, seq_len=seq_len, batch_size=batch, num_sequences=num),
-                               work_s=got.get("work_s"), overrides=overrides)
+                    row = dict(
+                        case=label,
+                        engine=engine,
+                        device=device,
+                        predicted_gib=est["compared"],
+                        measured_gib=measured,
+                        ratio=ratio,
+                        kind=got["kind"],
+                        weights_gib=est["weights"],
+                        activations_gib=est["activations"],
+                        required_gib=est["required"],
+                        spec=dict(checkpoint=name, seq_len=seq_len, batch_size=batch, num_sequences=num),
+                        work_s=got.get("work_s"),
+                        overrides=overrides,
+                    )
                     if before:
                         row.update(before_gib=before["compared"], before_ratio=before["compared"] / measured)
                     rows.append(row)
-                    print(f"{label:<36} {engine:<9} {device:<4} {est['weights']:8.3f} {est['activations']:7.3f} "
-                          + (f"{before['compared']:7.3f} " if baseline else "")
-                          + f"{est['compared']:9.3f} {measured:9.3f} "
-                          + (f"{row['before_ratio']:7.3f} " if baseline else "")
-                          + f"{ratio:6.3f} {est['required']:8.3f}   time {est['seconds']:6.1f} s predicted / "
-                          f"{got['work_s']:6.1f} s measured (load + analyze)", flush=True)
+                    print(
+                        f"{label:<36} {engine:<9} {device:<4} {est['weights']:8.3f} {est['activations']:7.3f} "
+                        + (f"{before['compared']:7.3f} " if baseline else "")
+                        + f"{est['compared']:9.3f} {measured:9.3f} "
+                        + (f"{row['before_ratio']:7.3f} " if baseline else "")
+                        + f"{ratio:6.3f} {est['required']:8.3f}   time {est['seconds']:6.1f} s predicted / "
+                        f"{got['work_s']:6.1f} s measured (load + analyze)",
+                        flush=True,
+                    )
     print("\nratio predicted/measured per (engine, device) (target: min >= 1.00, max <= 1.10, before the headroom):")
     for key, band in error_bands(rows).items():
         befores = [r["before_ratio"] for r in rows if "before_ratio" in r and f"{r['engine']}/{r['device']}" == key]
-        print(f"  {key:<16} min {band['min_ratio']:.3f}  max {band['max_ratio']:.3f}  ({band['cases']} cases)"
-              + (f"; before: min {min(befores):.3f}, max {max(befores):.3f}" if befores else ""))
+        print(
+            f"  {key:<16} min {band['min_ratio']:.3f}  max {band['max_ratio']:.3f}  ({band['cases']} cases)"
+            + (f"; before: min {min(befores):.3f}, max {max(befores):.3f}" if befores else "")
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))

@@ -3,6 +3,7 @@
 Needs a running Slurm (`. tests/services/slurm_up.sh`). Usage: `python scripts/bench_slurm.py [--jobs 4]`.
 Prints wall times and their ratio to the local run; submit-to-done comes from the sweep's slurm_jobs.json.
 """
+
 import argparse
 import json
 import os
@@ -16,8 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from checkpoints import build_tiny_checkpoint, training_text  # noqa: E402
 
-SMALL_CLUSTER = ["hardware.ram_floor_gib=0.25", "hydra.launcher.cpus_cpu_job=1", "hydra.launcher.mem_baseline_gb=0.5",
-                 "hydra.launcher.mem_round_gb=0.0625", "hydra.launcher.min_timeout_min=5"]
+SMALL_CLUSTER = [
+    "hardware.ram_floor_gib=0.25",
+    "hydra.launcher.cpus_cpu_job=1",
+    "hydra.launcher.mem_baseline_gb=0.5",
+    "hydra.launcher.mem_round_gb=0.0625",
+    "hydra.launcher.min_timeout_min=5",
+]
 
 
 def cli(*args, wait=True):
@@ -49,8 +55,14 @@ def main():
     wide = build_tiny_checkpoint("llama", tmp / "wide_llama", hidden_size=512, head_dim=128, intermediate_size=2048)
     text = tmp / "text.txt"
     text.write_text(training_text())
-    data = ["model=local", "dataset=text_file", f"dataset.path={text}", "dataset.num_sequences=4",
-            "dataset.seq_len=32", "progress=false"]
+    data = [
+        "model=local",
+        "dataset=text_file",
+        f"dataset.path={text}",
+        "dataset.num_sequences=4",
+        "dataset.seq_len=32",
+        "progress=false",
+    ]
     slurm = ["--multirun", "hydra/launcher=slurm", *SMALL_CLUSTER, f"hydra.launcher.poll_interval_s={args.poll}"]
 
     rows = []
@@ -63,16 +75,34 @@ def main():
     total = cli(*data, *slurm, f"model.path={small},{wide}", f"seed={seeds}", f"hydra.sweep.dir={tmp / 'many'}")
     many = json.loads((tmp / "many" / "slurm_jobs.json").read_text())
     arrays = len({row["slurm_job_id"].split("_")[0] for row in many})
-    rows.append((f"hydra/launcher=slurm ({len(many)} jobs, {arrays} arrays)", total,
-                 max(row["submit_to_done_s"] for row in many)))
-    total = cli(*data, "--multirun", "hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1",
-                "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5", f"model.path={small}",
-                f"hydra.sweep.dir={tmp / 'stock'}")
+    rows.append(
+        (
+            f"hydra/launcher=slurm ({len(many)} jobs, {arrays} arrays)",
+            total,
+            max(row["submit_to_done_s"] for row in many),
+        )
+    )
+    total = cli(
+        *data,
+        "--multirun",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=5",
+        f"model.path={small}",
+        f"hydra.sweep.dir={tmp / 'stock'}",
+    )
     rows.append(("hydra/launcher=submitit_slurm (1 job, stock)", total, None))
 
     before = set(squeue_running())
-    proc = cli(*data, *slurm, f"model.path={small}", 'hydra.launcher.setup=["sleep 600"]',
-               f"hydra.sweep.dir={tmp / 'cancel'}", wait=False)
+    proc = cli(
+        *data,
+        *slurm,
+        f"model.path={small}",
+        'hydra.launcher.setup=["sleep 600"]',
+        f"hydra.sweep.dir={tmp / 'cancel'}",
+        wait=False,
+    )
     while not set(squeue_running()) - before:
         time.sleep(0.2)
     job_id = sorted(set(squeue_running()) - before)[0]
@@ -84,8 +114,10 @@ def main():
     print(f"\n{'what':<48} {'wall s':>8} {'x local':>8} {'submit->done s':>15}")
     for name, wall, submit_done in rows:
         print(f"{name:<48} {wall:8.1f} {wall / local:8.2f} {'' if submit_done is None else f'{submit_done:.1f}':>15}")
-    print(f"scancel of a running job -> sweep exits {proc.returncode}: {cancel_latency:.1f} s "
-          f"(poll {args.poll:g} s + result grace 15 s)")
+    print(
+        f"scancel of a running job -> sweep exits {proc.returncode}: {cancel_latency:.1f} s "
+        f"(poll {args.poll:g} s + result grace 15 s)"
+    )
     print(f"work dir: {tmp}")
 
 

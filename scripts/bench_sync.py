@@ -4,6 +4,7 @@ Both pull the same tree (many small files plus a few 100 MB binaries) over the s
     python scripts/bench_sync.py [--small 2000] [--big 3] [--big-mb 100] [--repeats 2]
 Uses the sshd of tests/services/sshd_up.sh (started here when OUTLIER_LAB_TEST_SSH_* is not set).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ def ssh_env() -> dict:
     env = {k: os.environ.get(f"OUTLIER_LAB_TEST_SSH_{k}") for k in keys}
     if all(env.values()):
         return env
-    proc = subprocess.run(["bash", "-c", f'source {REPO}/tests/services/sshd_up.sh && env -0'], capture_output=True,
-                          check=True)
+    proc = subprocess.run(
+        ["bash", "-c", f"source {REPO}/tests/services/sshd_up.sh && env -0"], capture_output=True, check=True
+    )
     exported = dict(i.split("=", 1) for i in proc.stdout.decode().split("\0") if "=" in i)
     return {k: exported[f"OUTLIER_LAB_TEST_SSH_{k}"] for k in keys}
 
@@ -81,16 +83,43 @@ def main() -> None:
             with session.sftp().open(str(manifest_path), "rb") as fh:
                 manifest = json.loads(fh.read())
             Transfer(session, params, retry).pull(str(source), dest, manifest, method)
+
         return run
 
     def plain_rsync(dest: Path) -> None:
-        ssh_cmd = ["ssh", "-F", "/dev/null", "-p", ssh["PORT"], "-i", ssh["KEY"], "-o", "BatchMode=yes",
-                   "-o", f"UserKnownHostsFile={ssh['KNOWN_HOSTS']}", "-o", "StrictHostKeyChecking=yes"]
-        subprocess.run(["rsync", "-a", "-e", " ".join(shlex.quote(a) for a in ssh_cmd),
-                        f"{ssh['USER']}@{ssh['HOST']}:{source}/", f"{dest}/"], check=True)
+        ssh_cmd = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            ssh["PORT"],
+            "-i",
+            ssh["KEY"],
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={ssh['KNOWN_HOSTS']}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ]
+        subprocess.run(
+            [
+                "rsync",
+                "-a",
+                "-e",
+                " ".join(shlex.quote(a) for a in ssh_cmd),
+                f"{ssh['USER']}@{ssh['HOST']}:{source}/",
+                f"{dest}/",
+            ],
+            check=True,
+        )
 
-    methods = {"rsync -a (baseline)": plain_rsync, "launcher, rsync": launcher_pull("rsync"),
-               "launcher, stream": launcher_pull("stream"), "launcher, sftp": launcher_pull("sftp")}
+    methods = {
+        "rsync -a (baseline)": plain_rsync,
+        "launcher, rsync": launcher_pull("rsync"),
+        "launcher, stream": launcher_pull("stream"),
+        "launcher, sftp": launcher_pull("sftp"),
+    }
     times = {name: [] for name in methods}
     for rep in range(args.repeats):
         for name, fn in methods.items():  # interleaved, so load drifts hit every method alike
@@ -105,8 +134,10 @@ def main() -> None:
     session.close()
 
     base = statistics.median(times["rsync -a (baseline)"])
-    print(f"tree: {args.small} small files + {args.big} x {args.big_mb} MB = {total / 2**20:.0f} MiB; "
-          f"loopback sshd {ssh['HOST']}:{ssh['PORT']}; median of {args.repeats}")
+    print(
+        f"tree: {args.small} small files + {args.big} x {args.big_mb} MB = {total / 2**20:.0f} MiB; "
+        f"loopback sshd {ssh['HOST']}:{ssh['PORT']}; median of {args.repeats}"
+    )
     print(f"{'method':<24} {'seconds':>8} {'MiB/s':>8} {'throughput vs rsync':>20}")
     for name, values in times.items():
         median = statistics.median(values)

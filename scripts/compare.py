@@ -1,5 +1,6 @@
 """The old path of `outlier-compare` (outlier_lab/commands/compare.py),
 kept while the README's commands still use it."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The old path of `outlier-estimate` (outlier_lab/commands/estimate.py),
 kept while the README's commands still use it."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The old path of `outlier-offers` (outlier_lab/commands/offers.py),
 kept while the README's commands still use it."""
+
 import sys
 from pathlib import Path
 

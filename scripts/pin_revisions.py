@@ -8,6 +8,7 @@ Each `revision:` line becomes `revision: <sha>  # main on 2026-12-03 (scripts/pi
 the branch named in that comment again. Gated repos (Llama-4-Scout) need HF_TOKEN in the environment. HF_ENDPOINT
 points it at another hub (the tests use the emulator).
 """
+
 import argparse
 import datetime
 import logging
@@ -68,8 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger(hub.__name__).setLevel(logging.ERROR)  # the one error line below says it all
     if not hub.reachable():
-        raise UserError("the hub is unreachable from here; run scripts/pin_revisions.py on a machine that reaches "
-                        "it (HF_ENDPOINT, HF_TOKEN for gated repos) and commit the rewritten YAMLs")
+        raise UserError(
+            "the hub is unreachable from here; run scripts/pin_revisions.py on a machine that reaches "
+            "it (HF_ENDPOINT, HF_TOKEN for gated repos) and commit the rewritten YAMLs"
+        )
     today = datetime.date.today().isoformat()
     failed = 0
     for group, repo_type in (("model", "model"), ("dataset", "dataset")):
@@ -87,8 +90,7 @@ def main() -> None:
                 continue
             # The same commit keeps its line (and date): the date says when it was pinned, not last checked.
             new = text if str(node.get("revision")) == commit else pinned_text(text, commit, branch, today)
-            print(f"{group}={path.stem}: {node['path']}@{branch} -> {commit}"
-                  f"{'' if new != text else ' (unchanged)'}")
+            print(f"{group}={path.stem}: {node['path']}@{branch} -> {commit}{'' if new != text else ' (unchanged)'}")
             if new != text and not args.check:
                 path.write_text(new)
     if failed:

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny offline checkpoints, real text, and a driver for the real CLI."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,3 +29,15 @@ def text_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "python_docs.txt"
     path.write_text(training_text(), encoding="utf-8")
     return path
+
+
+# Tests that share one stateful service run in one xdist worker, in file order: Slurm's single node (two files use it)
+# and the hub emulator (its request log, refusals and token are global). Every other file stays whole on one worker,
+# so its module-scoped runs are made once.
+_SHARED_SERVICES = ("slurm_cluster", "hub")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        service = next((name for name in _SHARED_SERVICES if name in getattr(item, "fixturenames", ())), None)
+        item.add_marker(pytest.mark.xdist_group(service or item.nodeid.split("::", 1)[0]))

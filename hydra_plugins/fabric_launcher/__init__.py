@@ -1,4 +1,5 @@
 """Hydra launcher plugin that runs outlier_lab jobs on remote SSH hosts through Fabric."""
+
 from __future__ import annotations
 
 import importlib
@@ -7,10 +8,14 @@ from typing import Any
 # The public names, loaded on first use: Hydra imports this package while scanning for plugins, and fabric and
 # paramiko are only needed once a launch really happens.
 _PUBLIC = {
-    "LaunchError": "_errors", "RetryPolicy": "_errors",
+    "LaunchError": "_errors",
+    "RetryPolicy": "_errors",
     "Session": "_ssh",
-    "Host": "_host", "parse_probe": "_hosts",
-    "Needs": "_needs", "choose_gpus": "_needs", "host_refusal": "_needs",
+    "Host": "_host",
+    "parse_probe": "_hosts",
+    "Needs": "_needs",
+    "choose_gpus": "_needs",
+    "host_refusal": "_needs",
     "MANIFEST_PY": "_job_script",
     "Transfer": "_transfer",
 }

@@ -1,4 +1,5 @@
 """Fabric launcher orchestration: plan the jobs, run each on a host (place, ship, start, poll, collect), clean up."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from ._bundle import CodeBundle, CodeShipper, bundle_code, warn_unshipped
 from ._dry_run import dry_run
-from ._errors import (CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, Preempted, RetryPolicy,
-                      user_error)
+from ._errors import CancelEvent, Cancelled, Detached, HostUnreachable, LaunchError, Preempted, RetryPolicy, user_error
 from ._host import Host
 from ._hosts import HostPool, ProbeCache, host_capacity, load_inventory, probe_host
 from ._instances import CommandInstances
@@ -29,12 +29,12 @@ from ._job import Job, Phase
 from ._job_script import CODE_MISMATCH_EXIT
 from ._needs import host_refusal, plan_job
 from ._output import Console, Redactor, job_return, launch_record, write_launch_record
+from ._providers import PROVIDERS, key_env, provider_key
 from ._remote_job import RemoteJobs
 from ._rental import Rental
 from ._signals import Interrupted, signals_raise_interrupted
 from ._ssh import Session
 from ._transfer import TRANSFER_METHODS, collect_results
-from ._providers import PROVIDERS, key_env, provider_key
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,12 @@ class Launch:
         self.initial_job_idx = initial_job_idx
         # Triggered once by a signal (Ctrl-C, SIGTERM, SIGHUP): polls, queues and retries stop, cleanup runs.
         self.cancel = CancelEvent()
-        self.retry = RetryPolicy(int(self.params["retries"]), float(self.params["backoff_s"]),
-                                 float(self.params["backoff_max_s"]), self.cancel)
+        self.retry = RetryPolicy(
+            int(self.params["retries"]),
+            float(self.params["backoff_s"]),
+            float(self.params["backoff_max_s"]),
+            self.cancel,
+        )
         self.probes = ProbeCache(self.params)
         self.pool = HostPool(self.params, self.probes, self.retry)
         self.secrets = {k: os.environ[k] for k in self.params["secret_env"] if os.environ.get(k)}
@@ -98,17 +102,21 @@ class Launch:
 
     def check_params(self) -> None:
         if self.params["provider"] not in ("inventory", "command", *PROVIDERS):
-            raise user_error(f"hydra.launcher.provider={self.params['provider']!r}: use inventory, command, "
-                             f"{', '.join(PROVIDERS)}")
+            raise user_error(
+                f"hydra.launcher.provider={self.params['provider']!r}: use inventory, command, {', '.join(PROVIDERS)}"
+            )
         bad = [n for n in self.params.get("forward_env") or () if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(n))]
         if bad:
             raise user_error(f"hydra.launcher.forward_env lists {bad[0]!r}, which is not an environment variable name")
         if self.params["provider"] in PROVIDERS and key_env(self.params) in self.params["secret_env"]:
-            raise user_error(f"hydra.launcher.secret_env lists {key_env(self.params)}: the provider API key must "
-                             "not reach the rented host; remove it from secret_env")
+            raise user_error(
+                f"hydra.launcher.secret_env lists {key_env(self.params)}: the provider API key must "
+                "not reach the rented host; remove it from secret_env"
+            )
         if self.params["transfer"] not in TRANSFER_METHODS:
-            raise user_error(f"hydra.launcher.transfer={self.params['transfer']!r}: use one of "
-                             f"{', '.join(TRANSFER_METHODS)}")
+            raise user_error(
+                f"hydra.launcher.transfer={self.params['transfer']!r}: use one of {', '.join(TRANSFER_METHODS)}"
+            )
 
     def make_instances(self) -> Any:
         if self.params["provider"] == "command":
@@ -128,8 +136,17 @@ class Launch:
             HydraConfig.instance().set_config(cfg)
             local_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             needs = plan_job(cfg)
-            jobs.append(Job(idx=idx, overrides=list(overrides), cfg=cfg, local_dir=local_dir,
-                            name=local_dir.name, needs=needs, key=f"{self.sweep_id}-{idx}"))
+            jobs.append(
+                Job(
+                    idx=idx,
+                    overrides=list(overrides),
+                    cfg=cfg,
+                    local_dir=local_dir,
+                    name=local_dir.name,
+                    needs=needs,
+                    key=f"{self.sweep_id}-{idx}",
+                )
+            )
         return jobs
 
     def run_all(self, jobs: List[Job], inventory: List[Host]) -> List[JobReturn]:
@@ -152,8 +169,9 @@ class Launch:
                         if not interrupted:
                             interrupted, stopped_by = True, signal_name(err)
                             self.cancel.trigger(f"interrupted by {signal_name(err)}")
-                            self.console.say(None, f"{self.cancel.reason}: killing remote jobs and destroying "
-                                                   "instances, please wait")
+                            self.console.say(
+                                None, f"{self.cancel.reason}: killing remote jobs and destroying instances, please wait"
+                            )
             finally:
                 # A second signal must not abandon the cleanup (killing remote jobs, destroying instances).
                 while True:
@@ -163,14 +181,18 @@ class Launch:
                     except KeyboardInterrupt as err:
                         interrupted, stopped_by = True, stopped_by or signal_name(err)
                         self.cancel.trigger(f"interrupted by {signal_name(err)}")
-                        self.console.say(None, f"{signal_name(err)} again: still cleaning up remote jobs and "
-                                               "instances; please wait")
+                        self.console.say(
+                            None, f"{signal_name(err)} again: still cleaning up remote jobs and instances; please wait"
+                        )
         if interrupted:
             # One line and 128 + the signal, as a shell reports a killed process and the Slurm launcher exits.
             kept = sum(1 for job in jobs if job.phase >= Phase.COLLECTED)
-            self.console.say(None, f"stopped by {stopped_by}: remote jobs killed and instances destroyed; "
-                                   f"{kept} of {len(jobs)} jobs' results kept under {self.sweep_dir} "
-                                   "(launch.json per job says what happened)")
+            self.console.say(
+                None,
+                f"stopped by {stopped_by}: remote jobs killed and instances destroyed; "
+                f"{kept} of {len(jobs)} jobs' results kept under {self.sweep_dir} "
+                "(launch.json per job says what happened)",
+            )
             raise SystemExit(128 + signal.Signals[stopped_by or "SIGINT"].value)
         returns = []
         for future, job in futures.items():
@@ -227,8 +249,10 @@ class Launch:
                 self.remote.kill(job)  # a host that answers still runs the lost job: stop it
         except HostUnreachable as err:
             if job.instance is None:  # a static host: the job does not need the link, so it is left to finish
-                failure = Detached(f"{err}. The job was left running in {job.remote_dir} on {job.host.name}; "
-                                   f"collect its results later with: outlier-reattach {self.sweep_dir}")
+                failure = Detached(
+                    f"{err}. The job was left running in {job.remote_dir} on {job.host.name}; "
+                    f"collect its results later with: outlier-reattach {self.sweep_dir}"
+                )
                 self.console.say(job, str(failure))
             else:  # a rented instance is released whatever happens, so its job ends with it
                 failure = LaunchError(f"{err}; instance {job.instance.instance_id} is destroyed, the job with it")
@@ -260,6 +284,7 @@ class Launch:
             if reason:
                 raise LaunchError(f"created instance {job.instance.instance_id} does not fit: {reason}")
         else:
+
             def queued() -> None:
                 self.console.say(job, "all fitting hosts are busy; queued")
 
@@ -297,11 +322,14 @@ class Launch:
             manifest = collect_results(job, job.session.params, self.retry, bool(probe.get("rsync")))
         job.collected(manifest)
         if job.exit_code == CODE_MISMATCH_EXIT:
-            raise LaunchError(f"remote code does not match the local commit {self.bundle.commit}\n"
-                              f"{self.remote.tail(job)}")
+            raise LaunchError(
+                f"remote code does not match the local commit {self.bundle.commit}\n{self.remote.tail(job)}"
+            )
         if job.exit_code != 0:
-            raise LaunchError(f"remote job {job.name} on {job.host.name} failed with exit code {job.exit_code}\n"
-                              f"{self.remote.tail(job)}")
+            raise LaunchError(
+                f"remote job {job.name} on {job.host.name} failed with exit code {job.exit_code}\n"
+                f"{self.remote.tail(job)}"
+            )
         if self.params["cleanup_remote"]:
             job.session.run(f"rm -rf {shlex.quote(job.remote_dir)}", "remove remote job dir", check=False)
         results_file = job.local_dir / "results.json"
@@ -318,16 +346,26 @@ class Launch:
         elif job.host is not None:
             self.pool.release(job.host, job.gpu_indices)
         if failure is None and destroy_error:
-            failure = LaunchError(f"destroy of instance {job.instance.instance_id} failed: {destroy_error} (results "
-                                  f"are in {job.local_dir})")
+            failure = LaunchError(
+                f"destroy of instance {job.instance.instance_id} failed: {destroy_error} (results "
+                f"are in {job.local_dir})"
+            )
         job.elapsed("total_s", t0)
         self.write_record(job, failure, status="DETACHED" if isinstance(failure, Detached) else None)
         return failure
 
     def write_record(self, job: Job, failure: Optional[BaseException], status: Optional[str] = None) -> None:
         host_gpus = (self.probes.get(job.host) or {}).get("gpus") if job.host else None
-        record = launch_record(job, failure, self.params["provider"], host_gpus, self.bundle, self.redact,
-                               status=status, params=self.params)
+        record = launch_record(
+            job,
+            failure,
+            self.params["provider"],
+            host_gpus,
+            self.bundle,
+            self.redact,
+            status=status,
+            params=self.params,
+        )
         write_launch_record(job, record, self.redact)
 
 

@@ -1,4 +1,5 @@
 """The detached start, run by the host's own python: host-wide GPU/slot locks, a new session, secrets over stdin."""
+
 from __future__ import annotations
 
 import json
@@ -85,4 +86,3 @@ while not os.path.exists(os.path.join(job, "pgid")):
 def start_payload(secrets: Dict[str, str]) -> str:
     """What the start command reads on stdin."""
     return json.dumps(secrets) + "\n" + END_MARK + "\n"
-

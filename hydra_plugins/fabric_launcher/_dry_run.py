@@ -1,4 +1,5 @@
 """hydra.launcher.dry_run: print, per job, the plan, the hosts that fit, and every command a real launch would run."""
+
 from __future__ import annotations
 
 import posixpath
@@ -31,31 +32,42 @@ def host_choices(job: Job, inventory: List[Host], params: Dict[str, Any], probes
     return "; ".join(choices) or "none configured (hydra.launcher.hosts or the hosts file)"
 
 
-def dry_run(jobs: List[Job], inventory: List[Host], params: Dict[str, Any], bundle: CodeBundle, probes: ProbeCache,
-            console: Console) -> List[JobReturn]:
+def dry_run(
+    jobs: List[Job],
+    inventory: List[Host],
+    params: Dict[str, Any],
+    bundle: CodeBundle,
+    probes: ProbeCache,
+    console: Console,
+) -> List[JobReturn]:
     root = params["remote_root"]
     returns = []
     for job in jobs:
         remote_dir = job.dir_under(root)
         code_dir = posixpath.join(root, "code", bundle.code_id)
         python = env_python(params, root, bundle)
-        lines = [f"job {job.name}: {' '.join(filter_overrides(job.overrides))}"
-                 f"{'  (~ stands for the remote $HOME, resolved at launch)' if root.startswith('~') else ''}",
-                 *(_estimate_lines(job) if job.needs.plan else [f"  estimate: {job.needs.note}"]),
-                 f"  needs: {job.needs.describe()}",
-                 f"  gpu class: {job.needs.gpu_class} ({job.needs.gpu_name}) x {job.needs.gpu_count}",
-                 f"  hosts: {host_choices(job, inventory, params, probes)}",
-                 f"  ship: tracked files of {bundle.repo} (code {bundle.code_id}, commit {bundle.commit}) -> "
-                 f"{code_dir}"]
+        lines = [
+            f"job {job.name}: {' '.join(filter_overrides(job.overrides))}"
+            f"{'  (~ stands for the remote $HOME, resolved at launch)' if root.startswith('~') else ''}",
+            *(_estimate_lines(job) if job.needs.plan else [f"  estimate: {job.needs.note}"]),
+            f"  needs: {job.needs.describe()}",
+            f"  gpu class: {job.needs.gpu_class} ({job.needs.gpu_name}) x {job.needs.gpu_count}",
+            f"  hosts: {host_choices(job, inventory, params, probes)}",
+            f"  ship: tracked files of {bundle.repo} (code {bundle.code_id}, commit {bundle.commit}) -> {code_dir}",
+        ]
         env_cmd = env_setup_command(params, root, bundle)
         if env_cmd:
             lines.append(f"  env: {env_cmd}")
         locks = host_locks(job.gpu_indices, 1)
-        lines.append(f"  start: {start_command(remote_dir, python, params['start_timeout_s'], posixpath.join(root, 'locks'), locks, shown=True)}")
+        lines.append(
+            f"  start: {start_command(remote_dir, python, params['start_timeout_s'], posixpath.join(root, 'locks'), locks, shown=True)}"
+        )
         lines.append(f"  job: {' '.join(shlex.quote(a) for a in remote_command(job.overrides, remote_dir, python))}")
         lines.append(f"  poll: {POLL_COMMAND.format(dir=shlex.quote(remote_dir))}")
-        lines.append(f"  results: {posixpath.join(remote_dir, 'out')}/ -> {job.local_dir}/ "
-                     f"({params['transfer']}, sha256-verified)")
+        lines.append(
+            f"  results: {posixpath.join(remote_dir, 'out')}/ -> {job.local_dir}/ "
+            f"({params['transfer']}, sha256-verified)"
+        )
         console.say(None, "\n".join(lines))
         returns.append(job_return(job, None, console.redact))
     planned = [job for job in jobs if job.needs.plan]

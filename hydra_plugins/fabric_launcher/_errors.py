@@ -1,4 +1,5 @@
 """Launcher errors and the retry policy that tells network faults (retried with backoff) from refusals."""
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,9 @@ def is_transient(err: BaseException) -> bool:
         return err.result.exited == -1
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False  # an SFTP status error, not a network fault
-    return isinstance(err, (ConnectionDropped, EOFError, OSError, socket.timeout, paramiko.SSHException,
-                            TransferIncomplete))
+    return isinstance(
+        err, (ConnectionDropped, EOFError, OSError, socket.timeout, paramiko.SSHException, TransferIncomplete)
+    )
 
 
 @dataclass
@@ -118,13 +120,19 @@ class RetryPolicy:
                     raise Cancelled(f"timeout while {what} was unreachable") from err
                 # A pass that ran but left bad files is no outage: it gets `attempts` even under a budget.
                 if (self.budget_s is None or isinstance(err, TransferIncomplete)) and attempt >= self.attempts:
-                    raise LaunchError(f"{what} failed after {attempt} attempts over {lasted:.1f}s:"
-                                      f" {type(err).__name__}: {err}") from err
+                    raise LaunchError(
+                        f"{what} failed after {attempt} attempts over {lasted:.1f}s: {type(err).__name__}: {err}"
+                    ) from err
                 if self.budget_s is not None and lasted + delay > self.budget_s:
-                    raise HostUnreachable(f"{what}: unreachable for {lasted:.0f}s ({self.budget_name}="
-                                          f"{self.budget_s:g}): {type(err).__name__}: {err}") from err
-                left = f"{attempt}/{self.attempts}" if self.budget_s is None else \
-                    f"{attempt}, unreachable for {lasted:.1f}s of {self.budget_s:g}s allowed"
+                    raise HostUnreachable(
+                        f"{what}: unreachable for {lasted:.0f}s ({self.budget_name}="
+                        f"{self.budget_s:g}): {type(err).__name__}: {err}"
+                    ) from err
+                left = (
+                    f"{attempt}/{self.attempts}"
+                    if self.budget_s is None
+                    else f"{attempt}, unreachable for {lasted:.1f}s of {self.budget_s:g}s allowed"
+                )
                 log.warning("%s: %s: %s (attempt %s, retrying in %.1fs)", what, type(err).__name__, err, left, delay)
                 if on_retry is not None:
                     on_retry()
@@ -136,7 +144,8 @@ class RetryPolicy:
         """The same budget for cleanup (killing a remote job), which must still retry after a cancel."""
         return replace(self, cancel=threading.Event())
 
-    def outlasting(self, budget_s: float, until: Optional[float] = None,
-                   budget_name: str = "outage_budget_s") -> "RetryPolicy":
+    def outlasting(
+        self, budget_s: float, until: Optional[float] = None, budget_name: str = "outage_budget_s"
+    ) -> "RetryPolicy":
         """For a job that may be running: retry for budget_s seconds, not a number of attempts."""
         return replace(self, budget_s=budget_s, until=until, budget_name=budget_name)

@@ -1,4 +1,5 @@
 """One host: where to reach it over SSH, and what the inventory says of it (labels, slots, price, instance)."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from ._errors import user_error
 @dataclass
 class Host:
     """One SSH host of the inventory, or an instance made by provider=command (then instance_id is set)."""
+
     address: str
     port: int = 22
     user: Optional[str] = None
@@ -34,8 +36,13 @@ class Host:
         if not address:
             raise user_error(f"host entry {raw!r} has no address")
         key = raw.get("key_path")
-        return cls(address=str(address), port=int(raw.get("port", 22)), user=raw.get("user"),
-                   key_path=os.path.expanduser(str(key)) if key else None, labels=list(raw.get("labels") or []),
-                   slots=int(raw["slots"]) if raw.get("slots") is not None else None,
-                   usd_per_hour=raw.get("usd_per_hour"),
-                   instance_id=raw.get("id"))
+        return cls(
+            address=str(address),
+            port=int(raw.get("port", 22)),
+            user=raw.get("user"),
+            key_path=os.path.expanduser(str(key)) if key else None,
+            labels=list(raw.get("labels") or []),
+            slots=int(raw["slots"]) if raw.get("slots") is not None else None,
+            usd_per_hour=raw.get("usd_per_hour"),
+            instance_id=raw.get("id"),
+        )

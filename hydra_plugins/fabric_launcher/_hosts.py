@@ -1,4 +1,5 @@
 """Hosts: the inventory, their probes (GPUs, RAM, disk; cached on disk) and the pool that hands out slots and GPUs."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from hydra.core.utils import filter_overrides
 from omegaconf import OmegaConf
 
 from ._errors import Cancelled, LaunchError, RetryPolicy, user_error
-from ._needs import Needs, choose_gpus, host_refusal
 from ._host import Host
+from ._needs import Needs, choose_gpus, host_refusal
 from ._ssh import Session
 
 
@@ -43,10 +44,13 @@ def _no_hosts_message(looked: List[str], wanted: set, jobs: Sequence[Any]) -> st
     labels = f" with labels {sorted(wanted)}" if wanted else ""
     need = f"; job {jobs[0].name} needs {jobs[0].needs.describe()}" if jobs else ""
     overrides = " ".join(filter_overrides(jobs[0].overrides)) if jobs else "model=NAME"
-    return (f"no SSH hosts{labels} to launch on (looked in {' and '.join(looked)}){need}. List hosts under `hosts:` "
-            "in that file ($OUTLIER_LAB_HOSTS or hydra.launcher.hosts_file moves it) or in hydra.launcher.hosts, or "
-            "rent one with hydra.launcher.provider=runpod|vast|command; hydra.launcher.dry_run=true prints the plan, "
-            f"`outlier-estimate {overrides}` the memory estimate")
+    return (
+        f"no SSH hosts{labels} to launch on (looked in {' and '.join(looked)}){need}. List hosts under `hosts:` "
+        "in that file ($OUTLIER_LAB_HOSTS or hydra.launcher.hosts_file moves it) or in hydra.launcher.hosts, or "
+        "rent one with hydra.launcher.provider=runpod|vast|command; hydra.launcher.dry_run=true prints the plan, "
+        f"`outlier-estimate {overrides}` the memory estimate"
+    )
+
 
 PROBE_SCRIPT = r"""
 echo "gpus:"; (nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits 2>/dev/null || true)
@@ -63,8 +67,17 @@ def probe_host(session: Session, root: str) -> Dict[str, Any]:
 
 def parse_probe(out: str) -> Dict[str, Any]:
     """PROBE_SCRIPT's output as {gpus, ram_gib, ram_available_gib, disk_free_gib, rsync, probed_at}."""
-    section, probe = None, {"gpus": [], "ram_gib": 0.0, "ram_available_gib": 0.0, "disk_free_gib": 0.0,
-                            "rsync": False, "probed_at": time.time()}
+    section, probe = (
+        None,
+        {
+            "gpus": [],
+            "ram_gib": 0.0,
+            "ram_available_gib": 0.0,
+            "disk_free_gib": 0.0,
+            "rsync": False,
+            "probed_at": time.time(),
+        },
+    )
     for line in out.splitlines():
         line = line.strip()
         if line.endswith(":") and line[:-1] in ("gpus", "mem", "disk", "rsync"):
@@ -75,13 +88,19 @@ def parse_probe(out: str) -> Dict[str, Any]:
         if section == "gpus":
             parts = [p.strip() for p in line.split(",")]
             if len(parts) == 3:
-                probe["gpus"].append({"name": parts[0], "vendor": "nvidia", "vram_gib": float(parts[1]) / 1024,
-                                      "free_gib": float(parts[2]) / 1024})
+                probe["gpus"].append(
+                    {
+                        "name": parts[0],
+                        "vendor": "nvidia",
+                        "vram_gib": float(parts[1]) / 1024,
+                        "free_gib": float(parts[2]) / 1024,
+                    }
+                )
         elif section == "mem":
             key, kib = line.split()[:2]
-            probe["ram_gib" if key.startswith("MemTotal") else "ram_available_gib"] = int(kib) / 2 ** 20
+            probe["ram_gib" if key.startswith("MemTotal") else "ram_available_gib"] = int(kib) / 2**20
         elif section == "disk":
-            probe["disk_free_gib"] = int(line) / 2 ** 20
+            probe["disk_free_gib"] = int(line) / 2**20
         elif section == "rsync":
             probe["rsync"] = True
     return probe
@@ -161,8 +180,9 @@ class HostPool:
         fitting.sort(key=lambda hp: (sum(g["vram_gib"] for g in hp[1]["gpus"]), hp[1]["ram_gib"]))
         return fitting
 
-    def acquire(self, inventory: List[Host], needs: Needs, job_name: str,
-                on_queued: Callable[[], None]) -> Tuple[Host, List[int]]:
+    def acquire(
+        self, inventory: List[Host], needs: Needs, job_name: str, on_queued: Callable[[], None]
+    ) -> Tuple[Host, List[int]]:
         """A fitting host with a free slot and the GPU indices reserved on it; on_queued once when it must wait."""
         fitting = self.fitting(inventory, needs, job_name)
         with self.slot_cond:

@@ -1,4 +1,5 @@
 """The CUDA version an instance image needs of its host's NVIDIA driver, and whether a driver gives it."""
+
 from __future__ import annotations
 
 import re
@@ -15,14 +16,27 @@ TAG_CUDA = re.compile(r"(?:cuda|cu)[-_]?(\d{2})\.?(\d)")
 
 # The newest CUDA each Linux driver branch runs: NVIDIA's CUDA Toolkit release notes, "CUDA Toolkit and Corresponding
 # Driver Versions" (minimum driver of each toolkit's GA release). Used when nvidia-smi prints no "CUDA Version".
-DRIVER_CUDA = [((580, 65), (13, 0)), ((575, 51), (12, 9)), ((570, 26), (12, 8)), ((560, 28), (12, 6)),
-               ((555, 42), (12, 5)), ((550, 54), (12, 4)), ((545, 23), (12, 3)), ((535, 54), (12, 2)),
-               ((530, 30), (12, 1)), ((525, 60), (12, 0)), ((520, 61), (11, 8)), ((450, 80), (11, 0))]
+DRIVER_CUDA = [
+    ((580, 65), (13, 0)),
+    ((575, 51), (12, 9)),
+    ((570, 26), (12, 8)),
+    ((560, 28), (12, 6)),
+    ((555, 42), (12, 5)),
+    ((550, 54), (12, 4)),
+    ((545, 23), (12, 3)),
+    ((535, 54), (12, 2)),
+    ((530, 30), (12, 1)),
+    ((525, 60), (12, 0)),
+    ((520, 61), (11, 8)),
+    ((450, 80), (11, 0)),
+]
 
 # Driver version from the documented CSV query, then the CUDA version the driver itself reports in its banner.
-DRIVER_COMMAND = ("command -v nvidia-smi >/dev/null || { echo NO_NVIDIA_SMI; exit 0; }; "
-                  "echo driver:; nvidia-smi --query-gpu=driver_version --format=csv,noheader; "
-                  "echo banner:; nvidia-smi | grep -o 'CUDA Version: *[0-9.]*' | head -1; true")
+DRIVER_COMMAND = (
+    "command -v nvidia-smi >/dev/null || { echo NO_NVIDIA_SMI; exit 0; }; "
+    "echo driver:; nvidia-smi --query-gpu=driver_version --format=csv,noheader; "
+    "echo banner:; nvidia-smi | grep -o 'CUDA Version: *[0-9.]*' | head -1; true"
+)
 
 
 def parse_version(text: Any) -> Optional[Version]:
@@ -71,7 +85,9 @@ def driver_refusal(out: str, need: Optional[Version], image: str) -> Optional[st
         return None  # no NVIDIA driver at all: the host probe refuses it (require_gpu)
     if cuda is None or cuda < need:
         have = f"CUDA {cuda[0]}.{cuda[1]}" if cuda else "an unknown CUDA version"
-        return (f"its NVIDIA driver {driver} runs {have}, but the image {image} needs CUDA >= {need[0]}.{need[1]}; "
-                "nothing was set up (pick a newer host, or an image for this driver with hydra.launcher.image and "
-                "hydra.launcher.min_cuda)")
+        return (
+            f"its NVIDIA driver {driver} runs {have}, but the image {image} needs CUDA >= {need[0]}.{need[1]}; "
+            "nothing was set up (pick a newer host, or an image for this driver with hydra.launcher.image and "
+            "hydra.launcher.min_cuda)"
+        )
     return None

@@ -1,4 +1,5 @@
 """One job's state through its lifecycle: planned, connected, placed, started, exited, collected, done."""
+
 from __future__ import annotations
 
 import posixpath
@@ -17,18 +18,19 @@ from ._ssh import Session
 
 
 class Phase(IntEnum):
-    PLANNED = 0    # config composed and resources planned
+    PLANNED = 0  # config composed and resources planned
     CONNECTED = 1  # a host (and its GPUs) reserved, a session open
-    PLACED = 2     # the job dir on the host is known
-    STARTED = 3    # the detached remote process may be running: from here on, a failure must kill it
-    EXITED = 4     # the remote process wrote its exit code
+    PLACED = 2  # the job dir on the host is known
+    STARTED = 3  # the detached remote process may be running: from here on, a failure must kill it
+    EXITED = 4  # the remote process wrote its exit code
     COLLECTED = 5  # the results are local and verified
-    DONE = 6       # exit code checked and results read
+    DONE = 6  # exit code checked and results read
 
 
 @dataclass
 class Job:
     """The state of one job of a launch; every change goes through a step method, in Phase order."""
+
     idx: int
     overrides: List[str]
     cfg: DictConfig

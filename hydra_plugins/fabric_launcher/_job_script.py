@@ -1,4 +1,5 @@
 """The shell a host runs for a job: the detached wrapper script, and the commands that start, poll and kill it."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,14 @@ RESULT_MANIFEST = "out.manifest.json"
 def remote_command(overrides: List[str], remote_dir: str, python: str) -> List[str]:
     """The job re-invokes our own CLI with its overrides and the launcher's plan (uploaded beside job.sh): it runs
     under that plan and checks the host it landed on, instead of planning again."""
-    return [python, "run.py", *overrides, f"hardware.planned={hydra_quote(posixpath.join(remote_dir, PLAN_FILE))}",
-            "hydra.mode=RUN",
-            f"hydra.run.dir={hydra_quote(posixpath.join(remote_dir, 'out'))}"]
+    return [
+        python,
+        "run.py",
+        *overrides,
+        f"hardware.planned={hydra_quote(posixpath.join(remote_dir, PLAN_FILE))}",
+        "hydra.mode=RUN",
+        f"hydra.run.dir={hydra_quote(posixpath.join(remote_dir, 'out'))}",
+    ]
 
 
 def hydra_quote(value: str) -> str:
@@ -94,20 +100,21 @@ else
     code=$?
 fi
 mkdir -p "$JOB/out"
-{q(params['python'])} -c {q(MANIFEST_PY)} "$JOB/out" > "$JOB/{RESULT_MANIFEST}.tmp" && mv "$JOB/{RESULT_MANIFEST}.tmp" "$JOB/{RESULT_MANIFEST}"
+{q(params["python"])} -c {q(MANIFEST_PY)} "$JOB/out" > "$JOB/{RESULT_MANIFEST}.tmp" && mv "$JOB/{RESULT_MANIFEST}.tmp" "$JOB/{RESULT_MANIFEST}"
 echo $code > "$JOB/exit_code.tmp" && mv "$JOB/exit_code.tmp" "$JOB/exit_code"
 """
 
 
-def start_command(remote_dir: str, python: str, wait_s: float, lock_dir: str, locks: str,
-                  shown: bool = False) -> str:
+def start_command(remote_dir: str, python: str, wait_s: float, lock_dir: str, locks: str, shown: bool = False) -> str:
     """Start job.sh detached once (the host's python, no setsid(1) needed; the secrets come on stdin) holding its
     host-wide locks (see _detach); the exit status says whether the job got as far as writing its pgid, or found
     its GPUs busy. `shown`: the short form a dry run prints."""
     q = shlex.quote
     program = "<_detach.DETACH_PY>" if shown else q(DETACH_PY)
-    return (f"cd {q(remote_dir)} && {q(python)} -c {program} {q(remote_dir)} {q(str(float(wait_s)))} "
-            f"{q(lock_dir)} {q(locks)}")
+    return (
+        f"cd {q(remote_dir)} && {q(python)} -c {program} {q(remote_dir)} {q(str(float(wait_s)))} "
+        f"{q(lock_dir)} {q(locks)}"
+    )
 
 
 def host_locks(gpu_indices: List[int], slots: int) -> str:
@@ -117,12 +124,16 @@ def host_locks(gpu_indices: List[int], slots: int) -> str:
     return "any:" + ",".join(f"slot-{i}" for i in range(max(1, slots)))
 
 
-POLL_COMMAND = ("cd {dir} && if [ -f exit_code ]; then echo EXIT $(cat exit_code); "
-                "elif [ -f pgid ] && kill -0 -$(cat pgid) 2>/dev/null; then echo RUNNING; "
-                "elif [ -f exit_code ]; then echo EXIT $(cat exit_code); "
-                "elif [ -f pgid ]; then echo GONE; else echo STARTING; tail -c 2000 start.err 2>/dev/null; fi")
+POLL_COMMAND = (
+    "cd {dir} && if [ -f exit_code ]; then echo EXIT $(cat exit_code); "
+    "elif [ -f pgid ] && kill -0 -$(cat pgid) 2>/dev/null; then echo RUNNING; "
+    "elif [ -f exit_code ]; then echo EXIT $(cat exit_code); "
+    "elif [ -f pgid ]; then echo GONE; else echo STARTING; tail -c 2000 start.err 2>/dev/null; fi"
+)
 
 # `kill -SIG -PGID` without `--`: dash (sh on Debian) rejects `--`.
-KILL_COMMAND = ("cd {dir} && [ -f pgid ] && pg=$(cat pgid) && kill -TERM -$pg 2>/dev/null; "
-                "i=0; while [ $i -lt 50 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
-                "kill -KILL -$pg 2>/dev/null; true")
+KILL_COMMAND = (
+    "cd {dir} && [ -f pgid ] && pg=$(cat pgid) && kill -TERM -$pg 2>/dev/null; "
+    "i=0; while [ $i -lt 50 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
+    "kill -KILL -$pg 2>/dev/null; true"
+)

@@ -1,4 +1,5 @@
 """Dead-link detection for one SSH transport: keepalives that want a reply, the transport closed when none comes."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ class LinkWatchdog:
     retry loop then treats as a dropped connection.
     """
 
-    def __init__(self, transport: paramiko.Transport, interval_s: float, count_max: int, name: str,
-                 aborted: Callable[[], bool]) -> None:
+    def __init__(
+        self, transport: paramiko.Transport, interval_s: float, count_max: int, name: str, aborted: Callable[[], bool]
+    ) -> None:
         self.transport = transport
         self.interval_s = max(float(interval_s), 0.05)
         self.count_max = max(int(count_max), 1)

@@ -1,4 +1,5 @@
 """What a job needs of a host, from outlier_lab's resource plan, and whether a probed host's GPUs meet it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,10 +8,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 
-
 @dataclass
 class Needs:
     """What a job asks of a host, from the resource plan."""
+
     # The catalog key (hardware=<key>, outlier_lab/data/gpus.yaml), as everywhere; gpu_name is its display name.
     gpu_class: Optional[str] = None
     gpu_name: Optional[str] = None
@@ -25,7 +26,9 @@ class Needs:
     def describe(self) -> str:
         parts = []
         if self.gpu_class:
-            parts.append(f"{self.gpu_count} x {self.gpu_name or self.gpu_class}, {self.vram_gib_each:.1f} GiB VRAM each")
+            parts.append(
+                f"{self.gpu_count} x {self.gpu_name or self.gpu_class}, {self.vram_gib_each:.1f} GiB VRAM each"
+            )
         parts.append(f"RAM >= {self.ram_gib:.0f} GiB")
         if self.disk_gib:
             parts.append(f"disk >= {self.disk_gib:.1f} GiB")
@@ -42,17 +45,26 @@ def plan_job(cfg: DictConfig) -> Needs:
     gpu = plan.gpu
     # The plan's own RAM figure, engine-aware (a streamed job needs far less than hardware.ram_floor_gib): the offer
     # filter, the check of a created instance and the job's own check all use this one number.
-    return Needs(gpu_class=gpu.key if gpu else None, gpu_name=gpu.name if gpu else None,
-                 gpu_count=plan.count if gpu else 0, vram_gib_each=plan.per_gpu_required_gib if gpu else 0.0,
-                 ram_gib=float(plan.estimate.ram_floor_gib), disk_gib=plan.estimate.disk_gib,
-                 usd_per_hour=plan.usd_per_hour if gpu else None, plan=plan.to_dict())
+    return Needs(
+        gpu_class=gpu.key if gpu else None,
+        gpu_name=gpu.name if gpu else None,
+        gpu_count=plan.count if gpu else 0,
+        vram_gib_each=plan.per_gpu_required_gib if gpu else 0.0,
+        ram_gib=float(plan.estimate.ram_floor_gib),
+        disk_gib=plan.estimate.disk_gib,
+        usd_per_hour=plan.usd_per_hour if gpu else None,
+        plan=plan.to_dict(),
+    )
 
 
 def fitting_gpu_indices(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any]) -> List[int]:
     """Indices of the host's GPUs from an accepted vendor with enough VRAM for one share of the job."""
     vendors = {v.lower() for v in params["vendors"]}
-    return [i for i, g in enumerate(probe["gpus"])
-            if g.get("vendor", "nvidia").lower() in vendors and g["vram_gib"] >= needs.vram_gib_each]
+    return [
+        i
+        for i, g in enumerate(probe["gpus"])
+        if g.get("vendor", "nvidia").lower() in vendors and g["vram_gib"] >= needs.vram_gib_each
+    ]
 
 
 def choose_gpus(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any], in_use: set) -> Optional[List[int]]:
@@ -70,8 +82,10 @@ def host_refusal(probe: Dict[str, Any], needs: Needs, params: Dict[str, Any]) ->
     gpus = [g for g in probe["gpus"] if g.get("vendor", "nvidia").lower() in vendors]
     if params["require_gpu"]:
         if not gpus:
-            return (f"no {'/'.join(sorted(vendors)).upper()} GPU (set hydra.launcher.require_gpu=false to allow "
-                    "CPU-only hosts)")
+            return (
+                f"no {'/'.join(sorted(vendors)).upper()} GPU (set hydra.launcher.require_gpu=false to allow "
+                "CPU-only hosts)"
+            )
         want = max(needs.gpu_count, 1)
         fitting = [g for g in gpus if g["vram_gib"] >= needs.vram_gib_each]
         if len(fitting) < want:

@@ -1,4 +1,5 @@
 """What the launcher shows and keeps: redacted console lines, each job's launch.json, and Hydra's JobReturns."""
+
 from __future__ import annotations
 
 import json
@@ -47,14 +48,34 @@ class Console:
 
 
 # What outlier-reattach needs besides the host to reach a job again (none of it secret).
-REATTACH_PARAMS = ("known_hosts", "host_key_policy", "connect_timeout_s", "keepalive_s", "keepalive_count_max",
-                   "ssh_op_timeout_s", "outage_budget_s", "retries", "backoff_s", "backoff_max_s", "transfer",
-                   "cleanup_remote", "secret_env", "poll_interval_s")
+REATTACH_PARAMS = (
+    "known_hosts",
+    "host_key_policy",
+    "connect_timeout_s",
+    "keepalive_s",
+    "keepalive_count_max",
+    "ssh_op_timeout_s",
+    "outage_budget_s",
+    "retries",
+    "backoff_s",
+    "backoff_max_s",
+    "transfer",
+    "cleanup_remote",
+    "secret_env",
+    "poll_interval_s",
+)
 
 
-def launch_record(job: Job, failure: Optional[BaseException], provider: str, host_gpus: Optional[List[Any]],
-                  bundle: Optional[CodeBundle], redact: Redactor, status: Optional[str] = None,
-                  params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def launch_record(
+    job: Job,
+    failure: Optional[BaseException],
+    provider: str,
+    host_gpus: Optional[List[Any]],
+    bundle: Optional[CodeBundle],
+    redact: Redactor,
+    status: Optional[str] = None,
+    params: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """launch.json: where and how the job ran, the estimate beside the measured peak, timings and cost. status
     overrides COMPLETED/FAILED (RUNNING while it runs, DETACHED when left running); a started job also records
     how to reattach to it."""
@@ -63,11 +84,14 @@ def launch_record(job: Job, failure: Optional[BaseException], provider: str, hos
     price = job.host.usd_per_hour if job.host and job.host.usd_per_hour is not None else needs.usd_per_hour
     peak = results.get("peak_memory_gib") if isinstance(results, dict) else None
     return {
-        "job": job.name, "overrides": job.overrides,
+        "job": job.name,
+        "overrides": job.overrides,
         "host": job.host.name if job.host else None,
         "instance_id": job.host.instance_id if job.host else None,
         "provider": provider,
-        "gpu_class": needs.gpu_class, "gpu_name": needs.gpu_name, "gpu_count": needs.gpu_count,
+        "gpu_class": needs.gpu_class,
+        "gpu_name": needs.gpu_name,
+        "gpu_count": needs.gpu_count,
         "host_gpus": host_gpus,
         "gpu_indices": job.gpu_indices,
         "estimate": needs.plan,
@@ -85,10 +109,21 @@ def launch_record(job: Job, failure: Optional[BaseException], provider: str, hos
         "status": status or ("COMPLETED" if failure is None else "FAILED"),
         "error": first_line(failure, redact) if failure is not None else None,
         **job.events,
-        **({"reattach": {"host": {"address": job.host.address, "port": job.host.port, "user": job.host.user,
-                                  "key_path": job.host.key_path},
-                         "params": {k: params[k] for k in REATTACH_PARAMS if k in params}}}
-           if params is not None and job.started and job.host is not None else {}),
+        **(
+            {
+                "reattach": {
+                    "host": {
+                        "address": job.host.address,
+                        "port": job.host.port,
+                        "user": job.host.user,
+                        "key_path": job.host.key_path,
+                    },
+                    "params": {k: params[k] for k in REATTACH_PARAMS if k in params},
+                }
+            }
+            if params is not None and job.started and job.host is not None
+            else {}
+        ),
     }
 
 
@@ -105,8 +140,13 @@ def write_launch_record(job: Job, record: Dict[str, Any], redact: Redactor) -> N
 
 def job_return(job: Job, failure: Optional[BaseException], redact: Redactor) -> JobReturn:
     """Hydra's JobReturn: the results on success, a redacted LaunchError on failure."""
-    ret = JobReturn(overrides=job.overrides, cfg=job.cfg, hydra_cfg=job.cfg, working_dir=str(job.local_dir),
-                    task_name=str(job.cfg.hydra.job.name))
+    ret = JobReturn(
+        overrides=job.overrides,
+        cfg=job.cfg,
+        hydra_cfg=job.cfg,
+        working_dir=str(job.local_dir),
+        task_name=str(job.cfg.hydra.job.name),
+    )
     if failure is None:
         ret.status, ret.return_value = JobStatus.COMPLETED, job.results
     else:

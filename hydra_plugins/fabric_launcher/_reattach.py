@@ -1,4 +1,5 @@
 """Reattach to jobs a launcher left on their hosts (outage, crash, kill -9): report them, collect finished ones."""
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,19 @@ def reattach_job(local_dir: Path, record: Dict[str, Any], wait: bool) -> Tuple[s
     info = record["reattach"]
     params = dict(info["params"])
     host = Host.from_dict({k: v for k, v in info["host"].items() if v is not None})
-    retry = RetryPolicy(int(params["retries"]), float(params["backoff_s"]), float(params["backoff_max_s"]),
-                        threading.Event())
+    retry = RetryPolicy(
+        int(params["retries"]), float(params["backoff_s"]), float(params["backoff_max_s"]), threading.Event()
+    )
     remote_dir = record["remote_dir"]
     session = Session(host, params, retry).connect()
     try:
         while True:
-            state = session.run(POLL_COMMAND.format(dir=shlex.quote(remote_dir)), "poll job", check=False,
-                                retry=retry.outlasting(float(params["outage_budget_s"])))
+            state = session.run(
+                POLL_COMMAND.format(dir=shlex.quote(remote_dir)),
+                "poll job",
+                check=False,
+                retry=retry.outlasting(float(params["outage_budget_s"])),
+            )
             words = state.stdout.split()
             if state.exited != 0:
                 return "lost", f"{remote_dir} is gone from {host.name} (collected or removed already?)"
@@ -56,14 +62,21 @@ def reattach_job(local_dir: Path, record: Dict[str, Any], wait: bool) -> Tuple[s
             time.sleep(float(params.get("poll_interval_s", 2.0)))
         exit_code = int(words[1])
         manifest, method, retries = pull_results(session, params, retry, remote_dir, local_dir, probe_rsync=True)
-        log_text = session.with_sftp("read job log",
-                                     lambda sftp: sftp.open(posixpath.join(remote_dir, "job.log"), "rb").read())
+        log_text = session.with_sftp(
+            "read job log", lambda sftp: sftp.open(posixpath.join(remote_dir, "job.log"), "rb").read()
+        )
         secrets = {k: os.environ[k] for k in params.get("secret_env", []) if os.environ.get(k)}
         (local_dir / "remote.log").write_text(Redactor(secrets)(log_text.decode(errors="replace")))
-        record.update(transfer_method=method, transfer_retries=retries, exit_code=exit_code, status="COMPLETED" if exit_code == 0 else "FAILED",
-                      reattached_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result_files=len(manifest),
-                      result_bytes=sum(e["size"] for e in manifest),
-                      error=None if exit_code == 0 else f"remote job failed with exit code {exit_code}")
+        record.update(
+            transfer_method=method,
+            transfer_retries=retries,
+            exit_code=exit_code,
+            status="COMPLETED" if exit_code == 0 else "FAILED",
+            reattached_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            result_files=len(manifest),
+            result_bytes=sum(e["size"] for e in manifest),
+            error=None if exit_code == 0 else f"remote job failed with exit code {exit_code}",
+        )
         if exit_code == 0 and params.get("cleanup_remote", True):
             session.run(f"rm -rf {shlex.quote(remote_dir)}", "remove remote job dir", check=False)
         write_record(local_dir, record)

@@ -1,4 +1,5 @@
 """provider=runpod|vast: rent the cheapest fitting NVIDIA offer per job, wait for SSH, and always destroy it."""
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,20 @@ from ._images import DRIVER_COMMAND, driver_cuda, driver_refusal, min_cuda
 from ._instances import destroy_failed
 from ._job import Job
 from ._output import Console
-from ._ssh import known_hosts_path
-from ._providers import (DEAD_STATUSES, TAG_PREFIX, Instance, NoBalance, OfferQuery, ProviderError, Refused,
-                         interruptible_refusal, make_provider)
-from ._providers._http import AnswerLost
+from ._providers import (
+    DEAD_STATUSES,
+    TAG_PREFIX,
+    Instance,
+    NoBalance,
+    OfferQuery,
+    ProviderError,
+    Refused,
+    interruptible_refusal,
+    make_provider,
+)
 from ._providers._choice import Choice, NoOffer, choose, need_per_gpu
+from ._providers._http import AnswerLost
+from ._ssh import known_hosts_path
 
 DESTROY_ATTEMPTS = 3  # on top of the API client's own retries of 429 / 5xx
 CREATE_TRIES = 3  # fitting offers tried, cheapest first, while the provider refuses creates (no capacity)
@@ -41,8 +51,10 @@ class Rental:
         key = Path(os.path.expanduser(str(params["ssh_key_path"])))
         public = key.with_name(key.name + ".pub")
         if not params["dry_run"] and (not key.is_file() or not public.is_file()):
-            raise user_error(f"hydra.launcher.ssh_key_path={params['ssh_key_path']}: rented instances need a key "
-                             f"pair there ({key} and {public}); make one with ssh-keygen -t ed25519 -f {key}")
+            raise user_error(
+                f"hydra.launcher.ssh_key_path={params['ssh_key_path']}: rented instances need a key "
+                f"pair there ({key} and {public}); make one with ssh-keygen -t ed25519 -f {key}"
+            )
         self.key_path = str(key)
         self.public_key = public.read_text().strip() if public.is_file() else ""
         self.known_dir = known_hosts_path(params).parent / "known_hosts.d"
@@ -81,12 +93,19 @@ class Rental:
 
     @staticmethod
     def note_offer(job: Job, picked: Choice) -> None:
-        job.note(offer={"provider": picked.offer.provider, "id": picked.offer.offer_id,
-                        "gpu": picked.offer.gpu_name, "count": picked.offer.gpu_count,
-                        "usd_per_hour": picked.offer.usd_per_hour, "region": picked.offer.region,
-                        "interruptible": picked.offer.interruptible,
-                        "ranked_by": "job cost" if picked.hours else "usd_per_hour (no time estimate)",
-                        "describe": picked.offer.describe()})
+        job.note(
+            offer={
+                "provider": picked.offer.provider,
+                "id": picked.offer.offer_id,
+                "gpu": picked.offer.gpu_name,
+                "count": picked.offer.gpu_count,
+                "usd_per_hour": picked.offer.usd_per_hour,
+                "region": picked.offer.region,
+                "interruptible": picked.offer.interruptible,
+                "ranked_by": "job cost" if picked.hours else "usd_per_hour (no time estimate)",
+                "describe": picked.offer.describe(),
+            }
+        )
 
     def instance_name(self, job: Job) -> str:
         return f"{TAG_PREFIX}{job.attempt_key}"  # the sweep id, the job index, and the rerun after a preemption
@@ -111,22 +130,30 @@ class Rental:
                 self.console.say(job, f"{err}; trying the next offer")
         self.note_offer(job, picked)
         self.rented_at[inst.id] = time.monotonic()
-        return Host(address=inst.address or "", port=inst.port or 22, user=inst.user, key_path=self.key_path,
-                    usd_per_hour=picked.offer.usd_per_hour, instance_id=inst.id)
+        return Host(
+            address=inst.address or "",
+            port=inst.port or 22,
+            user=inst.user,
+            key_path=self.key_path,
+            usd_per_hour=picked.offer.usd_per_hour,
+            instance_id=inst.id,
+        )
 
     def create_from(self, job: Job, picked: Choice) -> Instance:
         name = self.instance_name(job)
         self.console.say(job, f"renting {picked.offer.describe()} as {name}")
         try:
-            return self.provider.create(picked.offer, name, self.public_key, planned_disk(job.needs),
-                                        self.image)
+            return self.provider.create(picked.offer, name, self.public_key, planned_disk(job.needs), self.image)
         except AnswerLost as err:
             self.console.say(job, f"{err}; looking the instance up by its name {name}")
-            inst = self.cleanup.find_by_name(name, attempts=max(2, int(self.params["retries"])),
-                                             delay_s=float(self.params["backoff_s"]) * 4)
+            inst = self.cleanup.find_by_name(
+                name, attempts=max(2, int(self.params["retries"])), delay_s=float(self.params["backoff_s"]) * 4
+            )
             if inst is None:
-                raise LaunchError(f"{self.provider.name} create of {name} got no answer and no instance of that "
-                                  "name appeared; the end-of-sweep check lists it if it shows up later") from err
+                raise LaunchError(
+                    f"{self.provider.name} create of {name} got no answer and no instance of that "
+                    "name appeared; the end-of-sweep check lists it if it shows up later"
+                ) from err
             self.console.say(job, f"found {inst.describe()}: the create did happen; using it")
             return inst
         except (Refused, NoBalance):
@@ -142,9 +169,12 @@ class Rental:
         if job.key in self.pending:
             raise LaunchError(str(self.pending.pop(job.key)))
         try:
-            inst = self.provider.wait_ready(Instance(self.provider.name, str(host.instance_id), "", "starting"),
-                                            float(self.params["ready_timeout_s"]),
-                                            float(self.params["poll_interval_s"]), self.cancel)
+            inst = self.provider.wait_ready(
+                Instance(self.provider.name, str(host.instance_id), "", "starting"),
+                float(self.params["ready_timeout_s"]),
+                float(self.params["poll_interval_s"]),
+                self.cancel,
+            )
         except ProviderError as err:
             if self.cancel.is_set():
                 raise Cancelled(str(err)) from err
@@ -158,8 +188,13 @@ class Rental:
         fail later, in torch, after the set-up was paid for; such an instance is refused (and so destroyed)."""
         out = job.session.run(DRIVER_COMMAND, "check NVIDIA driver").stdout
         driver, cuda = driver_cuda(out)
-        job.note(driver={"version": driver, "cuda": ".".join(map(str, cuda)) if cuda else None,
-                         "image_needs_cuda": ".".join(map(str, self.min_cuda)) if self.min_cuda else None})
+        job.note(
+            driver={
+                "version": driver,
+                "cuda": ".".join(map(str, cuda)) if cuda else None,
+                "image_needs_cuda": ".".join(map(str, self.min_cuda)) if self.min_cuda else None,
+            }
+        )
         reason = driver_refusal(out, self.min_cuda, self.image)
         if reason:
             raise LaunchError(f"{self.provider.name} instance {job.instance.instance_id} refused: {reason}")
@@ -183,9 +218,13 @@ class Rental:
             except ProviderError as err:
                 error = str(err)
                 if attempt < DESTROY_ATTEMPTS:
-                    time.sleep(float(self.params["backoff_s"]) * 2 ** attempt)
-        self.console.say(job, f"destroyed {self.provider.name} instance {host.instance_id}" if error is None else
-                         f"destroy of {self.provider.name} instance {host.instance_id} failed {DESTROY_ATTEMPTS} times")
+                    time.sleep(float(self.params["backoff_s"]) * 2**attempt)
+        self.console.say(
+            job,
+            f"destroyed {self.provider.name} instance {host.instance_id}"
+            if error is None
+            else f"destroy of {self.provider.name} instance {host.instance_id} failed {DESTROY_ATTEMPTS} times",
+        )
         job.note(destroy={"id": host.instance_id, "ok": error is None, "error": error})
         self.record_attempt(job, host)
         self.known_hosts_file(host).unlink(missing_ok=True)
@@ -198,11 +237,17 @@ class Rental:
         price, from create to destroy)."""
         hours = (time.monotonic() - self.rented_at.pop(str(host.instance_id), time.monotonic())) / 3600
         offer = job.events.get("offer") or {}
-        job.events.setdefault("attempts", []).append({
-            "instance_id": host.instance_id, "offer": offer.get("id"), "interruptible": offer.get("interruptible"),
-            "usd_per_hour": host.usd_per_hour, "hours": round(hours, 6),
-            "usd": round(hours * float(host.usd_per_hour or 0.0), 6),
-            "ended": job.events.pop("preempted", None) or "destroyed"})
+        job.events.setdefault("attempts", []).append(
+            {
+                "instance_id": host.instance_id,
+                "offer": offer.get("id"),
+                "interruptible": offer.get("interruptible"),
+                "usd_per_hour": host.usd_per_hour,
+                "hours": round(hours, 6),
+                "usd": round(hours * float(host.usd_per_hour or 0.0), 6),
+                "ended": job.events.pop("preempted", None) or "destroyed",
+            }
+        )
 
     # preemption -------------------------------------------------------------------------------------------------
     def check_alive(self, job: Job, every_s: float = PREEMPT_CHECK_S) -> None:
@@ -231,8 +276,10 @@ class Rental:
         self.choices[job.key] = [c for c in self.choices.get(job.key, []) if c.offer.offer_id != lost]
         if not self.choices[job.key]:
             return False
-        self.console.say(job, f"{err}; rerunning the job on the next cheapest offer "
-                              f"({job.attempt + 1}/{self.params['max_preemptions']})")
+        self.console.say(
+            job,
+            f"{err}; rerunning the job on the next cheapest offer ({job.attempt + 1}/{self.params['max_preemptions']})",
+        )
         return True
 
     # leftovers ----------------------------------------------------------------------------------------------------
@@ -249,17 +296,21 @@ class Rental:
                 self.console.say(None, f"!!! {inst.describe()} of this sweep is still alive at its end: destroying")
                 self.destroy_leftover(inst)
             else:
-                self.console.say(None, f"!!! leftover at sweep {when}: {inst.describe()} is alive and billing; destroy "
-                                       f"it with `outlier-offers provider={self.provider.name} --cleanup` "
-                                       f"or {self.provider.console_command(inst.id)}")
+                self.console.say(
+                    None,
+                    f"!!! leftover at sweep {when}: {inst.describe()} is alive and billing; destroy "
+                    f"it with `outlier-offers provider={self.provider.name} --cleanup` "
+                    f"or {self.provider.console_command(inst.id)}",
+                )
         return alive
 
     def destroy_leftover(self, inst: Instance) -> None:
         try:
             self.cleanup.destroy(inst.id)
         except ProviderError as err:
-            destroy_failed(Host(address=inst.address or "?", instance_id=inst.id), str(err),
-                           self.provider.console_command(inst.id))
+            destroy_failed(
+                Host(address=inst.address or "?", instance_id=inst.id), str(err), self.provider.console_command(inst.id)
+            )
 
 
 def planned_disk(needs: Any) -> int:
@@ -273,7 +324,11 @@ def _cuda_text(version) -> Optional[str]:
 
 def offer_query(needs: Any, params: Dict[str, Any], image: str) -> OfferQuery:
     """What the provider's search may filter out for this job (lower bounds only; _choice judges the fit)."""
-    return OfferQuery(min_vram_gib_each=need_per_gpu(needs, max(OfferQuery.gpu_counts)),
-                      min_total_vram_gib=need_per_gpu(needs, 1), disk_gib=planned_disk(needs),
-                      min_cuda=_cuda_text(min_cuda(image, params.get("min_cuda"))), interruptible=bool(params.get("interruptible")),
-                      vendors=tuple(v.lower() for v in params["vendors"]))
+    return OfferQuery(
+        min_vram_gib_each=need_per_gpu(needs, max(OfferQuery.gpu_counts)),
+        min_total_vram_gib=need_per_gpu(needs, 1),
+        disk_gib=planned_disk(needs),
+        min_cuda=_cuda_text(min_cuda(image, params.get("min_cuda"))),
+        interruptible=bool(params.get("interruptible")),
+        vendors=tuple(v.lower() for v in params["vendors"]),
+    )

@@ -1,4 +1,5 @@
 """SIGINT, SIGTERM and SIGHUP, and any second signal, all turned into the launcher's one cleanup path."""
+
 from __future__ import annotations
 
 import signal

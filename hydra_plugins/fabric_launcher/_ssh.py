@@ -1,4 +1,5 @@
 """SSH sessions to a host (Fabric + paramiko): host-key checking, reconnect on faults, commands and SFTP."""
+
 from __future__ import annotations
 
 import fcntl
@@ -56,13 +57,22 @@ class Session:
 
         self.close()
         timeout = float(self.params["connect_timeout_s"])
-        connect_kwargs: Dict[str, Any] = {"look_for_keys": False, "allow_agent": False,
-                                          "banner_timeout": timeout, "auth_timeout": timeout}
+        connect_kwargs: Dict[str, Any] = {
+            "look_for_keys": False,
+            "allow_agent": False,
+            "banner_timeout": timeout,
+            "auth_timeout": timeout,
+        }
         if self.host.key_path:
             connect_kwargs["key_filename"] = self.host.key_path
-        conn = Connection(self.host.address, user=self.host.user, port=self.host.port,
-                          config=Config(overrides={"load_ssh_configs": False}),
-                          connect_timeout=timeout, connect_kwargs=connect_kwargs)
+        conn = Connection(
+            self.host.address,
+            user=self.host.user,
+            port=self.host.port,
+            config=Config(overrides={"load_ssh_configs": False}),
+            connect_timeout=timeout,
+            connect_kwargs=connect_kwargs,
+        )
         # Fabric does no host-key checking by itself (AutoAddPolicy, no known_hosts): do it here.
         known = known_hosts_path(self.params)
         if known.is_file():
@@ -74,27 +84,35 @@ class Session:
         elif self.params["host_key_policy"] == "accept-new":
             conn.client.set_missing_host_key_policy(_AcceptNewPolicy(known))
         else:
-            raise user_error(f"hydra.launcher.host_key_policy={self.params['host_key_policy']!r}: use accept-new or"
-                              " strict")
+            raise user_error(
+                f"hydra.launcher.host_key_policy={self.params['host_key_policy']!r}: use accept-new or strict"
+            )
         try:
             conn.open()
         except paramiko.AuthenticationException as err:
-            raise LaunchError(f"authentication to {self.host.name} with key {self.host.key_path} failed: {err}"
-                              ) from err
+            raise LaunchError(
+                f"authentication to {self.host.name} with key {self.host.key_path} failed: {err}"
+            ) from err
         except paramiko.BadHostKeyException as err:
-            raise LaunchError(f"host key of {self.host.name} does not match {known}: refusing to connect ({err})"
-                              ) from err
+            raise LaunchError(
+                f"host key of {self.host.name} does not match {known}: refusing to connect ({err})"
+            ) from err
         except paramiko.SSHException as err:
             if "known_hosts" in str(err):
-                raise LaunchError(f"{self.host.name} is not in {known} and host_key_policy=strict: refusing to "
-                                  f"connect (add its key, e.g. ssh-keyscan -p {self.host.port} {self.host.address})"
-                                  ) from err
+                raise LaunchError(
+                    f"{self.host.name} is not in {known} and host_key_policy=strict: refusing to "
+                    f"connect (add its key, e.g. ssh-keyscan -p {self.host.port} {self.host.address})"
+                ) from err
             raise
         # Keepalives that want an answer: a silent link is closed, which wakes whatever waits on it; so does a
         # cancel (Ctrl-C, a signal, a kill deadline), at once.
-        self.watchdog = LinkWatchdog(conn.transport, float(self.params["keepalive_s"]),
-                                     int(self.params["keepalive_count_max"]), self.host.name,
-                                     aborted=lambda: self.current.cancel.is_set())
+        self.watchdog = LinkWatchdog(
+            conn.transport,
+            float(self.params["keepalive_s"]),
+            int(self.params["keepalive_count_max"]),
+            self.host.name,
+            aborted=lambda: self.current.cancel.is_set(),
+        )
         self.conn = conn
         if self.home is None:
             self.home = self._run_once('printf %s "$HOME"').stdout.strip()
@@ -127,8 +145,13 @@ class Session:
         if stdin is not None:
             return self._run_with_stdin(command, stdin, timeout or float(self.params["ssh_op_timeout_s"]))
         try:
-            result = self.conn.run(command, hide=True, warn=True, in_stream=False,
-                                   timeout=timeout or float(self.params["ssh_op_timeout_s"]))
+            result = self.conn.run(
+                command,
+                hide=True,
+                warn=True,
+                in_stream=False,
+                timeout=timeout or float(self.params["ssh_op_timeout_s"]),
+            )
         except invoke.UnexpectedExit as err:
             if err.result.exited == -1:
                 self.close()
@@ -160,8 +183,15 @@ class Session:
         finally:
             channel.close()
 
-    def run(self, command: str, what: str, check: bool = True, timeout: Optional[float] = None,
-            retry: Optional[RetryPolicy] = None, stdin: Optional[str] = None):
+    def run(
+        self,
+        command: str,
+        what: str,
+        check: bool = True,
+        timeout: Optional[float] = None,
+        retry: Optional[RetryPolicy] = None,
+        stdin: Optional[str] = None,
+    ):
         """Run an idempotent remote shell command, reconnecting on faults; nonzero exit raises when check.
 
         `retry` overrides the session's policy for this command (cleanup retries after a cancel, a running job's
@@ -178,8 +208,10 @@ class Session:
         self.current = retry or self.retry
         result = self.current.call(f"{what} on {self.host.name}", attempt)
         if check and result.exited != 0:
-            raise LaunchError(f"{what} on {self.host.name} failed (exit {result.exited}): "
-                              f"{(result.stderr or result.stdout).strip()[-2000:]}")
+            raise LaunchError(
+                f"{what} on {self.host.name} failed (exit {result.exited}): "
+                f"{(result.stderr or result.stdout).strip()[-2000:]}"
+            )
         return result
 
     def sftp(self) -> paramiko.SFTPClient:
@@ -190,8 +222,9 @@ class Session:
             self._sftp.get_channel().settimeout(float(self.params["ssh_op_timeout_s"]))
         return self._sftp
 
-    def with_sftp(self, what: str, fn: Callable[[paramiko.SFTPClient], Any],
-                  retry: Optional[RetryPolicy] = None) -> Any:
+    def with_sftp(
+        self, what: str, fn: Callable[[paramiko.SFTPClient], Any], retry: Optional[RetryPolicy] = None
+    ) -> Any:
         def attempt():
             try:
                 return fn(self.sftp())
@@ -213,6 +246,7 @@ class Session:
 @dataclass
 class CommandResult:
     """What a remote command left: its output and exit status (invoke's Result has the same three fields)."""
+
     stdout: str
     stderr: str
     exited: int

@@ -1,4 +1,5 @@
 """Results from the host to the sweep dir: by rsync or over the launcher's SSH channel, every file sha256-verified."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,9 @@ def collect_results(job: Job, params: Dict[str, Any], retry: RetryPolicy, probe_
     return manifest
 
 
-def pull_results(session: Session, params: Dict[str, Any], retry: RetryPolicy, remote_dir: str, local_dir: Path,
-                 probe_rsync: bool) -> Tuple[List[Dict[str, Any]], str, int]:
+def pull_results(
+    session: Session, params: Dict[str, Any], retry: RetryPolicy, remote_dir: str, local_dir: Path, probe_rsync: bool
+) -> Tuple[List[Dict[str, Any]], str, int]:
     """A finished job's out/ into local_dir, every file verified; the results stay on the host through an outage
     of up to outage_budget_s, which is waited out. Returns the manifest, the method used and the retries."""
     retry = retry.outlasting(float(params["outage_budget_s"]))
@@ -100,8 +102,9 @@ class Transfer:
                 self.channel_pull(source, staging, bad, big_over_sftp=method == "sftp")
             still = self.settle(dest, manifest)
             if still:
-                raise TransferIncomplete(f"{len(still)} file(s) missing or failing sha256: "
-                                         f"{', '.join(e['path'] for e in still[:5])}")
+                raise TransferIncomplete(
+                    f"{len(still)} file(s) missing or failing sha256: {', '.join(e['path'] for e in still[:5])}"
+                )
 
         def count_retry() -> None:
             self.retries += 1
@@ -139,12 +142,28 @@ class Transfer:
         host = self.session.host
         timeout = max(1, int(float(self.params["connect_timeout_s"])))
         alive = max(1, round(float(self.params["keepalive_s"])))
-        cmd = ["ssh", "-F", "/dev/null", "-p", str(host.port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-               "-o", f"UserKnownHostsFile={ssh_path(str(known_hosts_path(self.params)))}",
-               # The launcher's own connection already checked (or recorded) this host's key.
-               "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={timeout}",
-               "-o", f"ServerAliveInterval={alive}",
-               "-o", f"ServerAliveCountMax={int(self.params['keepalive_count_max'])}"]
+        cmd = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(host.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={ssh_path(str(known_hosts_path(self.params)))}",
+            # The launcher's own connection already checked (or recorded) this host's key.
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"ConnectTimeout={timeout}",
+            "-o",
+            f"ServerAliveInterval={alive}",
+            "-o",
+            f"ServerAliveCountMax={int(self.params['keepalive_count_max'])}",
+        ]
         if host.key_path:
             cmd += ["-i", host.key_path.replace("%", "%%")]  # ssh expands % tokens in identity paths
         return cmd
@@ -153,8 +172,18 @@ class Transfer:
         host = self.session.host
         target = f"{host.user + '@' if host.user else ''}{host.address}"
         files_from = "\n".join(paths) + "\n"
-        cmd = ["rsync", "-a", "--partial", "--append-verify", "--protect-args", "--files-from=-",
-               "-e", " ".join(shlex.quote(a) for a in self.ssh_command()), f"{target}:{source}/", f"{dest}/"]
+        cmd = [
+            "rsync",
+            "-a",
+            "--partial",
+            "--append-verify",
+            "--protect-args",
+            "--files-from=-",
+            "-e",
+            " ".join(shlex.quote(a) for a in self.ssh_command()),
+            f"{target}:{source}/",
+            f"{dest}/",
+        ]
         proc = subprocess.run(cmd, input=files_from, capture_output=True, text=True)
         if proc.returncode == 0:
             return
@@ -196,8 +225,9 @@ class Transfer:
         """A session channel with a big window, whose every read waits at most ssh_op_timeout_s."""
         self.session._ensure()
         limit = float(self.params["ssh_op_timeout_s"])
-        channel = self.session.conn.transport.open_session(window_size=WINDOW_BYTES, max_packet_size=PACKET_BYTES,
-                                                           timeout=limit)
+        channel = self.session.conn.transport.open_session(
+            window_size=WINDOW_BYTES, max_packet_size=PACKET_BYTES, timeout=limit
+        )
         channel.settimeout(limit)
         return channel
 
@@ -248,7 +278,7 @@ class _ChannelReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         data = self.channel.recv(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 

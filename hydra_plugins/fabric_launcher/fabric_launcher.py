@@ -1,4 +1,5 @@
 """Hydra Launcher that runs each job on a remote SSH host via Fabric; the work lives in `_core`."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -12,8 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 class FabricLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
         # Hydra instantiates the launcher with its config fields as keyword arguments.
-        self.params = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) or
-                           OmegaConf.is_list(v) else v) for k, v in params.items()}
+        self.params = {
+            k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) or OmegaConf.is_list(v) else v)
+            for k, v in params.items()
+        }
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None

@@ -7,6 +7,7 @@ reason gets one line and the sweep exits 2, instead of Hydra's "Error executing 
 a launcher's own refusal (nothing fits, sbatch refused) is one line too. A job that failed with a bug keeps its
 traceback.
 """
+
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, List, Sequence, Tuple
@@ -47,8 +48,9 @@ class _RecordingLauncher:
         returns = list(self._launcher.launch(job_overrides, initial_job_idx))
         for number, ret in enumerate(returns, initial_job_idx):
             if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
-                self.failed.append((number, list(ret.overrides or job_overrides[number - initial_job_idx]),
-                                    ret._return_value))
+                self.failed.append(
+                    (number, list(ret.overrides or job_overrides[number - initial_job_idx]), ret._return_value)
+                )
                 returns[number - initial_job_idx] = _Recorded(**{k: getattr(ret, k) for k in ret.__dataclass_fields__})
         return returns
 

@@ -1,4 +1,5 @@
 """SIGTERM and SIGHUP end a sweep as Ctrl-C does, by an exception in the main thread; cleanup ignores more signals."""
+
 from __future__ import annotations
 
 import signal
@@ -8,8 +9,11 @@ from types import FrameType
 from typing import Any, Callable, Dict, Iterator, Optional
 
 # What each signal usually means, for the one line that says why the sweep stopped.
-CAUSES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "kill, a CI cancel or a scheduler's time limit",
-          signal.SIGHUP: "the terminal or SSH session closed"}
+CAUSES = {
+    signal.SIGINT: "Ctrl-C",
+    signal.SIGTERM: "kill, a CI cancel or a scheduler's time limit",
+    signal.SIGHUP: "the terminal or SSH session closed",
+}
 
 
 class ExitSignal(BaseException):

@@ -1,4 +1,5 @@
 """Per-job sbatch resources (GPUs, memory, CPUs, time limit) derived from the job's own resource plan."""
+
 from __future__ import annotations
 
 import math
@@ -62,21 +63,27 @@ def request(cfg: DictConfig, plan: Any, launcher: Dict[str, Any]) -> Tuple[Dict[
         why.append("CPU only" + ("" if plan.gpu is None else " (require_gpu=false)"))
     mem = _round_up(max(float(est.ram_floor_gib), host_need), launcher["mem_round_gb"])
     params["mem_gb"] = int(mem) if mem == int(mem) else mem
-    why.append(f"mem {mem:g} GB = max(RAM floor {est.ram_floor_gib:g}, {launcher['mem_baseline_gb']:g} baseline + "
-               f"{host_need - launcher['mem_baseline_gb']:.2f} estimate), rounded up to {launcher['mem_round_gb']:g}")
+    why.append(
+        f"mem {mem:g} GB = max(RAM floor {est.ram_floor_gib:g}, {launcher['mem_baseline_gb']:g} baseline + "
+        f"{host_need - launcher['mem_baseline_gb']:.2f} estimate), rounded up to {launcher['mem_round_gb']:g}"
+    )
 
     flops = (launcher["gpu_tflops"] * count if gpu is not None else launcher["cpu_tflops"]) * 1e12
     # A hub checkpoint may not be in the node's cache yet: its download (the planner's figure, at
     # hardware.download_gbps) counts into the time limit.
     hub = OmegaConf.select(cfg, "model.source") == "hub"
     download_s = float((getattr(plan, "job_time", None) or {}).get("download_s", 0.0)) if hub else 0.0
-    predicted_s = (download_s + est.weights_gib / launcher["load_gib_per_s"]
-                   + 2.0 * est.params_active * _tokens(cfg) / flops)
-    params["timeout_min"] = max(int(launcher["min_timeout_min"]),
-                                math.ceil(launcher["timeout_factor"] * predicted_s / 60.0))
-    why.append(f"timeout {params['timeout_min']} min (predicted {predicted_s / 60.0:.1f} min"
-               f"{f', {download_s / 60.0:.1f} of them a cold-cache download' if download_s else ''} x "
-               f"{launcher['timeout_factor']:g}, floor {launcher['min_timeout_min']})")
+    predicted_s = (
+        download_s + est.weights_gib / launcher["load_gib_per_s"] + 2.0 * est.params_active * _tokens(cfg) / flops
+    )
+    params["timeout_min"] = max(
+        int(launcher["min_timeout_min"]), math.ceil(launcher["timeout_factor"] * predicted_s / 60.0)
+    )
+    why.append(
+        f"timeout {params['timeout_min']} min (predicted {predicted_s / 60.0:.1f} min"
+        f"{f', {download_s / 60.0:.1f} of them a cold-cache download' if download_s else ''} x "
+        f"{launcher['timeout_factor']:g}, floor {launcher['min_timeout_min']})"
+    )
 
     user_set = {k: launcher[k] for k in DERIVED if launcher.get(k) is not None}
     if any(k in user_set for k in ("gpus_per_node", "gres")):

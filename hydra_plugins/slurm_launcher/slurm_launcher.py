@@ -34,8 +34,23 @@ INIT_KEYS = {"submitit_folder", "max_num_timeout"}
 # Slurm states of a job that may still produce a result; any other (COMPLETED, FAILED, CANCELLED by UID, TIMEOUT,
 # OUT_OF_MEMORY, NODE_FAIL, ...) is final. PREEMPTED is final only when no requeue follows within preempted_grace_s.
 PREEMPTED = "PREEMPTED"
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "READY", "UNKNOWN", PREEMPTED}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "READY",
+    "UNKNOWN",
+    PREEMPTED,
+}
 SUMMARY_FILE = "slurm_jobs.json"
 
 
@@ -66,8 +81,14 @@ class SlurmLauncher(BaseSubmititLauncher):
     _EXECUTOR = "slurm"
 
     # ------------------------------------------------------------------------------------------- on the cluster node
-    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: Dict[type, Singleton]) -> JobReturn:
+    def __call__(
+        self,
+        sweep_overrides: List[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: Dict[type, Singleton],
+    ) -> JobReturn:
         """Run the job on the allocated node; a failure leaves the process non-zero so Slurm records FAILED
         (stock hydra-submitit returns it as a value and Slurm says COMPLETED: hydra#1928)."""
         ret = super().__call__(list(sweep_overrides), job_dir_key, job_num, job_id, singleton_state)
@@ -119,8 +140,13 @@ class SlurmLauncher(BaseSubmititLauncher):
             # Another Hydra app (Hydra's own launcher test suites use this): nothing to plan, so the resources are
             # those set in hydra.launcher, as with the stock submitit launcher.
             given = {k: self.params[k] for k in sizing.DERIVED if self.params.get(k) is not None}
-            return SweepJob(index, overrides, given, ["no outlier_lab plan (the app has no hardware config): "
-                                                      "resources as set in hydra.launcher"], cfg)
+            return SweepJob(
+                index,
+                overrides,
+                given,
+                ["no outlier_lab plan (the app has no hardware config): resources as set in hydra.launcher"],
+                cfg,
+            )
         try:
             plan = sizing.plan_job(cfg)
             sbatch, reasons = sizing.request(cfg, plan, self.params)
@@ -142,8 +168,9 @@ class SlurmLauncher(BaseSubmititLauncher):
         import submitit
 
         shared = {k: v for k, v in self.params.items() if k not in OWN_KEYS and k not in sizing.DERIVED}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=shared["submitit_folder"],
-                                         slurm_max_num_timeout=shared["max_num_timeout"])
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR, folder=shared["submitit_folder"], slurm_max_num_timeout=shared["max_num_timeout"]
+        )
         base = set(BaseQueueConf.__dataclass_fields__)
         merged = {**{k: v for k, v in shared.items() if k not in INIT_KEYS}, **sbatch}
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in merged.items()})
@@ -151,8 +178,9 @@ class SlurmLauncher(BaseSubmititLauncher):
 
     def _job_args(self, members: List[SweepJob]) -> List[Tuple[Any, ...]]:
         state = Singleton.get_state()
-        return [(self._with_plan(job), "hydra.sweep.dir", job.index, f"job_id_for_{job.index}", state)
-                for job in members]
+        return [
+            (self._with_plan(job), "hydra.sweep.dir", job.index, f"job_id_for_{job.index}", state) for job in members
+        ]
 
     def _with_plan(self, job: SweepJob) -> List[str]:
         """The job's overrides plus its plan (written to a shared file): the node runs under it, never plans again."""
@@ -173,8 +201,12 @@ class SlurmLauncher(BaseSubmititLauncher):
         for job, handle in zip(members, handles):
             handle._results_timeout_s = self.params["result_grace_s"]
             job.job, job.submitted_at, job.state = handle, submitted_at, "PENDING"
-        log.info("submitted array %s (%d jobs) in %.2f s", handles[0].job_id.split("_")[0], len(handles),
-                 time.monotonic() - submitted_at)
+        log.info(
+            "submitted array %s (%d jobs) in %.2f s",
+            handles[0].job_id.split("_")[0],
+            len(handles),
+            time.monotonic() - submitted_at,
+        )
 
     def _wait(self, jobs: List[SweepJob]) -> None:
         """Poll Slurm (one sacct call for every job; scontrol where sacct has no answer) until each job ended.
@@ -195,8 +227,11 @@ class SlurmLauncher(BaseSubmititLauncher):
                 else:
                     job.events.pop("preempted_at", None)
                 preempted_for = now - job.events.get("preempted_at", now)
-                if (job.job.paths.result_pickle.exists() or word not in ACTIVE_STATES
-                        or preempted_for > self.params["preempted_grace_s"]):
+                if (
+                    job.job.paths.result_pickle.exists()
+                    or word not in ACTIVE_STATES
+                    or preempted_for > self.params["preempted_grace_s"]
+                ):
                     job.finished_at = now
                 else:
                     still.append(job)
@@ -231,14 +266,21 @@ class SlurmLauncher(BaseSubmititLauncher):
                 # The node writes the error before its process exits: Slurm may still say RUNNING for a moment.
                 settled = _settled_state(handle, "FAILED")
                 job.state = "FAILED" if settled.split()[0].upper() in ACTIVE_STATES else settled
-        message = (f"job #{job.index} ({' '.join(filter_overrides(job.overrides))}) ended {job.state} on Slurm "
-                   f"(job {handle.job_id}): {headline}")
+        message = (
+            f"job #{job.index} ({' '.join(filter_overrides(job.overrides))}) ended {job.state} on Slurm "
+            f"(job {handle.job_id}): {headline}"
+        )
         tail = _tail(handle.paths.stderr, self.params["stderr_tail_lines"])
         if tail:
             message += f"\n--- last lines of {handle.paths.stderr} ---\n{tail}"
         log.error("%s", message)
-        job.result = JobReturn(overrides=job.overrides, cfg=job.cfg, hydra_cfg=job.cfg, status=JobStatus.FAILED,
-                               _return_value=SlurmJobFailed(message))
+        job.result = JobReturn(
+            overrides=job.overrides,
+            cfg=job.cfg,
+            hydra_cfg=job.cfg,
+            status=JobStatus.FAILED,
+            _return_value=SlurmJobFailed(message),
+        )
         if killed:
             self._job_ended_without_hydra(job)
 
@@ -266,8 +308,13 @@ class SlurmLauncher(BaseSubmititLauncher):
             return
         if not self.params["cancel_on_exit"]:
             ids = " ".join(job.job.job_id for job in unfinished)
-            log.warning("left running on Slurm (hydra.launcher.cancel_on_exit=false): %s; their outputs will land "
-                        "under %s; cancel them with: scancel %s", ids, sweep_dir, ids)
+            log.warning(
+                "left running on Slurm (hydra.launcher.cancel_on_exit=false): %s; their outputs will land "
+                "under %s; cancel them with: scancel %s",
+                ids,
+                sweep_dir,
+                ids,
+            )
             return
         for job in unfinished:
             log.warning("cancelling Slurm job %s (#%d)", job.job.job_id, job.index)
@@ -275,14 +322,30 @@ class SlurmLauncher(BaseSubmititLauncher):
 
     @staticmethod
     def _write_summary(sweep_dir: Path, jobs: List[SweepJob]) -> None:
-        rows = [dict(index=j.index, overrides=j.overrides, slurm_job_id=j.job.job_id, state=j.state, sbatch=j.sbatch,
-                     reasons=j.reasons, submit_to_done_s=round(j.finished_at - j.submitted_at, 3)) for j in jobs]
+        rows = [
+            dict(
+                index=j.index,
+                overrides=j.overrides,
+                slurm_job_id=j.job.job_id,
+                state=j.state,
+                sbatch=j.sbatch,
+                reasons=j.reasons,
+                submit_to_done_s=round(j.finished_at - j.submitted_at, 3),
+            )
+            for j in jobs
+        ]
         target = sweep_dir / f"{SUMMARY_FILE}.tmp"
         target.write_text(json.dumps(rows, indent=2, default=str))
         target.replace(sweep_dir / SUMMARY_FILE)
         for row in rows:
-            log.info("#%d %s: Slurm %s %s, submit to done %.1f s", row["index"], " ".join(row["overrides"]),
-                     row["slurm_job_id"], row["state"], row["submit_to_done_s"])
+            log.info(
+                "#%d %s: Slurm %s %s, submit to done %.1f s",
+                row["index"],
+                " ".join(row["overrides"]),
+                row["slurm_job_id"],
+                row["state"],
+                row["submit_to_done_s"],
+            )
 
     def _dry_run(self, arrays: List[Tuple[Dict[str, Any], List[SweepJob]]], jobs: List[SweepJob]) -> List[JobReturn]:
         """Print what would be submitted: each job's parameters and reasons, then each array's #SBATCH header."""
@@ -301,8 +364,12 @@ class SlurmLauncher(BaseSubmititLauncher):
 
         with _srun_not_required():
             executor = self._executor(sbatch)._executor
-        text = _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder,
-                                   map_count=count if count > 1 else None, **executor.parameters)
+        text = _make_sbatch_string(
+            command=executor._submitit_command_str,
+            folder=executor.folder,
+            map_count=count if count > 1 else None,
+            **executor.parameters,
+        )
         return [line for line in text.splitlines() if line.startswith("#SBATCH")]
 
 
@@ -313,8 +380,10 @@ def _require_slurm() -> None:
     missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
     if missing:
         verb = "are" if len(missing) > 1 else "is"
-        raise UserError(f"hydra/launcher=slurm needs a Slurm login node ({' and '.join(missing)} {verb} not on PATH "
-                        "here): run the sweep there, or preview its jobs here with hydra.launcher.dry_run=true")
+        raise UserError(
+            f"hydra/launcher=slurm needs a Slurm login node ({' and '.join(missing)} {verb} not on PATH "
+            "here): run the sweep there, or preview its jobs here with hydra.launcher.dry_run=true"
+        )
 
 
 @contextlib.contextmanager
@@ -345,9 +414,11 @@ def _submit_array(executor: Any, function: Any, job_args: List[Tuple[Any, ...]],
             return executor.map_array(function, *zip(*job_args))
     except submitit.core.utils.FailedJobError as err:
         said = " ".join(line.strip() for line in (str(err) or refusal.getvalue()).splitlines() if line.strip())
-        raise UserError(f"sbatch refused the array ({_brief(sbatch)}): {said or 'no message'}; check "
-                        "hydra.launcher.partition/account/qos/gres (hydra.launcher.dry_run=true prints the #SBATCH "
-                        "header)") from None
+        raise UserError(
+            f"sbatch refused the array ({_brief(sbatch)}): {said or 'no message'}; check "
+            "hydra.launcher.partition/account/qos/gres (hydra.launcher.dry_run=true prints the #SBATCH "
+            "header)"
+        ) from None
 
 
 def _brief(sbatch: Dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
 """Run the model under an nnsight trace and stream every site's input into the reducers, block by block."""
+
 from __future__ import annotations
 
 import inspect
@@ -44,8 +45,10 @@ def plan_probes(model: torch.nn.Module, site_map: SiteMap) -> Tuple[List[SitePro
             width = input_width(model.get_submodule(path), hidden, site_map.adapter)
             space = HIDDEN if width == hidden else site_map.adapter.mixer_space(site, site_map.kinds[block].mixer_name)
             if spaces.setdefault(space, width) != width:
-                raise UserError(f"feature space {space!r} is {spaces[space]} wide in one block and {width} in block "
-                                f"{block}; the {site_map.adapter.name} adapter must name one space per width")
+                raise UserError(
+                    f"feature space {space!r} is {spaces[space]} wide in one block and {width} in block "
+                    f"{block}; the {site_map.adapter.name} adapter must name one space per width"
+                )
             planned.append((block, site, path, space))
     # A space's slots are the analyzed blocks that have it (a per-mixer-kind space lives in that kind's blocks
     # only, and its layer fraction counts those).
@@ -85,7 +88,9 @@ def _envoy(root, path: str):
 class Capture:
     """Wraps a loaded model once in nnsight; `run(input_ids, observe)` hands each site input to `observe`."""
 
-    def __init__(self, model: torch.nn.Module, probes: Sequence[SiteProbe], num_blocks: int, full_forward: bool = False):
+    def __init__(
+        self, model: torch.nn.Module, probes: Sequence[SiteProbe], num_blocks: int, full_forward: bool = False
+    ):
         from nnsight import NNsight
 
         self.model = model

@@ -1,4 +1,5 @@
 """Measured peak memory of a code region: CUDA max_memory_allocated on GPU, peak RSS growth on CPU."""
+
 from __future__ import annotations
 
 import ctypes
@@ -9,8 +10,8 @@ import resource
 from pathlib import Path
 
 import torch
-from outlier_lab.units import GIB
 
+from outlier_lab.units import GIB
 
 
 def _rss_bytes() -> int:

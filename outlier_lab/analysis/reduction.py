@@ -1,14 +1,15 @@
 """The selected detectors' reducers of one job behind one batch interface, shared by the resident and streamed engines."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe, plan_probes
-from outlier_lab.config import SITES
 from outlier_lab.analysis.detectors import Detector, merge_probes
+from outlier_lab.arch.sites import SiteMap
+from outlier_lab.config import SITES
 
 
 class Reduction:
@@ -19,8 +20,9 @@ class Reduction:
     several batches open: `suspend` hands out the current batch's state and `resume` brings one back.
     """
 
-    def __init__(self, model: torch.nn.Module, site_map: SiteMap, detectors: Sequence[Detector],
-                 device: torch.device | str):
+    def __init__(
+        self, model: torch.nn.Module, site_map: SiteMap, detectors: Sequence[Detector], device: torch.device | str
+    ):
         site_probes, widths = plan_probes(model, site_map)
         self.detectors = list(detectors)
         self.routes: Dict[Tuple[str, bool], List[Detector]] = {}

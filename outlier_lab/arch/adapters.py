@@ -1,11 +1,11 @@
 """Architecture adapters: every fact about an architecture family (site paths per block kind, layout, MoE keys,
 memory facts) as data, one adapter per family of transformers `config.model_type`s."""
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
-
 
 from outlier_lab.config import SITES
 from outlier_lab.errors import UserError
@@ -105,8 +105,10 @@ def config_value(config, key: str):
     """A config attribute the adapter relies on; a config without it is a mismatched adapter, never a default."""
     text = _text(config)
     if not hasattr(text, key):
-        raise UserError(f"{type(text).__name__} has no {key!r}, which the {text.model_type!r} adapter reads; "
-                        "the adapter in outlier_lab/arch/adapters.py does not match this config")
+        raise UserError(
+            f"{type(text).__name__} has no {key!r}, which the {text.model_type!r} adapter reads; "
+            "the adapter in outlier_lab/arch/adapters.py does not match this config"
+        )
     return getattr(text, key)
 
 
@@ -130,8 +132,10 @@ class ByLayerTypes:
         values = list(config_value(config, self.key))
         unknown = sorted(set(values) - set(self.kinds))
         if unknown:
-            raise UserError(f"{self.key} {unknown} of {_text(config).model_type!r} have no block kind in its adapter "
-                            f"(known: {sorted(self.kinds)}); add them in outlier_lab/arch/adapters.py")
+            raise UserError(
+                f"{self.key} {unknown} of {_text(config).model_type!r} have no block kind in its adapter "
+                f"(known: {sorted(self.kinds)}); add them in outlier_lab/arch/adapters.py"
+            )
         return [self.kinds[v] for v in values]
 
 
@@ -156,8 +160,10 @@ class SparseStep:
         step = int(config_value(config, "decoder_sparse_step") or 1)
         dense = set(config_value(config, "mlp_only_layers") or ())
         has_experts = bool(config_value(config, self.experts))
-        return ["moe" if has_experts and i not in dense and (i + 1) % step == 0 else "dense"
-                for i in range(int(config_value(config, "num_hidden_layers")))]
+        return [
+            "moe" if has_experts and i not in dense and (i + 1) % step == 0 else "dense"
+            for i in range(int(config_value(config, "num_hidden_layers")))
+        ]
 
 
 @dataclass(frozen=True)
@@ -245,8 +251,9 @@ class Adapter:
         """One BlockKind per block, from the config (the block kind decides the site paths)."""
         mixers, ffns = self.mixer_of(config), self.ffn_of(config)
         if len(mixers) != len(ffns):
-            raise UserError(f"the {self.name} adapter's layout rules disagree on the block count "
-                            f"({len(mixers)} vs {len(ffns)})")
+            raise UserError(
+                f"the {self.name} adapter's layout rules disagree on the block count ({len(mixers)} vs {len(ffns)})"
+            )
         for kind, table in ((mixers, self.mixers), (ffns, self.ffns)):
             missing = sorted(set(kind) - set(table))
             if missing:
@@ -298,164 +305,353 @@ _ATTN = Mixer("self_attn.q_proj", "self_attn.o_proj", ("self_attn.k_proj", "self
 _GATED = Ffn("mlp", "post_attention_layernorm", live_tensors=3)
 _DENSE = dict(mixers={"attention": _ATTN}, ffns={"dense": _GATED}, intermediate_key="intermediate_size")
 _MOE_FFNS = {"dense": _GATED, "moe": _GATED}  # the whole MoE block's input (router, experts, shared experts)
-_FAIRSEQ_ATTN = Mixer("self_attn.q_proj", "self_attn.out_proj", ("self_attn.k_proj", "self_attn.v_proj"),
-                      "self_attn_layer_norm")
-_FAIRSEQ = dict(mixers={"attention": _FAIRSEQ_ATTN}, ffns={"dense": Ffn("fc1", "final_layer_norm", live_tensors=2)},
-                intermediate_key="ffn_dim")
+_FAIRSEQ_ATTN = Mixer(
+    "self_attn.q_proj", "self_attn.out_proj", ("self_attn.k_proj", "self_attn.v_proj"), "self_attn_layer_norm"
+)
+_FAIRSEQ = dict(
+    mixers={"attention": _FAIRSEQ_ATTN},
+    ffns={"dense": Ffn("fc1", "final_layer_norm", live_tensors=2)},
+    intermediate_key="ffn_dim",
+)
 _QWEN_MOE = Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size")
 
 # The FFN contraction (down_proj) is deliberately absent: the sites are the inputs reading the residual stream, and
 # the mixer output's projection.
 _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
-    (("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo"),
-     Adapter(name="llama", blocks="layers", **_DENSE)),
+    (
+        ("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo"),
+        Adapter(name="llama", blocks="layers", **_DENSE),
+    ),
     (
         # Post-norm blocks: attn_in and mlp_in read the raw residual.
         ("olmo2",),
-        Adapter(name="olmo2", blocks="layers",
-                mixers={"attention": Mixer(_ATTN.attn_in, _ATTN.attn_out_in, _ATTN.siblings)},
-                ffns={"dense": Ffn("mlp", None, 3)}, intermediate_key="intermediate_size"),
+        Adapter(
+            name="olmo2",
+            blocks="layers",
+            mixers={"attention": Mixer(_ATTN.attn_in, _ATTN.attn_out_in, _ATTN.siblings)},
+            ffns={"dense": Ffn("mlp", None, 3)},
+            intermediate_key="intermediate_size",
+        ),
     ),
     (
         # A norm before and after each sublayer: the FFN reads pre_feedforward_layernorm's output.
         ("gemma2", "gemma3_text"),
-        Adapter(name="gemma2", blocks="layers", mixers={"attention": _ATTN},
-                ffns={"dense": Ffn("mlp", "pre_feedforward_layernorm", 3)}, intermediate_key="intermediate_size"),
+        Adapter(
+            name="gemma2",
+            blocks="layers",
+            mixers={"attention": _ATTN},
+            ffns={"dense": Ffn("mlp", "pre_feedforward_layernorm", 3)},
+            intermediate_key="intermediate_size",
+        ),
     ),
-    (("olmoe",),
-     Adapter(name="olmoe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
-             moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size"))),
-    (("qwen3_moe",),
-     Adapter(name="qwen_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=SparseStep(), moe=_QWEN_MOE)),
-    (("qwen2_moe",),
-     Adapter(name="qwen2_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=SparseStep(),
-             moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     shared_width="shared_expert_intermediate_size", shared_down="mlp.shared_expert.down_proj"))),
-    (("glm4_moe",),
-     Adapter(name="glm4_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=FirstKDense(),
-             moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     shared_count="n_shared_experts", fp32_router=True, shared_down="mlp.shared_experts.down_proj"))),
+    (
+        ("olmoe",),
+        Adapter(
+            name="olmoe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=Uniform("moe"),
+            moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size"),
+        ),
+    ),
+    (
+        ("qwen3_moe",),
+        Adapter(
+            name="qwen_moe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=SparseStep(),
+            moe=_QWEN_MOE,
+        ),
+    ),
+    (
+        ("qwen2_moe",),
+        Adapter(
+            name="qwen2_moe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=SparseStep(),
+            moe=Moe(
+                "num_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                shared_width="shared_expert_intermediate_size",
+                shared_down="mlp.shared_expert.down_proj",
+            ),
+        ),
+    ),
+    (
+        ("glm4_moe",),
+        Adapter(
+            name="glm4_moe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=FirstKDense(),
+            moe=Moe(
+                "n_routed_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                shared_count="n_shared_experts",
+                fp32_router=True,
+                shared_down="mlp.shared_experts.down_proj",
+            ),
+        ),
+    ),
     (
         ("gpt_oss",),
-        Adapter(name="gpt_oss", blocks="layers", mixers={"sliding_attention": _ATTN, "full_attention": _ATTN},
-                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
-                mixer_of=ByLayerTypes({"sliding_attention": "sliding_attention", "full_attention": "full_attention"}),
-                ffn_of=Uniform("moe"),
-                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", fused_checkpoint=True),
-                sdpa=False, attention_sinks=True),
+        Adapter(
+            name="gpt_oss",
+            blocks="layers",
+            mixers={"sliding_attention": _ATTN, "full_attention": _ATTN},
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            mixer_of=ByLayerTypes({"sliding_attention": "sliding_attention", "full_attention": "full_attention"}),
+            ffn_of=Uniform("moe"),
+            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", fused_checkpoint=True),
+            sdpa=False,
+            attention_sinks=True,
+        ),
     ),
     (
         # Gated DeltaNet linear-attention blocks and gated full-attention blocks in one stack (`layer_types`). The
         # linear-attention sites: attn_in = in_proj_qkvz's input (the normed residual; in_proj_ba reads the same),
         # attn_out_in = out_proj's input (the gated-RMSNormed value heads), its own feature space per mixer kind.
         ("qwen3_next",),
-        Adapter(name="qwen3_next", blocks="layers",
-                mixers={"linear_attention": Mixer("linear_attn.in_proj_qkvz", "linear_attn.out_proj",
-                                                  ("linear_attn.in_proj_ba",), "input_layernorm"),
-                        "full_attention": _ATTN},
-                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
-                mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
-                ffn_of=SparseStep(),
-                moe=Moe("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                        shared_width="shared_expert_intermediate_size", shared_down="mlp.shared_expert.down_proj")),
+        Adapter(
+            name="qwen3_next",
+            blocks="layers",
+            mixers={
+                "linear_attention": Mixer(
+                    "linear_attn.in_proj_qkvz", "linear_attn.out_proj", ("linear_attn.in_proj_ba",), "input_layernorm"
+                ),
+                "full_attention": _ATTN,
+            },
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
+            ffn_of=SparseStep(),
+            moe=Moe(
+                "num_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                shared_width="shared_expert_intermediate_size",
+                shared_down="mlp.shared_expert.down_proj",
+            ),
+        ),
     ),
     (
         # Multi-head latent attention: attn_in = q_a_proj's input (q_proj without a q LoRA), which
         # kv_a_proj_with_mqa reads too; attn_out_in = o_proj's input (heads x v_head_dim: its own space when wider).
         ("deepseek_v3",),
-        Adapter(name="deepseek_v3", blocks="layers",
-                mixers={"mla": Mixer("self_attn.q_a_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
-                                     "input_layernorm"),
-                        "mla_q": Mixer("self_attn.q_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",),
-                                       "input_layernorm")},
-                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
-                mixer_of=ByConfigValue("q_lora_rank", "mla_q", "mla"), ffn_of=FirstKDense(),
-                moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                        shared_count="n_shared_experts", fp32_router=True, shared_down="mlp.shared_experts.down_proj")),
+        Adapter(
+            name="deepseek_v3",
+            blocks="layers",
+            mixers={
+                "mla": Mixer(
+                    "self_attn.q_a_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",), "input_layernorm"
+                ),
+                "mla_q": Mixer(
+                    "self_attn.q_proj", "self_attn.o_proj", ("self_attn.kv_a_proj_with_mqa",), "input_layernorm"
+                ),
+            },
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            mixer_of=ByConfigValue("q_lora_rank", "mla_q", "mla"),
+            ffn_of=FirstKDense(),
+            moe=Moe(
+                "n_routed_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                shared_count="n_shared_experts",
+                fp32_router=True,
+                shared_down="mlp.shared_experts.down_proj",
+            ),
+        ),
     ),
     (
         # Interleaved dense and MoE blocks (`moe_layers`, from interleave_moe_layer_step); the FFN is `feed_forward`:
         # a dense MLP intermediate_size_mlp wide, or routed experts plus a shared expert, both intermediate_size wide.
         ("llama4_text",),
-        Adapter(name="llama4_text", blocks="layers", mixers=_DENSE["mixers"],
-                ffns={"dense": Ffn("feed_forward", "post_attention_layernorm", 3),
-                      "moe": Ffn("feed_forward", "post_attention_layernorm", 3)},
-                intermediate_key="intermediate_size_mlp", ffn_of=MoeLayerList(),
-                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts",
-                        shared_width="intermediate_size", shared_down="feed_forward.shared_expert.down_proj")),
+        Adapter(
+            name="llama4_text",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns={
+                "dense": Ffn("feed_forward", "post_attention_layernorm", 3),
+                "moe": Ffn("feed_forward", "post_attention_layernorm", 3),
+            },
+            intermediate_key="intermediate_size_mlp",
+            ffn_of=MoeLayerList(),
+            moe=Moe(
+                "num_local_experts",
+                "num_experts_per_tok",
+                "intermediate_size",
+                path="feed_forward.experts",
+                shared_width="intermediate_size",
+                shared_down="feed_forward.shared_expert.down_proj",
+            ),
+        ),
     ),
     (
         # State-space hybrid: Mamba blocks and attention blocks (`layers_block_type`), MoE FFN in every
         # expert_layer_period-th block. The Mamba mixer's sites, like Gated DeltaNet's: attn_in = in_proj's input (the
         # normed residual), attn_out_in = out_proj's input (the gated SSM output, its own space per mixer kind).
         ("jamba",),
-        Adapter(name="jamba", blocks="layers",
-                mixers={"mamba": Mixer("mamba.in_proj", "mamba.out_proj", (), "input_layernorm"), "attention": _ATTN},
-                ffns={"dense": Ffn("feed_forward", "pre_ff_layernorm", 3),
-                      "moe": Ffn("feed_forward", "pre_ff_layernorm", 3)},
-                intermediate_key="intermediate_size",
-                mixer_of=ByLayerTypes({"mamba": "mamba", "attention": "attention"}, key="layers_block_type"),
-                ffn_of=ExpertsPerBlock(),
-                moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts")),
+        Adapter(
+            name="jamba",
+            blocks="layers",
+            mixers={"mamba": Mixer("mamba.in_proj", "mamba.out_proj", (), "input_layernorm"), "attention": _ATTN},
+            ffns={
+                "dense": Ffn("feed_forward", "pre_ff_layernorm", 3),
+                "moe": Ffn("feed_forward", "pre_ff_layernorm", 3),
+            },
+            intermediate_key="intermediate_size",
+            mixer_of=ByLayerTypes({"mamba": "mamba", "attention": "attention"}, key="layers_block_type"),
+            ffn_of=ExpertsPerBlock(),
+            moe=Moe("num_experts", "num_experts_per_tok", "intermediate_size", path="feed_forward.experts"),
+        ),
     ),
-    (("ernie4_5_moe",),
-     Adapter(name="ernie4_5_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=IntervalFrom(),
-             moe=Moe("moe_num_experts", "moe_k", "moe_intermediate_size", shared_count="moe_num_shared_experts", shared_down="mlp.shared_experts.down_proj"))),
-    (("hunyuan_v1_moe",),
-     Adapter(name="hunyuan_v1_moe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
-             moe=Moe("num_experts", "moe_topk", "intermediate_size", shared_width="intermediate_size", shared_down="mlp.shared_mlp.down_proj"))),
-    (("dots1",),
-     Adapter(name="dots1", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=FirstKDense(),
-             moe=Moe("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     shared_count="n_shared_experts", shared_down="mlp.shared_experts.down_proj"))),
+    (
+        ("ernie4_5_moe",),
+        Adapter(
+            name="ernie4_5_moe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=IntervalFrom(),
+            moe=Moe(
+                "moe_num_experts",
+                "moe_k",
+                "moe_intermediate_size",
+                shared_count="moe_num_shared_experts",
+                shared_down="mlp.shared_experts.down_proj",
+            ),
+        ),
+    ),
+    (
+        ("hunyuan_v1_moe",),
+        Adapter(
+            name="hunyuan_v1_moe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=Uniform("moe"),
+            moe=Moe(
+                "num_experts",
+                "moe_topk",
+                "intermediate_size",
+                shared_width="intermediate_size",
+                shared_down="mlp.shared_mlp.down_proj",
+            ),
+        ),
+    ),
+    (
+        ("dots1",),
+        Adapter(
+            name="dots1",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=FirstKDense(),
+            moe=Moe(
+                "n_routed_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                shared_count="n_shared_experts",
+                shared_down="mlp.shared_experts.down_proj",
+            ),
+        ),
+    ),
     (
         # Lightning (linear) attention blocks and softmax attention blocks (`layer_types`); the lightning mixer's
         # sites: attn_in = qkv_proj's input, attn_out_in = out_proj's input.
         ("minimax",),
-        Adapter(name="minimax", blocks="layers",
-                mixers={"linear_attention": Mixer("self_attn.qkv_proj", "self_attn.out_proj",
-                                                  ("self_attn.output_gate",), "input_layernorm"),
-                        "full_attention": _ATTN},
-                ffns=_MOE_FFNS, intermediate_key="intermediate_size",
-                mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
-                ffn_of=Uniform("moe"), moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size")),
+        Adapter(
+            name="minimax",
+            blocks="layers",
+            mixers={
+                "linear_attention": Mixer(
+                    "self_attn.qkv_proj", "self_attn.out_proj", ("self_attn.output_gate",), "input_layernorm"
+                ),
+                "full_attention": _ATTN,
+            },
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            mixer_of=ByLayerTypes({"linear_attention": "linear_attention", "full_attention": "full_attention"}),
+            ffn_of=Uniform("moe"),
+            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"),
+        ),
     ),
-    (("phimoe",),
-     Adapter(name="phimoe", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
-             moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
+    (
+        ("phimoe",),
+        Adapter(
+            name="phimoe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=Uniform("moe"),
+            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"),
+        ),
+    ),
     (
         ("granitemoe",),
-        Adapter(name="granitemoe", blocks="layers", mixers=_DENSE["mixers"],
-                ffns={"moe": Ffn("block_sparse_moe", "post_attention_layernorm", 3)},
-                intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
-                moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size",
-                        path="block_sparse_moe.experts")),
+        Adapter(
+            name="granitemoe",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns={"moe": Ffn("block_sparse_moe", "post_attention_layernorm", 3)},
+            intermediate_key="intermediate_size",
+            ffn_of=Uniform("moe"),
+            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size", path="block_sparse_moe.experts"),
+        ),
     ),
-    (("mixtral",),
-     Adapter(name="mixtral", blocks="layers", mixers=_DENSE["mixers"], ffns=_MOE_FFNS,
-             intermediate_key="intermediate_size", ffn_of=Uniform("moe"),
-             moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"))),
+    (
+        ("mixtral",),
+        Adapter(
+            name="mixtral",
+            blocks="layers",
+            mixers=_DENSE["mixers"],
+            ffns=_MOE_FFNS,
+            intermediate_key="intermediate_size",
+            ffn_of=Uniform("moe"),
+            moe=Moe("num_local_experts", "num_experts_per_tok", "intermediate_size"),
+        ),
+    ),
     (
         ("gpt2",),
-        Adapter(name="gpt2", blocks="h", mixers={"attention": Mixer("attn.c_attn", "attn.c_proj", (), "ln_1")},
-                ffns={"dense": Ffn("mlp.c_fc", "ln_2", live_tensors=4)}, intermediate_key="n_inner",
-                transposed_weights=True, residual_copies=4),
+        Adapter(
+            name="gpt2",
+            blocks="h",
+            mixers={"attention": Mixer("attn.c_attn", "attn.c_proj", (), "ln_1")},
+            ffns={"dense": Ffn("mlp.c_fc", "ln_2", live_tensors=4)},
+            intermediate_key="n_inner",
+            transposed_weights=True,
+            residual_copies=4,
+        ),
     ),
     (
         # Parallel attention and MLP: both read ln_1's output.
         ("gptj",),
-        Adapter(name="gptj", blocks="h",
-                mixers={"attention": Mixer("attn.q_proj", "attn.out_proj", ("attn.k_proj", "attn.v_proj"), "ln_1")},
-                ffns={"dense": Ffn("mlp.fc_in", "ln_1", live_tensors=4)}, intermediate_key="n_inner",
-                residual_copies=4),
+        Adapter(
+            name="gptj",
+            blocks="h",
+            mixers={"attention": Mixer("attn.q_proj", "attn.out_proj", ("attn.k_proj", "attn.v_proj"), "ln_1")},
+            ffns={"dense": Ffn("mlp.fc_in", "ln_1", live_tensors=4)},
+            intermediate_key="n_inner",
+            residual_copies=4,
+        ),
     ),
     # fairseq dense models (LLM.int8() Table 4) as converted to transformers' XGLM classes.
     (("xglm",), Adapter(name="xglm", blocks="layers", **_FAIRSEQ)),
@@ -463,10 +659,17 @@ _ADAPTERS: Tuple[Tuple[Tuple[str, ...], Adapter], ...] = (
     (
         # Post-norm encoder: attention reads the previous block's output.
         ("bert",),
-        Adapter(name="bert", blocks="encoder.layer",
-                mixers={"attention": Mixer("attention.self.query", "attention.output.dense",
-                                           ("attention.self.key", "attention.self.value"))},
-                ffns={"dense": Ffn("intermediate.dense", None, live_tensors=2)}, intermediate_key="intermediate_size"),
+        Adapter(
+            name="bert",
+            blocks="encoder.layer",
+            mixers={
+                "attention": Mixer(
+                    "attention.self.query", "attention.output.dense", ("attention.self.key", "attention.self.value")
+                )
+            },
+            ffns={"dense": Ffn("intermediate.dense", None, live_tensors=2)},
+            intermediate_key="intermediate_size",
+        ),
     ),
 )
 

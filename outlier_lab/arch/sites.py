@@ -1,4 +1,5 @@
 """Site resolution: which module of a loaded (or meta) model each canonical site of each analyzed block is."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ def get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
     try:
         return root.get_submodule(path) if path else root
     except AttributeError:
-        raise UserError(f"module path {path!r} not found in {type(root).__name__}; the adapter does not match") from None
+        raise UserError(
+            f"module path {path!r} not found in {type(root).__name__}; the adapter does not match"
+        ) from None
 
 
 def input_width(module: torch.nn.Module, hidden: int, adapter: Adapter) -> int:
@@ -57,8 +60,10 @@ class SiteMap:
 
     def layouts_record(self) -> List[Dict[str, object]]:
         """The block layouts as results.json records them: kind, first and last block, site paths."""
-        return [dict(kind=layout.kind.name, blocks=[layout.blocks.start, layout.blocks.stop - 1], sites=layout.sites)
-                for layout in runs_of(self.kinds)]
+        return [
+            dict(kind=layout.kind.name, blocks=[layout.blocks.start, layout.blocks.stop - 1], sites=layout.sites)
+            for layout in runs_of(self.kinds)
+        ]
 
     def sibling_paths(self, block: int, site: str) -> List[str]:
         """Modules reading the same input as the site (k_proj, v_proj beside q_proj)."""
@@ -72,8 +77,14 @@ def blocks_path(model: torch.nn.Module, adapter: Adapter) -> str:
     path = f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks
     if base is model and not hasattr(model, adapter.blocks.split(".")[0]):
         # Some causal-LM classes (Llama4ForCausalLM) name a base_model_prefix they do not have: find the blocks.
-        path = next((name for name, module in model.named_modules()
-                     if name.endswith(f".{adapter.blocks}") and isinstance(module, torch.nn.ModuleList)), path)
+        path = next(
+            (
+                name
+                for name, module in model.named_modules()
+                if name.endswith(f".{adapter.blocks}") and isinstance(module, torch.nn.ModuleList)
+            ),
+            path,
+        )
     return path
 
 
@@ -94,7 +105,9 @@ def discover_sites(model: torch.nn.Module, sites=None, layers=None) -> SiteMap:
     else:
         bad = [i for i in layers if not -num_blocks <= i < num_blocks]
         if bad:
-            raise UserError(f"detector.layers {bad} out of range: the model has {num_blocks} blocks (0..{num_blocks - 1})")
+            raise UserError(
+                f"detector.layers {bad} out of range: the model has {num_blocks} blocks (0..{num_blocks - 1})"
+            )
         block_indices = tuple(sorted({i % num_blocks for i in layers}))
         if not block_indices:
             raise UserError("detector.layers is empty; give block indices or null for all blocks")

@@ -1,9 +1,9 @@
 """`outlier-compare`: rebuild the comparison (comparison.md, comparison.csv, PNG plots) of sweeps from their results."""
+
 from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,9 +22,13 @@ examples:
 def parser() -> argparse.ArgumentParser:
     parser = command_parser(__doc__, EXAMPLES)
     parser.add_argument("dirs", nargs="+", type=Path, help="sweep dirs (multirun_outputs/<date>/<time>) or run dirs")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the report (default: the one dir given, or "
-                             "multirun_outputs/comparisons/<timestamp> for several)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the report (default: the one dir given, or "
+        "multirun_outputs/comparisons/<timestamp> for several)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the table and markdown only")
     return parser
 

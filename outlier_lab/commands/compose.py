@@ -1,13 +1,14 @@
 """Compose a command's run config from conf/, checking each override first: a typo is one line naming the closest
 option (`model=qwen3-30b` -> did you mean model=qwen3_30b?) instead of Hydra's option list or its hint to add `+`."""
+
 from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
 from omegaconf import DictConfig
 
-from outlier_lab.commands import CONF_DIR
 from outlier_lab.analysis.detectors import settings_nodes
+from outlier_lab.commands import CONF_DIR
 from outlier_lab.config import register_configs, unknown_setting
 from outlier_lab.errors import UserError, did_you_mean
 

@@ -1,4 +1,5 @@
 """`outlier-estimate`: print a job's memory estimate and the hardware plan, without loading the model."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,8 @@ import logging
 import sys
 from typing import List, Optional
 
-from outlier_lab.commands.compose import compose
 from outlier_lab.commands import command_parser
+from outlier_lab.commands.compose import compose
 from outlier_lab.errors import UserError, exit_on_user_error
 
 EXAMPLES = """Takes the same overrides as outlier-run. Without a hardware override it plans hardware=auto, since a plan
@@ -21,9 +22,13 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     parser = command_parser(__doc__, EXAMPLES)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="run overrides (model=NAME, dataset.seq_len=N, hardware=auto|local|<class>, ...) and "
-                             "format=table|json (default table)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="run overrides (model=NAME, dataset.seq_len=N, hardware=auto|local|<class>, ...) and "
+        "format=table|json (default table)",
+    )
     return parser
 
 
@@ -45,8 +50,18 @@ def parse(argv: List[str]):
 def as_json(plan) -> dict:
     """The documented JSON shape: the breakdown, then `gpu: {class, vendor, count, vram_gib_each}`."""
     out = plan.to_dict()
-    keys = ("weights_gib", "activations_gib", "overhead_gib", "total_gib", "required_gib", "ram_floor_gib",
-            "disk_gib", "params_total", "params_active", "quantization")
+    keys = (
+        "weights_gib",
+        "activations_gib",
+        "overhead_gib",
+        "total_gib",
+        "required_gib",
+        "ram_floor_gib",
+        "disk_gib",
+        "params_total",
+        "params_active",
+        "quantization",
+    )
     ordered = {k: out[k] for k in keys}
     ordered["gpu"] = out["gpu"]
     ordered.update({k: v for k, v in out.items() if k not in ordered})
@@ -65,8 +80,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if fmt == "json":
         print(json.dumps(as_json(result)))
     else:
-        print(f"model={cfg.model.name} dataset.seq_len={cfg.dataset.seq_len} "
-              f"dataset.batch_size={cfg.dataset.batch_size} hardware={cfg.hardware.name}")
+        print(
+            f"model={cfg.model.name} dataset.seq_len={cfg.dataset.seq_len} "
+            f"dataset.batch_size={cfg.dataset.batch_size} hardware={cfg.hardware.name}"
+        )
         print(format_plan(result))
         if result.alternatives:
             print("\ncandidates (GiB/GPU with the safety factor; a streamed job uses one GPU):")

@@ -1,12 +1,13 @@
 """`outlier-inspect`: print a model's discovered blocks and measurement sites from its config alone (no weights)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
 
-from outlier_lab.commands.compose import compose
 from outlier_lab.commands import command_parser
+from outlier_lab.commands.compose import compose
 from outlier_lab.errors import exit_on_user_error
 
 EXAMPLES = """The model is built on the meta device from its config.json (shipped or from the hub): nothing is
@@ -19,9 +20,12 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     parser = command_parser(__doc__, EXAMPLES)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="run overrides: model=NAME (or model=local model.path=DIR), detector.sites, "
-                             "detector.layers")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="run overrides: model=NAME (or model=local model.path=DIR), detector.sites, detector.layers",
+    )
     return parser
 
 

@@ -1,4 +1,5 @@
 """`outlier-offers`: list the live GPU offers of a provider that fit a job, cheapest job first."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ from typing import List, Optional
 
 import yaml
 
-from outlier_lab.commands.compose import compose
 from outlier_lab.commands import command_parser
+from outlier_lab.commands.compose import compose
 from outlier_lab.errors import UserError, exit_on_user_error
 
 PROVIDERS = ("runpod", "vast")
@@ -25,12 +26,19 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     parser = command_parser(__doc__, EXAMPLES)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help=f"provider={'|'.join(PROVIDERS)} (required), run overrides (model=NAME, "
-                             "dataset.seq_len=N, hardware.*) and launcher settings as hydra.launcher.KEY=VALUE "
-                             "(api_url, max_usd_per_hour, vendors, ...)")
-    parser.add_argument("--cleanup", action="store_true",
-                        help="list the account's instances named outlier-lab-* (our leftovers) and destroy them")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=f"provider={'|'.join(PROVIDERS)} (required), run overrides (model=NAME, "
+        "dataset.seq_len=N, hardware.*) and launcher settings as hydra.launcher.KEY=VALUE "
+        "(api_url, max_usd_per_hour, vendors, ...)",
+    )
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="list the account's instances named outlier-lab-* (our leftovers) and destroy them",
+    )
     parser.add_argument("--yes", action="store_true", help="with --cleanup: destroy without asking")
     return parser
 
@@ -44,13 +52,16 @@ def parse(argv: List[str]):
         elif arg.startswith("hydra.launcher."):
             if "=" not in arg:
                 raise UserError(f"{arg}: write hydra.launcher.KEY=VALUE, e.g. hydra.launcher.max_usd_per_hour=2")
-            key, value = arg[len("hydra.launcher."):].split("=", 1)
+            key, value = arg[len("hydra.launcher.") :].split("=", 1)
             launcher[key] = yaml.safe_load(value)
         else:
             overrides.append(arg)
     if provider not in PROVIDERS:
-        raise UserError(f"provider={provider!r}: use provider=runpod or provider=vast" if provider else
-                        "which provider? add provider=runpod or provider=vast (outlier-offers --help)")
+        raise UserError(
+            f"provider={provider!r}: use provider=runpod or provider=vast"
+            if provider
+            else "which provider? add provider=runpod or provider=vast (outlier-offers --help)"
+        )
     if not any(a.split("=", 1)[0].lstrip("+~") == "hardware" for a in overrides):
         overrides.append("hardware=auto")
     return provider, args.cleanup, args.yes, launcher, overrides
@@ -73,8 +84,10 @@ def cleanup(prov, yes: bool) -> int:
             print(f"destroyed {inst.id}")
         except Exception as err:  # noqa: BLE001 - report each and go on with the rest
             failed += 1
-            print(f"!!! could not destroy {inst.id}: {err}; kill it by hand: {prov.console_command(inst.id)}",
-                  file=sys.stderr)
+            print(
+                f"!!! could not destroy {inst.id}: {err}; kill it by hand: {prov.console_command(inst.id)}",
+                file=sys.stderr,
+            )
     return 1 if failed else 0
 
 
@@ -101,9 +114,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         query = offer_query(needs, params, params.get("image") or prov.default_image)
         fitting, refused = rank(prov.offers(query), needs, params["vendors"])
     picked = fitting[0] if fitting else None
-    print(f"model={cfg.model.name} needs: {needs.gpu_count} x {needs.vram_gib_each:.1f} GiB "
-          f"(catalog plan {needs.gpu_class}), RAM >= {needs.ram_gib:.0f} GiB, disk >= {needs.disk_gib:.1f} GB; "
-          f"ranked by {'job cost (price x estimated time)' if picked and picked.hours else '$/h (no time estimate)'}")
+    print(
+        f"model={cfg.model.name} needs: {needs.gpu_count} x {needs.vram_gib_each:.1f} GiB "
+        f"(catalog plan {needs.gpu_class}), RAM >= {needs.ram_gib:.0f} GiB, disk >= {needs.disk_gib:.1f} GB; "
+        f"ranked by {'job cost (price x estimated time)' if picked and picked.hours else '$/h (no time estimate)'}"
+    )
     print(table(fitting, refused, picked, show_refused=5))
     if picked is None:
         print(f"no live {name} offer fits this job", file=sys.stderr)

@@ -1,8 +1,8 @@
 """`outlier-reattach`: collect the results of Fabric-launched jobs still running or finished on their hosts."""
+
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Optional
 

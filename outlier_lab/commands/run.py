@@ -1,13 +1,14 @@
 """`outlier-run` (and `python run.py`): compose the Hydra config and run one analysis job, or a sweep with
 --multirun."""
+
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from outlier_lab.analysis.detectors import settings_nodes
 from outlier_lab.commands import CONF_DIR
 from outlier_lab.commands.compose import check_overrides, overrides_of
-from outlier_lab.analysis.detectors import settings_nodes
 from outlier_lab.config import register_configs
 from outlier_lab.errors import exit_on_user_error
 

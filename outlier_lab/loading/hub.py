@@ -1,4 +1,5 @@
 """Hub checkpoints: pin a revision to its commit, pick the files a run needs, download them into the HF cache."""
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,12 @@ def reachable() -> bool:
     else:
         url = urlparse(constants.ENDPOINT)
         try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                     timeout=3).close()
+            socket.create_connection(
+                (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3
+            ).close()
             _REACHABLE = True
         except OSError:
-            log.warning("%s is unreachable: using the local Hugging Face cache only (offline mode)",
-                        constants.ENDPOINT)
+            log.warning("%s is unreachable: using the local Hugging Face cache only (offline mode)", constants.ENDPOINT)
             constants.HF_HUB_OFFLINE = True
             os.environ["HF_HUB_OFFLINE"] = "1"
             _REACHABLE = False
@@ -70,8 +71,10 @@ class Pinned:
         """Why engine=streamed cannot read this checkpoint, from the file listing ('' when it can)."""
         if any(name.endswith(".safetensors") for name in self.selection(weights=True)):
             return ""
-        return (f"engine=streamed reads safetensors block by block, and {self.repo_id}@{self.commit[:12]} on the hub "
-                "has no safetensors weights (e.g. only pytorch_model.bin); use engine=resident")
+        return (
+            f"engine=streamed reads safetensors block by block, and {self.repo_id}@{self.commit[:12]} on the hub "
+            "has no safetensors weights (e.g. only pytorch_model.bin); use engine=resident"
+        )
 
     def download_bytes(self) -> Optional[int]:
         sizes = dict(self.files)
@@ -101,8 +104,11 @@ def select_files(names: List[str], weights: bool, indexed: Optional[Tuple[str, .
     top = [n for n in names if "/" not in n]
     chosen = [n for n in top if n.endswith(_METADATA_SUFFIXES) and n not in _WEIGHT_INDEXES]
     if weights:
-        suffix, single = ((".safetensors", "model.safetensors") if any(n.endswith(".safetensors") for n in top)
-                          else (".bin", "pytorch_model.bin"))
+        suffix, single = (
+            (".safetensors", "model.safetensors")
+            if any(n.endswith(".safetensors") for n in top)
+            else (".bin", "pytorch_model.bin")
+        )
         index = weight_index(names)
         if index and indexed is not None:
             chosen += [index, *indexed]
@@ -114,8 +120,7 @@ def select_files(names: List[str], weights: bool, indexed: Optional[Tuple[str, .
 
 
 def _token_hint() -> str:
-    return ("HF_TOKEN is set but was refused; set it to a valid token" if os.environ.get("HF_TOKEN")
-            else "set HF_TOKEN")
+    return "HF_TOKEN is set but was refused; set it to a valid token" if os.environ.get("HF_TOKEN") else "set HF_TOKEN"
 
 
 def repo_page(repo_id: str, repo_type: str = "model") -> str:
@@ -139,34 +144,53 @@ def _exists_at_main(repo_id: str, repo_type: str) -> bool:
 def _user_error(err: Exception, repo_id: str, revision: str, repo_type: str = "model") -> UserError:
     """One line for each way a hub call fails: gated, missing repo or revision, offline and not cached, network."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     endpoint, group = constants.ENDPOINT, "model" if repo_type == "model" else "dataset"
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, GatedRepoError) and status == 403:
         # The token is valid, but its account is not on the repo's authorized list (terms not accepted yet).
-        return UserError(f"{group}.path={repo_id} is gated and the account of HF_TOKEN has not been granted access: "
-                         f"accept its terms at {repo_page(repo_id, repo_type)} (approval can take a while), then rerun")
+        return UserError(
+            f"{group}.path={repo_id} is gated and the account of HF_TOKEN has not been granted access: "
+            f"accept its terms at {repo_page(repo_id, repo_type)} (approval can take a while), then rerun"
+        )
     if isinstance(err, GatedRepoError):
-        return UserError(f"{group}.path={repo_id} is a gated repo on {endpoint}: {_token_hint()} "
-                         "(a token of an account that accepted its terms, in the environment, never on the command line)")
+        return UserError(
+            f"{group}.path={repo_id} is a gated repo on {endpoint}: {_token_hint()} "
+            "(a token of an account that accepted its terms, in the environment, never on the command line)"
+        )
     if isinstance(err, RevisionNotFoundError) or (
-            isinstance(err, RepositoryNotFoundError) and revision != "main" and _exists_at_main(repo_id, repo_type)):
+        isinstance(err, RepositoryNotFoundError) and revision != "main" and _exists_at_main(repo_id, repo_type)
+    ):
         # The hub answers an unknown revision of an existing repo with 401 RepoNotFound when unauthenticated.
-        return UserError(f"{group}.revision={revision} does not exist in {repo_id} on {endpoint}; "
-                         "use a branch, a tag or a full commit sha")
+        return UserError(
+            f"{group}.revision={revision} does not exist in {repo_id} on {endpoint}; "
+            "use a branch, a tag or a full commit sha"
+        )
     if isinstance(err, RepositoryNotFoundError):
-        return UserError(f"{group}.path={repo_id}: no such repo on {endpoint} "
-                         f"(check the name; if it is private or gated, {_token_hint()})")
+        return UserError(
+            f"{group}.path={repo_id}: no such repo on {endpoint} "
+            f"(check the name; if it is private or gated, {_token_hint()})"
+        )
     if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-        return UserError(f"{endpoint} is unreachable and {repo_id}@{revision} is not in the Hugging Face cache "
-                         f"({constants.HF_HUB_CACHE}); connect to the hub once, or set HF_HOME to a cache that has it")
+        return UserError(
+            f"{endpoint} is unreachable and {repo_id}@{revision} is not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); connect to the hub once, or set HF_HOME to a cache that has it"
+        )
     if isinstance(err, HfHubHTTPError) and status == 401:
         return UserError(f"{endpoint} refused the credentials for {repo_id} (401): {_token_hint()}")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return UserError(f"downloading {repo_id}@{revision} from {endpoint} failed ({type(err).__name__}: {first}); "
-                     "rerun to try again (files already downloaded are kept)")
+    return UserError(
+        f"downloading {repo_id}@{revision} from {endpoint} failed ({type(err).__name__}: {first}); "
+        "rerun to try again (files already downloaded are kept)"
+    )
 
 
 def pin(repo_id: str, revision: Optional[str]) -> Pinned:
@@ -193,8 +217,9 @@ def pin(repo_id: str, revision: Optional[str]) -> Pinned:
     return pinned
 
 
-def _indexed(repo_id: str, commit: str, names: List[str], snapshot_dir: Optional[Path] = None
-             ) -> Optional[Tuple[str, ...]]:
+def _indexed(
+    repo_id: str, commit: str, names: List[str], snapshot_dir: Optional[Path] = None
+) -> Optional[Tuple[str, ...]]:
     """The weight files the repo's index names (downloaded once into the HF cache; read from `snapshot_dir` offline)."""
     index = weight_index(names)
     if index is None:
@@ -244,10 +269,14 @@ def snapshot(repo_id: str, revision: Optional[str], weights: bool) -> Tuple[Path
     wanted = pinned.selection(weights)
     if weights and not any(n.endswith((".safetensors", ".bin")) for n in wanted):
         if pinned.download_bytes() is None:  # listed from the cache: the weights never finished downloading
-            raise UserError(f"the cached snapshot of {repo_id}@{pinned.commit[:12]} has no weights (an unfinished "
-                            "download?); reconnect to the hub to finish it")
-        raise UserError(f"{repo_id}@{pinned.commit[:12]} has no top-level *.safetensors or *.bin weights; "
-                        "check model.path and model.revision")
+            raise UserError(
+                f"the cached snapshot of {repo_id}@{pinned.commit[:12]} has no weights (an unfinished "
+                "download?); reconnect to the hub to finish it"
+            )
+        raise UserError(
+            f"{repo_id}@{pinned.commit[:12]} has no top-level *.safetensors or *.bin weights; "
+            "check model.path and model.revision"
+        )
     try:
         path = snapshot_download(repo_id, revision=pinned.commit, allow_patterns=wanted)
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
@@ -260,8 +289,10 @@ def snapshot(repo_id: str, revision: Optional[str], weights: bool) -> Tuple[Path
             ref.write_text(pinned.commit)
     missing = [n for n in wanted if not (Path(path) / n).is_file()]
     if missing:  # offline, snapshot_download returns the folder even when a download never finished
-        raise UserError(f"the cached snapshot of {repo_id}@{pinned.commit[:12]} lacks {', '.join(missing[:3])}; "
-                        "reconnect to the hub to finish the download")
+        raise UserError(
+            f"the cached snapshot of {repo_id}@{pinned.commit[:12]} lacks {', '.join(missing[:3])}; "
+            "reconnect to the hub to finish the download"
+        )
     return Path(path), pinned
 
 
@@ -309,7 +340,7 @@ def pinned_overrides(cfg) -> List[str]:
         if _COMMIT.match(revision):
             continue
         try:
-            commit = (pin(node.path, revision).commit if group == "model" else pin_dataset(node.path, revision))
+            commit = pin(node.path, revision).commit if group == "model" else pin_dataset(node.path, revision)
         except UserError:
             if reachable():
                 raise  # the hub answered no: the job would fail the same way
@@ -317,8 +348,12 @@ def pinned_overrides(cfg) -> List[str]:
         said = (group, node.path, revision)
         if commit is None:
             if said not in _SAID:
-                log.warning("%s.revision=%s of %s is not pinned (hub unreachable): each job resolves it itself",
-                            group, revision, node.path)
+                log.warning(
+                    "%s.revision=%s of %s is not pinned (hub unreachable): each job resolves it itself",
+                    group,
+                    revision,
+                    node.path,
+                )
             _SAID.add(said)
             continue
         if said not in _SAID:

@@ -1,4 +1,5 @@
 """Locate checkpoints (hub, local dir, pip package), load configs, tokenizers and models, or build them on meta."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,8 +18,14 @@ log = logging.getLogger(__name__)
 # Shipped hub config.json copies (package data), so a hub model is estimable offline.
 HF_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
 # model.dtype names (and config `dtype` strings) -> torch dtypes: the one dtype table (bytes: `.itemsize`).
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_device(device: str) -> str:
@@ -55,8 +62,10 @@ def auto_dtype_reason(dtype: torch.dtype, device: str) -> str:
         return "bfloat16 on a GPU with bf16 arithmetic"
     # fp16 would halve the memory, but massive activations (1e4-1e5 in some models) overflow its 65504 range, and an
     # outlier study must not clip the very values it measures: fp32 keeps them, at twice the memory.
-    return "float32 (memory doubled): this GPU has no bf16 arithmetic (compute capability < 8.0), and fp16 overflows " \
-           "on massive activations"
+    return (
+        "float32 (memory doubled): this GPU has no bf16 arithmetic (compute capability < 8.0), and fp16 overflows "
+        "on massive activations"
+    )
 
 
 def checkpoint_location(model_cfg, weights: bool = True) -> Tuple[str, Dict[str, Any]]:
@@ -141,8 +150,10 @@ def load_hf_config(model_cfg, prefer_shipped: bool = False):
     except (OSError, ValueError) as err:
         shipped = shipped_config(model_cfg)
         if shipped is None:
-            raise UserError(f"cannot read the config of {location!r} ({type(err).__name__}); "
-                            "check model.path, the network, or ship a config copy via model.config_file") from None
+            raise UserError(
+                f"cannot read the config of {location!r} ({type(err).__name__}); "
+                "check model.path, the network, or ship a config copy via model.config_file"
+            ) from None
         log.info("no readable config in %s; using the shipped config %s", location, model_cfg.config_file)
         return shipped
     return _with_overrides(config, model_cfg)

@@ -1,4 +1,5 @@
 """MXFP4 expert weights (gpt-oss checkpoints) dequantized to a float dtype, for hosts without the MXFP4 kernels."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -35,7 +36,7 @@ def dequantize_state(tensors: Dict[str, torch.Tensor], dtype: torch.dtype) -> Di
     out = {k: v for k, v in tensors.items() if not k.endswith((BLOCKS, SCALES))}
     for key in tensors:
         if key.endswith(BLOCKS):
-            name = key[:-len(BLOCKS)]
+            name = key[: -len(BLOCKS)]
             if name + SCALES not in tensors:
                 raise ValueError(f"MXFP4 tensor {key} has no {name + SCALES} beside it")
             out[name] = dequantize(tensors[key], tensors[name + SCALES], dtype)

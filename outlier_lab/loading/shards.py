@@ -1,4 +1,5 @@
 """A local safetensors checkpoint read by key subsets: headers once, then each shard's byte ranges in file order."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,20 @@ from outlier_lab.errors import UserError
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # safetensors dtype codes (https://github.com/huggingface/safetensors, format spec) -> torch dtypes.
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 @dataclass(frozen=True)
@@ -43,12 +55,22 @@ def _header(path: Path) -> Dict[str, TensorEntry]:
             header = json.loads(f.read(length))
         header.pop("__metadata__", None)
         base = 8 + length
-        return {key: TensorEntry(path, meta["dtype"], tuple(meta["shape"]), base + meta["data_offsets"][0],
-                                 base + meta["data_offsets"][1]) for key, meta in header.items()}
+        return {
+            key: TensorEntry(
+                path,
+                meta["dtype"],
+                tuple(meta["shape"]),
+                base + meta["data_offsets"][0],
+                base + meta["data_offsets"][1],
+            )
+            for key, meta in header.items()
+        }
     except (struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
         # A truncated or damaged file: engine=auto then plans the resident engine, whose loader names the damage.
-        raise UserError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
-                        "re-download or re-save the checkpoint") from None
+        raise UserError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "re-download or re-save the checkpoint"
+        ) from None
 
 
 class Checkpoint:
@@ -72,16 +94,22 @@ class Checkpoint:
             files = sorted({directory / name for name in weight_map.values()})
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise UserError(f"{index} names shard(s) that are not there: {', '.join(missing[:3])}; "
-                                "re-download the checkpoint")
+                raise UserError(
+                    f"{index} names shard(s) that are not there: {', '.join(missing[:3])}; re-download the checkpoint"
+                )
         elif (directory / SINGLE).is_file():
             files = [directory / SINGLE]
         else:
             found = sorted(p.name for p in directory.glob("*.safetensors"))
-            what = (f"{len(found)} .safetensors files but no {INDEX}" if found else
-                    "no safetensors weights (e.g. only pytorch_model.bin)")
-            raise UserError(f"engine=streamed reads safetensors block by block, and {directory} has {what}; "
-                            "use engine=resident, or convert the checkpoint to safetensors with an index")
+            what = (
+                f"{len(found)} .safetensors files but no {INDEX}"
+                if found
+                else "no safetensors weights (e.g. only pytorch_model.bin)"
+            )
+            raise UserError(
+                f"engine=streamed reads safetensors block by block, and {directory} has {what}; "
+                "use engine=resident, or convert the checkpoint to safetensors with an index"
+            )
         entries: Dict[str, TensorEntry] = {}
         for path in files:
             entries.update(_header(path))
@@ -127,7 +155,7 @@ class Checkpoint:
                     raise UserError(f"{path} is truncated (wanted bytes {start}..{end}); re-download it")
                 aligned = start - start % mmap.PAGESIZE
                 mapping.madvise(mmap.MADV_WILLNEED, aligned, end - aligned)
-                np.frombuffer(mapping, np.uint8, end - start, start)[::mmap.PAGESIZE].max(initial=0)
+                np.frombuffer(mapping, np.uint8, end - start, start)[:: mmap.PAGESIZE].max(initial=0)
                 self.bytes_read += end - start
                 for key, entry in run:
                     out[key] = _tensor(mapping, entry, _dtype(entry.dtype, path))
@@ -153,7 +181,9 @@ def _tensor(mapping: mmap.mmap, entry: TensorEntry, dtype: torch.dtype) -> torch
         return torch.empty(entry.shape, dtype=dtype)
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if entry.start % itemsize == 0:
-        return torch.frombuffer(mapping, dtype=dtype, count=entry.nbytes // itemsize, offset=entry.start).view(entry.shape)
+        return torch.frombuffer(mapping, dtype=dtype, count=entry.nbytes // itemsize, offset=entry.start).view(
+            entry.shape
+        )
     raw = torch.frombuffer(mapping, dtype=torch.uint8, count=entry.nbytes, offset=entry.start).clone()
     return raw.view(dtype).view(entry.shape)
 
@@ -162,8 +192,9 @@ def _dtype(code: str, path: Path) -> torch.dtype:
     try:
         return SAFETENSORS_DTYPES[code]
     except KeyError:
-        raise UserError(f"{path}: safetensors dtype {code} is not supported by engine=streamed; use engine=resident") \
-            from None
+        raise UserError(
+            f"{path}: safetensors dtype {code} is not supported by engine=streamed; use engine=resident"
+        ) from None
 
 
 def _runs(entries: List[TensorEntry], keys: List[str]) -> List[List[Tuple[str, TensorEntry]]]:

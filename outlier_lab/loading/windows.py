@@ -1,4 +1,5 @@
 """Text sources and tokenization into consecutive, non-overlapping windows of exactly seq_len tokens."""
+
 from __future__ import annotations
 
 import logging
@@ -42,11 +43,17 @@ def hub_dataset(dataset_cfg) -> Iterator[str]:
     commit = pin_dataset(dataset_cfg.path, dataset_cfg.revision)  # also switches to offline mode when unreachable
     where = f"{dataset_cfg.path}@{(commit or dataset_cfg.revision)[:12]}"
     try:
-        stream = datasets.load_dataset(dataset_cfg.path, dataset_cfg.subset, split=dataset_cfg.split, streaming=True,
-                                       revision=commit or dataset_cfg.revision)
+        stream = datasets.load_dataset(
+            dataset_cfg.path,
+            dataset_cfg.subset,
+            split=dataset_cfg.split,
+            streaming=True,
+            revision=commit or dataset_cfg.revision,
+        )
     except Exception as err:  # datasets raises many types for a missing/unreachable dataset
-        raise UserError(f"cannot stream dataset {dataset_cfg.path!r} ({_first_line(err)}); "
-                        "check the name and the network") from None
+        raise UserError(
+            f"cannot stream dataset {dataset_cfg.path!r} ({_first_line(err)}); check the name and the network"
+        ) from None
     rows = iter(stream)
     i = 0
     while dataset_cfg.max_documents is None or i < dataset_cfg.max_documents:
@@ -55,12 +62,16 @@ def hub_dataset(dataset_cfg) -> Iterator[str]:
         except StopIteration:
             return
         except Exception as err:  # noqa: BLE001 - a read that fails mid-stream (network, server) is one line
-            raise UserError(f"streaming dataset {where} failed after {i} documents ({_first_line(err)}); "
-                            "rerun to try again (nothing was written)") from None
+            raise UserError(
+                f"streaming dataset {where} failed after {i} documents ({_first_line(err)}); "
+                "rerun to try again (nothing was written)"
+            ) from None
         i += 1
         if dataset_cfg.text_field not in row:
-            raise UserError(f"dataset {dataset_cfg.path!r} has no column {dataset_cfg.text_field!r}; "
-                            f"set dataset.text_field to one of {sorted(row)}")
+            raise UserError(
+                f"dataset {dataset_cfg.path!r} has no column {dataset_cfg.text_field!r}; "
+                f"set dataset.text_field to one of {sorted(row)}"
+            )
         text = row[dataset_cfg.text_field]
         if text and text.strip():
             yield text
@@ -103,12 +114,21 @@ def check_window_shape(num_sequences: int, seq_len: int, max_positions: Optional
     if num_sequences < 1 or seq_len < 2:
         raise UserError(f"need dataset.num_sequences >= 1 and dataset.seq_len >= 2 (got {num_sequences}, {seq_len})")
     if max_positions is not None and seq_len > max_positions:
-        raise UserError(f"dataset.seq_len={seq_len} exceeds the model's maximum of {max_positions} positions; "
-                        f"use dataset.seq_len<={max_positions}")
+        raise UserError(
+            f"dataset.seq_len={seq_len} exceeds the model's maximum of {max_positions} positions; "
+            f"use dataset.seq_len<={max_positions}"
+        )
 
 
-def build_windows(tokenizer, docs: Iterable[str], num_sequences: int, seq_len: int, prepend_bos: bool = True,
-                  bos_token: Optional[str] = None, max_positions: Optional[int] = None) -> torch.Tensor:
+def build_windows(
+    tokenizer,
+    docs: Iterable[str],
+    num_sequences: int,
+    seq_len: int,
+    prepend_bos: bool = True,
+    bos_token: Optional[str] = None,
+    max_positions: Optional[int] = None,
+) -> torch.Tensor:
     """[num_sequences, seq_len] token ids: documents joined with EOS, cut into consecutive non-overlapping windows."""
     check_window_shape(num_sequences, seq_len, max_positions)
     bos, sep = special_ids(tokenizer, bos_token)
@@ -135,9 +155,11 @@ def build_windows(tokenizer, docs: Iterable[str], num_sequences: int, seq_len: i
     if chunk:
         flush()
     if len(stream) < needed:
-        raise UserError(f"the text has {len(stream)} tokens but {num_sequences} x {seq_len} needs {needed}"
-                        f"{' (BOS excluded)' if with_bos else ''}; "
-                        "lower dataset.num_sequences or dataset.seq_len, or give more text")
+        raise UserError(
+            f"the text has {len(stream)} tokens but {num_sequences} x {seq_len} needs {needed}"
+            f"{' (BOS excluded)' if with_bos else ''}; "
+            "lower dataset.num_sequences or dataset.seq_len, or give more text"
+        )
     windows = torch.tensor(stream[:needed], dtype=torch.long).view(num_sequences, body)
     if with_bos:
         windows = torch.cat([torch.full((num_sequences, 1), bos, dtype=torch.long), windows], dim=1)

@@ -1,4 +1,5 @@
 """The GPU catalog: the GPU classes a job can be planned on, read from the shipped gpus.yaml or a user's file."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,11 +53,18 @@ def load_catalog(path: Optional[str | Path] = None) -> Dict[str, GpuClass]:
         if missing:
             raise UserError(f"GPU catalog {source}: class {key!r} lacks {', '.join(missing)}")
         catalog[key] = GpuClass(
-            name=str(entry["name"]), vendor=str(entry["vendor"]).lower(), vram_gib=float(entry["vram_gib"]),
-            compute_capability=str(entry["compute_capability"]), max_per_node=int(entry["max_per_node"]),
-            usd_per_hour=float(entry["usd_per_hour"]), key=str(key), arch=str(entry.get("arch", "")),
+            name=str(entry["name"]),
+            vendor=str(entry["vendor"]).lower(),
+            vram_gib=float(entry["vram_gib"]),
+            compute_capability=str(entry["compute_capability"]),
+            max_per_node=int(entry["max_per_node"]),
+            usd_per_hour=float(entry["usd_per_hour"]),
+            key=str(key),
+            arch=str(entry.get("arch", "")),
             host_ram_gib_per_gpu=float(entry.get("host_ram_gib_per_gpu", 0.0)),
             sustained_tflops=float(entry.get("sustained_tflops", 0.0)),
             disk_gb_per_s=float(entry.get("disk_gb_per_s", 0.0)),
-            counts=tuple(int(c) for c in entry.get("counts", ()) or ()), price_source=prices)
+            counts=tuple(int(c) for c in entry.get("counts", ()) or ()),
+            price_source=prices,
+        )
     return catalog

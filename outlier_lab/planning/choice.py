@@ -1,4 +1,5 @@
 """The GPU choice: the cheapest (class x count, engine) that holds a job's estimate, over the catalog or one class."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -23,7 +24,9 @@ def _candidates(cfg: DictConfig, catalog: Dict[str, GpuClass], vendor: str) -> L
     chosen = [g for g in catalog.values() if g.vendor == vendor]
     if not chosen:
         vendors = sorted({g.vendor for g in catalog.values()})
-        raise UserError(f"hardware.vendor={vendor!r} matches no GPU class; catalog vendors: {', '.join(vendors)} (or any)")
+        raise UserError(
+            f"hardware.vendor={vendor!r} matches no GPU class; catalog vendors: {', '.join(vendors)} (or any)"
+        )
     return chosen
 
 
@@ -31,22 +34,34 @@ def _option(cfg: DictConfig, gpu: GpuClass, engine: str) -> Dict[str, Any]:
     """One (class, engine) candidate: its estimate, count, time and cost (count None when it does not fit)."""
     est = estimate(cfg, gpu, engine)
     count = fit_count(gpu, est, None, cfg.hardware.get("gpu_count"))
-    option = dict(key=gpu.key, engine=engine, count=count, est=est, gpu=gpu,
-                  per_gpu_gib=per_gpu_required(est, count or 1))
+    option = dict(
+        key=gpu.key, engine=engine, count=count, est=est, gpu=gpu, per_gpu_gib=per_gpu_required(est, count or 1)
+    )
     if count is not None:
-        time = job_time(est, gpu, float(cfg.hardware.get("download_gbps") or DEFAULT_DOWNLOAD_GBPS),
-                        cfg.hardware.get("provision_s"), cfg.hardware.get("setup_s"))
-        option.update(time=time, usd_per_hour=gpu.usd_per_hour * count,
-                      usd=time.hours * gpu.usd_per_hour * count)
+        time = job_time(
+            est,
+            gpu,
+            float(cfg.hardware.get("download_gbps") or DEFAULT_DOWNLOAD_GBPS),
+            cfg.hardware.get("provision_s"),
+            cfg.hardware.get("setup_s"),
+        )
+        option.update(time=time, usd_per_hour=gpu.usd_per_hour * count, usd=time.hours * gpu.usd_per_hour * count)
     return option
 
 
 def _summary(option: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(gpu=option["key"], engine=option["engine"], count=option["count"],
-               per_gpu_required_gib=round(option["per_gpu_gib"], 2))
+    out = dict(
+        gpu=option["key"],
+        engine=option["engine"],
+        count=option["count"],
+        per_gpu_required_gib=round(option["per_gpu_gib"], 2),
+    )
     if option["count"] is not None:
-        out.update(usd_per_hour=option["usd_per_hour"], estimated_minutes=option["time"].total_s / 60,
-                   estimated_usd=option["usd"])
+        out.update(
+            usd_per_hour=option["usd_per_hour"],
+            estimated_minutes=option["time"].total_s / 60,
+            estimated_usd=option["usd"],
+        )
     return out
 
 
@@ -55,18 +70,34 @@ def _plan_of(options: List[Dict[str, Any]], why: str) -> Optional[HardwarePlan]:
     fitting = [o for o in options if o["count"] is not None]
     if not fitting:
         return None
-    best = min(fitting, key=lambda o: (round(o["usd"], 9), o["count"], -o["gpu"].vram_gib, o["key"],
-                                       o["engine"] == "streamed"))
+    best = min(
+        fitting, key=lambda o: (round(o["usd"], 9), o["count"], -o["gpu"].vram_gib, o["key"], o["engine"] == "streamed")
+    )
     if not why:
         others = [o for o in fitting if o["engine"] != best["engine"]]
         rival = min(others, key=lambda o: o["usd"]) if others else None
-        why = (f"cheapest job: ${best['usd']:.2f} vs ${rival['usd']:.2f} with {rival['engine']} "
-               f"({rival['count']} x {rival['gpu'].name})" if rival else f"only {best['engine']} fits")
+        why = (
+            f"cheapest job: ${best['usd']:.2f} vs ${rival['usd']:.2f} with {rival['engine']} "
+            f"({rival['count']} x {rival['gpu'].name})"
+            if rival
+            else f"only {best['engine']} fits"
+        )
     time = best["time"]
-    return HardwarePlan(False, best["gpu"], best["count"], best["est"], best["per_gpu_gib"], best["usd_per_hour"],
-                        engine=best["engine"], engine_reason=why, estimated_hours=time.hours,
-                        estimated_usd=best["usd"], job_time=time.to_dict(),
-                        alternatives=[_summary(o) for o in options], price_source=best["gpu"].price_source)
+    return HardwarePlan(
+        False,
+        best["gpu"],
+        best["count"],
+        best["est"],
+        best["per_gpu_gib"],
+        best["usd_per_hour"],
+        engine=best["engine"],
+        engine_reason=why,
+        estimated_hours=time.hours,
+        estimated_usd=best["usd"],
+        job_time=time.to_dict(),
+        alternatives=[_summary(o) for o in options],
+        price_source=best["gpu"].price_source,
+    )
 
 
 def cheapest_fit(cfg: DictConfig, catalog: Dict[str, GpuClass], vendor: str) -> Optional[HardwarePlan]:
@@ -91,15 +122,18 @@ def plan(cfg: DictConfig) -> HardwarePlan:
             biggest = max(_candidates(cfg, catalog, vendor), key=lambda g: g.vram_gib * g.max_per_node)
             engine = engines_for(cfg)[0][-1]
             est = estimate(cfg, biggest, engine)
-            raise UserError(f"no {vendor} GPU class in the catalog fits this job, even {biggest.max_per_node} x "
-                            f"{biggest.name} ({biggest.vram_gib:g} GiB each) with engine={engine} and RAM floor "
-                            f"{est.ram_floor_gib:g} GiB; {describe(est)}. Reduce dataset.batch_size / seq_len, "
-                            "or use a quantized checkpoint")
+            raise UserError(
+                f"no {vendor} GPU class in the catalog fits this job, even {biggest.max_per_node} x "
+                f"{biggest.name} ({biggest.vram_gib:g} GiB each) with engine={engine} and RAM floor "
+                f"{est.ram_floor_gib:g} GiB; {describe(est)}. Reduce dataset.batch_size / seq_len, "
+                "or use a quantized checkpoint"
+            )
         return chosen
     key = str(hw.get("gpu_class") or hw.name)
     if key not in catalog:
-        raise UserError(f"hardware={key!r} is not a GPU class in the catalog; choose local, auto or one of: "
-                        f"{', '.join(catalog)}")
+        raise UserError(
+            f"hardware={key!r} is not a GPU class in the catalog; choose local, auto or one of: {', '.join(catalog)}"
+        )
     gpu = catalog[key]
     engines, why = engines_for(cfg)
     options = [_option(cfg, gpu, engine) for engine in engines]
@@ -107,12 +141,19 @@ def plan(cfg: DictConfig) -> HardwarePlan:
     if chosen is None:
         wanted = f"{hw.gpu_count} x " if hw.get("gpu_count") else f"up to {gpu.max_per_node} x "
         alternative = cheapest_fit(cfg, catalog, vendor)
-        hint = (f"; {alternative.count} x {alternative.gpu.name} would fit (hardware={alternative.gpu.key}, "
-                f"engine={alternative.engine}, ${alternative.usd_per_hour:.2f}/h)" if alternative
-                else "; no catalog class fits it either")
-        needs = "; ".join(f"engine={o['engine']} needs {per_gpu_required(o['est'], 1 if o['engine'] == 'streamed' else gpu.max_per_node):.1f} GiB per GPU"
-                          + ("" if o["engine"] == "streamed" else f" even at {gpu.max_per_node} GPUs")
-                          for o in options)
-        raise UserError(f"the job does not fit {wanted}{gpu.name} ({gpu.vram_gib:g} GiB each): {needs}; "
-                        f"{describe(options[-1]['est'])}{hint}")
+        hint = (
+            f"; {alternative.count} x {alternative.gpu.name} would fit (hardware={alternative.gpu.key}, "
+            f"engine={alternative.engine}, ${alternative.usd_per_hour:.2f}/h)"
+            if alternative
+            else "; no catalog class fits it either"
+        )
+        needs = "; ".join(
+            f"engine={o['engine']} needs {per_gpu_required(o['est'], 1 if o['engine'] == 'streamed' else gpu.max_per_node):.1f} GiB per GPU"
+            + ("" if o["engine"] == "streamed" else f" even at {gpu.max_per_node} GPUs")
+            for o in options
+        )
+        raise UserError(
+            f"the job does not fit {wanted}{gpu.name} ({gpu.vram_gib:g} GiB each): {needs}; "
+            f"{describe(options[-1]['est'])}{hint}"
+        )
     return chosen

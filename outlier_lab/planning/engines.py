@@ -1,4 +1,5 @@
 """Which engines a job may use (resident, streamed) and why streamed is not among them: the one place that decides."""
+
 from __future__ import annotations
 
 from typing import List, Tuple

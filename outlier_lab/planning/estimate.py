@@ -1,29 +1,40 @@
 """Memory, RAM and disk estimate of one analysis job, from the model's config built on the meta device."""
+
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 import importlib.util
 import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from outlier_lab.loading import hub
+from outlier_lab.analysis.capture import plan_probes
+from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total, registry
+from outlier_lab.analysis.peak_memory import cpu_heap_policy
 from outlier_lab.arch.adapters import Adapter, config_value
 from outlier_lab.arch.sites import SiteMap, blocks_path, discover_sites
-from outlier_lab.analysis.capture import plan_probes
-from outlier_lab.planning.catalog import GpuClass
-from outlier_lab.loading.windows import check_window_shape
-from outlier_lab.analysis.detectors import MemoryNeed, MemoryShape, memory_total, registry
 from outlier_lab.config import hardware_setting
 from outlier_lab.errors import UserError
-from outlier_lab.analysis.peak_memory import cpu_heap_policy
-from outlier_lab.loading.models import (DTYPES, auto_dtype_reason, build_meta_model, checkpoint_location,
-                                        lm_head_params, load_hf_config, max_positions, moe_facts, quantization_of,
-                                        resolve_device, resolve_dtype)
+from outlier_lab.loading import hub
+from outlier_lab.loading.models import (
+    DTYPES,
+    auto_dtype_reason,
+    build_meta_model,
+    checkpoint_location,
+    lm_head_params,
+    load_hf_config,
+    max_positions,
+    moe_facts,
+    quantization_of,
+    resolve_device,
+    resolve_dtype,
+)
+from outlier_lab.loading.windows import check_window_shape
+from outlier_lab.planning.catalog import GpuClass
 from outlier_lab.planning.footprint import CPU_EXPERT_FUSING, streamed_footprint
 from outlier_lab.planning.headroom import headroom
 from outlier_lab.units import GIB
@@ -125,7 +136,10 @@ def mxfp4_supported(device: str, gpu: GpuClass | None, cfg: DictConfig) -> Tuple
             return False, f"{gpu.name} (compute capability {gpu.compute_capability} < 7.5) lacks MXFP4 kernels"
         if not hardware_setting(cfg, "mxfp4_kernels"):
             return False, "hardware.mxfp4_kernels=false: the GPU host lacks triton>=3.4/kernels"
-        return True, f"MXFP4 experts stay packed on {gpu.name} (cc {gpu.compute_capability}, assumes triton>=3.4 + kernels)"
+        return (
+            True,
+            f"MXFP4 experts stay packed on {gpu.name} (cc {gpu.compute_capability}, assumes triton>=3.4 + kernels)",
+        )
     if not torch.cuda.is_available():
         return False, "no CUDA GPU visible; MXFP4 experts are dequantized"
     if torch.cuda.get_device_capability() < (7, 5):
@@ -162,7 +176,7 @@ def _weights(model: torch.nn.Module, adapter: Adapter, dtype_bytes: int, mxfp4: 
             nbytes = p.numel() * (dtype_bytes if p.is_floating_point() else p.element_size())
         total += nbytes
         if name.startswith(blocks):
-            key = blocks + name[len(blocks):].split(".")[0]
+            key = blocks + name[len(blocks) :].split(".")[0]
         else:
             key = name.rpartition(".")[0] or name
         per_block[key] = per_block.get(key, 0.0) + nbytes
@@ -172,8 +186,9 @@ def _weights(model: torch.nn.Module, adapter: Adapter, dtype_bytes: int, mxfp4: 
     return total, per_block
 
 
-def _checkpoint_bytes(cfg: DictConfig, hf_config, model: torch.nn.Module, adapter: Adapter,
-                      quant: Optional[str]) -> Tuple[float, str]:
+def _checkpoint_bytes(
+    cfg: DictConfig, hf_config, model: torch.nn.Module, adapter: Adapter, quant: Optional[str]
+) -> Tuple[float, str]:
     """Bytes of the checkpoint on disk: measured for local dirs, listed by the hub (every file a run downloads at
     the pinned commit) when it answers, else counted (LM head and MTP layers included)."""
     if cfg.model.source == "hub" and hub.reachable():
@@ -209,11 +224,17 @@ def _fp8_saving(model: torch.nn.Module, adapter: Adapter, hf_config, stored_byte
     """Bytes a block-quantized FP8 checkpoint (DeepSeek-V3) saves over its config dtype: every matmul weight in the
     blocks is stored in 1 byte plus one fp32 scale per weight block; routers, norms and embeddings keep the dtype."""
     qc = getattr(hf_config, "quantization_config", None) or {}
-    block = (qc.get("weight_block_size") if isinstance(qc, dict) else getattr(qc, "weight_block_size", None)) or [128, 128]
+    block = (qc.get("weight_block_size") if isinstance(qc, dict) else getattr(qc, "weight_block_size", None)) or [
+        128,
+        128,
+    ]
     per_weight = 1 + 4 / (int(block[0]) * int(block[1]))
     prefix = blocks_path(model, adapter) + "."
-    quantized = sum(p.numel() for name, p in model.named_parameters()
-                    if name.startswith(prefix) and p.dim() >= 2 and not name.endswith("mlp.gate.weight"))
+    quantized = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if name.startswith(prefix) and p.dim() >= 2 and not name.endswith("mlp.gate.weight")
+    )
     return quantized * (stored_bytes - per_weight)
 
 
@@ -295,8 +316,9 @@ def _attention_impl(cfg: DictConfig, adapter: Adapter) -> str:
     return "sdpa" if adapter.sdpa else "eager"
 
 
-def activation_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str,
-                     detectors: MemoryNeed) -> Tuple[float, Dict[str, float]]:
+def activation_bytes(
+    text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, attn_impl: str, device: str, detectors: MemoryNeed
+) -> Tuple[float, Dict[str, float]]:
     """Peak transient memory of one forward (no KV cache, no logits) plus the detector's reduction state.
 
     Blocks run one after another and free their temporaries, so the peak is the worst block's worst phase on top of
@@ -346,8 +368,9 @@ def activation_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes
     return persistent + reducer_state + peak_phase, parts
 
 
-def cpu_heap_cache_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, widths: Dict[str, int],
-                         parts: Dict[str, float]) -> float:
+def cpu_heap_cache_bytes(
+    text, adapter: Adapter, batch: int, seq_len: int, act_bytes: int, widths: Dict[str, int], parts: Dict[str, float]
+) -> float:
     """Freed temporaries of the non-peak phases that glibc's heap still holds at the peak (CPU, "trim" heap policy).
 
     glibc serves a buffer below its mmap threshold from the heap and keeps it there once freed; the threshold
@@ -359,13 +382,17 @@ def cpu_heap_cache_bytes(text, adapter: Adapter, batch: int, seq_len: int, act_b
     # The largest single buffer of each phase decides where it lives; routed experts run one expert's tokens at a
     # time, so their buffers are per-expert slices.
     per_expert_tokens = n * s.top_k // max(s.experts, 1) + 1
-    largest = dict(attention=n * a * max(s.hidden, s.heads * s.head_dim), dense_ffn=n * a * s.intermediate,
-                   moe=per_expert_tokens * a * max(s.hidden, 2 * s.expert_intermediate),
-                   observe=n * a * max(widths.values(), default=s.hidden))
-    phases = {name[len("phase_"):]: size for name, size in parts.items() if name.startswith("phase_") and size}
+    largest = dict(
+        attention=n * a * max(s.hidden, s.heads * s.head_dim),
+        dense_ffn=n * a * s.intermediate,
+        moe=per_expert_tokens * a * max(s.hidden, 2 * s.expert_intermediate),
+        observe=n * a * max(widths.values(), default=s.hidden),
+    )
+    phases = {name[len("phase_") :]: size for name, size in parts.items() if name.startswith("phase_") and size}
     peak = max(phases, key=phases.get)
-    return float(sum(size for name, size in phases.items()
-                     if name != peak and largest.get(name, 0) < GLIBC_MMAP_THRESHOLD_MAX))
+    return float(
+        sum(size for name, size in phases.items() if name != peak and largest.get(name, 0) < GLIBC_MMAP_THRESHOLD_MAX)
+    )
 
 
 def _site_widths(model: torch.nn.Module, cfg: DictConfig) -> Tuple[SiteMap, Dict[str, int]]:
@@ -375,23 +402,27 @@ def _site_widths(model: torch.nn.Module, cfg: DictConfig) -> Tuple[SiteMap, Dict
     return site_map, dict(widths)
 
 
-def forward_flops(model: torch.nn.Module, adapter: Adapter, text, num_tokens: int, seq_len: int,
-                  blocks_run: int) -> Dict[str, float]:
+def forward_flops(
+    model: torch.nn.Module, adapter: Adapter, text, num_tokens: int, seq_len: int, blocks_run: int
+) -> Dict[str, float]:
     """FLOPs of the forward of `num_tokens` tokens (windows of `seq_len`) through blocks 0..blocks_run-1: 2 per weight
     a token meets (routed experts: top-k of them), plus attention scores (full windows: no causal saving counted)."""
     experts, top_k = adapter.experts(text)
     prefix = blocks_path(model, adapter) + "."
     gemm = routed = 0.0
     for name, p in model.named_parameters():
-        if not name.startswith(prefix) or int(name[len(prefix):].split(".")[0]) >= blocks_run or p.dim() < 2:
+        if not name.startswith(prefix) or int(name[len(prefix) :].split(".")[0]) >= blocks_run or p.dim() < 2:
             continue  # outside the blocks run; norms and biases (no matmul)
         if experts and _is_expert_weight(adapter, name):
             routed += p.numel() * top_k / experts
         else:
             gemm += p.numel()
     s = _shape(text, adapter)
-    return dict(gemm=2 * gemm * num_tokens, experts=2 * routed * num_tokens,
-                scores=4.0 * seq_len * s.heads * s.head_dim * num_tokens * blocks_run)
+    return dict(
+        gemm=2 * gemm * num_tokens,
+        experts=2 * routed * num_tokens,
+        scores=4.0 * seq_len * s.heads * s.head_dim * num_tokens * blocks_run,
+    )
 
 
 def meta_model(model_cfg) -> Tuple[Any, torch.nn.Module]:
@@ -410,8 +441,9 @@ def _meta_model(model_yaml: str):
     return hf_config, build_meta_model(model_cfg, hf_config)
 
 
-def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "resident",
-             free_gib: Optional[float] = None) -> Estimate:
+def estimate(
+    cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "resident", free_gib: Optional[float] = None
+) -> Estimate:
     """Estimate weights, activations and overheads of this job on `gpu` (None: this machine, or a planned GPU).
 
     engine=streamed holds one block at a time; `free_gib` is the device memory it may use (default: the GPU's).
@@ -455,13 +487,22 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     ds = cfg.dataset
     batch = max(1, min(int(ds.batch_size), int(ds.num_sequences)))
     attn_impl = _attention_impl(cfg, adapter)
-    shape = MemoryShape(batch=batch, seq_len=int(ds.seq_len), hidden=text.hidden_size, act_bytes=dtype_bytes,
-                        widths=widths, analyzed_blocks=len(site_map.block_indices), vocab_size=text.vocab_size,
-                        tied_embeddings=bool(getattr(text, "tie_word_embeddings", False)), device=device,
-                        engine=engine)
+    shape = MemoryShape(
+        batch=batch,
+        seq_len=int(ds.seq_len),
+        hidden=text.hidden_size,
+        act_bytes=dtype_bytes,
+        widths=widths,
+        analyzed_blocks=len(site_map.block_indices),
+        vocab_size=text.vocab_size,
+        tied_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+        device=device,
+        engine=engine,
+    )
     detectors = memory_total(cfg, shape)
-    activations, parts = activation_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device,
-                                          detectors)
+    activations, parts = activation_bytes(
+        text, adapter, batch, int(ds.seq_len), dtype_bytes, attn_impl, device, detectors
+    )
     weight_bytes += detectors.weights + detectors.lm_head
     activations += detectors.extra
     if not detectors.lm_head and not any(d.needs_lm_head for d in registry() if d.enabled(cfg)):
@@ -479,8 +520,9 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         if cpu_heap_policy() == "trim":
             heap_cache = cpu_heap_cache_bytes(text, adapter, batch, int(ds.seq_len), dtype_bytes, widths, parts)
             overhead += heap_cache
-            notes.append(f"CPU: {heap_cache / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch "
-                         "ends")
+            notes.append(
+                f"CPU: {heap_cache / GIB:.3f} GiB of freed temporaries held by glibc's heap until the batch ends"
+            )
         if moe["is_moe"] and _per_expert_checkpoint(cfg, adapter):
             # The loader fuses per-expert tensors into 3-D ones; the per-expert pages it read from the mmapped
             # checkpoint stay mapped (and in RSS) for the whole run.
@@ -491,8 +533,11 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
     if moe["is_moe"] and not mxfp4 and _per_expert_checkpoint(cfg, adapter):
         # The loader stacks each block's per-expert tensors: on the GPU the list and the stacked copy coexist; on CPU
         # also the stacked gate and up before their concatenation, in glibc arenas (footprint.CPU_EXPERT_FUSING).
-        load_transient = _largest_block_expert_params(model, adapter) * dtype_bytes * (
-            1.0 if device == "cuda" else CPU_EXPERT_FUSING)
+        load_transient = (
+            _largest_block_expert_params(model, adapter)
+            * dtype_bytes
+            * (1.0 if device == "cuda" else CPU_EXPERT_FUSING)
+        )
         if load_transient > activations:
             notes.append(f"loading peak: {load_transient / GIB:.2f} GiB of per-expert tensors being stacked")
     ram_floor = float(hardware_setting(cfg, "ram_floor_gib"))
@@ -504,23 +549,40 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         last = max(site_map.block_indices)
         free = (free_gib if free_gib is not None else gpu.vram_gib if gpu is not None else 0.0) * GIB
         stacks = moe["is_moe"] and _per_expert_checkpoint(cfg, adapter)
-        streamed = streamed_footprint(per_block, _stored_bytes(hf_config) / dtype_bytes, last,
-                                      int(ds.num_sequences), int(ds.seq_len), text.hidden_size, dtype_bytes, widths,
-                                      len(site_map.block_indices), activations, device, free - CUDA_CONTEXT_GIB * GIB, stacks,
-                                      _largest_block_expert_params(model, adapter) * dtype_bytes)
+        streamed = streamed_footprint(
+            per_block,
+            _stored_bytes(hf_config) / dtype_bytes,
+            last,
+            int(ds.num_sequences),
+            int(ds.seq_len),
+            text.hidden_size,
+            dtype_bytes,
+            widths,
+            len(site_map.block_indices),
+            activations,
+            device,
+            free - CUDA_CONTEXT_GIB * GIB,
+            stacks,
+            _largest_block_expert_params(model, adapter) * dtype_bytes,
+        )
         notes = [n for n in notes if not n.startswith(("all ", "CPU: ", "loading peak"))] + streamed.notes
         weight_bytes, load_transient = streamed.weights, 0.0
         activations = streamed.activations + (CUBLAS_WORKSPACE_BYTES + CUDA_ROUNDING_BYTES if device == "cuda" else 0)
         # CPU: the heap keeps the non-peak phases' freed temporaries here too (trimmed only after each block).
-        overhead = ((CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations) if device == "cuda"
-                    else CPU_RUNTIME_GIB * GIB + heap_cache)
+        overhead = (
+            (CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * activations)
+            if device == "cuda"
+            else CPU_RUNTIME_GIB * GIB + heap_cache
+        )
         read = disk * streamed.blocks_run / num_blocks
         ram_floor = streamed.ram_floor_gib
     total = weight_bytes + max(activations, load_transient) + overhead
     room = headroom(engine, device, hardware_setting(cfg, "vram_safety_factor"))
     factor = room.factor
-    notes.append(f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
-                 "datasets caches (datasets are streamed: only their metadata is cached) and outputs")
+    notes.append(
+        f"disk: checkpoint {disk / GIB:.1f} GiB ({disk_how}) + {DISK_EXTRA_GIB:.0f} GiB for the HF and "
+        "datasets caches (datasets are streamed: only their metadata is cached) and outputs"
+    )
     notes.append(f"activations for batch {batch} x seq_len {ds.seq_len}, {attn_impl} attention, {device}")
     return Estimate(
         weights_gib=weight_bytes / GIB,
@@ -547,6 +609,12 @@ def estimate(cfg: DictConfig, gpu: GpuClass | None = None, engine: str = "reside
         checkpoint_gib=disk / GIB,
         num_tokens=int(ds.num_sequences) * int(ds.seq_len),
         blocks_run=streamed.blocks_run if streamed else num_blocks,
-        flops=forward_flops(model, adapter, text, int(ds.num_sequences) * int(ds.seq_len), int(ds.seq_len),
-                            streamed.blocks_run if streamed else num_blocks),
+        flops=forward_flops(
+            model,
+            adapter,
+            text,
+            int(ds.num_sequences) * int(ds.seq_len),
+            int(ds.seq_len),
+            streamed.blocks_run if streamed else num_blocks,
+        ),
     )

@@ -1,4 +1,5 @@
 """Whether an estimate fits a GPU class: the memory each GPU needs for a count, and the fewest GPUs that hold a job."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -20,8 +21,9 @@ def per_gpu_required(est: Estimate, count: int) -> float:
     return share * est.safety_factor
 
 
-def fit_count(gpu: GpuClass, est: Estimate, ram_floor_gib: Optional[float] = None,
-              fixed: Optional[int] = None) -> Optional[int]:
+def fit_count(
+    gpu: GpuClass, est: Estimate, ram_floor_gib: Optional[float] = None, fixed: Optional[int] = None
+) -> Optional[int]:
     """The fewest GPUs of this class (a count its nodes have; exactly `fixed` if given) that hold the job and meet
     the RAM floor (the estimate's, which follows the engine, unless given), or None. Streamed jobs use one GPU."""
     floor = est.ram_floor_gib if ram_floor_gib is None else ram_floor_gib

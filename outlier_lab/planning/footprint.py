@@ -1,4 +1,5 @@
 """Memory of a streamed job: one block's weights, every sequence's hidden state and reducer state, no whole model."""
+
 from __future__ import annotations
 
 import re
@@ -44,10 +45,22 @@ class StreamedFootprint:
     notes: List[str]
 
 
-def streamed_footprint(per_block: Dict[str, float], stored_ratio: float, last_block: int, num_sequences: int,
-                       seq_len: int, hidden: int, act_bytes: int, widths: Dict[str, int], analyzed: int,
-                       batch_activations: float, device: str, free_bytes: float, stacks_experts: bool,
-                       expert_bytes: float) -> StreamedFootprint:
+def streamed_footprint(
+    per_block: Dict[str, float],
+    stored_ratio: float,
+    last_block: int,
+    num_sequences: int,
+    seq_len: int,
+    hidden: int,
+    act_bytes: int,
+    widths: Dict[str, int],
+    analyzed: int,
+    batch_activations: float,
+    device: str,
+    free_bytes: float,
+    stacks_experts: bool,
+    expert_bytes: float,
+) -> StreamedFootprint:
     """Peak memory of the streamed engine on `device`.
 
     `stored_ratio` is checkpoint bytes / run-dtype bytes (the read buffers hold stored tensors); `expert_bytes` is
@@ -59,8 +72,10 @@ def streamed_footprint(per_block: Dict[str, float], stored_ratio: float, last_bl
     hidden_all = float(num_sequences * seq_len * hidden * act_bytes)
     # Every batch's reducer state stays open across blocks: block hits and position hits (bool), sequence max (fp32).
     batch_states = float(sum(num_sequences * (analyzed * w + seq_len * w + 4 * w) for w in widths.values()))
-    notes = [f"streamed: largest block {largest / GIB:.2f} GiB, blocks 0..{last_block} read once, "
-             f"hidden states {hidden_all / GIB:.2f} GiB"]
+    notes = [
+        f"streamed: largest block {largest / GIB:.2f} GiB, blocks 0..{last_block} read once, "
+        f"hidden states {hidden_all / GIB:.2f} GiB"
+    ]
     if device == "cuda":
         stacking = expert_bytes if stacks_experts else 0.0
         on_gpu = hidden_states_fit(hidden_all, largest, free_bytes)
@@ -70,8 +85,10 @@ def streamed_footprint(per_block: Dict[str, float], stored_ratio: float, last_bl
         host = 2 * largest * stored_ratio + (0.0 if on_gpu else hidden_all)
         ram_floor = HOST_BASE_GIB + host / GIB
         hidden_on = "cuda" if on_gpu else "cpu (pinned)"
-        notes.append(f"streamed: hidden states on {hidden_on}; host RAM {ram_floor:.1f} GiB "
-                     f"(two block buffers + {HOST_BASE_GIB:g} GiB runtime)")
+        notes.append(
+            f"streamed: hidden states on {hidden_on}; host RAM {ram_floor:.1f} GiB "
+            f"(two block buffers + {HOST_BASE_GIB:g} GiB runtime)"
+        )
     else:
         # One block's read buffer next to the block in the run dtype: while it loads (its own pages, plus the copies
         # that fusing experts makes), and while it runs (the next block's prefetched pages; the engine drops its own

@@ -1,5 +1,6 @@
 """The plan of one job (GPU class x count, engine, estimate, time and price) and its file, as a launcher hands it to the
 job."""
+
 from __future__ import annotations
 
 import json
@@ -36,12 +37,28 @@ class HardwarePlan:
 
     def to_dict(self) -> Dict[str, Any]:
         out = self.estimate.to_dict()
-        out.update(engine=self.engine, engine_reason=self.engine_reason, estimated_hours=self.estimated_hours,
-                   estimated_usd=self.estimated_usd, job_time=dict(self.job_time))
+        out.update(
+            engine=self.engine,
+            engine_reason=self.engine_reason,
+            estimated_hours=self.estimated_hours,
+            estimated_usd=self.estimated_usd,
+            job_time=dict(self.job_time),
+        )
         out["local"] = self.local
-        out["gpu"] = None if self.gpu is None else dict(
-            {"class": self.gpu.name, "key": self.gpu.key, "vendor": self.gpu.vendor, "count": self.count,
-             "vram_gib_each": self.gpu.vram_gib, "compute_capability": self.gpu.compute_capability})
+        out["gpu"] = (
+            None
+            if self.gpu is None
+            else dict(
+                {
+                    "class": self.gpu.name,
+                    "key": self.gpu.key,
+                    "vendor": self.gpu.vendor,
+                    "count": self.count,
+                    "vram_gib_each": self.gpu.vram_gib,
+                    "compute_capability": self.gpu.compute_capability,
+                }
+            )
+        )
         out["per_gpu_required_gib"] = self.per_gpu_required_gib
         out["usd_per_hour"] = self.usd_per_hour
         out["price_source"] = self.price_source
@@ -58,5 +75,7 @@ def read_plan(path: str) -> Dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise UserError(f"hardware.planned={path}: cannot read the launcher's plan ({type(err).__name__}); a launcher "
-                        "sets it, so drop it to plan here") from None
+        raise UserError(
+            f"hardware.planned={path}: cannot read the launcher's plan ({type(err).__name__}); a launcher "
+            "sets it, so drop it to plan here"
+        ) from None

@@ -1,4 +1,5 @@
 """The headroom a plan adds to a memory estimate: the estimator's measured error band, per engine and device."""
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,11 @@ def headroom(engine: str, device: str, override: Optional[float] = None) -> Head
         return Headroom(UNMEASURED_FACTOR, f"{engine} on {device} unmeasured: conservative x{UNMEASURED_FACTOR:g}")
     low, high, cases = band
     factor = round(max(1.0, 1.0 / low) + (high - low), 3)
-    return Headroom(factor, f"measured error band {low:.2f}-{high:.2f} of {engine} on {device} over {cases} cases "
-                            f"(scripts/bench_estimate.py)")
+    return Headroom(
+        factor,
+        f"measured error band {low:.2f}-{high:.2f} of {engine} on {device} over {cases} cases "
+        f"(scripts/bench_estimate.py)",
+    )
 
 
 @functools.lru_cache(maxsize=1)

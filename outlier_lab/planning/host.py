@@ -1,4 +1,5 @@
 """The check of the machine a job runs on (hardware=local, or the host a launcher put it on) against its estimate."""
+
 from __future__ import annotations
 
 import logging
@@ -28,30 +29,45 @@ def _local_check(cfg: DictConfig, engine: str) -> HardwarePlan:
         props = torch.cuda.get_device_properties(0)
         vram = min(torch.cuda.get_device_properties(i).total_memory for i in range(count)) / GIB
         est = estimate(cfg, None, engine, free_gib=vram)
-        gpu = GpuClass(props.name, "nvidia" if torch.version.cuda else "amd", round(vram, 2),
-                       f"{props.major}.{props.minor}", count, 0.0, key="local")
+        gpu = GpuClass(
+            props.name,
+            "nvidia" if torch.version.cuda else "amd",
+            round(vram, 2),
+            f"{props.major}.{props.minor}",
+            count,
+            0.0,
+            key="local",
+        )
         need = per_gpu_required(est, count)
         unscaled = need / est.safety_factor
         if unscaled > vram:
-            raise UserError(f"hardware=local: this job needs {unscaled:.1f} GiB per GPU before the safety factor with "
-                            f"engine={engine} and this machine has {count} x {vram:.1f} GiB ({props.name}); "
-                            f"{describe(est)}. Use hardware=auto to plan a GPU that fits, or reduce "
-                            "dataset.batch_size / seq_len")
+            raise UserError(
+                f"hardware=local: this job needs {unscaled:.1f} GiB per GPU before the safety factor with "
+                f"engine={engine} and this machine has {count} x {vram:.1f} GiB ({props.name}); "
+                f"{describe(est)}. Use hardware=auto to plan a GPU that fits, or reduce "
+                "dataset.batch_size / seq_len"
+            )
         if need > vram:
-            warnings.append(f"tight fit: {need:.1f} GiB per GPU with the x{est.safety_factor:g} safety factor, "
-                            f"{vram:.1f} GiB available")
+            warnings.append(
+                f"tight fit: {need:.1f} GiB per GPU with the x{est.safety_factor:g} safety factor, "
+                f"{vram:.1f} GiB available"
+            )
         plan = HardwarePlan(True, gpu, count, est, need, 0.0, warnings)
     else:
         est = estimate(cfg, None, engine)
         memory = psutil.virtual_memory()
         total_ram, available = memory.total / GIB, memory.available / GIB
         if est.total_gib > total_ram:
-            raise UserError(f"hardware=local: this job needs {est.total_gib:.1f} GiB of RAM on CPU ({est.dtype}) with "
-                            f"engine={engine} and this machine has {total_ram:.1f} GiB; {describe(est)}. "
-                            "Use hardware=auto to plan a GPU")
+            raise UserError(
+                f"hardware=local: this job needs {est.total_gib:.1f} GiB of RAM on CPU ({est.dtype}) with "
+                f"engine={engine} and this machine has {total_ram:.1f} GiB; {describe(est)}. "
+                "Use hardware=auto to plan a GPU"
+            )
         if est.required_gib > available:
-            warnings.append(f"tight fit: {est.required_gib:.1f} GiB with the x{est.safety_factor:g} safety factor, "
-                            f"{available:.1f} GiB of RAM available now")
+            warnings.append(
+                f"tight fit: {est.required_gib:.1f} GiB with the x{est.safety_factor:g} safety factor, "
+                f"{available:.1f} GiB of RAM available now"
+            )
         plan = HardwarePlan(True, None, 0, est, est.required_gib, 0.0, warnings)
     plan.engine = engine
     return plan
@@ -67,8 +83,11 @@ def local_plan(cfg: DictConfig) -> HardwarePlan:
         except UserError as err:
             refusals.append(err)
             continue
-        plan.engine_reason = why or ("the whole model fits this machine" if engine == "resident" else
-                                     "the whole model does not fit this machine; one block at a time does")
+        plan.engine_reason = why or (
+            "the whole model fits this machine"
+            if engine == "resident"
+            else "the whole model does not fit this machine; one block at a time does"
+        )
         for warning in plan.warnings:
             log.warning("hardware=local: %s", warning)
         return plan
@@ -83,8 +102,10 @@ def check_host(cfg: DictConfig, planned: Dict[str, Any]) -> HardwarePlan:
         host = _local_check(cfg, engine)
     except UserError as err:
         gpu = planned.get("gpu") or {}
-        raise UserError(f"the launcher planned {gpu.get('count', 0)} x {gpu.get('class', 'no GPU')} for this job, but "
-                        f"on the host it landed on {str(err).replace('hardware=local: ', '')}") from None
+        raise UserError(
+            f"the launcher planned {gpu.get('count', 0)} x {gpu.get('class', 'no GPU')} for this job, but "
+            f"on the host it landed on {str(err).replace('hardware=local: ', '')}"
+        ) from None
     host.engine_reason = f"the launcher's plan ({planned.get('engine_reason') or engine})"
     for warning in host.warnings:
         log.warning("this host: %s", warning)

@@ -1,4 +1,5 @@
 """Wall time and dollars of one job on a plan: provisioning, set-up, download, weight reads and compute, per GPU class."""
+
 from __future__ import annotations
 
 import functools
@@ -46,9 +47,16 @@ class JobTime:
         return self.total_s / 3600.0
 
     def to_dict(self) -> Dict[str, object]:
-        return dict(provision_s=self.provision_s, setup_s=self.setup_s, download_s=self.download_s,
-                    read_s=self.read_s, compute_s=self.compute_s, transfer_s=self.transfer_s, total_s=self.total_s,
-                    sources=dict(self.sources))
+        return dict(
+            provision_s=self.provision_s,
+            setup_s=self.setup_s,
+            download_s=self.download_s,
+            read_s=self.read_s,
+            compute_s=self.compute_s,
+            transfer_s=self.transfer_s,
+            total_s=self.total_s,
+            sources=dict(self.sources),
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,8 +85,13 @@ def reference_seconds(est: Estimate) -> float:
     return est.read_gib * float(ref["read_convert_s_per_gib"]) + compute
 
 
-def job_time(est: Estimate, gpu: GpuClass, download_gbps: float, provision_s: Optional[float] = None,
-             setup_s: Optional[float] = None) -> JobTime:
+def job_time(
+    est: Estimate,
+    gpu: GpuClass,
+    download_gbps: float,
+    provision_s: Optional[float] = None,
+    setup_s: Optional[float] = None,
+) -> JobTime:
     """provisioning + set-up + download (checkpoint size / link) + weight reads (bytes read / disk) + compute.
 
     A resident job reads every weight before its forward; the streamed engine reads block i+1 while block i runs,
@@ -103,13 +116,22 @@ def job_time(est: Estimate, gpu: GpuClass, download_gbps: float, provision_s: Op
         work = read + compute
     ref = reference()
     sources = dict(
-        provision=("hardware.provision_s" if provision_s is not None else
-                   f"default {DEFAULT_PROVISION_S:g} s for a rented instance (boot + image pull)"),
-        setup=("hardware.setup_s" if setup_s is not None else
-               f"default {DEFAULT_SETUP_S:g} s (a fresh venv with torch and transformers)"),
+        provision=(
+            "hardware.provision_s"
+            if provision_s is not None
+            else f"default {DEFAULT_PROVISION_S:g} s for a rented instance (boot + image pull)"
+        ),
+        setup=(
+            "hardware.setup_s"
+            if setup_s is not None
+            else f"default {DEFAULT_SETUP_S:g} s (a fresh venv with torch and transformers)"
+        ),
         download=f"{est.checkpoint_gib:.1f} GiB at {download_gbps:g} Gb/s",
         reads=f"{est.read_gib:.1f} GiB at {disk:g} GB/s ({'catalog' if gpu.disk_gb_per_s else 'default'})",
-        compute=(f"{gpu.name}: {tflops:g} TFLOP/s {est.dtype} GEMM ({'catalog' if gpu.sustained_tflops else 'default'}), kinds "
-                 f"scaled by rates measured on {ref['device']} ({ref['date']}): "
-                 + ", ".join(f"{k} x{kind_scale(k):.2f}" for k in sorted(est.flops) if est.flops[k])))
+        compute=(
+            f"{gpu.name}: {tflops:g} TFLOP/s {est.dtype} GEMM ({'catalog' if gpu.sustained_tflops else 'default'}), kinds "
+            f"scaled by rates measured on {ref['device']} ({ref['date']}): "
+            + ", ".join(f"{k} x{kind_scale(k):.2f}" for k in sorted(est.flops) if est.flops[k])
+        ),
+    )
     return JobTime(provision, setup, download, read, compute, transfer, provision + setup + download + work, sources)

@@ -1,4 +1,5 @@
 """A job's plan file (HardwarePlan.to_dict) as one table row, and a sweep's totals: what a dry run prints."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -13,9 +14,15 @@ def _cells(plan: Dict[str, Any], usd_per_hour: Optional[float]) -> List[str]:
     where = f"{gpu.get('class')} x {gpu.get('count')}" if gpu else "local CPU"
     price = usd_per_hour if usd_per_hour is not None else plan.get("usd_per_hour")
     usd = hours * float(price) if price is not None and gpu else None
-    return [str(plan.get("engine", "")), where, f"{float(plan.get('per_gpu_required_gib') or 0):.1f}",
-            f"{float(plan.get('ram_floor_gib') or 0):.0f}", f"{float(plan.get('disk_gib') or 0):.1f}",
-            f"{hours * 60:.1f}" if gpu else "-", "-" if usd is None else f"{usd:.2f}"]
+    return [
+        str(plan.get("engine", "")),
+        where,
+        f"{float(plan.get('per_gpu_required_gib') or 0):.1f}",
+        f"{float(plan.get('ram_floor_gib') or 0):.0f}",
+        f"{float(plan.get('disk_gib') or 0):.1f}",
+        f"{hours * 60:.1f}" if gpu else "-",
+        "-" if usd is None else f"{usd:.2f}",
+    ]
 
 
 def plan_table(plan: Dict[str, Any], usd_per_hour: Optional[float] = None) -> str:
@@ -38,5 +45,7 @@ def sweep_totals(plans: Sequence[Dict[str, Any]], live: Sequence[Optional[float]
         minutes += hours * 60
         usd += hours * float(offer if offer is not None else plan.get("usd_per_hour") or 0.0)
         sources.add("live offers" if offer is not None else str(plan.get("price_source") or "catalog prices"))
-    return (f"sweep total: {len(plans)} jobs, {gpu_hours:.2f} GPU-hours, {minutes:.1f} min, ${usd:.2f} "
-            f"(prices: {'; '.join(sorted(sources)) or 'none: no GPU planned'})")
+    return (
+        f"sweep total: {len(plans)} jobs, {gpu_hours:.2f} GPU-hours, {minutes:.1f} min, ${usd:.2f} "
+        f"(prices: {'; '.join(sorted(sources)) or 'none: no GPU planned'})"
+    )

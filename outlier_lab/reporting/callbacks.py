@@ -1,4 +1,5 @@
 """Hydra callback: record each job's status and keep the sweep's comparison report current, failures included."""
+
 from __future__ import annotations
 
 import datetime
@@ -12,8 +13,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from outlier_lab.reporting.compare import JOB_STATUS, write_comparison
 from outlier_lab.errors import one_line
+from outlier_lab.reporting.compare import JOB_STATUS, write_comparison
 from outlier_lab.results import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,15 @@ def job_status(config: DictConfig, job_return: JobReturn) -> dict:
     if job_return.status == JobStatus.FAILED and isinstance(job_return._return_value, BaseException):
         error = _one_line(job_return._return_value)
     job = config.hydra.job
-    return dict(status=status, error=error, model=config.get("model", {}).get("name"),
-                job_num=job.get("num"), job_name=job.get("name"), overrides=list(config.hydra.overrides.task),
-                finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return dict(
+        status=status,
+        error=error,
+        model=config.get("model", {}).get("name"),
+        job_num=job.get("num"),
+        job_name=job.get("name"),
+        overrides=list(config.hydra.overrides.task),
+        finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 class ComparisonCallback(Callback):
@@ -47,7 +54,9 @@ class ComparisonCallback(Callback):
         # the status file is best effort, and the comparison below still lists the job from what is on disk.
         try:
             out_dir = Path(config.hydra.runtime.output_dir)
-            atomic_write_bytes(out_dir / JOB_STATUS, (json.dumps(job_status(config, job_return), indent=2) + "\n").encode())
+            atomic_write_bytes(
+                out_dir / JOB_STATUS, (json.dumps(job_status(config, job_return), indent=2) + "\n").encode()
+            )
         except Exception as err:  # noqa: BLE001 - see above
             log.warning("job_status.json not written: %s", _one_line(err))
         if config.hydra.get("mode") == RunMode.MULTIRUN:

@@ -1,4 +1,5 @@
 """Cross-job comparison (table, markdown, plots) built only from the results files in job directories."""
+
 from __future__ import annotations
 
 import csv
@@ -11,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from outlier_lab.reporting import paper
 from outlier_lab.analysis.detectors import registry, with_section
 from outlier_lab.errors import UserError
+from outlier_lab.markdown import dig, fmt
+from outlier_lab.reporting import paper
 from outlier_lab.reporting.heatmap import colorbar, heatmap_axes
-from outlier_lab.markdown import dig, fmt, pm
 from outlier_lab.results import RESULTS_JSON, atomic_write_bytes, upgrade
 
 log = logging.getLogger(__name__)
@@ -31,21 +32,56 @@ PLOT_PERPLEXITY = "compare_perplexity.png"
 
 # One row per job; the CSV keeps this column order so diffs between sweeps stay readable.
 _JOB_COLUMNS = (
-    "job", "status", "model", "overrides", "path", "architecture", "kind", "experts", "top_k",
-    "params_total", "params_active", "dataset", "num_sequences", "seq_len", "alpha", "alpha_mode",
-    "outlier_dims", "one_sided", "qualified_any_sequence", "top_dim", "layers_pct", "positions_pct",
-    "q1", "median", "q3", "max_abs", "wall_time_s", "est_memory_gib", "peak_memory_gib", "peak_memory_kind",
+    "job",
+    "status",
+    "model",
+    "overrides",
+    "path",
+    "architecture",
+    "kind",
+    "experts",
+    "top_k",
+    "params_total",
+    "params_active",
+    "dataset",
+    "num_sequences",
+    "seq_len",
+    "alpha",
+    "alpha_mode",
+    "outlier_dims",
+    "one_sided",
+    "qualified_any_sequence",
+    "top_dim",
+    "layers_pct",
+    "positions_pct",
+    "q1",
+    "median",
+    "q3",
+    "max_abs",
+    "wall_time_s",
+    "est_memory_gib",
+    "peak_memory_gib",
+    "peak_memory_kind",
 )
 _PAPER_COLUMNS = (
-    "paper_model", "paper_outlier_dims", "paper_one_sided", "paper_layers_pct", "paper_positions_pct",
-    "paper_q1", "paper_median", "paper_q3",
+    "paper_model",
+    "paper_outlier_dims",
+    "paper_one_sided",
+    "paper_layers_pct",
+    "paper_positions_pct",
+    "paper_q1",
+    "paper_median",
+    "paper_q3",
 )
 # One row per job; the CSV keeps this column order so diffs between sweeps stay readable. Each detector plug-in
 # adds its own columns after the job's.
 # Detectors may share a column (perplexity and the ablation's baseline both give ppl): listed once, the later
 # detector's value wins.
-COLUMNS = tuple(dict.fromkeys(_JOB_COLUMNS + tuple(c for d in registry() for c in d.comparison_columns)
-                              + _PAPER_COLUMNS + ("error",)))
+COLUMNS = tuple(
+    dict.fromkeys(
+        _JOB_COLUMNS + tuple(c for d in registry() for c in d.comparison_columns) + _PAPER_COLUMNS + ("error",)
+    )
+)
 
 
 @dataclass
@@ -105,6 +141,7 @@ def find_job_dirs(root: Path) -> List[Path]:
     for path in root.rglob("config.yaml"):
         if path.parent.name == ".hydra" and path.parent.parent != root:
             found.add(path.parent.parent)
+
     def job_order(directory: Path):
         num = _job_number(directory, {})
         return str(directory.parent), num if num is not None else 1 << 30, directory.name
@@ -135,8 +172,11 @@ def _unrecorded(directory: Path) -> Dict[str, Any]:
         return {"status": "FAILED", "error": errors[-1]}
     if not lines:
         return {"status": "NEVER RAN", "error": "an empty folder: no log, no results (the run stopped before starting)"}
-    return {"status": "INCOMPLETE", "error": "no results.json and no job_status.json (still running, or killed); "
-                                             f"its log ends: {lines[-1].strip()}"}
+    return {
+        "status": "INCOMPLETE",
+        "error": "no results.json and no job_status.json (still running, or killed); "
+        f"its log ends: {lines[-1].strip()}",
+    }
 
 
 def _read_lines(path: Path) -> List[str]:
@@ -191,27 +231,48 @@ def job_row(job: JobDir) -> Dict[str, Any]:
     top = summary.get("most_common") or {}
     quartiles = top.get("quartiles") or [None, None, None]
     row.update(
-        model=model.get("name"), path=model.get("path"), architecture=model.get("architecture"),
-        kind="MoE" if model.get("is_moe") else "dense", experts=model.get("num_experts"),
-        top_k=model.get("experts_per_token"), params_total=model.get("params_total"),
-        params_active=model.get("params_active"), dataset=dig(r, "dataset", "name"),
-        num_sequences=dig(r, "dataset", "num_sequences"), seq_len=dig(r, "dataset", "seq_len"),
-        alpha=det.get("alpha"), alpha_mode=det.get("alpha_mode", "absolute"),
-        outlier_dims=summary.get("num_outlier_features"), one_sided=summary.get("num_one_sided"),
-        qualified_any_sequence=summary.get("num_qualified_any_sequence"), top_dim=top.get("dim"),
-        layers_pct=top.get("layers_pct"), positions_pct=top.get("positions_pct"),
-        q1=quartiles[0], median=quartiles[1], q3=quartiles[2], max_abs=summary.get("max_abs"),
-        wall_time_s=r.get("wall_time_s"), est_memory_gib=estimated_memory_gib(r.get("resources")),
-        peak_memory_gib=r.get("peak_memory_gib"), peak_memory_kind=r.get("peak_memory_kind"),
+        model=model.get("name"),
+        path=model.get("path"),
+        architecture=model.get("architecture"),
+        kind="MoE" if model.get("is_moe") else "dense",
+        experts=model.get("num_experts"),
+        top_k=model.get("experts_per_token"),
+        params_total=model.get("params_total"),
+        params_active=model.get("params_active"),
+        dataset=dig(r, "dataset", "name"),
+        num_sequences=dig(r, "dataset", "num_sequences"),
+        seq_len=dig(r, "dataset", "seq_len"),
+        alpha=det.get("alpha"),
+        alpha_mode=det.get("alpha_mode", "absolute"),
+        outlier_dims=summary.get("num_outlier_features"),
+        one_sided=summary.get("num_one_sided"),
+        qualified_any_sequence=summary.get("num_qualified_any_sequence"),
+        top_dim=top.get("dim"),
+        layers_pct=top.get("layers_pct"),
+        positions_pct=top.get("positions_pct"),
+        q1=quartiles[0],
+        median=quartiles[1],
+        q3=quartiles[2],
+        max_abs=summary.get("max_abs"),
+        wall_time_s=r.get("wall_time_s"),
+        est_memory_gib=estimated_memory_gib(r.get("resources")),
+        peak_memory_gib=r.get("peak_memory_gib"),
+        peak_memory_kind=r.get("peak_memory_kind"),
     )
     for detector, section in with_section(r):
         row.update(detector.comparison_row(section))
     published = paper.match(model.get("path"))
     if published is not None:
-        row.update(paper_model=published.label, paper_outlier_dims=published.count,
-                   paper_one_sided=published.one_sided, paper_layers_pct=published.layers_pct,
-                   paper_positions_pct=published.positions_pct, paper_q1=published.quartiles[0],
-                   paper_median=published.quartiles[1], paper_q3=published.quartiles[2])
+        row.update(
+            paper_model=published.label,
+            paper_outlier_dims=published.count,
+            paper_one_sided=published.one_sided,
+            paper_layers_pct=published.layers_pct,
+            paper_positions_pct=published.positions_pct,
+            paper_q1=published.quartiles[0],
+            paper_median=published.quartiles[1],
+            paper_q3=published.quartiles[2],
+        )
     return row
 
 
@@ -262,20 +323,26 @@ def _params(value: Any) -> str:
 def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots: Sequence[str]) -> str:
     done = [r for r in rows if r["status"] == "COMPLETED"]
     failed = [r for r in rows if r["status"] != "COMPLETED"]
-    lines = ["# Comparison of outlier-feature runs", "",
-             f"Sweep dir(s): {', '.join(f'`{r}`' for r in roots)}. {len(done)} completed, {len(failed)} not completed.",
-             "Rebuild anywhere from the results files: `outlier-compare "
-             + " ".join(str(r) for r in roots) + "`.", "",
-             "Outlier dims and one-sided count headline dims; layers %, positions % and Q1 / median / Q3 (its signed "
-             "outlier values) are those of each job's most common outlier dim; max abs is over every dim, outlier or "
-             "not.", "",
-             "| job | model | sweep overrides | arch | kind (experts/top-k) | params (active) | outlier dims | "
-             "one-sided | layers % | positions % | Q1 | median | Q3 | max abs (all dims) | wall s | est / peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Comparison of outlier-feature runs",
+        "",
+        f"Sweep dir(s): {', '.join(f'`{r}`' for r in roots)}. {len(done)} completed, {len(failed)} not completed.",
+        "Rebuild anywhere from the results files: `outlier-compare " + " ".join(str(r) for r in roots) + "`.",
+        "",
+        "Outlier dims and one-sided count headline dims; layers %, positions % and Q1 / median / Q3 (its signed "
+        "outlier values) are those of each job's most common outlier dim; max abs is over every dim, outlier or "
+        "not.",
+        "",
+        "| job | model | sweep overrides | arch | kind (experts/top-k) | params (active) | outlier dims | "
+        "one-sided | layers % | positions % | Q1 | median | Q3 | max abs (all dims) | wall s | est / peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["status"] != "COMPLETED":
-            lines.append(f"| {fmt(r['job'])} | {fmt(r['model'])} | {fmt(r['overrides'])} | **{r['status']}**: "
-                         f"{fmt(r['error'])} " + "| " * 12 + "|")
+            lines.append(
+                f"| {fmt(r['job'])} | {fmt(r['model'])} | {fmt(r['overrides'])} | **{r['status']}**: "
+                f"{fmt(r['error'])} " + "| " * 12 + "|"
+            )
             continue
         kind = r["kind"] + (f" ({r['experts']}/{r['top_k']})" if r["kind"] == "MoE" else "")
         alpha = "" if r["alpha_mode"] == "absolute" else " ×RMS"
@@ -284,24 +351,32 @@ def render_markdown(rows: Sequence[Dict[str, Any]], roots: Sequence[Path], plots
             f"{_params(r['params_total'])} ({_params(r['params_active'])}) | {fmt(r['outlier_dims'])}{alpha} | "
             f"{fmt(r['one_sided'])} | {fmt(r['layers_pct'])} | {fmt(r['positions_pct'])} | {fmt(r['q1'])} | "
             f"{fmt(r['median'])} | {fmt(r['q3'])} | {fmt(r['max_abs'])} | {fmt(r['wall_time_s'])} | "
-            f"{fmt(r['est_memory_gib'], 2)} / {fmt(r['peak_memory_gib'], 2)} |")
+            f"{fmt(r['est_memory_gib'], 2)} / {fmt(r['peak_memory_gib'], 2)} |"
+        )
     if failed:
         lines += ["", "## Jobs that did not complete", ""]
         for r in failed:
             lines.append(f"- `{r['job']}` ({fmt(r['model'])}, {r['status']}): {fmt(r['error'])}")
     matched = [r for r in done if r["paper_model"]]
     if matched:
-        lines += ["", "## LLM.int8() Table 4: published vs ours", "",
-                  f"Published figures: {paper.CITATION}.", "",
-                  "| job | paper model | count (paper / ours) | one-sided | layers % | positions % (paper: seq dims %) | quartiles paper | "
-                  "quartiles ours |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## LLM.int8() Table 4: published vs ours",
+            "",
+            f"Published figures: {paper.CITATION}.",
+            "",
+            "| job | paper model | count (paper / ours) | one-sided | layers % | positions % (paper: seq dims %) | quartiles paper | "
+            "quartiles ours |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in matched:
             lines.append(
                 f"| {r['job']} | {r['paper_model']} | {fmt(r['paper_outlier_dims'])} / {fmt(r['outlier_dims'])} | "
                 f"{fmt(r['paper_one_sided'])} / {fmt(r['one_sided'])} | {fmt(r['paper_layers_pct'])} / "
                 f"{fmt(r['layers_pct'])} | {fmt(r['paper_positions_pct'])} / {fmt(r['positions_pct'])} | "
                 f"{fmt(r['paper_q1'])}, {fmt(r['paper_median'])}, {fmt(r['paper_q3'])} | "
-                f"{fmt(r['q1'])}, {fmt(r['median'])}, {fmt(r['q3'])} |")
+                f"{fmt(r['q1'])}, {fmt(r['median'])}, {fmt(r['q3'])} |"
+            )
     for detector in registry():
         if detector.comparison_columns:
             lines += detector.comparison_markdown(done)
@@ -394,8 +469,13 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
             groups.setdefault((r["model"], r["alpha_mode"]), []).append(r)
         for (model, mode), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
             group = sorted(group, key=lambda r: r["alpha"])
-            ax.plot([r["alpha"] for r in group], [r["outlier_dims"] for r in group], marker="o",
-                    linestyle="-" if mode == "absolute" else "--", label=f"{model} ({'|x|' if mode == 'absolute' else '×RMS'})")
+            ax.plot(
+                [r["alpha"] for r in group],
+                [r["outlier_dims"] for r in group],
+                marker="o",
+                linestyle="-" if mode == "absolute" else "--",
+                label=f"{model} ({'|x|' if mode == 'absolute' else '×RMS'})",
+            )
         ax.set_xlabel("alpha (absolute, or multiple of the site input's RMS)")
         ax.set_ylabel("unique outlier dims")
         ax.grid(alpha=0.3)
@@ -412,7 +492,7 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
             rms = dig(job.results, "detector", "alpha_mode") == "rms"
             image = heatmap_axes(ax, job.results, title=f"{job.label}: max |x|{' / RMS' if rms else ''}", reasons=False)
             colorbar(fig, image, ax, job.results)
-        for ax in list(axes.flat)[len(with_heat):]:
+        for ax in list(axes.flat)[len(with_heat) :]:
             ax.axis("off")
         _savefig(fig, out_dir / PLOT_HEATMAPS)
         written.append(PLOT_HEATMAPS)
@@ -424,7 +504,9 @@ def write_comparison(roots: Sequence[Path], out_dir: Optional[Path] = None, plot
     roots = [Path(r) for r in roots]
     jobs = collect_jobs(roots)
     if not jobs:
-        raise UserError(f"no job directories (results.json, job_status.json or .hydra/) under {', '.join(map(str, roots))}")
+        raise UserError(
+            f"no job directories (results.json, job_status.json or .hydra/) under {', '.join(map(str, roots))}"
+        )
     out_dir = Path(out_dir) if out_dir is not None else roots[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = build_rows(jobs)

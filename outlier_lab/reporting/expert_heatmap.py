@@ -1,4 +1,5 @@
 """The (MoE block x expert) heatmap of the down_proj output's max |x|, super experts outlined."""
+
 from __future__ import annotations
 
 import io
@@ -28,15 +29,17 @@ def write_expert_heatmap(run_dir: Path, results: Dict[str, Any]) -> Optional[Pat
     values = np.array([[np.nan if v is None else v for v in row] for row in heat["max_abs"]], dtype=float)
     positive = values[np.isfinite(values) & (values > 0)]
     fig, ax = plt.subplots(figsize=(min(max(6.5, 4 + 0.12 * len(experts)), 24), min(2.5 + 0.25 * len(blocks), 16)))
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size and positive.min() < positive.max() \
-        else None
+    norm = (
+        LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size and positive.min() < positive.max() else None
+    )
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
     column = {e: i for i, e in enumerate(experts)}
     row = {b: i for i, b in enumerate(blocks)}
     for s in section.get("super_experts") or []:
         e = -1 if s["expert"] == "shared" else s["expert"]
-        ax.add_patch(Rectangle((column[e] - 0.5, row[s["block"]] - 0.5), 1, 1, fill=False, lw=2,
-                               edgecolor=SUPER_COLOUR))
+        ax.add_patch(
+            Rectangle((column[e] - 0.5, row[s["block"]] - 0.5), 1, 1, fill=False, lw=2, edgecolor=SUPER_COLOUR)
+        )
     step = max(1, len(experts) // 32)
     ax.set_xticks(range(0, len(experts), step))
     ax.set_xticklabels(["S" if e == -1 else str(e) for e in experts[::step]], fontsize=7)

@@ -1,4 +1,5 @@
 """The per-run heatmap (blocks x dims of max |x|), headline outliers marked apart from bright dims that are not."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +51,12 @@ def _split_scale(floor: float, alpha: float, top: float):
         return np.where(y < 0.5, floor * np.exp(2 * y * low_span), alpha * np.exp((2 * y - 1) * high_span))
 
     half = 128  # colours per half; the break falls on a bin edge because the halves are equal
-    colours = np.vstack([colormaps[BELOW_ALPHA_CMAP](np.linspace(*BELOW_ALPHA_RANGE, half)),
-                         colormaps[ABOVE_ALPHA_CMAP](np.linspace(*ABOVE_ALPHA_RANGE, half))])
+    colours = np.vstack(
+        [
+            colormaps[BELOW_ALPHA_CMAP](np.linspace(*BELOW_ALPHA_RANGE, half)),
+            colormaps[ABOVE_ALPHA_CMAP](np.linspace(*ABOVE_ALPHA_RANGE, half)),
+        ]
+    )
     return FuncNorm((forward, inverse), vmin=floor, vmax=top), ListedColormap(colours, name="split_at_alpha")
 
 
@@ -81,21 +86,30 @@ def heatmap_axes(ax, results: Dict[str, Any], title: Optional[str] = None, reaso
         label.set_fontweight("bold" if i < num_headline else "normal")
     step = 1 if len(blocks) <= 24 else -(-len(blocks) // 16)
     ax.set_yticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]], fontsize=8)
-    ax.set_xlabel(f"hidden dim: {num_headline} headline outliers (green), then the {len(dims) - num_headline} "
-                  "brightest other dims (hatched where a block reaches alpha; the top says which criterion they miss)"
-                  if reasons else "dim (green: outliers; hatched: a cell that reaches alpha, no outlier)", fontsize=8)
+    ax.set_xlabel(
+        f"hidden dim: {num_headline} headline outliers (green), then the {len(dims) - num_headline} "
+        "brightest other dims (hatched where a block reaches alpha; the top says which criterion they miss)"
+        if reasons
+        else "dim (green: outliers; hatched: a cell that reaches alpha, no outlier)",
+        fontsize=8,
+    )
     ax.set_ylabel("block", fontsize=8)
     if 0 < num_headline < len(dims):
         ax.axvline(num_headline - 0.5, color="white", linewidth=3)
     for i in range(num_headline, len(dims)):
         for j in range(values.shape[0]):
             if alpha and values[j, i] >= alpha:  # this block's max reaches alpha, yet the dim is no outlier
-                ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, hatch="//", edgecolor=ALPHA_COLOUR,
-                                       linewidth=0, alpha=0.6))
+                ax.add_patch(
+                    Rectangle(
+                        (i - 0.5, j - 0.5), 1, 1, fill=False, hatch="//", edgecolor=ALPHA_COLOUR, linewidth=0, alpha=0.6
+                    )
+                )
     if reasons:
         why = {m["dim"]: short for m, short, _ in near_misses(results)}
-        labels = ["outlier" if i < num_headline else f"not: {why[d]}" if d in why else "not an outlier"
-                  for i, d in enumerate(dims)]
+        labels = [
+            "outlier" if i < num_headline else f"not: {why[d]}" if d in why else "not an outlier"
+            for i, d in enumerate(dims)
+        ]
         upper = ax.secondary_xaxis("top")
         upper.set_xticks(range(len(dims)), labels, rotation=90, fontsize=7)
         for i, label in enumerate(upper.get_xticklabels()):
@@ -112,8 +126,12 @@ def colorbar(fig, image, ax, results: Dict[str, Any]):
 
     bar = fig.colorbar(image, ax=ax)
     low, high = image.norm.vmin, image.norm.vmax
-    ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
-             for m in (1, 2, 5) if low <= m * 10.0 ** e <= high]
+    ticks = [
+        m * 10.0**e
+        for e in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        for m in (1, 2, 5)
+        if low <= m * 10.0**e <= high
+    ]
     alpha = results.get("detector", {}).get("alpha")
     if alpha:
         ticks = sorted({*[t for t in ticks if abs(np.log10(t / alpha)) > 0.08], float(alpha)})
@@ -121,8 +139,9 @@ def colorbar(fig, image, ax, results: Dict[str, Any]):
     bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
     bar.ax.yaxis.set_minor_locator(NullLocator())
     bar.ax.set_yticklabels([f"alpha = {t:g}" if alpha and t == float(alpha) else f"{t:g}" for t in ticks], fontsize=8)
-    bar.set_label(f"{_unit(results)} (log scale{'; blue below alpha, orange to red from alpha' if alpha else ''})",
-                  fontsize=8)
+    bar.set_label(
+        f"{_unit(results)} (log scale{'; blue below alpha, orange to red from alpha' if alpha else ''})", fontsize=8
+    )
     return bar
 
 
@@ -138,9 +157,11 @@ def write_heatmap(run_dir: Path, results: Dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.5, 0.3 * len(dims) + 3.5), 6.2))
     image = heatmap_axes(ax, results)
     colorbar(fig, image, ax, results)
-    notes = [f"dim {m['dim']} (max {m['max_abs']:.1f}) is not an outlier: {sentence}"
-             for m, _, sentence in near_misses(results)[:3] if m["dim"] in dims[num_headline:]
-             and m["max_abs"] >= float(results["detector"]["alpha"])]
+    notes = [
+        f"dim {m['dim']} (max {m['max_abs']:.1f}) is not an outlier: {sentence}"
+        for m, _, sentence in near_misses(results)[:3]
+        if m["dim"] in dims[num_headline:] and m["max_abs"] >= float(results["detector"]["alpha"])
+    ]
     if notes:
         fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, color=NOT_OUTLIER_COLOUR, va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.03 * len(notes), 1, 1))

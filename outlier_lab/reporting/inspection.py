@@ -1,12 +1,13 @@
 """Describe a model's blocks, sites and feature spaces from its config, built on the meta device."""
+
 from __future__ import annotations
 
 from typing import Dict, List
 
 from omegaconf import DictConfig
 
-from outlier_lab.arch.sites import discover_sites
 from outlier_lab.analysis.capture import plan_probes
+from outlier_lab.arch.sites import discover_sites
 from outlier_lab.loading.models import build_meta_model, count_parameters, load_hf_config, moe_facts
 
 
@@ -32,9 +33,11 @@ def describe_model(cfg: DictConfig) -> str:
     for kind, all_blocks in layouts.items():
         blocks = [b for b in all_blocks if b in analyzed]
         count = len(all_blocks)
-        lines.append(f"  blocks {_ranges(all_blocks)} ({count} block{'s' if count > 1 else ''}"
-                     f"{'' if len(blocks) == count else f', {len(blocks)} analyzed'}): {kind.mixer_name} "
-                     f"mixer, {'MoE' if kind.is_moe else 'dense'} FFN")
+        lines.append(
+            f"  blocks {_ranges(all_blocks)} ({count} block{'s' if count > 1 else ''}"
+            f"{'' if len(blocks) == count else f', {len(blocks)} analyzed'}): {kind.mixer_name} "
+            f"mixer, {'MoE' if kind.is_moe else 'dense'} FFN"
+        )
         for probe in (p for p in probes if p.block == blocks[0]) if blocks else ():
             module = model.get_submodule(probe.path)
             lines.append(f"    {probe.site:<12} {probe.path:<48} {type(module).__name__:<24} space={probe.space}")

@@ -1,4 +1,5 @@
 """report.md's "where they come from": each headline and massive dim with the tokens, experts and weight behind it."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -16,9 +17,14 @@ def origins_section(results: Dict[str, Any]) -> List[str]:
     massive = (results.get("massive") or {}).get("summary", {}).get("dims") or []
     dims = [("outlier feature", f["dim"], "features") for f in results.get("outlier_features") or []]
     dims += [("massive activation", d, "massive") for d in massive]
-    lines = ["", "## Where they come from", "",
-             "| dim | kind | top token (count) | at position 0 | on delimiters | super experts writing it | "
-             "super weight row |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Where they come from",
+        "",
+        "| dim | kind | top token (count) | at position 0 | on delimiters | super experts writing it | "
+        "super weight row |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, dim, kind in dims[:40]:
         row = by_kind[kind].get(dim)
         top = row["top_tokens"][0] if row and row["top_tokens"] else None
@@ -27,7 +33,8 @@ def origins_section(results: Dict[str, Any]) -> List[str]:
             f"| {dim} | {label} | {repr(top['text']).replace('|', chr(92) + '|') + ' x' + str(top['count']) if top else '–'} | "
             f"{_share(row, 'first_position_frac')} | {_share(row, 'delimiter_frac')} | "
             f"{', '.join(writers) if experts is not None and writers else ('none' if experts is not None else '–')} | "
-            f"{('block ' + str(weight['block'])) if weight and weight['row'] == dim else ('–' if not weight else 'no')} |")
+            f"{('block ' + str(weight['block'])) if weight and weight['row'] == dim else ('–' if not weight else 'no')} |"
+        )
     return lines
 
 

@@ -1,4 +1,5 @@
 """LLM.int8() Table 4 (Dettmers et al. 2022) published rows, and which hub checkpoint each row belongs to."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +8,10 @@ from typing import Dict, Optional, Tuple
 # Transcribed from arXiv:2208.07339v2, Appendix C, Table 4 (checked against the paper's text on 2026-11-26). The
 # paper has no fairseq 355M row; that model can be run, but has nothing published to sit next to.
 VERIFIED = True
-CITATION = ("Dettmers et al. 2022, LLM.int8(), arXiv:2208.07339, Table 4 (|x| >= 6, >= 25% of layers, >= 6% of "
-            "sequence dims)" + ("" if VERIFIED else "; UNVERIFIED transcription, check against the PDF before citing"))
+CITATION = (
+    "Dettmers et al. 2022, LLM.int8(), arXiv:2208.07339, Table 4 (|x| >= 6, >= 25% of layers, >= 6% of "
+    "sequence dims)" + ("" if VERIFIED else "; UNVERIFIED transcription, check against the PDF before citing")
+)
 
 
 @dataclass(frozen=True)
@@ -40,14 +43,20 @@ TABLE4: Dict[str, PaperRow] = {
 
 # Hub checkpoints (lower-cased repo ids, with and without the org) that correspond to a published row.
 HUB_IDS: Dict[str, str] = {
-    "openai-community/gpt2": "gpt2-117m", "gpt2": "gpt2-117m",
-    "openai-community/gpt2-medium": "gpt2-345m", "gpt2-medium": "gpt2-345m",
-    "openai-community/gpt2-large": "gpt2-762m", "gpt2-large": "gpt2-762m",
-    "openai-community/gpt2-xl": "gpt2-1.5b", "gpt2-xl": "gpt2-1.5b",
+    "openai-community/gpt2": "gpt2-117m",
+    "gpt2": "gpt2-117m",
+    "openai-community/gpt2-medium": "gpt2-345m",
+    "gpt2-medium": "gpt2-345m",
+    "openai-community/gpt2-large": "gpt2-762m",
+    "gpt2-large": "gpt2-762m",
+    "openai-community/gpt2-xl": "gpt2-1.5b",
+    "gpt2-xl": "gpt2-1.5b",
     "eleutherai/gpt-j-6b": "gptj-6b",
     "koboldai/fairseq-dense-125m": "fairseq-125m",
-    "koboldai/fairseq-dense-1.3b": "fairseq-1.3b", "koboldai/fairseq-dense-2.7b": "fairseq-2.7b",
-    "koboldai/fairseq-dense-6.7b": "fairseq-6.7b", "koboldai/fairseq-dense-13b": "fairseq-13b",
+    "koboldai/fairseq-dense-1.3b": "fairseq-1.3b",
+    "koboldai/fairseq-dense-2.7b": "fairseq-2.7b",
+    "koboldai/fairseq-dense-6.7b": "fairseq-6.7b",
+    "koboldai/fairseq-dense-13b": "fairseq-13b",
 }
 
 

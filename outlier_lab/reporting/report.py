@@ -1,12 +1,13 @@
 """Per-run report (report.md and the heatmap PNG), built from results.json alone so it can be redone anywhere."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict, List
 
 from outlier_lab.analysis.detectors import with_section
-from outlier_lab.reporting.explain import near_misses
 from outlier_lab.reporting.expert_heatmap import write_expert_heatmap
+from outlier_lab.reporting.explain import near_misses
 from outlier_lab.reporting.heatmap import write_heatmap
 from outlier_lab.reporting.origins import origins_section
 from outlier_lab.results import EXPERT_HEATMAP, HEATMAP, REPORT, atomic_write_bytes, read_results
@@ -34,19 +35,29 @@ def render_markdown(results: Dict[str, Any]) -> str:
         f"peak memory {_fmt(results.get('peak_memory_gib'), 3)} GiB ({results.get('peak_memory_kind', '?')})",
         "",
     ]
-    lines += summary_section(results) + ["", "## Outlier features", "",
-              "| dim | sequences | sequences_frac | layer_frac | position_frac | max abs | sign |",
-              "|---|---|---|---|---|---|---|"]
+    lines += summary_section(results) + [
+        "",
+        "## Outlier features",
+        "",
+        "| dim | sequences | sequences_frac | layer_frac | position_frac | max abs | sign |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for f in results["outlier_features"][:50]:
-        lines.append(f"| {f['dim']} | {f['sequences']} | {f['sequences_frac']:.2f} | {f['layer_frac']:.2f} | "
-                     f"{f['position_frac']:.3f} | {f['max_abs']:.1f} | {f['sign']} |")
+        lines.append(
+            f"| {f['dim']} | {f['sequences']} | {f['sequences_frac']:.2f} | {f['layer_frac']:.2f} | "
+            f"{f['position_frac']:.3f} | {f['max_abs']:.1f} | {f['sign']} |"
+        )
     if len(results["outlier_features"]) > 50:
         lines.append(f"| … {len(results['outlier_features']) - 50} more in results.json | | | | | | |")
     lines += near_miss_section(results)
     for space, sub in (results.get("other_spaces") or {}).items():
-        lines += ["", f"## Separate feature space: {space} (width {sub['width']})", "",
-                  f"{sub['summary']['num_outlier_features']} outlier dims: "
-                  + ", ".join(str(f["dim"]) for f in sub["outlier_features"][:40])]
+        lines += [
+            "",
+            f"## Separate feature space: {space} (width {sub['width']})",
+            "",
+            f"{sub['summary']['num_outlier_features']} outlier dims: "
+            + ", ".join(str(f["dim"]) for f in sub["outlier_features"][:40]),
+        ]
     lines += origins_section(results)
     for detector, section in with_section(results):
         lines += [""] + detector.report_section(section)
@@ -66,14 +77,22 @@ def summary_section(results: Dict[str, Any]) -> List[str]:
     top = summary.get("most_common") or {}
     q = top.get("quartiles") or [None, None, None]
     dim = top.get("dim", "–")
-    which = (f"the most common outlier, dim {dim}" if top.get("headline", True) else
-             f"dim {dim}, the most frequent dim that qualified at all (no dim is a headline outlier)")
+    which = (
+        f"the most common outlier, dim {dim}"
+        if top.get("headline", True)
+        else f"dim {dim}, the most frequent dim that qualified at all (no dim is a headline outlier)"
+    )
     brightest = summary.get("max_abs_dim")
-    where = ("" if brightest is None else
-             f" (dim {brightest}, {'an outlier' if brightest in headline else 'not an outlier'})")
+    where = (
+        ""
+        if brightest is None
+        else f" (dim {brightest}, {'an outlier' if brightest in headline else 'not an outlier'})"
+    )
     return [
-        "## Summary (LLM.int8() Table 4 figures)", "",
-        "| figure | value | taken over |", "|---|---|---|",
+        "## Summary (LLM.int8() Table 4 figures)",
+        "",
+        "| figure | value | taken over |",
+        "|---|---|---|",
         f"| outlier dims | {summary['num_outlier_features']} | headline dims: qualify in >= "
         f"{100 * det['min_sequences_frac']:.0f}% of the {summary.get('num_sequences', '?')} sequences |",
         f"| one-sided | {summary['num_one_sided']} | headline dims whose outlier values all have one sign |",
@@ -84,7 +103,8 @@ def summary_section(results: Dict[str, Any]) -> List[str]:
         f"(\\|x\\| >= {det['alpha']:g}) over every block, site and position |",
         f"| max abs, headline dims | {_fmt(headline_max, 1)} | the headline outlier dims |",
         f"| max abs, all dims | {_fmt(summary.get('max_abs'), 1)}{where} | every hidden dim, outlier or not |",
-        "", f"{summary['num_qualified_any_sequence']} dims qualified in at least one sequence.",
+        "",
+        f"{summary['num_qualified_any_sequence']} dims qualified in at least one sequence.",
     ]
 
 
@@ -93,13 +113,20 @@ def near_miss_section(results: Dict[str, Any], count: int = 10) -> List[str]:
     misses = [m for m in near_misses(results) if m[0]["hit_sequences"] > 0][:count]
     if not misses:
         return []
-    lines = ["", "## Bright dims that are not outliers", "",
-             "The largest max abs among the other dims, and the criterion each one misses.", "",
-             "| dim | max abs | sequences with a hit | max layer_frac | max position_frac | why not an outlier |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Bright dims that are not outliers",
+        "",
+        "The largest max abs among the other dims, and the criterion each one misses.",
+        "",
+        "| dim | max abs | sequences with a hit | max layer_frac | max position_frac | why not an outlier |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, _, sentence in misses:
-        lines.append(f"| {m['dim']} | {m['max_abs']:.1f} | {m['hit_sequences']} | {m['layer_frac_max']:.2f} | "
-                     f"{m['position_frac_max']:.3f} | {sentence} |")
+        lines.append(
+            f"| {m['dim']} | {m['max_abs']:.1f} | {m['hit_sequences']} | {m['layer_frac_max']:.2f} | "
+            f"{m['position_frac_max']:.3f} | {sentence} |"
+        )
     return lines
 
 

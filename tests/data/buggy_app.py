@@ -1,4 +1,5 @@
 """A Hydra app on the real conf/ whose task has a bug (seed=0) or a user mistake (seed=1), for the failure policy."""
+
 import sys
 from pathlib import Path
 

@@ -1,9 +1,11 @@
 """analysis=ablation (LLM.int8() Sec. 4.2): zeroing planted outlier dims moves the LM far more than random dims."""
+
 import json
 import shutil
 
 import pytest
 import torch
+
 from tests.support.checkpoints import EXPECTED_OUTLIERS, training_text
 from tests.support.cli import run_cli, tiny_job_overrides
 
@@ -31,7 +33,7 @@ def train_briefly(checkpoint, steps: int = TRAIN_STEPS, seed: int = 0) -> None:
     try:
         for _ in range(steps):
             starts = torch.randint(0, ids.numel() - 65, (8,), generator=generator)
-            batch = torch.stack([ids[s:s + 64] for s in starts])
+            batch = torch.stack([ids[s : s + 64] for s in starts])
             loss = model(input_ids=batch, labels=batch).loss
             optimizer.zero_grad()
             loss.backward()
@@ -51,8 +53,11 @@ def trained_checkpoint(tiny_checkpoint, tmp_path_factory):
 
 @pytest.mark.slow
 def test_zeroing_planted_dims_hurts_far_more_than_random_dims(trained_checkpoint, text_file, tmp_path):
-    run_cli(*tiny_job_overrides(trained_checkpoint, text_file, tmp_path, num_sequences=6, seq_len=48),
-            "analysis=ablation", "analysis.random_seeds=4")
+    run_cli(
+        *tiny_job_overrides(trained_checkpoint, text_file, tmp_path, num_sequences=6, seq_len=48),
+        "analysis=ablation",
+        "analysis.random_seeds=4",
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     ablation = results["ablation"]
     assert set(ablation["dims"]) == EXPECTED_OUTLIERS == {f["dim"] for f in results["outlier_features"]}
@@ -67,23 +72,35 @@ def test_zeroing_planted_dims_hurts_far_more_than_random_dims(trained_checkpoint
     assert outliers["kl_from_baseline"] > 20 * worst_random("kl_from_baseline")
     assert isinstance(outliers["top1_prob_pct"], float) and isinstance(random["delta"]["top1_prob_pct"]["std"], float)
     # Spread over the seeds is reported, and the per-model perplexity and bits per byte are consistent.
-    assert random["delta"]["ppl_pct"]["std"] >= 0 and random["delta"]["ppl_pct"]["min"] <= random["delta"]["ppl_pct"]["max"]
+    assert (
+        random["delta"]["ppl_pct"]["std"] >= 0
+        and random["delta"]["ppl_pct"]["min"] <= random["delta"]["ppl_pct"]["max"]
+    )
     assert base["ppl"] == pytest.approx(torch.tensor(base["nll"]).exp().item())
-    assert base["bits_per_byte"] == pytest.approx(base["nll"] * base["tokens"] / torch.log(torch.tensor(2.0)).item()
-                                                  / base["bytes"], rel=1e-6)
+    assert base["bits_per_byte"] == pytest.approx(
+        base["nll"] * base["tokens"] / torch.log(torch.tensor(2.0)).item() / base["bytes"], rel=1e-6
+    )
     assert base["tokens"] == 6 * 47
 
 
 @pytest.mark.slow
 def test_ablation_in_comparison_and_bad_dims(trained_checkpoint, text_file, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(*tiny_job_overrides(trained_checkpoint, text_file, run_dir, num_sequences=2, seq_len=32),
-            "analysis=ablation", "analysis.random_seeds=2", "analysis.dims=[1,2]")
+    run_cli(
+        *tiny_job_overrides(trained_checkpoint, text_file, run_dir, num_sequences=2, seq_len=32),
+        "analysis=ablation",
+        "analysis.random_seeds=2",
+        "analysis.dims=[1,2]",
+    )
     assert json.loads((run_dir / "results.json").read_text())["ablation"]["dims"] == [1, 2]
     run_cli(str(run_dir), script="outlier-compare")
     assert "## Ablation" in (run_dir / "comparison.md").read_text()
-    proc = run_cli(*tiny_job_overrides(trained_checkpoint, text_file, tmp_path / "bad", num_sequences=2, seq_len=32),
-                   "analysis=ablation", "analysis.dims=[9999]", check=False)
+    proc = run_cli(
+        *tiny_job_overrides(trained_checkpoint, text_file, tmp_path / "bad", num_sequences=2, seq_len=32),
+        "analysis=ablation",
+        "analysis.dims=[9999]",
+        check=False,
+    )
     assert proc.returncode == 2 and "analysis.dims [9999] out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
 

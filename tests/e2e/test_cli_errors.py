@@ -1,7 +1,9 @@
 """Bad input ends with one clear line and exit code 2, never a stack trace, and leaves earlier results alone."""
+
 import json
 
 import pytest
+
 from tests.support.cli import cli_env, run_cli, tiny_job_overrides
 
 pytestmark = pytest.mark.slow  # every test here drives the real CLI
@@ -18,8 +20,9 @@ def assert_one_line_error(proc, *needles):
 
 def test_unknown_model_option_is_one_line_listing_the_options():
     proc = run_cli("model=no_such_model", check=False)
-    assert_one_line_error(proc, "model=no_such_model is not an option of model (options: deepseek_v3, ",
-                          ", qwen3_30b, ")
+    assert_one_line_error(
+        proc, "model=no_such_model is not an option of model (options: deepseek_v3, ", ", qwen3_30b, "
+    )
     assert proc.returncode == 2
 
 
@@ -38,8 +41,14 @@ def test_undecidable_architecture_says_how_to_write_an_adapter(tmp_path):
     from tests.support.checkpoints import build_tokenizer
 
     build_tokenizer(tmp_path / "t5")
-    proc = run_cli("model=local", f"model.path={tmp_path / 't5'}", "dataset.num_sequences=1", "dataset.seq_len=16",
-                   f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    proc = run_cli(
+        "model=local",
+        f"model.path={tmp_path / 't5'}",
+        "dataset.num_sequences=1",
+        "dataset.seq_len=16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
     assert_one_line_error(proc, "cannot tell the blocks of T5Model apart", "adapters.py")
 
 
@@ -56,8 +65,7 @@ def test_too_few_tokens(tiny_checkpoint, tmp_path):
 
 
 def test_seq_len_beyond_max_positions(tiny_checkpoint, text_file, tmp_path):
-    overrides = tiny_job_overrides(tiny_checkpoint("llama"), text_file, tmp_path / "run", num_sequences=1,
-                                   seq_len=4096)
+    overrides = tiny_job_overrides(tiny_checkpoint("llama"), text_file, tmp_path / "run", num_sequences=1, seq_len=4096)
     assert_one_line_error(run_cli(*overrides, check=False), "seq_len=4096 exceeds", "512")
 
 
@@ -70,8 +78,11 @@ def test_a_failed_run_does_not_touch_existing_results(tiny_checkpoint, text_file
     run_dir = tmp_path / "run"
     run_cli(*tiny_job_overrides(tiny_checkpoint("llama"), text_file, run_dir, num_sequences=2, seq_len=16))
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
-    proc = run_cli(*tiny_job_overrides(tiny_checkpoint("llama"), text_file, run_dir, num_sequences=3, seq_len=24),
-                   "detector.layers=[42]", check=False)
+    proc = run_cli(
+        *tiny_job_overrides(tiny_checkpoint("llama"), text_file, run_dir, num_sequences=3, seq_len=24),
+        "detector.layers=[42]",
+        check=False,
+    )
     assert proc.returncode == 2
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
     assert after == before
@@ -79,8 +90,13 @@ def test_a_failed_run_does_not_touch_existing_results(tiny_checkpoint, text_file
     assert json.loads(before["results.json"])["summary"]["num_outlier_features"] == 3
 
 
-@pytest.mark.parametrize("override,needle", [("detector.alpha=0", "detector.alpha=0.0 must be > 0"),
-                                             ("detector.min_position_frac=2", "min_position_frac=2.0 must be in (0, 1]")])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("detector.alpha=0", "detector.alpha=0.0 must be > 0"),
+        ("detector.min_position_frac=2", "min_position_frac=2.0 must be in (0, 1]"),
+    ],
+)
 def test_bad_thresholds_fail_before_anything_runs(override, needle, tmp_path):
     proc = run_cli(override, f"hydra.run.dir={tmp_path}", check=False)
     assert_one_line_error(proc, needle)
@@ -99,11 +115,15 @@ def test_multirun_user_errors_are_one_line_per_job_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert lines == ["error: job #0 (detector.alpha=0): detector.alpha=0.0 must be > 0",
-                     "error: job #1 (detector.alpha=-1): detector.alpha=-1.0 must be > 0"], proc.stderr
+    assert lines == [
+        "error: job #0 (detector.alpha=0): detector.alpha=0.0 must be > 0",
+        "error: job #1 (detector.alpha=-1): detector.alpha=-1.0 must be > 0",
+    ], proc.stderr
     # Every job is still recorded, and the comparison lists both failures.
     assert [json.loads((tmp_path / f"{i}_minilm" / "job_status.json").read_text())["status"] for i in (0, 1)] == [
-        "FAILED", "FAILED"]
+        "FAILED",
+        "FAILED",
+    ]
     assert "## Jobs that did not complete" in (tmp_path / "comparison.md").read_text()
 
 
@@ -133,8 +153,9 @@ def test_misspelt_plus_key_under_a_typed_group_fails_before_planning(tmp_path):
 
 
 def test_missing_dataset_file_fails_before_planning(tmp_path):
-    proc = run_cli("dataset=text_file", f"dataset.path={tmp_path / 'nope.txt'}", f"hydra.run.dir={tmp_path}",
-                   check=False)
+    proc = run_cli(
+        "dataset=text_file", f"dataset.path={tmp_path / 'nope.txt'}", f"hydra.run.dir={tmp_path}", check=False
+    )
     assert_one_line_error(proc, f"dataset.path={tmp_path / 'nope.txt'} does not exist")
     assert proc.returncode == 2 and "resource plan" not in proc.stdout + proc.stderr
 
@@ -144,8 +165,7 @@ def test_planning_messages_carry_our_logger_and_no_deprecation(tmp_path):
 
     env = {k: v for k, v in cli_env().items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"  # nothing listens: the hub is unreachable at once
-    proc = run_cli("model=gpt2", "hardware=auto", "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path}",
-                   env=env)
+    proc = run_cli("model=gpt2", "hardware=auto", "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path}", env=env)
     output = proc.stdout + proc.stderr
     unreachable = [line for line in output.splitlines() if "unreachable" in line]
     assert unreachable and all("[outlier_lab." in line and "[HYDRA]" not in line for line in unreachable), output

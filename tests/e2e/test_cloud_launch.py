@@ -1,4 +1,5 @@
 """run.py with hydra.launcher.provider=runpod|vast against the fake provider API, whose instances are the test sshd."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,14 +11,24 @@ from typing import List
 
 import pytest
 
-from tests.support.cli import cli_env, run_cli
+from tests.e2e.test_fabric_launcher import (  # noqa: F401
+    deterministic,
+    finish,
+    gated_python,
+    group_members,
+    interrupt_running_job,
+    job_overrides,
+    launcher_overrides,
+    local_reference,
+    remote_job_dir,
+    start_cli,
+    wait_for,
+)
 from tests.services.fake_provider_api import FakeCloud
-from tests.support.provider_image import image_python, wheelhouse
+from tests.support.cli import cli_env, run_cli
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
+from tests.support.provider_image import image_python, wheelhouse
 from tests.support.ssh_server import extra_sshd, ssh_server  # noqa: F401 - fixture used by name
-from tests.e2e.test_fabric_launcher import (deterministic, finish, gated_python, group_members,  # noqa: F401
-                                  interrupt_running_job, job_overrides, launcher_overrides, local_reference,
-                                  remote_job_dir, start_cli, wait_for)
 
 pytestmark = pytest.mark.slow
 KEY_ENV = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
@@ -25,10 +36,22 @@ KEY_ENV = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}
 
 def cloud_overrides(tmp: Path, cloud, provider: str, ssh, ram_floor: float = 1, **extra) -> List[str]:
     # env_mode=interpreter: the test's own python has every package (the headline test drops it and `python`).
-    settings = {**dict(provider=provider, api_url=f"'{cloud.url()}'", ssh_key_path=ssh.key, ready_timeout_s=20,
-                       api_timeout_s=2, retries=3, env_mode="interpreter"), **extra}
-    return [o if not o.startswith("hardware.ram_floor_gib=") else f"hardware.ram_floor_gib={ram_floor}"
-            for o in launcher_overrides(tmp, [], **settings)]
+    settings = {
+        **dict(
+            provider=provider,
+            api_url=f"'{cloud.url()}'",
+            ssh_key_path=ssh.key,
+            ready_timeout_s=20,
+            api_timeout_s=2,
+            retries=3,
+            env_mode="interpreter",
+        ),
+        **extra,
+    }
+    return [
+        o if not o.startswith("hardware.ram_floor_gib=") else f"hardware.ram_floor_gib={ram_floor}"
+        for o in launcher_overrides(tmp, [], **settings)
+    ]
 
 
 def cloud_env(cloud, provider: str) -> dict:
@@ -51,8 +74,9 @@ def nvidia_smi(bin_dir: Path, driver: str, cuda: str) -> None:
         '  *--query-gpu=name,memory.total,memory.free*nounits*) echo "NVIDIA L4, 23034, 22796" ;;\n'
         '  *--query-gpu*) echo "unsupported query" >&2; exit 2 ;;\n'
         f'  "") echo "| NVIDIA-SMI {driver}      Driver Version: {driver}      CUDA Version: {cuda}     |" ;;\n'
-        '  *) exit 2 ;;\n'
-        "esac\n")
+        "  *) exit 2 ;;\n"
+        "esac\n"
+    )
     script.chmod(0o755)
 
 
@@ -67,25 +91,32 @@ def cloud_on(server):
 
 
 def nvidia_and_amd(cloud) -> None:
-    cloud.runpod_gpus = [runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1),
-                         runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.39, max_count=2),
-                         runpod_gpu("NVIDIA H100 80GB HBM3", "H100 SXM", "NVIDIA", 80, 2.69, max_count=1)]
+    cloud.runpod_gpus = [
+        runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1),
+        runpod_gpu("NVIDIA L4", "L4", "NVIDIA", 24, 0.39, max_count=2),
+        runpod_gpu("NVIDIA H100 80GB HBM3", "H100 SXM", "NVIDIA", 80, 2.69, max_count=1),
+    ]
 
 
 def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_is_destroyed_once(
-        fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference
+):
     fake_cloud.vast_offers = [
-        vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),   # cheapest, but AMD
-        vast_offer(2, "GT 710", "nvidia", 1, 256, 64 * 1024, 500, 0.08),        # too little VRAM
+        vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),  # cheapest, but AMD
+        vast_offer(2, "GT 710", "nvidia", 1, 256, 64 * 1024, 500, 0.08),  # too little VRAM
         vast_offer(3, "RTX 4090", "nvidia", 1, 24 * 1024, 2 * 1024, 500, 0.10),  # fails the 4 GiB RAM floor
         vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),
-        vast_offer(6, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10)]
+        vast_offer(6, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10),
+    ]
     python = gated_python(tmp_path)
     (tmp_path / "manifest.gate").touch()
     out = tmp_path / "launcher.out"
-    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
-                     cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, ram_floor=4, python=str(python)),
-                     out, cloud_env(fake_cloud, "vast"))
+    proc = start_cli(
+        job_overrides(tiny_checkpoint, text_file)
+        + cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, ram_floor=4, python=str(python)),
+        out,
+        cloud_env(fake_cloud, "vast"),
+    )
     job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
     (instance_id,) = fake_cloud.instances
     known = tmp_path / "known_hosts.d" / f"vast-{instance_id}"
@@ -117,10 +148,12 @@ def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_
     assert "renting vast 5" in text
 
 
-@pytest.mark.parametrize("case", ["create_fails", "create_refused_once", "ssh_never_up", "job_crashes", "lost_create",
-                                  "api_429_5xx"])
+@pytest.mark.parametrize(
+    "case", ["create_fails", "create_refused_once", "ssh_never_up", "job_crashes", "lost_create", "api_429_5xx"]
+)
 def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_status(
-        case, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    case, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_and_amd(fake_cloud)
     overrides = job_overrides(tiny_checkpoint, text_file)
     extra = {}
@@ -132,8 +165,9 @@ def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_statu
         fake_cloud.ssh_never_up = True
         extra["ready_timeout_s"] = 2
     elif case == "job_crashes":
-        overrides = [o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt"
-                     for o in overrides]
+        overrides = [
+            o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt" for o in overrides
+        ]
     elif case == "lost_create":
         fake_cloud.inject("create", "hang")
         fake_cloud.hang_s, extra["api_timeout_s"] = 3, 1
@@ -141,8 +175,13 @@ def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_statu
         fake_cloud.inject("offers", "429", "500")
         fake_cloud.inject("get", "500")
         fake_cloud.inject("destroy", "429")
-    proc = run_cli(*overrides, *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, **extra),
-                   env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
+    proc = run_cli(
+        *overrides,
+        *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, **extra),
+        env=cloud_env(fake_cloud, "runpod"),
+        check=False,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     launch = launch_json(tmp_path)
     expect_ok = case in ("create_refused_once", "lost_create", "api_429_5xx")
@@ -171,14 +210,18 @@ def test_every_failure_ends_with_the_instance_destroyed_once_and_the_right_statu
         assert "HTTP 429" in output and "HTTP 500" in output
 
 
-def test_sigint_mid_run_kills_the_remote_job_and_destroys_the_instance(fake_cloud, ssh_server, tiny_checkpoint,
-                                                                       text_file, tmp_path):
+def test_sigint_mid_run_kills_the_remote_job_and_destroys_the_instance(
+    fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_and_amd(fake_cloud)
     python = gated_python(tmp_path)
     out = tmp_path / "launcher.out"
-    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
-                     cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, python=str(python)),
-                     out, cloud_env(fake_cloud, "runpod"))
+    proc = start_cli(
+        job_overrides(tiny_checkpoint, text_file)
+        + cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, python=str(python)),
+        out,
+        cloud_env(fake_cloud, "runpod"),
+    )
     interrupt_running_job(proc, out, tmp_path)
     (instance_id,) = fake_cloud.instances
     assert dict(fake_cloud.destroyed) == {instance_id: 1}, out.read_text()[-3000:]
@@ -186,12 +229,18 @@ def test_sigint_mid_run_kills_the_remote_job_and_destroys_the_instance(fake_clou
 
 
 def test_a_failed_destroy_is_loud_the_leftover_is_reported_next_sweep_and_the_budget_guard_refuses(
-        fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_and_amd(fake_cloud)
     fake_cloud.inject("destroy", "always:500")
     env = cloud_env(fake_cloud, "runpod")
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server), env=env, check=False, timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server),
+        env=env,
+        check=False,
+        timeout=300,
+    )
     (instance_id,) = fake_cloud.instances
     assert proc.returncode != 0 and not fake_cloud.destroyed
     banner = next(line for line in proc.stderr.splitlines() if "DESTROY FAILED" in line)
@@ -203,9 +252,13 @@ def test_a_failed_destroy_is_loud_the_leftover_is_reported_next_sweep_and_the_bu
     fake_cloud.faults.clear()
     (tmp_path / "again").mkdir()
     creates = fake_cloud.calls.count("POST /v2/pods")
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path / "again", fake_cloud, "runpod", ssh_server, max_usd_per_hour=0.2),
-                   env=env, check=False, timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path / "again", fake_cloud, "runpod", ssh_server, max_usd_per_hour=0.2),
+        env=env,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert f"leftover at sweep start: runpod instance {instance_id}" in proc.stdout
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -213,31 +266,42 @@ def test_a_failed_destroy_is_loud_the_leftover_is_reported_next_sweep_and_the_bu
     assert fake_cloud.calls.count("POST /v2/pods") == creates  # refused before renting
 
 
-def test_dry_run_prints_the_chosen_offer_and_calls_only_the_offers_api(fake_cloud, ssh_server, tiny_checkpoint,
-                                                                      text_file, tmp_path):
+def test_dry_run_prints_the_chosen_offer_and_calls_only_the_offers_api(
+    fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_and_amd(fake_cloud)
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, dry_run="true"),
-                   env=cloud_env(fake_cloud, "runpod"), timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, dry_run="true"),
+        env=cloud_env(fake_cloud, "runpod"),
+        timeout=300,
+    )
     assert "rent: runpod NVIDIA L4/SECURE/1: 1 x L4 (nvidia, 24 GiB each)" in proc.stdout
     assert set(fake_cloud.calls) == {"GET /v2/catalog/gpus"} and fake_cloud.instances == {}
 
 
 # ---------------------------------------------------------------------------- the providers as their documents say
 def two_vast_offers(cloud) -> None:
-    cloud.vast_offers = [vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30, min_bid=0.11),
-                         vast_offer(6, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 900, 0.50, min_bid=0.17)]
+    cloud.vast_offers = [
+        vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30, min_bid=0.11),
+        vast_offer(6, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 900, 0.50, min_bid=0.17),
+    ]
 
 
-def test_a_provisioning_vast_instance_is_not_taken_for_ready(fake_cloud, ssh_server, tiny_checkpoint, text_file,
-                                                             tmp_path):
+def test_a_provisioning_vast_instance_is_not_taken_for_ready(
+    fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     # actual_status null (provisioning) while cur_state already says running and the SSH proxy address is set;
     # `ports` is the documented list of ints, so the address is ssh_host:ssh_port once it runs.
     two_vast_offers(fake_cloud)
     fake_cloud.start_polls, fake_cloud.vast_ports = 3, "list"
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server),
-                   env=cloud_env(fake_cloud, "vast"), check=False, timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server),
+        env=cloud_env(fake_cloud, "vast"),
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     (instance_id,) = fake_cloud.instances
     answers = fake_cloud.answered[instance_id]
@@ -253,13 +317,18 @@ def test_a_provisioning_vast_instance_is_not_taken_for_ready(fake_cloud, ssh_ser
 
 
 @pytest.mark.parametrize("status", ["unknown", "offline"])
-def test_a_vast_instance_that_will_never_run_fails_fast_and_is_destroyed(status, fake_cloud, ssh_server,
-                                                                         tiny_checkpoint, text_file, tmp_path):
+def test_a_vast_instance_that_will_never_run_fails_fast_and_is_destroyed(
+    status, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     two_vast_offers(fake_cloud)
     fake_cloud.fate = status
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, ready_timeout_s=600),
-                   env=cloud_env(fake_cloud, "vast"), check=False, timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, ready_timeout_s=600),
+        env=cloud_env(fake_cloud, "vast"),
+        check=False,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and launch_json(tmp_path)["status"] == "FAILED"
     (instance_id,) = fake_cloud.instances
@@ -270,13 +339,18 @@ def test_a_vast_instance_that_will_never_run_fails_fast_and_is_destroyed(status,
 
 
 @pytest.mark.parametrize("status", [402, 403])
-def test_runpod_create_402_stops_the_launch_and_403_moves_to_the_next_offer(status, fake_cloud, ssh_server,
-                                                                           tiny_checkpoint, text_file, tmp_path):
+def test_runpod_create_402_stops_the_launch_and_403_moves_to_the_next_offer(
+    status, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_and_amd(fake_cloud)
     fake_cloud.inject("create", str(status))
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server),
-                   env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server),
+        env=cloud_env(fake_cloud, "runpod"),
+        check=False,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     creates = [r["body"]["gpu"] for r in fake_cloud.requests if r["method"] == "POST" and r["path"] == "/v2/pods"]
     if status == 402:
@@ -292,27 +366,37 @@ def test_runpod_create_402_stops_the_launch_and_403_moves_to_the_next_offer(stat
     # The image's CUDA (12.8 for the default image) is asked of the catalog and of the create.
     assert all(g["minCudaVersion"] == "12.8" for g in creates)
     catalog = [r["query"] for r in fake_cloud.requests if r["path"] == "/v2/catalog/gpus"]
-    assert {q["count"][0] for q in catalog} == {"1", "2", "4", "8"} and all(q["minCudaVersion"] == ["12.8"]
-                                                                           for q in catalog)
+    assert {q["count"][0] for q in catalog} == {"1", "2", "4", "8"} and all(
+        q["minCudaVersion"] == ["12.8"] for q in catalog
+    )
     assert fake_cloud.violations == []
 
 
 @pytest.mark.parametrize("how", ["gone", "exited"])
 def test_a_preempted_interruptible_instance_is_replaced_and_the_job_gives_the_same_results(
-        how, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    how, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference
+):
     two_vast_offers(fake_cloud)
     python = gated_python(tmp_path)
     (tmp_path / "manifest.gate").touch()
     out = tmp_path / "launcher.out"
-    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
-                     cloud_overrides(tmp_path, fake_cloud, "vast", ssh_server, python=str(python),
-                                     interruptible="true", max_preemptions=1),
-                     out, cloud_env(fake_cloud, "vast"))
+    proc = start_cli(
+        job_overrides(tiny_checkpoint, text_file)
+        + cloud_overrides(
+            tmp_path, fake_cloud, "vast", ssh_server, python=str(python), interruptible="true", max_preemptions=1
+        ),
+        out,
+        cloud_env(fake_cloud, "vast"),
+    )
     wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
     (first,) = fake_cloud.instances
     fake_cloud.preempt(first, how)
-    wait_for(lambda: len(fake_cloud.instances) == 2 and len(list((tmp_path / "remote" / "jobs").glob("*-r1/pgid"))),
-             proc, out, "the job to start again on a second instance")
+    wait_for(
+        lambda: len(fake_cloud.instances) == 2 and len(list((tmp_path / "remote" / "jobs").glob("*-r1/pgid"))),
+        proc,
+        out,
+        "the job to start again on a second instance",
+    )
     (tmp_path / "run.gate").touch()
     text = finish(proc, out)
 
@@ -326,22 +410,30 @@ def test_a_preempted_interruptible_instance_is_replaced_and_the_job_gives_the_sa
     attempts = launch["attempts"]
     assert [a["instance_id"] for a in attempts] == [first, second] and [a["offer"] for a in attempts] == ["5", "6"]
     assert f"is {how} while its job runs (preempted)" in attempts[0]["ended"] and attempts[1]["ended"] == "destroyed"
-    assert all(a["interruptible"] and a["usd"] == pytest.approx(a["hours"] * a["usd_per_hour"], abs=1e-5)
-               for a in attempts)
+    assert all(
+        a["interruptible"] and a["usd"] == pytest.approx(a["hours"] * a["usd_per_hour"], abs=1e-5) for a in attempts
+    )
     disk = next(r["body"]["disk"] for r in fake_cloud.requests if r["method"] == "PUT")
     storage = 0.15 * disk / (30 * 24)  # what the search priced in with allocated_storage
-    assert [a["usd_per_hour"] for a in attempts] == [pytest.approx(0.11 + storage, abs=1e-6),
-                                                        pytest.approx(0.17 + storage, abs=1e-6)]
+    assert [a["usd_per_hour"] for a in attempts] == [
+        pytest.approx(0.11 + storage, abs=1e-6),
+        pytest.approx(0.17 + storage, abs=1e-6),
+    ]
     assert "rerunning the job on the next cheapest offer (1/1)" in text
     assert fake_cloud.violations == []
 
 
-def test_interruptible_on_runpod_says_in_one_line_that_its_api_has_none(fake_cloud, ssh_server, tiny_checkpoint,
-                                                                        text_file, tmp_path):
+def test_interruptible_on_runpod_says_in_one_line_that_its_api_has_none(
+    fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_and_amd(fake_cloud)
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                   *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, interruptible="true"),
-                   env=cloud_env(fake_cloud, "runpod"), check=False, timeout=300)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *cloud_overrides(tmp_path, fake_cloud, "runpod", ssh_server, interruptible="true"),
+        env=cloud_env(fake_cloud, "runpod"),
+        check=False,
+        timeout=300,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "no interruptible" in errors[0], proc.stderr[-2000:]
     assert fake_cloud.requests == []
@@ -349,17 +441,29 @@ def test_interruptible_on_runpod_says_in_one_line_that_its_api_has_none(fake_clo
 
 @pytest.mark.parametrize("provider", ["runpod", "vast"])
 def test_a_streamed_job_rents_and_runs_below_the_ram_floor_default_but_above_its_plans_ram(
-        provider, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path):
+    provider, fake_cloud, ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     """hardware.ram_floor_gib stays at its 64 GiB default: a streamed job's plan needs far less. Vast reports RAM, so
     the 32 GiB offer must not be filtered out; RunPod reports none, so the pod (this machine, 23 GiB here) is probed
     after create and must not be destroyed as a misfit."""
     nvidia_and_amd(fake_cloud)
-    fake_cloud.vast_offers = [vast_offer(7, "RTX A5000", "nvidia", 1, 24 * 1024, 32 * 1024, 500, 0.20),
-                              vast_offer(8, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 500, 0.40)]
-    overrides = [o for o in cloud_overrides(tmp_path, fake_cloud, provider, ssh_server)
-                 if not o.startswith("hardware.ram_floor_gib=")]
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), "engine=streamed", *overrides,
-                   env=cloud_env(fake_cloud, provider), check=False, timeout=300)
+    fake_cloud.vast_offers = [
+        vast_offer(7, "RTX A5000", "nvidia", 1, 24 * 1024, 32 * 1024, 500, 0.20),
+        vast_offer(8, "RTX A6000", "nvidia", 1, 48 * 1024, 128 * 1024, 500, 0.40),
+    ]
+    overrides = [
+        o
+        for o in cloud_overrides(tmp_path, fake_cloud, provider, ssh_server)
+        if not o.startswith("hardware.ram_floor_gib=")
+    ]
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        "engine=streamed",
+        *overrides,
+        env=cloud_env(fake_cloud, provider),
+        check=False,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     launch = launch_json(tmp_path)
@@ -374,12 +478,18 @@ def test_a_streamed_job_rents_and_runs_below_the_ram_floor_default_but_above_its
 
 
 def test_a_driver_older_than_the_images_cuda_is_refused_in_one_line_before_set_up_and_destroyed(
-        ssh_server, tiny_checkpoint, text_file, tmp_path):
+    ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     nvidia_smi(tmp_path / "bin", driver="535.104.05", cuda="12.2")  # the default image needs CUDA 12.8
     with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "bin"]) as host, cloud_on(host) as cloud:
         nvidia_and_amd(cloud)
-        proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *cloud_overrides(tmp_path, cloud, "runpod", host),
-                       env=cloud_env(cloud, "runpod"), check=False, timeout=300)
+        proc = run_cli(
+            *job_overrides(tiny_checkpoint, text_file),
+            *cloud_overrides(tmp_path, cloud, "runpod", host),
+            env=cloud_env(cloud, "runpod"),
+            check=False,
+            timeout=300,
+        )
     output = proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, output[-3000:]
@@ -393,26 +503,42 @@ def test_a_driver_older_than_the_images_cuda_is_refused_in_one_line_before_set_u
 
 
 def test_the_headline_command_sets_up_the_project_on_an_image_with_only_torch_once_per_dependency_hash(
-        ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference):
+    ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference
+):
     """No env_mode: the instance's interpreter is an image's python3 (torch only); the job sets the rest up itself,
     keeps the image's torch, and a second job on the same host finds it set up."""
     image_bin = image_python(tmp_path / "image")
-    probe = "import torch, importlib.util as u; print([m for m in ('hydra', 'transformers', 'nnsight') if u.find_spec(m)])"
-    assert subprocess.run([str(image_bin / "python3"), "-c", probe], capture_output=True, text=True,
-                          check=True).stdout.strip() == "[]"
+    probe = (
+        "import torch, importlib.util as u; print([m for m in ('hydra', 'transformers', 'nnsight') if u.find_spec(m)])"
+    )
+    assert (
+        subprocess.run(
+            [str(image_bin / "python3"), "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "[]"
+    )
     wheels = wheelhouse(tmp_path / "wheelhouse")  # the instance's package index: offline, torch not in it
     nvidia_smi(tmp_path / "tools", driver="570.124.06", cuda="12.8")
     index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
-    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "tools"], env=index) as host, \
-            cloud_on(host) as cloud:
+    with extra_sshd(ssh_server, tmp_path / "sshd", [tmp_path / "tools"], env=index) as host, cloud_on(host) as cloud:
         nvidia_and_amd(cloud)
         # hydra.launcher.python names the image's python3 by its path: this machine's shell rc puts pyenv's shims
         # ahead of any PATH the test sshd sets, so a bare `python3` would be the test's own, complete interpreter.
-        overrides = [o for o in cloud_overrides(tmp_path, cloud, "runpod", host, python=str(image_bin / "python3"))
-                     if not o.startswith("hydra.launcher.env_mode=")]
+        overrides = [
+            o
+            for o in cloud_overrides(tmp_path, cloud, "runpod", host, python=str(image_bin / "python3"))
+            if not o.startswith("hydra.launcher.env_mode=")
+        ]
         base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
-        proc = run_cli("--multirun", *base, "dataset.num_sequences=4,2", *overrides, env=cloud_env(cloud, "runpod"),
-                       check=False, timeout=900)
+        proc = run_cli(
+            "--multirun",
+            *base,
+            "dataset.num_sequences=4,2",
+            *overrides,
+            env=cloud_env(cloud, "runpod"),
+            check=False,
+            timeout=900,
+        )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-4000:]
         assert sorted(cloud.destroyed.values()) == [1, 1] and len(cloud.instances) == 2

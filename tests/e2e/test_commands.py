@@ -1,10 +1,12 @@
 """The console commands as a user meets them: --help everywhere, a typo in one line with the closest option, a failed
 run that says why in its folder, and an inspection that writes nothing."""
+
 import os
 import subprocess
 import sys
 
 import pytest
+
 from tests.support.cli import REPO, cli_env, command, console_commands, run_cli
 
 pytestmark = pytest.mark.slow  # every test here drives the real CLI
@@ -13,17 +15,26 @@ pytestmark = pytest.mark.slow  # every test here drives the real CLI
 def run_elsewhere(name: str, *args: str, cwd) -> subprocess.CompletedProcess:
     """A console command run from a directory outside the checkout, as after `pip install`."""
     env = dict(cli_env(), PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, *command(name), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, *command(name), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_pyproject_declares_the_six_commands():
-    assert set(console_commands()) == {"outlier-run", "outlier-estimate", "outlier-offers", "outlier-compare",
-                                       "outlier-inspect", "outlier-reattach"}
+    assert set(console_commands()) == {
+        "outlier-run",
+        "outlier-estimate",
+        "outlier-offers",
+        "outlier-compare",
+        "outlier-inspect",
+        "outlier-reattach",
+    }
 
 
-@pytest.mark.parametrize("name", ["outlier-run", "outlier-estimate", "outlier-offers", "outlier-compare",
-                                  "outlier-inspect", "outlier-reattach"])
+@pytest.mark.parametrize(
+    "name",
+    ["outlier-run", "outlier-estimate", "outlier-offers", "outlier-compare", "outlier-inspect", "outlier-reattach"],
+)
 def test_every_command_answers_help_with_what_it_does_and_an_example(name, tmp_path):
     proc = run_elsewhere(name, "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -37,28 +48,52 @@ def test_every_command_answers_help_with_what_it_does_and_an_example(name, tmp_p
 
 
 TYPOS = [
-    ("run.py", ["detector.alpah=5"],
-     "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)"),
+    (
+        "run.py",
+        ["detector.alpah=5"],
+        "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)",
+    ),
     ("run.py", ["model=qwen3-30b"], "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)"),
     ("run.py", ["engine=stream"], "error: engine=stream is not an option of engine (did you mean engine=streamed?)"),
     ("run.py", ["hardware=H100"], "error: hardware=H100 is not an option of hardware (did you mean hardware=h100?)"),
-    ("run.py", ["--multirun", "model=olmoe,qwen3-30b"],
-     "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)"),
-    ("outlier-estimate", ["model=qwen3-30b"],
-     "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)"),
-    ("outlier-inspect", ["engine=stream"],
-     "error: engine=stream is not an option of engine (did you mean engine=streamed?)"),
-    ("outlier-offers", ["provider=runpod", "detector.alpah=5"],
-     "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)"),
+    (
+        "run.py",
+        ["--multirun", "model=olmoe,qwen3-30b"],
+        "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)",
+    ),
+    (
+        "outlier-estimate",
+        ["model=qwen3-30b"],
+        "error: model=qwen3-30b is not an option of model (did you mean model=qwen3_30b?)",
+    ),
+    (
+        "outlier-inspect",
+        ["engine=stream"],
+        "error: engine=stream is not an option of engine (did you mean engine=streamed?)",
+    ),
+    (
+        "outlier-offers",
+        ["provider=runpod", "detector.alpah=5"],
+        "error: detector.alpah is not a setting of detector (did you mean detector.alpha?)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("script,args,line", TYPOS, ids=[" ".join([s, *a]) for s, a, _ in TYPOS])
 def test_a_typo_is_one_line_with_the_closest_option(script, args, line, tmp_path):
     env = {k: v for k, v in cli_env().items() if not k.endswith("_API_KEY")}
-    proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   script=script, check=False, env=env) if script == "run.py" else run_cli(*args, script=script,
-                                                                                            check=False, env=env)
+    proc = (
+        run_cli(
+            *args,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            script=script,
+            check=False,
+            env=env,
+        )
+        if script == "run.py"
+        else run_cli(*args, script=script, check=False, env=env)
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == line
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
@@ -92,15 +127,25 @@ def test_inspect_prints_the_sites_and_writes_no_folder(tmp_path):
 
 def offers_against(api_url: str, *settings: str) -> subprocess.CompletedProcess:
     env = dict(cli_env(), RUNPOD_API_KEY="dummy-key")
-    return run_cli("provider=runpod", "model=gpt2", f"hydra.launcher.api_url={api_url}", *settings,
-                   script="outlier-offers", check=False, env=env, timeout=300)
+    return run_cli(
+        "provider=runpod",
+        "model=gpt2",
+        f"hydra.launcher.api_url={api_url}",
+        *settings,
+        script="outlier-offers",
+        check=False,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_a_dns_failure_names_the_host_and_fails_at_once():
     proc = offers_against("http://no-such-host.invalid", "hydra.launcher.retries=6")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines()[-1] == ("error: runpod GET /v2/catalog/gpus failed: DNS failure: cannot resolve "
-                                            "no-such-host.invalid (no network, or a wrong hydra.launcher.api_url)")
+    assert proc.stderr.splitlines()[-1] == (
+        "error: runpod GET /v2/catalog/gpus failed: DNS failure: cannot resolve "
+        "no-such-host.invalid (no network, or a wrong hydra.launcher.api_url)"
+    )
     assert "attempt" not in proc.stderr  # not retried
 
 
@@ -115,9 +160,11 @@ def test_a_refused_connection_and_a_silent_server_name_host_and_cause():
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.splitlines()[-1] == (
             f"error: runpod GET /v2/catalog/gpus failed after 1 attempts: 127.0.0.1:{port} sent no answer within "
-            "the timeout (hydra.launcher.api_timeout_s)")
+            "the timeout (hydra.launcher.api_timeout_s)"
+        )
     proc = offers_against(f"http://127.0.0.1:{port}", "hydra.launcher.retries=2", "hydra.launcher.backoff_s=0.1")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (
         f"error: runpod GET /v2/catalog/gpus failed after 2 attempts: 127.0.0.1:{port} refused the connection "
-        "(nothing listens there: check hydra.launcher.api_url)")
+        "(nothing listens there: check hydra.launcher.api_url)"
+    )

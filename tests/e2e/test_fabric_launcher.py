@@ -1,4 +1,5 @@
 """Fabric launcher against a real OpenSSH server on 127.0.0.1: runs, sweeps, faults, crashes, SIGINT, security."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,9 @@ def gated_python(tmp: Path) -> Path:
         "#!/bin/sh\n"
         f'if [ "$1" = run.py ]; then while [ ! -e {tmp}/run.gate ]; do sleep 0.05; done; fi\n'
         f'if [ "$#" -eq 3 ] && [ "$1" = -c ]; then touch {tmp}/manifest.waiting; '
-        f'while [ ! -e {tmp}/manifest.gate ]; do sleep 0.05; done; fi\n'
-        f'exec {sys.executable} "$@"\n')
+        f"while [ ! -e {tmp}/manifest.gate ]; do sleep 0.05; done; fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
     script.chmod(0o755)
     return script
 
@@ -44,16 +46,32 @@ def gated_python(tmp: Path) -> Path:
 def launcher_overrides(tmp: Path, hosts: List[dict], python: str = sys.executable, **extra) -> List[str]:
     hosts_file = tmp / "hosts.yaml"
     hosts_file.write_text(yaml.safe_dump({"hosts": hosts}))
-    settings = dict(require_gpu="false", hosts_file=hosts_file, known_hosts=tmp / "known_hosts",
-                    probe_cache_file=tmp / "probes.json", remote_root=tmp / "remote", poll_interval_s=0.2,
-                    backoff_s=0.1, backoff_max_s=1, python=python, stream_log="true", **extra)
-    return (["hardware=auto", "hardware.ram_floor_gib=1", f"hydra.sweep.dir={tmp / 'sweep'}"] +
-            [f"hydra.launcher.{k}={v}" for k, v in settings.items()])
+    settings = dict(
+        require_gpu="false",
+        hosts_file=hosts_file,
+        known_hosts=tmp / "known_hosts",
+        probe_cache_file=tmp / "probes.json",
+        remote_root=tmp / "remote",
+        poll_interval_s=0.2,
+        backoff_s=0.1,
+        backoff_max_s=1,
+        python=python,
+        stream_log="true",
+        **extra,
+    )
+    return ["hardware=auto", "hardware.ram_floor_gib=1", f"hydra.sweep.dir={tmp / 'sweep'}"] + [
+        f"hydra.launcher.{k}={v}" for k, v in settings.items()
+    ]
 
 
 def start_cli(args: List[str], out: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=env or cli_env(),
-                            stdout=open(out, "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        env=env or cli_env(),
+        stdout=open(out, "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen, out: Path, what: str, timeout: float = 180):
@@ -114,8 +132,11 @@ def sha256(path: Path) -> str:
 
 def deterministic(job_dir: Path) -> dict:
     results = json.loads((job_dir / "results.json").read_text())
-    return {"files": {name: sha256(job_dir / name) for name in DETERMINISTIC_FILES},
-            "outlier_features": results["outlier_features"], "summary": results["summary"]}
+    return {
+        "files": {name: sha256(job_dir / name) for name in DETERMINISTIC_FILES},
+        "outlier_features": results["outlier_features"],
+        "summary": results["summary"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +166,28 @@ def test_dry_run_prints_plan_and_commands_and_connects_to_nothing(tiny_checkpoin
     assert not (tmp_path / "known_hosts").exists() and not (tmp_path / "remote").exists()
 
 
-def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(ssh_server, tiny_checkpoint, text_file,
-                                                                             tmp_path, local_reference):
+def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(
+    ssh_server, tiny_checkpoint, text_file, tmp_path, local_reference
+):
     token = "hf_dummy" + uuid.uuid4().hex
     env = dict(cli_env(), HF_TOKEN=token)
     python = gated_python(tmp_path)
     (tmp_path / "manifest.gate").touch()
     out = tmp_path / "launcher.out"
     base = [o for o in job_overrides(tiny_checkpoint, text_file) if not o.startswith("dataset.num_sequences=")]
-    proc = start_cli(["--multirun", *base, "dataset.num_sequences=4,2,3"] +
-                     launcher_overrides(tmp_path, [ssh_server.host_entry(slots=2)], python=str(python)), out, env)
+    proc = start_cli(
+        ["--multirun", *base, "dataset.num_sequences=4,2,3"]
+        + launcher_overrides(tmp_path, [ssh_server.host_entry(slots=2)], python=str(python)),
+        out,
+        env,
+    )
     jobs = tmp_path / "remote" / "jobs"
-    wait_for(lambda: len(list(jobs.glob("*/pgid"))) == 2 and "queued" in out.read_text(), proc, out,
-             "two jobs running on the 2-slot host and the third queued")
+    wait_for(
+        lambda: len(list(jobs.glob("*/pgid"))) == 2 and "queued" in out.read_text(),
+        proc,
+        out,
+        "two jobs running on the 2-slot host and the third queued",
+    )
     job_dirs = sorted(p.parent for p in jobs.glob("*/pgid"))
     pgids = [int((d / "pgid").read_text()) for d in job_dirs]
 
@@ -208,14 +238,19 @@ def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(ss
 
 
 @pytest.mark.parametrize("transfer", ["stream", "rsync"])
-def test_faults_at_connect_mid_poll_and_mid_transfer(ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path,
-                                                     local_reference, transfer):
+def test_faults_at_connect_mid_poll_and_mid_transfer(
+    ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path, local_reference, transfer
+):
     fault_proxy.refuse(2)
     python = gated_python(tmp_path)
     out = tmp_path / "launcher.out"
-    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
-                     launcher_overrides(tmp_path, [ssh_server.host_entry(port=fault_proxy.port)],
-                                        python=str(python), transfer=transfer), out)
+    proc = start_cli(
+        job_overrides(tiny_checkpoint, text_file)
+        + launcher_overrides(
+            tmp_path, [ssh_server.host_entry(port=fault_proxy.port)], python=str(python), transfer=transfer
+        ),
+        out,
+    )
     job_dir = wait_for(lambda: remote_job_dir(tmp_path), proc, out, "the remote job to start")
     assert fault_proxy.stats["refused"] == 2
     fault_proxy.drop_all()  # the job is held at its gate, so this lands between polls
@@ -236,11 +271,18 @@ def test_faults_at_connect_mid_poll_and_mid_transfer(ssh_server, fault_proxy, ti
 
 
 def test_remote_crash_fails_with_the_log_tail(ssh_server, tiny_checkpoint, text_file, tmp_path):
-    overrides = [o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt"
-                 for o in job_overrides(tiny_checkpoint, text_file)]
+    overrides = [
+        o if not o.startswith("dataset.path=") else f"dataset.path={tmp_path}/missing.txt"
+        for o in job_overrides(tiny_checkpoint, text_file)
+    ]
     # env_mode=venv builds the remote env keyed by the dependency hash; system site packages keep it offline here.
-    proc = run_cli(*overrides, *launcher_overrides(tmp_path, [ssh_server.host_entry()], python="python3",
-                                                   env_mode="venv", venv_system_site_packages="true"), check=False)
+    proc = run_cli(
+        *overrides,
+        *launcher_overrides(
+            tmp_path, [ssh_server.host_entry()], python="python3", env_mode="venv", venv_system_site_packages="true"
+        ),
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     venvs = list((tmp_path / "remote" / "envs").glob("*/.ready"))
@@ -252,20 +294,30 @@ def test_remote_crash_fails_with_the_log_tail(ssh_server, tiny_checkpoint, text_
     # A code dir changed on the host is replaced before anything runs: test_launcher_faults.py covers it.
 
 
-def test_sigint_kills_the_remote_process_group_and_destroys_the_instance(ssh_server, tiny_checkpoint, text_file,
-                                                                         tmp_path):
+def test_sigint_kills_the_remote_process_group_and_destroys_the_instance(
+    ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     ledger = tmp_path / "instances.log"
     create = tmp_path / "create.sh"
-    create.write_text(f'echo "create $1 x $2" >> {ledger}\n'
-                      f"echo '{json.dumps({**ssh_server.host_entry(), 'id': 'inst-7'})}'\n")
+    create.write_text(
+        f"echo \"create $1 x $2\" >> {ledger}\necho '{json.dumps({**ssh_server.host_entry(), 'id': 'inst-7'})}'\n"
+    )
     destroy = tmp_path / "destroy.sh"
     destroy.write_text(f'echo "destroy $1" >> {ledger}\n')
     python = gated_python(tmp_path)
     out = tmp_path / "launcher.out"
-    proc = start_cli(job_overrides(tiny_checkpoint, text_file) +
-                     launcher_overrides(tmp_path, [], python=str(python), provider="command",
-                                        create_command=f"'sh {create} {{gpu_class}} {{gpu_count}}'",
-                                        destroy_command=f"'sh {destroy} {{id}}'"), out)
+    proc = start_cli(
+        job_overrides(tiny_checkpoint, text_file)
+        + launcher_overrides(
+            tmp_path,
+            [],
+            python=str(python),
+            provider="command",
+            create_command=f"'sh {create} {{gpu_class}} {{gpu_count}}'",
+            destroy_command=f"'sh {destroy} {{id}}'",
+        ),
+        out,
+    )
     interrupt_running_job(proc, out, tmp_path)
     assert ledger.read_text().splitlines() == ["create t4 x 1", "destroy inst-7"]
     assert json.loads((tmp_path / "sweep" / "0_llama" / "launch.json").read_text())["destroy"]["ok"] is True
@@ -273,8 +325,9 @@ def test_sigint_kills_the_remote_process_group_and_destroys_the_instance(ssh_ser
 
 def test_nothing_listening_gives_a_clear_error_after_the_retry_budget(tiny_checkpoint, text_file, tmp_path):
     hosts = [{"address": "127.0.0.1", "port": _free_port(), "user": "root"}]
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *launcher_overrides(tmp_path, hosts, retries=3),
-                   check=False)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file), *launcher_overrides(tmp_path, hosts, retries=3), check=False
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "failed after 3 attempts" in output and "unreachable" in output
@@ -282,8 +335,12 @@ def test_nothing_listening_gives_a_clear_error_after_the_retry_budget(tiny_check
 
 def test_no_hosts_is_one_line_naming_the_file_the_plan_and_what_to_do(tiny_checkpoint, text_file, tmp_path):
     overrides = [o for o in launcher_overrides(tmp_path, []) if not o.startswith("hydra.launcher.hosts_file=")]
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides,
-                   f"hydra.launcher.hosts_file={tmp_path / 'absent.yaml'}", check=False)
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *overrides,
+        f"hydra.launcher.hosts_file={tmp_path / 'absent.yaml'}",
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -294,8 +351,10 @@ def test_no_hosts_is_one_line_naming_the_file_the_plan_and_what_to_do(tiny_check
 
 
 def test_no_host_fits_is_one_line_and_exit_2(ssh_server, tiny_checkpoint, text_file, tmp_path):
-    overrides = [o.replace("require_gpu=false", "require_gpu=true")
-                 for o in launcher_overrides(tmp_path, [ssh_server.host_entry()])]
+    overrides = [
+        o.replace("require_gpu=false", "require_gpu=true")
+        for o in launcher_overrides(tmp_path, [ssh_server.host_entry()])
+    ]
     proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
@@ -306,8 +365,13 @@ def test_no_host_fits_is_one_line_and_exit_2(ssh_server, tiny_checkpoint, text_f
 def launcher_params(tmp: Path, **changes) -> dict:
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
 
-    return {**asdict(FabricLauncherConf()), "known_hosts": str(tmp / "known_hosts"), "retries": 2,
-            "backoff_s": 0.05, **changes}
+    return {
+        **asdict(FabricLauncherConf()),
+        "known_hosts": str(tmp / "known_hosts"),
+        "retries": 2,
+        "backoff_s": 0.05,
+        **changes,
+    }
 
 
 def connect(server: SshServer, params: dict, port: int | None = None):
@@ -329,8 +393,9 @@ def test_transfer_resumes_a_big_file_cut_mid_way_and_verifies_every_hash(ssh_ser
     (source / "activations.bin").write_bytes(os.urandom(24 << 20))
     for i in range(50):
         (source / "logs" / f"seq{i}.json").write_bytes(os.urandom(2048))
-    manifest = json.loads(subprocess.run([sys.executable, "-c", MANIFEST_PY, str(source)], capture_output=True,
-                                         check=True).stdout)
+    manifest = json.loads(
+        subprocess.run([sys.executable, "-c", MANIFEST_PY, str(source)], capture_output=True, check=True).stdout
+    )
     params = launcher_params(tmp_path, retries=4)
     session = connect(ssh_server, params, port=fault_proxy.port)
     fault_proxy.cut_after_bytes(8 << 20)  # a third of the way into the big file
@@ -368,9 +433,16 @@ def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
     from hydra_plugins.fabric_launcher import Needs, choose_gpus, host_refusal
 
     params = launcher_params(Path("/nonexistent"))
-    probe = {"gpus": [{"name": "L4", "vram_gib": 22.0}, {"name": "A100", "vram_gib": 79.0},
-                      {"name": "A100", "vram_gib": 79.0}, {"name": "MI300X", "vram_gib": 191.0, "vendor": "amd"}],
-             "ram_gib": 500.0, "disk_free_gib": 900.0}
+    probe = {
+        "gpus": [
+            {"name": "L4", "vram_gib": 22.0},
+            {"name": "A100", "vram_gib": 79.0},
+            {"name": "A100", "vram_gib": 79.0},
+            {"name": "MI300X", "vram_gib": 191.0, "vendor": "amd"},
+        ],
+        "ram_gib": 500.0,
+        "disk_free_gib": 900.0,
+    }
     big = Needs(gpu_class="a100_80", gpu_count=1, vram_gib_each=40.0, ram_gib=64.0)
     assert choose_gpus(probe, big, params, set()) == [1]
     assert choose_gpus(probe, big, params, {1}) == [2]
@@ -386,9 +458,11 @@ def test_jobs_sharing_a_host_get_disjoint_gpus_that_fit():
 def test_host_probe_output_is_parsed():
     from hydra_plugins.fabric_launcher import parse_probe
 
-    probe = parse_probe("gpus:\nNVIDIA H100 80GB HBM3, 81559, 80000\nNVIDIA H100 80GB HBM3, 81559, 1000\n"
-                        "mem:\nMemTotal: 263846400\nMemAvailable: 200000000\ndisk:\n1048576000\n"
-                        "rsync:\n/usr/bin/rsync\n")
+    probe = parse_probe(
+        "gpus:\nNVIDIA H100 80GB HBM3, 81559, 80000\nNVIDIA H100 80GB HBM3, 81559, 1000\n"
+        "mem:\nMemTotal: 263846400\nMemAvailable: 200000000\ndisk:\n1048576000\n"
+        "rsync:\n/usr/bin/rsync\n"
+    )
     assert [g["name"] for g in probe["gpus"]] == ["NVIDIA H100 80GB HBM3"] * 2
     assert round(probe["gpus"][0]["vram_gib"], 1) == 79.6 and round(probe["gpus"][1]["free_gib"], 2) == 0.98
     assert round(probe["ram_gib"]) == 252 and round(probe["disk_free_gib"]) == 1000 and probe["rsync"] is True

@@ -1,4 +1,5 @@
 """The hub path through run.py against the hub emulator: downloads, cache, revisions, gated repos, faults, datasets."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,15 +9,15 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+
+from outlier_lab.planning.estimate import DISK_EXTRA_GIB
 from tests.support.checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint, training_text
 from tests.support.cli import cli_env, run_cli, tiny_job_overrides
 from tests.support.hub_service import HubService, copy_checkpoint, hub  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import _free_port, ssh_server  # noqa: F401 - fixture used by name
-
-from outlier_lab.planning.estimate import DISK_EXTRA_GIB
 
 REPO_V1, GATED, DATASET = "acme/tiny-llama", "acme/gated-llama", "Salesforce/wikitext"
 DETERMINISTIC_FILES = ("per_sequence.parquet", "tokens.safetensors")
@@ -26,20 +27,30 @@ V2_ATTN = {7: [0, 1, 2, 3, 4, 5], 17: [2, 6], 40: [3]}
 
 def deterministic(run_dir: Path) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
-    return {"files": {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in DETERMINISTIC_FILES},
-            "outlier_features": results["outlier_features"], "summary": results["summary"]}
+    return {
+        "files": {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in DETERMINISTIC_FILES},
+        "outlier_features": results["outlier_features"],
+        "summary": results["summary"],
+    }
 
 
 def hub_env(hub: HubService, hf_home: Path, **extra) -> dict:
-    env = {k: v for k, v in cli_env().items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env = {
+        k: v
+        for k, v in cli_env().items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    }
     return dict(env, HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), **extra)
 
 
 def hub_overrides(text: Path, run_dir: Path, repo: str = REPO_V1, *extra: str) -> list:
     local = tiny_job_overrides(Path("unused"), text, run_dir)
     return [o for o in local if not o.startswith(("model.path=", "model.name="))] + [
-        "model.source=hub", f"model.path={repo}", "model.name=tiny_hub", *extra]
+        "model.source=hub",
+        f"model.path={repo}",
+        "model.name=tiny_hub",
+        *extra,
+    ]
 
 
 def error_line(proc) -> str:
@@ -62,10 +73,13 @@ def repos(hub, tiny_checkpoint, tmp_path_factory) -> dict:
     data = tmp_path_factory.mktemp("wikitext")
     (data / "wikitext-103-raw-v1").mkdir()
     docs = [d for d in training_text().split("\n\n") if d.strip()]  # what dataset=text_file reads from the same text
-    pq.write_table(pa.table({"text": docs}), data / "wikitext-103-raw-v1" / "test-00000-of-00001.parquet",
-                   row_group_size=200)
-    (data / "README.md").write_text("---\nconfigs:\n- config_name: wikitext-103-raw-v1\n  data_files:\n"
-                                    "  - split: test\n    path: wikitext-103-raw-v1/test-*\n---\n")
+    pq.write_table(
+        pa.table({"text": docs}), data / "wikitext-103-raw-v1" / "test-00000-of-00001.parquet", row_group_size=200
+    )
+    (data / "README.md").write_text(
+        "---\nconfigs:\n- config_name: wikitext-103-raw-v1\n  data_files:\n"
+        "  - split: test\n    path: wikitext-103-raw-v1/test-*\n---\n"
+    )
     hub.publish(DATASET, data, repo_type="datasets")
     return dict(v1=v1, sha_v1=sha_v1, sha_v2=sha_v2, sha_gated=sha_gated)
 
@@ -78,8 +92,7 @@ def local_reference(repos, text_file, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, text_file, local_reference,
-                                                                   tmp_path):
+def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, text_file, local_reference, tmp_path):
     env = hub_env(hub, tmp_path / "hf")
     hub.reset()
     run_cli(*hub_overrides(text_file, tmp_path / "first", REPO_V1, "model.revision=v1"), env=env)
@@ -105,8 +118,9 @@ def test_hub_run_matches_local_and_the_second_run_downloads_nothing(hub, repos, 
 
 
 @pytest.mark.slow
-def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(hub, repos, text_file,
-                                                                                local_reference, tmp_path):
+def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(
+    hub, repos, text_file, local_reference, tmp_path
+):
     env = hub_env(hub, tmp_path / "hf")
     run_cli(*hub_overrides(text_file, tmp_path / "main", REPO_V1), env=env)
     main = json.loads((tmp_path / "main" / "results.json").read_text())
@@ -119,23 +133,30 @@ def test_a_branch_or_tag_is_recorded_as_its_commit_and_the_commit_reproduces_it(
     assert tagged["model"]["revision"] == repos["sha_v1"]
     assert {f["dim"] for f in tagged["outlier_features"]} == EXPECTED_OUTLIERS
     # The recorded sha, fed back (a fresh cache, so the server answers), reproduces the tag's run.
-    run_cli(*hub_overrides(text_file, tmp_path / "sha", REPO_V1, f"model.revision={tagged['model']['revision']}"),
-            env=hub_env(hub, tmp_path / "hf2"))
+    run_cli(
+        *hub_overrides(text_file, tmp_path / "sha", REPO_V1, f"model.revision={tagged['model']['revision']}"),
+        env=hub_env(hub, tmp_path / "hf2"),
+    )
     assert deterministic(tmp_path / "sha") == deterministic(tmp_path / "tag") == local_reference
 
 
 @pytest.mark.slow
-def test_gated_repo_needs_hf_token_which_reaches_the_server_and_nothing_else(hub, repos, text_file,
-                                                                            local_reference, tmp_path):
+def test_gated_repo_needs_hf_token_which_reaches_the_server_and_nothing_else(
+    hub, repos, text_file, local_reference, tmp_path
+):
     token = "hf_test" + uuid.uuid4().hex
     hub.set_token(token)
-    proc = run_cli(*hub_overrides(text_file, tmp_path / "denied", GATED), env=hub_env(hub, tmp_path / "hf"),
-                   check=False)
+    proc = run_cli(
+        *hub_overrides(text_file, tmp_path / "denied", GATED), env=hub_env(hub, tmp_path / "hf"), check=False
+    )
     line = error_line(proc)
     assert "HF_TOKEN" in line and GATED in line and "gated" in line
 
-    proc = run_cli(*hub_overrides(text_file, tmp_path / "wrong", GATED),
-                   env=hub_env(hub, tmp_path / "hf", HF_TOKEN="hf_wrong" + uuid.uuid4().hex), check=False)
+    proc = run_cli(
+        *hub_overrides(text_file, tmp_path / "wrong", GATED),
+        env=hub_env(hub, tmp_path / "hf", HF_TOKEN="hf_wrong" + uuid.uuid4().hex),
+        check=False,
+    )
     line = error_line(proc)
     assert "HF_TOKEN" in line and GATED in line and "refused" in line
 
@@ -156,14 +177,16 @@ def test_unknown_repo_or_revision_is_one_line(hub, repos, text_file, tmp_path):
     env = hub_env(hub, tmp_path / "hf")
     line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "a", "acme/no-such-model"), env=env, check=False))
     assert "acme/no-such-model" in line and "no such repo" in line
-    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "b", REPO_V1, "model.revision=v9"), env=env,
-                              check=False))
+    line = error_line(
+        run_cli(*hub_overrides(text_file, tmp_path / "b", REPO_V1, "model.revision=v9"), env=env, check=False)
+    )
     assert "model.revision=v9" in line and REPO_V1 in line
 
 
 @pytest.mark.slow
-def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, repos, text_file, local_reference,
-                                                                       tmp_path_factory, tmp_path):
+def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(
+    hub, repos, text_file, local_reference, tmp_path_factory, tmp_path
+):
     # huggingface_hub reads 10 MiB chunks and resumes from the last whole one: a 24 MiB checkpoint (a large,
     # mostly unused vocabulary) is cut after 12 MiB, so the retry must ask for the rest with a Range.
     big = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("big") / "llama", vocab_size=48_000)
@@ -186,8 +209,9 @@ def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, rep
     hub.reset()
     hub.cut("model.safetensors", drop_after=300_000)
     hub.cut("model.safetensors", drop_after=0, times=20)
-    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "failed", REPO_V1, "model.revision=v1"),
-                              env=env, check=False))
+    line = error_line(
+        run_cli(*hub_overrides(text_file, tmp_path / "failed", REPO_V1, "model.revision=v1"), env=env, check=False)
+    )
     assert REPO_V1 in line and "rerun" in line
     cache = tmp_path / "hf2" / "hub" / f"models--{REPO_V1.replace('/', '--')}"
     assert not list(cache.rglob("*.incomplete"))
@@ -205,29 +229,38 @@ def test_a_cut_download_resumes_and_a_failed_one_leaves_no_partial_file(hub, rep
 def test_server_down_fails_fast_in_one_line_or_uses_the_cache(hub, repos, text_file, local_reference, tmp_path):
     dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.monotonic()
-    proc = run_cli(*hub_overrides(text_file, tmp_path / "cold", REPO_V1, "model.revision=v1"),
-                   env=dict(hub_env(hub, tmp_path / "empty"), HF_ENDPOINT=dead), check=False)
+    proc = run_cli(
+        *hub_overrides(text_file, tmp_path / "cold", REPO_V1, "model.revision=v1"),
+        env=dict(hub_env(hub, tmp_path / "empty"), HF_ENDPOINT=dead),
+        check=False,
+    )
     assert time.monotonic() - started < 60
     line = error_line(proc)
     assert "unreachable" in line and REPO_V1 in line and "cache" in line
 
     warm = tmp_path / "hf"
     run_cli(*hub_overrides(text_file, tmp_path / "online", REPO_V1, "model.revision=v1"), env=hub_env(hub, warm))
-    proc = run_cli(*hub_overrides(text_file, tmp_path / "offline", REPO_V1, "model.revision=v1"),
-                   env=dict(hub_env(hub, warm), HF_ENDPOINT=dead))
+    proc = run_cli(
+        *hub_overrides(text_file, tmp_path / "offline", REPO_V1, "model.revision=v1"),
+        env=dict(hub_env(hub, warm), HF_ENDPOINT=dead),
+    )
     assert deterministic(tmp_path / "offline") == local_reference
     assert json.loads((tmp_path / "offline" / "results.json").read_text())["model"]["revision"] == repos["sha_v1"]
 
 
 @pytest.mark.slow
-def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(hub, repos, text_file,
-                                                                             local_reference, tmp_path):
+def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(
+    hub, repos, text_file, local_reference, tmp_path
+):
     from transformers import AutoTokenizer
 
     from outlier_lab.results import read_tokens
 
-    overrides = [o for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
-                 if not o.startswith(("dataset=", "dataset.path="))]
+    overrides = [
+        o
+        for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
+        if not o.startswith(("dataset=", "dataset.path="))
+    ]
     hub.reset()
     run_cli(*overrides, "dataset=wikitext103", env=hub_env(hub, tmp_path / "hf"))
     assert any(r["path"].startswith(f"/_cdn/datasets/{DATASET}/") and r["status"] == 206 for r in hub.log())
@@ -243,22 +276,25 @@ def test_a_hub_dataset_streams_the_same_exact_windows_as_the_text_read_locally(h
         if len(stream) > 4 * 63:
             break
     windows = read_tokens(tmp_path / "run").tolist()
-    assert windows == [[tokenizer.bos_token_id] + stream[i * 63:(i + 1) * 63] for i in range(4)]
+    assert windows == [[tokenizer.bos_token_id] + stream[i * 63 : (i + 1) * 63] for i in range(4)]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["dataset"]["path"] == DATASET and results["dataset"]["seq_len"] == 64
 
 
 @pytest.mark.slow
 def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_the_env_file(
-        hub, repos, text_file, local_reference, ssh_server, tmp_path):
+    hub, repos, text_file, local_reference, ssh_server, tmp_path
+):
     from tests.e2e.test_fabric_launcher import finish, launcher_overrides, start_cli
 
     token = "hf_test" + uuid.uuid4().hex
     hub.set_token(token)
     hf_home = tmp_path / "remote_hf"
     # progress on: huggingface_hub's download bars must reach the launcher's streamed log
-    args = [*(o for o in hub_overrides(text_file, None, GATED) if o != "progress=false"), *launcher_overrides(
-        tmp_path, [ssh_server.host_entry()], hf_home=hf_home, secret_env="[HF_TOKEN,HF_ENDPOINT]")]
+    args = [
+        *(o for o in hub_overrides(text_file, None, GATED) if o != "progress=false"),
+        *launcher_overrides(tmp_path, [ssh_server.host_entry()], hf_home=hf_home, secret_env="[HF_TOKEN,HF_ENDPOINT]"),
+    ]
     hub.reset()
     out = tmp_path / "launcher.out"
     text = finish(start_cli(["--multirun", *args], out, hub_env(hub, tmp_path / "local_hf", HF_TOKEN=token)), out)
@@ -280,15 +316,36 @@ def test_a_fabric_job_downloads_from_the_hub_with_hf_home_and_the_token_only_in_
 def test_a_run_downloads_top_level_configs_and_every_weight_shard_only():
     from outlier_lab.loading.hub import Pinned, select_files
 
-    gpt_oss = ["config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
-               "chat_template.jinja", "README.md", ".gitattributes", "LICENSE",
-               *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15)),
-               "original/model--00001-of-00007.safetensors", "original/config.json", "metal/model.bin"]
-    assert select_files(gpt_oss, weights=False) == ["chat_template.jinja", "config.json", "generation_config.json",
-                                                    "tokenizer.json"]
+    gpt_oss = [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "README.md",
+        ".gitattributes",
+        "LICENSE",
+        *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15)),
+        "original/model--00001-of-00007.safetensors",
+        "original/config.json",
+        "metal/model.bin",
+    ]
+    assert select_files(gpt_oss, weights=False) == [
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+    ]
     assert select_files(gpt_oss, weights=True) == sorted(
-        ["chat_template.jinja", "config.json", "generation_config.json", "tokenizer.json",
-         "model.safetensors.index.json", *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15))])
+        [
+            "chat_template.jinja",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "model.safetensors.index.json",
+            *(f"model-{i:05d}-of-00014.safetensors" for i in range(1, 15)),
+        ]
+    )
     # A checkpoint without safetensors (KoboldAI's fairseq copies) downloads its .bin files instead.
     fairseq = ["config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "flax_model.msgpack"]
     assert select_files(fairseq, weights=True) == ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"]
@@ -307,7 +364,8 @@ def _published_variant(tmp: Path, source: Path, name: str) -> Path:
 
 @pytest.mark.slow
 def test_a_sharded_repo_that_also_ships_consolidated_weights_downloads_only_the_indexed_shards(
-        hub, repos, text_file, local_reference, tmp_path):
+    hub, repos, text_file, local_reference, tmp_path
+):
     # Newer Mistral repos: index + shards for transformers, and consolidated.safetensors (the same weights again).
     layout = _published_variant(tmp_path, repos["v1"], "mistral_like")
     weights = layout / "model.safetensors"
@@ -317,8 +375,11 @@ def test_a_sharded_repo_that_also_ships_consolidated_weights_downloads_only_the_
 
     with safe_open(str(layout / shard), "pt") as f:
         keys = list(f.keys())
-    (layout / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": (layout / shard).stat().st_size}, "weight_map": {k: shard for k in keys}}))
+    (layout / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {"metadata": {"total_size": (layout / shard).stat().st_size}, "weight_map": {k: shard for k in keys}}
+        )
+    )
     (layout / "consolidated.safetensors").write_bytes((layout / shard).read_bytes())
     hub.publish("acme/mistral-like", layout)
     hub.reset()
@@ -349,8 +410,13 @@ def test_a_bin_only_repo_plans_resident_from_the_hub_listing(hub, repos, text_fi
     assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
     # engine=streamed is refused at plan time, before any weight is downloaded.
     hub.reset()
-    line = error_line(run_cli(*hub_overrides(text_file, tmp_path / "streamed", "acme/bin-only", "engine=streamed"),
-                              env=hub_env(hub, tmp_path / "hf2"), check=False))
+    line = error_line(
+        run_cli(
+            *hub_overrides(text_file, tmp_path / "streamed", "acme/bin-only", "engine=streamed"),
+            env=hub_env(hub, tmp_path / "hf2"),
+            check=False,
+        )
+    )
     assert "acme/bin-only" in line and "engine=resident" in line
     assert not [r for r in hub.downloads() if r["path"].endswith(".bin")]
 
@@ -360,8 +426,11 @@ def test_a_gated_repo_whose_terms_are_not_accepted_is_one_line_naming_its_page(h
     token = "hf_test" + uuid.uuid4().hex
     hub.set_token(token)
     hub.publish("acme/terms-llama", repos["v1"], gated=True, accepted=False)
-    proc = run_cli(*hub_overrides(text_file, tmp_path / "run", "acme/terms-llama"),
-                   env=hub_env(hub, tmp_path / "hf", HF_TOKEN=token), check=False)
+    proc = run_cli(
+        *hub_overrides(text_file, tmp_path / "run", "acme/terms-llama"),
+        env=hub_env(hub, tmp_path / "hf", HF_TOKEN=token),
+        check=False,
+    )
     line = error_line(proc)
     assert f"{hub.url}/acme/terms-llama" in line and "accept its terms" in line
     assert token not in proc.stdout + proc.stderr
@@ -385,20 +454,25 @@ def _drifting_dataset(tmp: Path, docs: list, name: str) -> Path:
     data = tmp / name
     (data / "data").mkdir(parents=True)
     pq.write_table(pa.table({"text": docs}), data / "data" / "test-00000-of-00001.parquet", row_group_size=200)
-    (data / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
-                                    "  - split: test\n    path: data/test-*\n---\n")
+    (data / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n    path: data/test-*\n---\n"
+    )
     return data
 
 
 def _hub_dataset_overrides(repos, text_file, run_dir: Path, *extra: str) -> list:
-    local = [o for o in tiny_job_overrides(repos["v1"], text_file, run_dir)
-             if not o.startswith(("dataset=", "dataset.path="))]
+    local = [
+        o
+        for o in tiny_job_overrides(repos["v1"], text_file, run_dir)
+        if not o.startswith(("dataset=", "dataset.path="))
+    ]
     return [*local, "dataset=wikitext103", "dataset.path=acme/drifting-text", "dataset.subset=default", *extra]
 
 
 @pytest.mark.slow
-def test_a_dataset_is_recorded_at_its_commit_and_the_recorded_sha_reproduces_the_tokens(hub, repos, text_file,
-                                                                                        tmp_path):
+def test_a_dataset_is_recorded_at_its_commit_and_the_recorded_sha_reproduces_the_tokens(
+    hub, repos, text_file, tmp_path
+):
     docs = [d for d in training_text().split("\n\n") if d.strip()]
     sha_a = hub.publish("acme/drifting-text", _drifting_dataset(tmp_path, docs, "a"), repo_type="datasets")
     env = hub_env(hub, tmp_path / "hf")
@@ -416,18 +490,26 @@ def test_a_dataset_is_recorded_at_its_commit_and_the_recorded_sha_reproduces_the
     assert tokens("moved") != tokens("first")
 
     # The recorded sha reproduces the first run's tokens byte for byte.
-    run_cli(*_hub_dataset_overrides(repos, text_file, tmp_path / "again", f"dataset.revision={first['revision']}"),
-            env=hub_env(hub, tmp_path / "hf2"))
+    run_cli(
+        *_hub_dataset_overrides(repos, text_file, tmp_path / "again", f"dataset.revision={first['revision']}"),
+        env=hub_env(hub, tmp_path / "hf2"),
+    )
     assert tokens("again") == tokens("first")
-    line = error_line(run_cli(*_hub_dataset_overrides(repos, text_file, tmp_path / "bad", "dataset.revision=v9"),
-                              env=env, check=False))
+    line = error_line(
+        run_cli(
+            *_hub_dataset_overrides(repos, text_file, tmp_path / "bad", "dataset.revision=v9"), env=env, check=False
+        )
+    )
     assert "dataset.revision=v9" in line and "acme/drifting-text" in line
 
 
 @pytest.mark.slow
 def test_a_dataset_stream_that_fails_after_it_opened_is_one_line(hub, repos, text_file, tmp_path):
-    overrides = [o for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
-                 if not o.startswith(("dataset=", "dataset.path="))]
+    overrides = [
+        o
+        for o in tiny_job_overrides(repos["v1"], text_file, tmp_path / "run")
+        if not o.startswith(("dataset=", "dataset.path="))
+    ]
     # load_dataset reads the parquet footer (the first GET) and returns; the reads of the rows are then refused,
     # as the CDN refuses a signed URL that expired during a long stream.
     hub.reset()
@@ -447,8 +529,14 @@ def test_a_sweep_pins_each_revision_once_at_plan_time_and_every_job_gets_the_com
     dead = [{"address": "127.0.0.1", "port": _free_port(), "user": "nobody"}]  # dry run: connects to nothing
     args = [o for o in hub_overrides(text_file, None, REPO_V1) if not o.startswith(("dataset=", "dataset.path="))]
     hub.reset()
-    proc = run_cli("--multirun", *args, "dataset=wikitext103", "dataset.num_sequences=4,2",
-                   *launcher_overrides(tmp_path, dead, dry_run="true"), env=hub_env(hub, tmp_path / "hf"))
+    proc = run_cli(
+        "--multirun",
+        *args,
+        "dataset=wikitext103",
+        "dataset.num_sequences=4,2",
+        *launcher_overrides(tmp_path, dead, dry_run="true"),
+        env=hub_env(hub, tmp_path / "hf"),
+    )
     dataset_sha = json.loads((hub.root / "datasets" / DATASET / "repo.json").read_text())["branches"]["main"]
     commands = [line for line in proc.stdout.splitlines() if "run.py" in line]
     assert len(commands) == 2, proc.stdout[-3000:]
@@ -477,8 +565,13 @@ def test_pin_revisions_writes_each_shipped_yamls_commit_and_date_and_follows_its
     (conf / "model" / "local.yaml").write_text((REPO / "conf" / "model" / "local.yaml").read_text())
 
     def pin(*args):
-        return subprocess.run([sys.executable, str(REPO / "scripts" / "pin_revisions.py"), "--conf", str(conf),
-                               *args], env=hub_env(hub, tmp_path / "hf"), capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "pin_revisions.py"), "--conf", str(conf), *args],
+            env=hub_env(hub, tmp_path / "hf"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     proc = pin()
     assert proc.returncode == 0, proc.stderr
@@ -497,7 +590,8 @@ def test_pin_revisions_writes_each_shipped_yamls_commit_and_date_and_follows_its
 
 @pytest.mark.slow
 def test_a_xet_backed_repo_downloads_through_hf_xet_and_hf_hub_disable_xet_takes_plain_http(
-        hub, repos, text_file, local_reference, tmp_path):
+    hub, repos, text_file, local_reference, tmp_path
+):
     sha = hub.publish("acme/xet-llama", repos["v1"], xet=True)  # hf_xet's own local CAS: no network
     hub.reset()
     run_cli(*hub_overrides(text_file, tmp_path / "xet", "acme/xet-llama"), env=hub_env(hub, tmp_path / "hf"))
@@ -507,8 +601,10 @@ def test_a_xet_backed_repo_downloads_through_hf_xet_and_hf_hub_disable_xet_takes
     assert not [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]  # not over HTTP
     # The escape hatch: the same repo over plain HTTP, from the CDN.
     hub.reset()
-    run_cli(*hub_overrides(text_file, tmp_path / "http", "acme/xet-llama"),
-            env=hub_env(hub, tmp_path / "hf2", HF_HUB_DISABLE_XET="1"))
+    run_cli(
+        *hub_overrides(text_file, tmp_path / "http", "acme/xet-llama"),
+        env=hub_env(hub, tmp_path / "hf2", HF_HUB_DISABLE_XET="1"),
+    )
     assert deterministic(tmp_path / "http") == local_reference
     weights = [r for r in hub.downloads() if r["path"].endswith("model.safetensors")]
     assert [r["host"] for r in weights] == ["cdn"]

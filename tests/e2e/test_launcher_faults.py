@@ -1,10 +1,11 @@
 """Fabric launcher under real-world faults (issue 16): outages, silent networks, signals, failed starts, GPU truth,
 half-written files and hostile paths, against a real sshd and the fault proxy, with deadlines set to seconds."""
+
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,16 +17,25 @@ from typing import List
 
 import pytest
 
+from tests.e2e.test_fabric_launcher import (
+    connect,
+    deterministic,
+    finish,
+    gated_python,
+    group_members,
+    job_overrides,
+    launcher_overrides,
+    launcher_params,
+    local_reference,
+    start_cli,
+    wait_for,  # noqa: F401 - local_reference is a fixture
+)
 from tests.support.cli import REPO, cli_env, run_cli
 from tests.support.ssh_server import extra_sshd, fault_proxy, ssh_server  # noqa: F401 - fixtures used by name
-from tests.e2e.test_fabric_launcher import (connect, deterministic, finish, gated_python, group_members, job_overrides,
-                                  launcher_overrides, launcher_params, local_reference, start_cli,
-                                  wait_for)  # noqa: F401 - local_reference is a fixture
 
 pytestmark = pytest.mark.slow
 # Deadlines of seconds, so a silence or an outage costs a test only a few seconds.
-FAST_DEADLINES = dict(keepalive_s=0.5, keepalive_count_max=2, connect_timeout_s=2, kill_timeout_s=3,
-                      retries=2)
+FAST_DEADLINES = dict(keepalive_s=0.5, keepalive_count_max=2, connect_timeout_s=2, kill_timeout_s=3, retries=2)
 
 
 @pytest.fixture(autouse=True)
@@ -45,11 +55,12 @@ def command_provider(tmp: Path, entry: dict, destroy_delay_s: float = 0) -> tupl
     """provider=command settings whose create prints `entry` and whose destroy logs its time to a ledger."""
     ledger = tmp / "instances.log"
     create = tmp / "create.sh"
-    create.write_text(f'echo "create $1" >> {ledger}\necho \'{json.dumps({**entry, "id": "inst-7"})}\'\n')
+    create.write_text(f"echo \"create $1\" >> {ledger}\necho '{json.dumps({**entry, 'id': 'inst-7'})}'\n")
     destroy = tmp / "destroy.sh"
-    destroy.write_text(f"sleep {destroy_delay_s}\necho \"destroy $1 $(date +%s.%N)\" >> {ledger}\n")
-    return dict(provider="command", create_command=f"'sh {create} {{gpu_class}}'",
-                destroy_command=f"'sh {destroy} {{id}}'"), ledger
+    destroy.write_text(f'sleep {destroy_delay_s}\necho "destroy $1 $(date +%s.%N)" >> {ledger}\n')
+    return dict(
+        provider="command", create_command=f"'sh {create} {{gpu_class}}'", destroy_command=f"'sh {destroy} {{id}}'"
+    ), ledger
 
 
 def destroyed_at(ledger: Path) -> float | None:
@@ -65,8 +76,12 @@ def launch_record(tmp: Path) -> dict:
 def running_job(tmp: Path, proc, out: Path) -> int:
     """Wait until the launcher knows its job started (held at its gate) and return the remote process group."""
     record = tmp / "sweep" / "0_llama" / "launch.json"
-    wait_for(lambda: record.exists() and json.loads(record.read_text())["status"] == "RUNNING", proc, out,
-             "the launcher to record the started job")
+    wait_for(
+        lambda: record.exists() and json.loads(record.read_text())["status"] == "RUNNING",
+        proc,
+        out,
+        "the launcher to record the started job",
+    )
     pgid = int((Path(json.loads(record.read_text())["remote_dir"]) / "pgid").read_text())
     wait_for(lambda: group_members(pgid), proc, out, "the remote process group")
     return pgid
@@ -94,8 +109,9 @@ def files_holding(root: Path, secret: str) -> List[Path]:
 
 # ------------------------------------------------------------------------------------------ 2: a silent network
 def test_silent_network_honours_timeout_s(ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path):
-    proc, out, _ = start_held_job(tmp_path, tiny_checkpoint, text_file, [ssh_server.host_entry(port=fault_proxy.port)],
-                                  timeout_s=4)
+    proc, out, _ = start_held_job(
+        tmp_path, tiny_checkpoint, text_file, [ssh_server.host_entry(port=fault_proxy.port)], timeout_s=4
+    )
     fault_proxy.silence()
     silent_at = time.monotonic()
     text = finish(proc, out, expect_ok=False, timeout=60)
@@ -107,8 +123,9 @@ def test_silent_network_honours_timeout_s(ssh_server, fault_proxy, tiny_checkpoi
     assert "could not kill the remote job" in text  # the host was unreachable: said, not hidden
 
 
-def test_ctrl_c_during_silence_reaches_destroy_within_seconds(ssh_server, fault_proxy, tiny_checkpoint, text_file,
-                                                              tmp_path):
+def test_ctrl_c_during_silence_reaches_destroy_within_seconds(
+    ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path
+):
     provider, ledger = command_provider(tmp_path, ssh_server.host_entry(port=fault_proxy.port))
     proc, out, _ = start_held_job(tmp_path, tiny_checkpoint, text_file, [], **provider)
     fault_proxy.silence()
@@ -124,8 +141,11 @@ def test_ctrl_c_during_silence_reaches_destroy_within_seconds(ssh_server, fault_
 
 
 # ---------------------------------------------------------------------------- 3: SIGTERM, SIGHUP, a second signal
-@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGHUP], [signal.SIGINT, signal.SIGTERM]],
-                         ids=["SIGTERM", "SIGHUP", "SIGINT-then-SIGTERM"])
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGTERM], [signal.SIGHUP], [signal.SIGINT, signal.SIGTERM]],
+    ids=["SIGTERM", "SIGHUP", "SIGINT-then-SIGTERM"],
+)
 def test_signals_kill_the_remote_group_and_destroy(ssh_server, tiny_checkpoint, text_file, tmp_path, signals):
     provider, ledger = command_provider(tmp_path, ssh_server.host_entry(), destroy_delay_s=1)
     proc, out, pgid = start_held_job(tmp_path, tiny_checkpoint, text_file, [], **provider)
@@ -147,10 +167,17 @@ def test_signals_kill_the_remote_group_and_destroy(ssh_server, tiny_checkpoint, 
 
 # ------------------------------------------------------------------------------------- 1: outages while polling
 @pytest.mark.parametrize("fault", ["outage", "silence"])
-def test_an_outage_longer_than_the_retry_budget_is_survived(ssh_server, fault_proxy, tiny_checkpoint, text_file,
-                                                            tmp_path, local_reference, fault):
-    proc, out, _ = start_held_job(tmp_path, tiny_checkpoint, text_file, [ssh_server.host_entry(port=fault_proxy.port)],
-                                  hold_manifest=False, outage_budget_s=60)
+def test_an_outage_longer_than_the_retry_budget_is_survived(
+    ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path, local_reference, fault
+):
+    proc, out, _ = start_held_job(
+        tmp_path,
+        tiny_checkpoint,
+        text_file,
+        [ssh_server.host_entry(port=fault_proxy.port)],
+        hold_manifest=False,
+        outage_budget_s=60,
+    )
     getattr(fault_proxy, fault)()
     time.sleep(5)  # far beyond retries=2 with 0.1-0.5 s backoffs
     fault_proxy.restore()
@@ -161,11 +188,17 @@ def test_an_outage_longer_than_the_retry_budget_is_survived(ssh_server, fault_pr
     assert deterministic(tmp_path / "sweep" / "0_llama") == local_reference
 
 
-def test_giving_up_leaves_the_job_running_and_reattach_collects_it(ssh_server, fault_proxy, tiny_checkpoint,
-                                                                   text_file, tmp_path, local_reference):
-    proc, out, pgid = start_held_job(tmp_path, tiny_checkpoint, text_file,
-                                     [ssh_server.host_entry(port=fault_proxy.port)], hold_manifest=False,
-                                     outage_budget_s=3)
+def test_giving_up_leaves_the_job_running_and_reattach_collects_it(
+    ssh_server, fault_proxy, tiny_checkpoint, text_file, tmp_path, local_reference
+):
+    proc, out, pgid = start_held_job(
+        tmp_path,
+        tiny_checkpoint,
+        text_file,
+        [ssh_server.host_entry(port=fault_proxy.port)],
+        hold_manifest=False,
+        outage_budget_s=3,
+    )
     fault_proxy.outage()
     text = finish(proc, out, expect_ok=False, timeout=60)
     assert proc.returncode != 0
@@ -196,38 +229,50 @@ def broken_setsid_bin(tmp: Path) -> Path:
     """A bin dir whose setsid fails, as on macOS/BSD (none) or a minimal image with a broken one."""
     bin_dir = tmp / "host_bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "setsid").write_text("#!/bin/sh\necho 'setsid: failed to execute: Operation not permitted' >&2\n"
-                                    "exit 1\n")
+    (bin_dir / "setsid").write_text(
+        "#!/bin/sh\necho 'setsid: failed to execute: Operation not permitted' >&2\nexit 1\n"
+    )
     (bin_dir / "setsid").chmod(0o755)
     return bin_dir
 
 
-def test_a_host_without_a_working_setsid_runs_the_job_and_keeps_no_secret_file(ssh_server, tiny_checkpoint,
-                                                                               text_file, tmp_path):
+def test_a_host_without_a_working_setsid_runs_the_job_and_keeps_no_secret_file(
+    ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     token = "hf_dummy" + uuid.uuid4().hex
     with extra_sshd(ssh_server, tmp_path / "host", [broken_setsid_bin(tmp_path)]) as host:
-        proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                       *launcher_overrides(tmp_path, [host.host_entry()], timeout_s=600, **FAST_DEADLINES),
-                       env=dict(cli_env(), HF_TOKEN=token), check=False)
+        proc = run_cli(
+            *job_overrides(tiny_checkpoint, text_file),
+            *launcher_overrides(tmp_path, [host.host_entry()], timeout_s=600, **FAST_DEADLINES),
+            env=dict(cli_env(), HF_TOKEN=token),
+            check=False,
+        )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert launch_record(tmp_path)["status"] == "COMPLETED"
     assert files_holding(tmp_path / "remote", token) == []
 
 
-def test_a_start_that_never_starts_fails_with_its_stderr_and_leaves_no_secret(ssh_server, tiny_checkpoint,
-                                                                               text_file, tmp_path):
+def test_a_start_that_never_starts_fails_with_its_stderr_and_leaves_no_secret(
+    ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     token = "hf_dummy" + uuid.uuid4().hex
     python = tmp_path / "no_detach_python.sh"
     # An interpreter that runs everything but the detached start (a sandbox that forbids new sessions, say).
-    python.write_text("#!/bin/sh\ncase \"$2\" in *setsid*) echo 'detach: fork refused by policy' >&2; exit 3;; esac\n"
-                      f'exec {sys.executable} "$@"\n')
+    python.write_text(
+        "#!/bin/sh\ncase \"$2\" in *setsid*) echo 'detach: fork refused by policy' >&2; exit 3;; esac\n"
+        f'exec {sys.executable} "$@"\n'
+    )
     python.chmod(0o755)
     with extra_sshd(ssh_server, tmp_path / "host", [broken_setsid_bin(tmp_path)]) as host:
         started = time.monotonic()
-        proc = run_cli(*job_overrides(tiny_checkpoint, text_file),
-                       *launcher_overrides(tmp_path, [host.host_entry()], python=str(python), start_timeout_s=5,
-                                           timeout_s=90, **FAST_DEADLINES),
-                       env=dict(cli_env(), HF_TOKEN=token), check=False)
+        proc = run_cli(
+            *job_overrides(tiny_checkpoint, text_file),
+            *launcher_overrides(
+                tmp_path, [host.host_entry()], python=str(python), start_timeout_s=5, timeout_s=90, **FAST_DEADLINES
+            ),
+            env=dict(cli_env(), HF_TOKEN=token),
+            check=False,
+        )
         took = time.monotonic() - started
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -245,8 +290,11 @@ def test_a_job_planned_for_a_gpu_fails_when_remote_torch_sees_none(ssh_server, t
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559, 81000'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
     with extra_sshd(ssh_server, tmp_path / "host", [bin_dir]) as host:
-        overrides = [o for o in launcher_overrides(tmp_path, [host.host_entry()], **FAST_DEADLINES)
-                     if not o.startswith(("hardware=", "hydra.launcher.require_gpu="))]
+        overrides = [
+            o
+            for o in launcher_overrides(tmp_path, [host.host_entry()], **FAST_DEADLINES)
+            if not o.startswith(("hardware=", "hydra.launcher.require_gpu="))
+        ]
         proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides, "hardware=h100", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -264,8 +312,9 @@ def test_a_cut_transfer_leaves_no_partial_file_under_a_final_name(ssh_server, fa
     source.mkdir()
     (source / "activations.bin").write_bytes(os.urandom(12 << 20))
     (source / "heatmap.png").write_bytes(os.urandom(3 << 20))
-    manifest = json.loads(subprocess.run([sys.executable, "-c", MANIFEST_PY, str(source)], capture_output=True,
-                                         check=True).stdout)
+    manifest = json.loads(
+        subprocess.run([sys.executable, "-c", MANIFEST_PY, str(source)], capture_output=True, check=True).stdout
+    )
     params = launcher_params(tmp_path, **FAST_DEADLINES)
     session = connect(ssh_server, params, port=fault_proxy.port)
     fault_proxy.cut_after_bytes(5 << 20)
@@ -296,11 +345,15 @@ def test_two_sweeps_on_a_one_slot_host_take_turns(ssh_server, tiny_checkpoint, t
         tmp.mkdir()
         python = gated_python(tmp)
         (tmp / "manifest.gate").touch()
-        overrides = [o for o in launcher_overrides(tmp, [ssh_server.host_entry(slots=1)], python=str(python),
-                                                   **FAST_DEADLINES) if not o.startswith("hydra.launcher.remote_root=")]
+        overrides = [
+            o
+            for o in launcher_overrides(tmp, [ssh_server.host_entry(slots=1)], python=str(python), **FAST_DEADLINES)
+            if not o.startswith("hydra.launcher.remote_root=")
+        ]
         out = tmp / "launcher.out"
-        proc = start_cli(job_overrides(tiny_checkpoint, text_file) + overrides +
-                         [f"hydra.launcher.remote_root={remote}"], out)
+        proc = start_cli(
+            job_overrides(tiny_checkpoint, text_file) + overrides + [f"hydra.launcher.remote_root={remote}"], out
+        )
         sweeps.append((tmp, proc, out))
 
     def live_jobs() -> List[Path]:
@@ -310,11 +363,14 @@ def test_two_sweeps_on_a_one_slot_host_take_turns(ssh_server, tiny_checkpoint, t
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(
-                out.read_text()[-2000:] for _, _, out in sweeps)
+                out.read_text()[-2000:] for _, _, out in sweeps
+            )
             time.sleep(0.1)
 
-    wait(lambda: live_jobs() and any("queued" in out.read_text() for _, _, out in sweeps),
-         "one job to run and the other sweep to queue for the host's slot")
+    wait(
+        lambda: live_jobs() and any("queued" in out.read_text() for _, _, out in sweeps),
+        "one job to run and the other sweep to queue for the host's slot",
+    )
     (running,) = live_jobs()
     # The queued sweep's message names the holder's job dir too; the owner is the one that says it runs there.
     owner = next(s for s in sweeps if re.search(rf"running on \S+ in \S*{re.escape(running.name)}", s[2].read_text()))
@@ -368,13 +424,31 @@ def small_disk(tmp_path):
 def test_too_little_disk_is_refused_before_the_upload(ssh_server, tiny_checkpoint, text_file, tmp_path, small_disk):
     host = ssh_server.host_entry()
     # A probe cached while the disk was still empty: only a fresh measure shows it is not.
-    (tmp_path / "probes.json").write_text(json.dumps({f"{host['user']}@{host['address']}:{host['port']}": {
-        "gpus": [], "ram_gib": 64.0, "ram_available_gib": 60.0, "disk_free_gib": 500.0, "rsync": True,
-        "probed_at": time.time()}}))
-    overrides = [o for o in launcher_overrides(tmp_path, [host], **FAST_DEADLINES)
-                 if not o.startswith("hydra.launcher.remote_root=")]
-    proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides,
-                   f"hydra.launcher.remote_root='{small_disk / 'root'}'", check=False)
+    (tmp_path / "probes.json").write_text(
+        json.dumps(
+            {
+                f"{host['user']}@{host['address']}:{host['port']}": {
+                    "gpus": [],
+                    "ram_gib": 64.0,
+                    "ram_available_gib": 60.0,
+                    "disk_free_gib": 500.0,
+                    "rsync": True,
+                    "probed_at": time.time(),
+                }
+            }
+        )
+    )
+    overrides = [
+        o
+        for o in launcher_overrides(tmp_path, [host], **FAST_DEADLINES)
+        if not o.startswith("hydra.launcher.remote_root=")
+    ]
+    proc = run_cli(
+        *job_overrides(tiny_checkpoint, text_file),
+        *overrides,
+        f"hydra.launcher.remote_root='{small_disk / 'root'}'",
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"GiB free under {small_disk / 'root'} on {ssh_server.user}@" in output, output[-3000:]
@@ -382,17 +456,26 @@ def test_too_little_disk_is_refused_before_the_upload(ssh_server, tiny_checkpoin
     assert not (small_disk / "root" / "code").exists()  # nothing was uploaded
 
 
-def test_a_disk_that_fills_during_the_job_is_reported_as_full(ssh_server, tiny_checkpoint, text_file, tmp_path,
-                                                             small_disk):
+def test_a_disk_that_fills_during_the_job_is_reported_as_full(
+    ssh_server, tiny_checkpoint, text_file, tmp_path, small_disk
+):
     bin_dir = tmp_path / "roomy_df"
     bin_dir.mkdir()
     # A df that sees room (as it did when the job was placed); the disk itself then fills while the job runs.
-    (bin_dir / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
-                                "echo 'tmpfs 999999999 0 999999999 0% /'\n")
+    (bin_dir / "df").write_text(
+        "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+        "echo 'tmpfs 999999999 0 999999999 0% /'\n"
+    )
     (bin_dir / "df").chmod(0o755)
     with extra_sshd(ssh_server, tmp_path / "host", [bin_dir]) as host:
-        proc, out, _ = start_held_job(tmp_path, tiny_checkpoint, text_file, [host.host_entry()],
-                                      hold_manifest=False, remote_root=f"'{small_disk / 'root'}'")
+        proc, out, _ = start_held_job(
+            tmp_path,
+            tiny_checkpoint,
+            text_file,
+            [host.host_entry()],
+            hold_manifest=False,
+            remote_root=f"'{small_disk / 'root'}'",
+        )
         with open(small_disk / "filler", "wb", buffering=0) as fh:  # fill the disk to the last byte
             try:
                 while True:
@@ -414,14 +497,18 @@ def test_paths_with_spaces_quotes_and_shell_syntax(ssh_server, tiny_checkpoint, 
     key.write_bytes(Path(ssh_server.key).read_bytes())
     key.chmod(0o600)
     entry = {**ssh_server.host_entry(), "key_path": str(key)}
-    overrides = [o for o in launcher_overrides(tmp_path, [entry], transfer=transfer, **FAST_DEADLINES)
-                 if not o.startswith(("hydra.launcher.known_hosts=", "hydra.launcher.remote_root=",
-                                      "hydra.sweep.dir="))]
+    overrides = [
+        o
+        for o in launcher_overrides(tmp_path, [entry], transfer=transfer, **FAST_DEADLINES)
+        if not o.startswith(("hydra.launcher.known_hosts=", "hydra.launcher.remote_root=", "hydra.sweep.dir="))
+    ]
     # Hydra's override grammar needs quoting of its own; the launcher must cope with whatever the value holds.
     quoted = lambda path: "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
-    overrides += [f"hydra.launcher.known_hosts={quoted(hostile / 'known hosts')}",
-                  f"hydra.launcher.remote_root={quoted(hostile / 'remote root')}",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    overrides += [
+        f"hydra.launcher.known_hosts={quoted(hostile / 'known hosts')}",
+        f"hydra.launcher.remote_root={quoted(hostile / 'remote root')}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     proc = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
@@ -433,8 +520,9 @@ def test_paths_with_spaces_quotes_and_shell_syntax(ssh_server, tiny_checkpoint, 
 
 
 # ------------------------------------------------------------------------------- a job queued behind another sweep
-def test_a_job_queued_behind_another_sweeps_lock_says_what_it_waits_for_and_gives_up(ssh_server, tiny_checkpoint,
-                                                                                     text_file, tmp_path):
+def test_a_job_queued_behind_another_sweeps_lock_says_what_it_waits_for_and_gives_up(
+    ssh_server, tiny_checkpoint, text_file, tmp_path
+):
     host = {**ssh_server.host_entry(), "slots": 1}
     first = tmp_path / "first"
     first.mkdir()
@@ -442,8 +530,11 @@ def test_a_job_queued_behind_another_sweeps_lock_says_what_it_waits_for_and_give
     try:
         second = tmp_path / "second"
         second.mkdir()
-        overrides = [o for o in launcher_overrides(second, [host], queue_timeout_s=2, **FAST_DEADLINES)
-                     if not o.startswith("hydra.launcher.remote_root=")] + [f"hydra.launcher.remote_root={first / 'remote'}"]
+        overrides = [
+            o
+            for o in launcher_overrides(second, [host], queue_timeout_s=2, **FAST_DEADLINES)
+            if not o.startswith("hydra.launcher.remote_root=")
+        ] + [f"hydra.launcher.remote_root={first / 'remote'}"]
         queued = run_cli(*job_overrides(tiny_checkpoint, text_file), *overrides, check=False, timeout=300)
     finally:
         (first / "run.gate").touch()

@@ -1,4 +1,5 @@
 """Hydra's own launcher test suites (hydra.test_utils.launcher_common_tests) against our two launchers."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,13 @@ from tests.support.slurm_cluster import ENV_KEYS, slurm_cluster  # noqa: F401 - 
 
 pytestmark = pytest.mark.slow
 # Small, fixed requests (these apps have no outlier_lab plan to size from) and quick polling on the test cluster.
-SLURM = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5",
-         "hydra.launcher.poll_interval_s=0.5", "hydra.launcher.result_grace_s=3"]
+SLURM = [
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=5",
+    "hydra.launcher.poll_interval_s=0.5",
+    "hydra.launcher.result_grace_s=3",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +50,10 @@ class TestSlurmLauncher(LauncherTestSuite):
 
 
 @pytest.mark.usefixtures("slurm_env")
-@pytest.mark.parametrize("task_launcher_cfg, extra_flags",
-                         [({}, ["-m", "hydra/launcher=slurm", *SLURM, "hydra/hydra_logging=disabled",
-                                "hydra/job_logging=disabled"])])
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({}, ["-m", "hydra/launcher=slurm", *SLURM, "hydra/hydra_logging=disabled", "hydra/job_logging=disabled"])],
+)
 class TestSlurmLauncherIntegration(IntegrationTestSuite):
     pass
 
@@ -56,8 +63,10 @@ class TestSlurmLauncherIntegration(IntegrationTestSuite):
 # needs what it deliberately does not do: an in-memory task function (LauncherTestSuite) or a generated script outside
 # any git checkout (IntegrationTestSuite). What applies runs: Hydra instantiates and sets up the plugin from its
 # config, and sweep errors surface as exceptions before anything connects.
-FABRIC_RUNS_ONLY_RUN_PY = ("the Fabric launcher ships this repo's git-tracked code and runs its run.py on the host; it "
-                           "does not run arbitrary task functions or scripts (by design)")
+FABRIC_RUNS_ONLY_RUN_PY = (
+    "the Fabric launcher ships this repo's git-tracked code and runs its run.py on the host; it "
+    "does not run arbitrary task functions or scripts (by design)"
+)
 FABRIC_APPLIES = {"test_not_sweeping_hydra_overrides", "test_sweep_1_job_strict_and_bad_key"}
 
 

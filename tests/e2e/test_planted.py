@@ -1,11 +1,12 @@
 """The real CLI finds exactly the planted outlier dims on every target architecture's tiny checkpoint."""
+
 import json
 
 import pytest
-from tests.support.checkpoints import ARCHITECTURES, ATTN_PLANTS, EXPECTED_OUTLIERS, NUM_BLOCKS, REJECTED_DIMS
-from tests.support.cli import run_cli, tiny_job_overrides
 
 from outlier_lab.results import read_per_sequence, read_tokens
+from tests.support.checkpoints import ARCHITECTURES, ATTN_PLANTS, EXPECTED_OUTLIERS, NUM_BLOCKS, REJECTED_DIMS
+from tests.support.cli import run_cli, tiny_job_overrides
 
 
 @pytest.mark.slow
@@ -39,8 +40,10 @@ def test_cli_finds_exactly_the_planted_dims(arch, tiny_checkpoint, text_file, tm
 def test_layer_subset_changes_the_denominator(tiny_checkpoint, text_file, tmp_path):
     # Analyzing blocks 3..6 only: dim 5 is planted in 3, 4, 5 (3/4), dim 17 in 6 (1/4), dim 40 in 3 (1/4) -> all
     # three reach 25% of the analyzed blocks; dim 29 (blocks 1, 4) has 1/4 too.
-    run_cli(*tiny_job_overrides(tiny_checkpoint("llama"), text_file, tmp_path, num_sequences=2, seq_len=32),
-            "detector.layers=[3,4,5,6]")
+    run_cli(
+        *tiny_job_overrides(tiny_checkpoint("llama"), text_file, tmp_path, num_sequences=2, seq_len=32),
+        "detector.layers=[3,4,5,6]",
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     by_dim = {f["dim"]: f["layer_frac"] for f in results["outlier_features"]}
     assert by_dim == {5: 0.75, 17: 0.25, 40: 0.25, 29: 0.25}
@@ -65,4 +68,6 @@ def test_hybrid_mixers_measure_their_own_spaces(tiny_checkpoint, text_file, tmp_
     run_cli(*tiny_job_overrides(tiny_checkpoint("qwen3_next"), text_file, tmp_path, num_sequences=2, seq_len=32))
     other = json.loads((tmp_path / "results.json").read_text())["other_spaces"]
     assert {k: (v["width"], v["blocks"]) for k, v in other.items()} == {
-        "attn_out_in.linear_attention": (128, [0, 1, 2, 4, 5, 6]), "attn_out_in.full_attention": (128, [3, 7])}
+        "attn_out_in.linear_attention": (128, [0, 1, 2, 4, 5, 6]),
+        "attn_out_in.full_attention": (128, [3, 7]),
+    }

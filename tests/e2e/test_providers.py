@@ -1,4 +1,5 @@
 """RunPod / Vast.ai adapters against the fake provider API: offers, fit and rank, retries, lost answers, destroy."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,14 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from hydra_plugins.fabric_launcher._providers import Offer, OfferQuery, ProviderError, make_provider
+from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
+from hydra_plugins.fabric_launcher._providers._http import AnswerLost, ApiError
+from outlier_lab.planning.estimate import Estimate
 from tests.support.cli import REPO
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
-
-from hydra_plugins.fabric_launcher._providers import Offer, OfferQuery, ProviderError, make_provider
-from hydra_plugins.fabric_launcher._providers._http import AnswerLost, ApiError
-from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
-from outlier_lab.planning.estimate import Estimate
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@outlier-lab"
 
@@ -23,27 +23,51 @@ PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@outlier-
 def provider(name, cloud, monkeypatch, **changes):
     env = {"runpod": "RUNPOD_API_KEY", "vast": "VAST_API_KEY"}[name]
     monkeypatch.setenv(env, cloud.api_key)
-    params = {"api_url": cloud.url(), "api_key_env": None, "api_timeout_s": 2.0, "retries": 4, "backoff_s": 0.05,
-              "backoff_max_s": 0.2, **changes}
+    params = {
+        "api_url": cloud.url(),
+        "api_key_env": None,
+        "api_timeout_s": 2.0,
+        "retries": 4,
+        "backoff_s": 0.05,
+        "backoff_max_s": 0.2,
+        **changes,
+    }
     return make_provider(name, params, threading.Event())
 
 
 def needs(weights_gib=10.0, ram_floor=64.0, disk=20.0):
     """A job that needs (10 + 1 + 1) x 1.3 = 15.6 GiB on one GPU, RAM >= ram_floor, disk >= disk."""
-    est = Estimate(weights_gib=weights_gib, activations_gib=1.0, overhead_gib=1.0, total_gib=weights_gib + 2,
-                   required_gib=(weights_gib + 2) * 1.3, ram_floor_gib=ram_floor, disk_gib=disk,
-                   params_total=1, params_active=1, quantization="none", block_weights_gib=1.0, safety_factor=1.3)
-    return SimpleNamespace(plan=est.to_dict(), gpu_count=1, vram_gib_each=est.required_gib, ram_gib=ram_floor,
-                           disk_gib=disk)
+    est = Estimate(
+        weights_gib=weights_gib,
+        activations_gib=1.0,
+        overhead_gib=1.0,
+        total_gib=weights_gib + 2,
+        required_gib=(weights_gib + 2) * 1.3,
+        ram_floor_gib=ram_floor,
+        disk_gib=disk,
+        params_total=1,
+        params_active=1,
+        quantization="none",
+        block_weights_gib=1.0,
+        safety_factor=1.3,
+    )
+    return SimpleNamespace(
+        plan=est.to_dict(), gpu_count=1, vram_gib_each=est.required_gib, ram_gib=ram_floor, disk_gib=disk
+    )
 
 
 def test_runpod_offers_carry_the_manufacturer_field_and_one_offer_per_gpu_count(fake_cloud, monkeypatch):
-    fake_cloud.runpod_gpus = [runpod_gpu("NVIDIA GeForce RTX 4090", "RTX 4090", "NVIDIA", 24, 0.44, max_count=2),
-                              runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1)]
+    fake_cloud.runpod_gpus = [
+        runpod_gpu("NVIDIA GeForce RTX 4090", "RTX 4090", "NVIDIA", 24, 0.44, max_count=2),
+        runpod_gpu("AMD Instinct MI300X OAM", "MI300X", "AMD", 192, 0.10, max_count=1),
+    ]
     offers = provider("runpod", fake_cloud, monkeypatch).offers(OfferQuery())
     by_id = {o.offer_id: o for o in offers}
-    assert sorted(by_id) == ["AMD Instinct MI300X OAM/SECURE/1", "NVIDIA GeForce RTX 4090/SECURE/1",
-                             "NVIDIA GeForce RTX 4090/SECURE/2"]
+    assert sorted(by_id) == [
+        "AMD Instinct MI300X OAM/SECURE/1",
+        "NVIDIA GeForce RTX 4090/SECURE/1",
+        "NVIDIA GeForce RTX 4090/SECURE/2",
+    ]
     two = by_id["NVIDIA GeForce RTX 4090/SECURE/2"]
     assert (two.manufacturer, two.gpu_count, two.vram_gib, two.usd_per_hour) == ("nvidia", 2, 24.0, 0.88)
     assert by_id["AMD Instinct MI300X OAM/SECURE/1"].manufacturer == "amd"
@@ -52,11 +76,11 @@ def test_runpod_offers_carry_the_manufacturer_field_and_one_offer_per_gpu_count(
 
 def test_rank_picks_the_cheapest_fitting_nvidia_offer_and_says_why_others_were_refused(fake_cloud, monkeypatch):
     fake_cloud.vast_offers = [
-        vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),        # cheapest, but AMD
-        vast_offer(2, "RTX 3060", "nvidia", 1, 12 * 1024, 128 * 1024, 500, 0.08),    # too little VRAM
-        vast_offer(3, "RTX 4090", "nvidia", 1, 24 * 1024, 32 * 1024, 500, 0.20),     # fails the RAM floor
-        vast_offer(4, "RTX 4090", "nvidia", 1, 24 * 1024, 128 * 1024, 10, 0.25),     # too little disk
-        vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),    # the one
+        vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),  # cheapest, but AMD
+        vast_offer(2, "RTX 3060", "nvidia", 1, 12 * 1024, 128 * 1024, 500, 0.08),  # too little VRAM
+        vast_offer(3, "RTX 4090", "nvidia", 1, 24 * 1024, 32 * 1024, 500, 0.20),  # fails the RAM floor
+        vast_offer(4, "RTX 4090", "nvidia", 1, 24 * 1024, 128 * 1024, 10, 0.25),  # too little disk
+        vast_offer(5, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),  # the one
         vast_offer(6, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10),
     ]
     fitting, refused = rank(provider("vast", fake_cloud, monkeypatch).offers(OfferQuery()), needs(), ["nvidia"])
@@ -70,8 +94,18 @@ def test_rank_picks_the_cheapest_fitting_nvidia_offer_and_says_why_others_were_r
 
 def test_rank_keeps_the_fewest_gpus_that_fit_a_type_rented_by_count():
     def offer(count):
-        return Offer("runpod", f"L4/SECURE/{count}", "L4", "nvidia", count, 22.0, None, None, 0.4 * count,
-                     create_args={"gpu_type_id": "NVIDIA L4", "cloud": "SECURE"})
+        return Offer(
+            "runpod",
+            f"L4/SECURE/{count}",
+            "L4",
+            "nvidia",
+            count,
+            22.0,
+            None,
+            None,
+            0.4 * count,
+            create_args={"gpu_type_id": "NVIDIA L4", "cloud": "SECURE"},
+        )
 
     fitting, refused = rank([offer(c) for c in (1, 2, 3, 4)], needs(weights_gib=30.0), ["nvidia"])
     # 30 GiB of weights: one or two L4s are too small, three hold it (10 + 1 + 1 + 1 slack) x 1.3 = 16.9 GiB each.
@@ -149,8 +183,7 @@ def test_a_wrong_key_is_refused_and_the_key_never_shows_in_errors(fake_cloud, mo
 def test_a_missing_api_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     with pytest.raises(ProviderError, match=r"needs an API key in \$VAST_API_KEY"):
-        make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0},
-                      threading.Event())
+        make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0}, threading.Event())
 
 
 def test_budget_guard_refuses_by_hour_and_by_job():
@@ -159,24 +192,35 @@ def test_budget_guard_refuses_by_hour_and_by_job():
     assert "max_usd_per_hour=2" in budget_refusal(cheapest, {"max_usd_per_hour": 2.0})
     assert budget_refusal(cheapest, {"max_usd_per_hour": 3.0}) is None
     assert "set hydra.launcher.timeout_s" in budget_refusal(cheapest, {"max_usd_per_job": 1.0})
-    assert "$5.00 (2.00 h by hydra.launcher.timeout_s" in budget_refusal(cheapest, {"max_usd_per_job": 1.0,
-                                                                                    "timeout_s": 7200})
+    assert "$5.00 (2.00 h by hydra.launcher.timeout_s" in budget_refusal(
+        cheapest, {"max_usd_per_job": 1.0, "timeout_s": 7200}
+    )
     assert budget_refusal(cheapest, {"max_usd_per_job": 6.0, "timeout_s": 7200}) is None
 
 
 @pytest.mark.slow
 def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after_confirmation(
-        fake_cloud, tiny_checkpoint, text_file):
+    fake_cloud, tiny_checkpoint, text_file
+):
     from tests.support.cli import cli_env, run_cli, tiny_job_overrides
 
-    fake_cloud.vast_offers = [vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),
-                              vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 8 * 1024, 500, 0.20),
-                              vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),
-                              vast_offer(4, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10)]
+    fake_cloud.vast_offers = [
+        vast_offer(1, "MI300X", "amd", 1, 192 * 1024, 256 * 1024, 500, 0.05),
+        vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 8 * 1024, 500, 0.20),
+        vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 96 * 1024, 500, 0.30),
+        vast_offer(4, "H100 SXM", "nvidia", 1, 80 * 1024, 512 * 1024, 900, 2.10),
+    ]
     env = dict(cli_env(), VAST_API_KEY=fake_cloud.api_key)
     job = tiny_job_overrides(tiny_checkpoint("llama"), text_file)
-    proc = run_cli("provider=vast", *job, "hardware.ram_floor_gib=16", f"hydra.launcher.api_url={fake_cloud.url()}",
-                   script="outlier-offers", env=env, timeout=300)
+    proc = run_cli(
+        "provider=vast",
+        *job,
+        "hardware.ram_floor_gib=16",
+        f"hydra.launcher.api_url={fake_cloud.url()}",
+        script="outlier-offers",
+        env=env,
+        timeout=300,
+    )
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("*", "   vast"))]
     assert [r.lstrip("* ").split()[:2] for r in rows] == [["vast", "3"], ["vast", "4"]] and rows[0].startswith("*")
     assert "manufacturer amd" in proc.stdout and "host RAM 8 GiB < floor 16" in proc.stdout
@@ -185,12 +229,14 @@ def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after
     leftover = fake_cloud.add_instance("vast", "outlier-lab-20260101-000000-abcdef-0")
     fake_cloud.add_instance("vast", "someone-elses-box")
     cleanup = ["scripts/offers.py", "provider=vast", "--cleanup", f"hydra.launcher.api_url={fake_cloud.url()}"]
-    refused = subprocess.run([sys.executable, *cleanup], input="n\n", capture_output=True, text=True, env=env,
-                             cwd=REPO, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, *cleanup], input="n\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
     assert refused.returncode == 1 and leftover in refused.stdout and "nothing destroyed" in refused.stdout
     assert not fake_cloud.destroyed
-    done = subprocess.run([sys.executable, *cleanup], input="y\n", capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, *cleanup], input="y\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert dict(fake_cloud.destroyed) == {leftover: 1}
 
@@ -198,8 +244,10 @@ def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after
 def test_hydra_plugin_scan_imports_the_providers_package():
     # Hydra's scan executes every public module under hydra_plugins/ before it is in sys.modules; a module it
     # cannot execute hides the Fabric launcher from every run. A fresh interpreter, so nothing is imported yet.
-    probe = ("from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
-             "print([p.__name__ for p in Plugins.instance().discover(Launcher)])")
+    probe = (
+        "from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+        "print([p.__name__ for p in Plugins.instance().discover(Launcher)])"
+    )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "FabricLauncher" in proc.stdout, proc.stderr[-2000:]
 
@@ -207,27 +255,29 @@ def test_hydra_plugin_scan_imports_the_providers_package():
 def test_a_second_hydra_plugin_scan_keeps_the_provider_classes(monkeypatch):
     # Hydra re-executes every public module under hydra_plugins/ on each scan (its test suites reset the singleton):
     # classes defined there would be replaced under whoever imported them, and `except ProviderError` would miss.
-    import hydra_plugins
     from hydra.core.plugins import Plugins
+
+    import hydra_plugins
 
     Plugins._scan_all_plugins(modules=[hydra_plugins])
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     with pytest.raises(ProviderError):
-        make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0},
-                      threading.Event())
+        make_provider("vast", {"api_timeout_s": 1, "retries": 1, "backoff_s": 0, "backoff_max_s": 0}, threading.Event())
 
 
 def test_the_fake_refuses_and_records_what_the_published_documents_do_not_allow(fake_cloud, monkeypatch):
     rp = provider("runpod", fake_cloud, monkeypatch)
     vast = provider("vast", fake_cloud, monkeypatch)
-    bad = [(rp, "GET", "/v2/catalog/gpus", {"params": {"include": "AVAILABILITY", "region": "EU"}}),  # no `region`
-           (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4", "count": 0}}}),  # count<1
-           (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4"}, "spot": True}}),
-           (rp, "PUT", "/v2/pods", {}),  # no such method
-           (vast, "POST", "/api/v0/bundles/", {"json": {"type": "on-demand"}}),  # the example's misspelt enum
-           (vast, "PUT", "/api/v0/asks/5/", {"json": {"label": "no image"}}),  # image is required
-           (vast, "GET", "/api/v0/instances/5/", {"params": {"api_key": fake_cloud.api_key}}),  # key in the URL
-           (vast, "GET", "/api/v0/nothing/", {})]
+    bad = [
+        (rp, "GET", "/v2/catalog/gpus", {"params": {"include": "AVAILABILITY", "region": "EU"}}),  # no `region`
+        (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4", "count": 0}}}),  # count<1
+        (rp, "POST", "/v2/pods", {"json": {"name": "x", "image": "i", "gpu": {"id": "L4"}, "spot": True}}),
+        (rp, "PUT", "/v2/pods", {}),  # no such method
+        (vast, "POST", "/api/v0/bundles/", {"json": {"type": "on-demand"}}),  # the example's misspelt enum
+        (vast, "PUT", "/api/v0/asks/5/", {"json": {"label": "no image"}}),  # image is required
+        (vast, "GET", "/api/v0/instances/5/", {"params": {"api_key": fake_cloud.api_key}}),  # key in the URL
+        (vast, "GET", "/api/v0/nothing/", {}),
+    ]
     for prov, method, path, kwargs in bad:
         with pytest.raises(ProviderError):
             prov.api.request(method, path, **kwargs)
@@ -255,18 +305,21 @@ def test_vast_show_instance_ports_as_a_list_or_as_bindings_and_provisioning_has_
     fake_cloud.instances[iid]["status"] = "running"
     for form in ("list", "dict"):
         running = _instance(fake_cloud.vast_instance(fake_cloud.instances[iid], form))
-        assert (running.status, running.address, running.port) == ("running", fake_cloud.ssh[0],
-                                                                    fake_cloud.instances[iid]["port"]), form
+        assert (running.status, running.address, running.port) == (
+            "running",
+            fake_cloud.ssh[0],
+            fake_cloud.instances[iid]["port"],
+        ), form
 
 
 def test_vast_search_filters_and_prices_the_planned_disk_on_the_server(fake_cloud, monkeypatch):
-    fake_cloud.vast_offers = [vast_offer(1, "RTX 3060", "nvidia", 1, 12 * 1024, 64 * 1024, 500, 0.08),
-                              vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.30,
-                                         cuda_max_good=12.4),
-                              vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.25,
-                                         reliability=0.80),
-                              vast_offer(4, "RTX A6000", "nvidia", 1, 48 * 1024, 64 * 1024, 500, 0.40),
-                              vast_offer(5, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.35)]
+    fake_cloud.vast_offers = [
+        vast_offer(1, "RTX 3060", "nvidia", 1, 12 * 1024, 64 * 1024, 500, 0.08),
+        vast_offer(2, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.30, cuda_max_good=12.4),
+        vast_offer(3, "RTX A5000", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.25, reliability=0.80),
+        vast_offer(4, "RTX A6000", "nvidia", 1, 48 * 1024, 64 * 1024, 500, 0.40),
+        vast_offer(5, "RTX 4090", "nvidia", 1, 24 * 1024, 64 * 1024, 500, 0.35),
+    ]
     query = OfferQuery(min_vram_gib_each=16, min_total_vram_gib=16, disk_gib=100, min_cuda="12.8")
     offers = provider("vast", fake_cloud, monkeypatch).offers(query)
     # 1: too little GPU RAM, 2: CUDA 12.4 < 12.8, 3: unreliable; the rest cheapest first, with 100 GB of storage

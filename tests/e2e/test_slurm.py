@@ -1,4 +1,5 @@
 """Slurm launcher (`hydra/launcher=slurm`) on a real single-node Slurm: sizing, arrays, failures, scancel, dry run."""
+
 from __future__ import annotations
 
 import json
@@ -20,25 +21,41 @@ from tests.support.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F40
 
 pytestmark = pytest.mark.slow
 # Small requests so the jobs fit a 2-core CI node; fine memory steps so tiny models of different size differ.
-SMALL_CLUSTER = ["hydra/launcher=slurm", "hardware.ram_floor_gib=0.25", "hydra.launcher.cpus_cpu_job=1",
-                 "hydra.launcher.cpus_per_planned_gpu=1", "hydra.launcher.mem_baseline_gb=0.5",
-                 "hydra.launcher.mem_round_gb=0.015625",
-                 "hydra.launcher.min_timeout_min=5", "hydra.launcher.poll_interval_s=1",
-                 # Local disk: a result file is visible at once, so a killed job needs no long grace.
-                 "hydra.launcher.result_grace_s=3"]
+SMALL_CLUSTER = [
+    "hydra/launcher=slurm",
+    "hardware.ram_floor_gib=0.25",
+    "hydra.launcher.cpus_cpu_job=1",
+    "hydra.launcher.cpus_per_planned_gpu=1",
+    "hydra.launcher.mem_baseline_gb=0.5",
+    "hydra.launcher.mem_round_gb=0.015625",
+    "hydra.launcher.min_timeout_min=5",
+    "hydra.launcher.poll_interval_s=1",
+    # Local disk: a result file is visible at once, so a killed job needs no long grace.
+    "hydra.launcher.result_grace_s=3",
+]
 COMPARED = ("outlier_features", "qualified_dims", "summary")
 
 
-def sweep(cluster: SlurmCluster, sweep_dir: Path, *overrides: str, check: bool = True,
-          timeout: float = 600) -> subprocess.CompletedProcess:
-    return run_cli("--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", check=check, timeout=timeout,
-                   env={**cli_env(), **cluster.env})
+def sweep(
+    cluster: SlurmCluster, sweep_dir: Path, *overrides: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    return run_cli(
+        "--multirun",
+        *overrides,
+        f"hydra.sweep.dir={sweep_dir}",
+        check=check,
+        timeout=timeout,
+        env={**cli_env(), **cluster.env},
+    )
 
 
 def dataset(text_file: Path) -> List[str]:
     # tiny_job_overrides without the model part: the sweeps vary model.path themselves.
-    return [o for o in tiny_job_overrides(Path("unused"), text_file, num_sequences=4, seq_len=32)
-            if not o.startswith("model")] + ["model=local"]
+    return [
+        o
+        for o in tiny_job_overrides(Path("unused"), text_file, num_sequences=4, seq_len=32)
+        if not o.startswith("model")
+    ] + ["model=local"]
 
 
 def job_dir(sweep_dir: Path, index: int) -> Path:
@@ -53,8 +70,9 @@ def summary(sweep_dir: Path) -> Dict[int, dict]:
 @pytest.fixture(scope="module")
 def wide_checkpoint(tmp_path_factory) -> Path:
     """A llama with 8x the hidden size of the tiny one (about 32M parameters): a clearly bigger estimate."""
-    return build_tiny_checkpoint("llama", tmp_path_factory.mktemp("wide") / "wide_llama", hidden_size=512,
-                                 head_dim=128, intermediate_size=2048)
+    return build_tiny_checkpoint(
+        "llama", tmp_path_factory.mktemp("wide") / "wide_llama", hidden_size=512, head_dim=128, intermediate_size=2048
+    )
 
 
 def gpu_catalog(path: Path, small: Path, wide: Path, text_file: Path) -> Path:
@@ -66,29 +84,57 @@ def gpu_catalog(path: Path, small: Path, wide: Path, text_file: Path) -> Path:
         _, plan = planned(*dataset(text_file), f"model.path={checkpoint}", "hardware=auto")
         needs.append(plan.per_gpu_required_gib)
     assert needs[0] < needs[1]
-    path.write_text(yaml.safe_dump({
-        "t4": dict(name="T4", vendor="nvidia", vram_gib=sum(needs) / 2, compute_capability="8.0", max_per_node=1,
-                   usd_per_hour=0.1),
-        "l4": dict(name="L4", vendor="nvidia", vram_gib=4 * needs[1], compute_capability="8.9", max_per_node=8,
-                   usd_per_hour=1.0)}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "t4": dict(
+                    name="T4",
+                    vendor="nvidia",
+                    vram_gib=sum(needs) / 2,
+                    compute_capability="8.0",
+                    max_per_node=1,
+                    usd_per_hour=0.1,
+                ),
+                "l4": dict(
+                    name="L4",
+                    vendor="nvidia",
+                    vram_gib=4 * needs[1],
+                    compute_capability="8.9",
+                    max_per_node=8,
+                    usd_per_hour=1.0,
+                ),
+            }
+        )
+    )
     return path
 
 
-def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(slurm_cluster, tiny_checkpoint, text_file,
-                                                                 wide_checkpoint, tmp_path):
+def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(
+    slurm_cluster, tiny_checkpoint, text_file, wide_checkpoint, tmp_path
+):
     small = tiny_checkpoint("llama")
     catalog = gpu_catalog(tmp_path / "gpus.yaml", small, wide_checkpoint, text_file)
     sweep_dir = tmp_path / "sweep"
     # seed does not change the estimate: each model's two jobs must share one array.
-    sweep(slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, "hardware=auto",
-          f"hardware.catalog={catalog}", f"model.path={small},{wide_checkpoint}", "seed=0,1")
+    sweep(
+        slurm_cluster,
+        sweep_dir,
+        *dataset(text_file),
+        *SMALL_CLUSTER,
+        "hardware=auto",
+        f"hardware.catalog={catalog}",
+        f"model.path={small},{wide_checkpoint}",
+        "seed=0,1",
+    )
     jobs = summary(sweep_dir)
     assert [jobs[i]["state"] for i in range(4)] == ["COMPLETED"] * 4
 
     recorded = {i: slurm_cluster.job(jobs[i]["slurm_job_id"]) for i in range(4)}
     arrays = {i: recorded[i]["ArrayJobId"] for i in range(4)}
-    by_model = {i: next(Path(o.split("=", 1)[1]).name for o in jobs[i]["overrides"] if o.startswith("model.path="))
-                for i in range(4)}
+    by_model = {
+        i: next(Path(o.split("=", 1)[1]).name for o in jobs[i]["overrides"] if o.startswith("model.path="))
+        for i in range(4)
+    }
     small_jobs = [i for i in range(4) if by_model[i] == small.name]
     wide_jobs = [i for i in range(4) if by_model[i] == wide_checkpoint.name]
     assert len({arrays[i] for i in small_jobs}) == 1 and len({arrays[i] for i in wide_jobs}) == 1
@@ -110,8 +156,9 @@ def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(slurm_cluster,
         assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
         # The submit side's plan (1 x T4 from the test catalog) travelled with the job; the node was checked.
         assert remote["resources"]["gpu"]["key"] == "t4" and remote["ran_on"]["device"] == "cpu"
-        assert (job_dir(sweep_dir, i) / "tokens.safetensors").read_bytes() == \
-            (local_dir / "tokens.safetensors").read_bytes()
+        assert (job_dir(sweep_dir, i) / "tokens.safetensors").read_bytes() == (
+            local_dir / "tokens.safetensors"
+        ).read_bytes()
 
 
 def _mib(value: str) -> float:
@@ -119,8 +166,7 @@ def _mib(value: str) -> float:
     return float(value[:-1]) * units[value[-1]]
 
 
-def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster, tiny_checkpoint, text_file,
-                                                                   tmp_path):
+def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
     good = tiny_checkpoint("llama")
     broken = tmp_path / "broken_llama"
     broken.mkdir()
@@ -128,8 +174,9 @@ def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:1000])
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, f"model.path={good},{broken}",
-                 check=False)
+    proc = sweep(
+        slurm_cluster, sweep_dir, *dataset(text_file), *SMALL_CLUSTER, f"model.path={good},{broken}", check=False
+    )
     assert proc.returncode != 0
     assert "ended FAILED on Slurm" in proc.stderr
     assert "SafetensorError" in proc.stderr  # the job's own error, quoted from its stderr
@@ -151,15 +198,28 @@ def test_crashing_job_is_failed_with_its_error_and_others_complete(slurm_cluster
 def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
     sweep_dir = tmp_path / "sweep"
     # The setup line holds the job in RUNNING, so the cancel hits a running job whatever the machine's speed.
-    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
-           f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
-           f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "--multirun",
+        *dataset(text_file),
+        *SMALL_CLUSTER,
+        f"model.path={tiny_checkpoint('llama')}",
+        'hydra.launcher.setup=["sleep 600"]',
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     # Without the sacct stand-in: sacct fails as on a cluster without accounting, where submitit alone would wait
     # forever on the cancelled job; the launcher must fall back to scontrol.
     stand_in = str(Path(slurm_cluster.env["SLURM_CONF"]).parent / "bin")
     path = ":".join(p for p in slurm_cluster.env["PATH"].split(":") if p != stand_in)
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env, "PATH": path},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**cli_env(), **slurm_cluster.env, "PATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         job_id = _wait_for_running(slurm_cluster, sweep_dir, proc)
         slurm_cluster.run("scancel", job_id)
@@ -180,13 +240,34 @@ def test_scancel_of_a_running_job_ends_the_sweep_with_an_error(slurm_cluster, ti
     assert status["status"] == "FAILED" and "CANCELLED" in status["error"]
 
 
-def _start_held_sweep(cluster: SlurmCluster, text_file: Path, checkpoint: Path, sweep_dir: Path, *overrides: str,
-                      env: Dict[str, str] | None = None) -> subprocess.Popen:
+def _start_held_sweep(
+    cluster: SlurmCluster,
+    text_file: Path,
+    checkpoint: Path,
+    sweep_dir: Path,
+    *overrides: str,
+    env: Dict[str, str] | None = None,
+) -> subprocess.Popen:
     """A sweep whose one job the setup line holds in RUNNING, so a signal always meets a running job."""
-    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER, f"model.path={checkpoint}",
-           'hydra.launcher.setup=["sleep 600"]', f"hydra.sweep.dir={sweep_dir}", *overrides]
-    return subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **cluster.env, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "run.py",
+        "--multirun",
+        *dataset(text_file),
+        *SMALL_CLUSTER,
+        f"model.path={checkpoint}",
+        'hydra.launcher.setup=["sleep 600"]',
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**cli_env(), **cluster.env, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
@@ -212,8 +293,9 @@ def test_interrupted_sweep_cancels_its_jobs(slurm_cluster, tiny_checkpoint, text
     assert slurm_cluster.job(job_id)["JobState"] in ("CANCELLED", "COMPLETING")
 
 
-def test_sigterm_cancels_the_jobs_and_a_second_signal_does_not_cut_the_cancel(slurm_cluster, tiny_checkpoint,
-                                                                                text_file, tmp_path):
+def test_sigterm_cancels_the_jobs_and_a_second_signal_does_not_cut_the_cancel(
+    slurm_cluster, tiny_checkpoint, text_file, tmp_path
+):
     # A slow scancel keeps the cleanup open, so the second and third signals land inside it.
     real = shutil.which("scancel", path=slurm_cluster.env["PATH"])
     stand_in = tmp_path / "bin" / "scancel"
@@ -221,8 +303,7 @@ def test_sigterm_cancels_the_jobs_and_a_second_signal_does_not_cut_the_cancel(sl
     stand_in.write_text(f'#!/bin/sh\ntouch {tmp_path}/scancel.started\nsleep 2\nexec {real} "$@"\n')
     stand_in.chmod(0o755)
     path = f"{stand_in.parent}:{slurm_cluster.env['PATH']}"
-    proc = _start_held_sweep(slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep",
-                             env={"PATH": path})
+    proc = _start_held_sweep(slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep", env={"PATH": path})
     try:
         job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
         proc.send_signal(signal.SIGTERM)
@@ -239,10 +320,10 @@ def test_sigterm_cancels_the_jobs_and_a_second_signal_does_not_cut_the_cancel(sl
     assert slurm_cluster.job(job_id)["JobState"] in ("CANCELLED", "COMPLETING")
 
 
-def test_sighup_with_cancel_on_exit_false_leaves_the_job_running(slurm_cluster, tiny_checkpoint, text_file,
-                                                                  tmp_path):
-    proc = _start_held_sweep(slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep",
-                             "hydra.launcher.cancel_on_exit=false")
+def test_sighup_with_cancel_on_exit_false_leaves_the_job_running(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
+    proc = _start_held_sweep(
+        slurm_cluster, text_file, tiny_checkpoint("llama"), tmp_path / "sweep", "hydra.launcher.cancel_on_exit=false"
+    )
     try:
         job_id = _wait_for_running(slurm_cluster, tmp_path / "sweep", proc)
         proc.send_signal(signal.SIGHUP)
@@ -270,12 +351,20 @@ def _wait_for_running(cluster: SlurmCluster, sweep_dir: Path, proc: subprocess.P
     raise AssertionError("the job never reached RUNNING")
 
 
-def test_dry_run_prints_sbatch_parameters_and_submits_nothing(slurm_cluster, tiny_checkpoint, text_file,
-                                                              wide_checkpoint, tmp_path):
-    proc = sweep(slurm_cluster, tmp_path / "sweep", *dataset(text_file), *SMALL_CLUSTER,
-                 f"model.path={tiny_checkpoint('llama')},{wide_checkpoint}", "hydra.launcher.dry_run=true",
-                 "hydra.launcher.partition=debug", "hydra.launcher.account=lab42",
-                 "+hydra.launcher.additional_parameters.comment=outliers")
+def test_dry_run_prints_sbatch_parameters_and_submits_nothing(
+    slurm_cluster, tiny_checkpoint, text_file, wide_checkpoint, tmp_path
+):
+    proc = sweep(
+        slurm_cluster,
+        tmp_path / "sweep",
+        *dataset(text_file),
+        *SMALL_CLUSTER,
+        f"model.path={tiny_checkpoint('llama')},{wide_checkpoint}",
+        "hydra.launcher.dry_run=true",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.account=lab42",
+        "+hydra.launcher.additional_parameters.comment=outliers",
+    )
     out = proc.stdout
     assert "2 jobs in 2 Slurm arrays; nothing submitted" in out
     assert out.count("#SBATCH --mem=") == 2
@@ -288,8 +377,15 @@ def test_dry_run_prints_sbatch_parameters_and_submits_nothing(slurm_cluster, tin
 
 
 def test_refused_sbatch_is_one_line_and_exit_2(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
-    proc = sweep(slurm_cluster, tmp_path / "sweep", *dataset(text_file), *SMALL_CLUSTER,
-                 f"model.path={tiny_checkpoint('llama')}", "hydra.launcher.partition=no_such_partition", check=False)
+    proc = sweep(
+        slurm_cluster,
+        tmp_path / "sweep",
+        *dataset(text_file),
+        *SMALL_CLUSTER,
+        f"model.path={tiny_checkpoint('llama')}",
+        "hydra.launcher.partition=no_such_partition",
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -301,8 +397,16 @@ def test_refused_sbatch_is_one_line_and_exit_2(slurm_cluster, tiny_checkpoint, t
 def test_stock_submitit_slurm_launcher_runs_our_app(slurm_cluster, tiny_checkpoint, text_file, tmp_path):
     sweep_dir = tmp_path / "sweep"
     ckpt = tiny_checkpoint("llama")
-    sweep(slurm_cluster, sweep_dir, *dataset(text_file), f"model.path={ckpt}", "hydra/launcher=submitit_slurm",
-          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5")
+    sweep(
+        slurm_cluster,
+        sweep_dir,
+        *dataset(text_file),
+        f"model.path={ckpt}",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=5",
+    )
     results = json.loads((job_dir(sweep_dir, 0) / "results.json").read_text())
     assert results["summary"]["num_outlier_features"] > 0
 
@@ -358,10 +462,14 @@ def test_bigger_models_and_longer_runs_ask_for_more():
     big = request(*planned("model=glm", "hardware=auto", "engine=resident"), launcher_params())[0]
     assert (big["mem_gb"], big["cpus_per_task"]) > (small["mem_gb"], small["cpus_per_task"])
     assert big["gres"] != small["gres"]
-    quick = request(*planned("model=olmoe", "hardware=auto", "engine=resident", "dataset.num_sequences=64"),
-                    launcher_params(min_timeout_min=1))[0]
-    long = request(*planned("model=olmoe", "hardware=auto", "engine=resident", "dataset.num_sequences=200000"),
-                   launcher_params(min_timeout_min=1))[0]
+    quick = request(
+        *planned("model=olmoe", "hardware=auto", "engine=resident", "dataset.num_sequences=64"),
+        launcher_params(min_timeout_min=1),
+    )[0]
+    long = request(
+        *planned("model=olmoe", "hardware=auto", "engine=resident", "dataset.num_sequences=200000"),
+        launcher_params(min_timeout_min=1),
+    )[0]
     assert long["timeout_min"] > quick["timeout_min"]
 
 
@@ -385,16 +493,32 @@ def test_preempted_job_is_reported_not_waited_on(slurm_cluster, tiny_checkpoint,
     cpus = str(len(os.sched_getaffinity(0)))
     # The job takes every CPU of the node in the low-priority partition, so an "urgent" job must preempt it
     # (PreemptMode=CANCEL: no requeue, the job stays PREEMPTED).
-    cmd = [sys.executable, "run.py", "--multirun", *dataset(text_file), *SMALL_CLUSTER,
-           f"model.path={tiny_checkpoint('llama')}", 'hydra.launcher.setup=["sleep 600"]',
-           "hydra.launcher.partition=debug", f"hydra.launcher.cpus_cpu_job={cpus}",
-           "hydra.launcher.preempted_grace_s=3", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "run.py",
+        "--multirun",
+        *dataset(text_file),
+        *SMALL_CLUSTER,
+        f"model.path={tiny_checkpoint('llama')}",
+        'hydra.launcher.setup=["sleep 600"]',
+        "hydra.launcher.partition=debug",
+        f"hydra.launcher.cpus_cpu_job={cpus}",
+        "hydra.launcher.preempted_grace_s=3",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env={**cli_env(), **slurm_cluster.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         _wait_for_running(slurm_cluster, sweep_dir, proc)
-        slurm_cluster.run("sbatch", "--partition=urgent", f"--cpus-per-task={cpus}", "--mem=64M",
-                          f"--output={tmp_path / 'urgent.out'}", "--wrap=true")
+        slurm_cluster.run(
+            "sbatch",
+            "--partition=urgent",
+            f"--cpus-per-task={cpus}",
+            "--mem=64M",
+            f"--output={tmp_path / 'urgent.out'}",
+            "--wrap=true",
+        )
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -419,9 +543,16 @@ def _without_slurm(tmp_path: Path) -> dict:
 
 
 def test_dry_run_off_cluster_prints_each_jobs_sbatch_parameters(tmp_path):
-    proc = run_cli("--multirun", "model=olmoe,qwen3", "hardware=auto", "hydra/launcher=slurm",
-                   "hydra.launcher.partition=gpu", "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path / 's'}",
-                   env=_without_slurm(tmp_path))
+    proc = run_cli(
+        "--multirun",
+        "model=olmoe,qwen3",
+        "hardware=auto",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.dry_run=true",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        env=_without_slurm(tmp_path),
+    )
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "2 jobs in 2 Slurm arrays; nothing submitted" in proc.stdout
     assert "#0 model=olmoe hardware=auto" in proc.stdout and "#1 model=qwen3 hardware=auto" in proc.stdout
@@ -429,10 +560,18 @@ def test_dry_run_off_cluster_prints_each_jobs_sbatch_parameters(tmp_path):
 
 
 def test_real_run_off_cluster_says_it_needs_a_login_node(tmp_path):
-    proc = run_cli("--multirun", "model=olmoe,qwen3", "hardware=auto", "hydra/launcher=slurm",
-                   "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 's'}", check=False,
-                   env=_without_slurm(tmp_path))
+    proc = run_cli(
+        "--multirun",
+        "model=olmoe,qwen3",
+        "hardware=auto",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        check=False,
+        env=_without_slurm(tmp_path),
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
         "error: hydra/launcher=slurm needs a Slurm login node (sbatch and srun are not on PATH here): run the sweep "
-        "there, or preview its jobs here with hydra.launcher.dry_run=true"], proc.stderr[-3000:]
+        "there, or preview its jobs here with hydra.launcher.dry_run=true"
+    ], proc.stderr[-3000:]

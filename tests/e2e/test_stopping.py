@@ -1,4 +1,5 @@
 """Stopping a run with a real signal: one line that says what was kept, the shell's exit code, no traceback."""
+
 from __future__ import annotations
 
 import signal
@@ -17,8 +18,14 @@ def test_ctrl_c_during_a_local_run_is_one_line_and_exit_130(tiny_checkpoint, tex
     run_dir = tmp_path / "run"
     # Enough windows that the analysis is still running when the signal lands.
     overrides = tiny_job_overrides(tiny_checkpoint("llama"), text_file, run_dir, num_sequences=1600, seq_len=128)
-    proc = subprocess.Popen([sys.executable, "run.py", *overrides], cwd=REPO, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *overrides],
+        cwd=REPO,
+        env=cli_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         log = run_dir / "run.log"

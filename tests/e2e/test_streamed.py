@@ -1,15 +1,16 @@
 """The streamed engine through the real CLI: the same results as the resident engine, partial reads, bad input."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from tests.support.checkpoints import ARCHITECTURES, as_pytorch_bin, build_tiny_checkpoint
-from tests.support.cli import run_cli, tiny_job_overrides
 from safetensors import safe_open
 
 from outlier_lab.results import read_per_sequence
+from tests.support.checkpoints import ARCHITECTURES, as_pytorch_bin, build_tiny_checkpoint
+from tests.support.cli import run_cli, tiny_job_overrides
 
 # Half the architectures are saved as several shards plus an index, half as one model.safetensors.
 SHARDED = {"olmoe", "glm4_moe", "gpt_oss"}
@@ -22,8 +23,9 @@ def checkpoints(tmp_path_factory):
 
     def get(arch: str, sharded: bool) -> Path:
         if (arch, sharded) not in built:
-            built[arch, sharded] = build_tiny_checkpoint(arch, root / f"{arch}_{'sharded' if sharded else 'single'}",
-                                                         max_shard_size="200KB" if sharded else None)
+            built[arch, sharded] = build_tiny_checkpoint(
+                arch, root / f"{arch}_{'sharded' if sharded else 'single'}", max_shard_size="200KB" if sharded else None
+            )
         return built[arch, sharded]
 
     return get
@@ -31,8 +33,15 @@ def checkpoints(tmp_path_factory):
 
 def both_engines(checkpoint: Path, text: Path, out: Path, *overrides: str):
     """One multirun over engine=resident,streamed on the same tokens; the two results directories."""
-    run_cli("--multirun", *tiny_job_overrides(checkpoint, text, num_sequences=5, seq_len=32), "dataset.batch_size=2",
-            "engine=resident,streamed", f"hydra.sweep.dir={out}", "hydra.sweep.subdir=${engine.name}", *overrides)
+    run_cli(
+        "--multirun",
+        *tiny_job_overrides(checkpoint, text, num_sequences=5, seq_len=32),
+        "dataset.batch_size=2",
+        "engine=resident,streamed",
+        f"hydra.sweep.dir={out}",
+        "hydra.sweep.subdir=${engine.name}",
+        *overrides,
+    )
     return out / "resident", out / "streamed"
 
 
@@ -68,8 +77,9 @@ def test_streamed_gives_the_resident_results(arch, checkpoints, text_file, tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "gpt_oss"])
 def test_streamed_layer_subset_matches_and_stops_after_the_last_block(arch, checkpoints, text_file, tmp_path):
-    resident, streamed = both_engines(checkpoints(arch, arch in SHARDED), text_file, tmp_path,
-                                      "detector.layers=[1,3,5]")
+    resident, streamed = both_engines(
+        checkpoints(arch, arch in SHARDED), text_file, tmp_path, "detector.layers=[1,3,5]"
+    )
     results = assert_same_results(resident, streamed)
     assert results["detector"]["layers"] == [1, 3, 5]
     assert results["engine"]["blocks_run"] == [0, 1, 2, 3, 4, 5]  # blocks 6 and 7 are never read
@@ -82,7 +92,8 @@ def _expected_reads(checkpoint: Path, blocks) -> tuple[int, int]:
         with safe_open(str(path), "pt") as f:
             for key in f.keys():
                 wanted = key in ("model.embed_tokens.weight", "model.norm.weight") or any(
-                    key.startswith(f"model.layers.{b}.") for b in blocks)
+                    key.startswith(f"model.layers.{b}.") for b in blocks
+                )
                 if wanted:
                     tensor = f.get_tensor(key)
                     count += 1
@@ -95,8 +106,11 @@ def test_block_reads_are_partial(checkpoints, text_file, tmp_path):
     checkpoint = checkpoints("llama", True)
     for layers, blocks in (("[0]", [0]), ("[2]", [0, 1, 2])):
         out = tmp_path / layers.strip("[]")
-        run_cli(*tiny_job_overrides(checkpoint, text_file, out, num_sequences=2, seq_len=32), "engine=streamed",
-                f"detector.layers={layers}")
+        run_cli(
+            *tiny_job_overrides(checkpoint, text_file, out, num_sequences=2, seq_len=32),
+            "engine=streamed",
+            f"detector.layers={layers}",
+        )
         engine = json.loads((out / "results.json").read_text())["engine"]
         assert engine["blocks_run"] == blocks
         # Exactly these tensors and bytes: nothing of a later block, no LM head.
@@ -108,8 +122,11 @@ def test_non_safetensors_checkpoint(checkpoints, text_file, tmp_path):
     checkpoint = as_pytorch_bin(checkpoints("llama", False), tmp_path / "bin_checkpoint")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (checkpoint / name).write_bytes((checkpoints("llama", False) / name).read_bytes())
-    refused = run_cli(*tiny_job_overrides(checkpoint, text_file, tmp_path / "streamed", num_sequences=2, seq_len=32),
-                      "engine=streamed", check=False)
+    refused = run_cli(
+        *tiny_job_overrides(checkpoint, text_file, tmp_path / "streamed", num_sequences=2, seq_len=32),
+        "engine=streamed",
+        check=False,
+    )
     assert refused.returncode == 2
     error = refused.stderr.strip().splitlines()
     assert len(error) == 1 and "safetensors" in error[0] and "engine=resident" in error[0], refused.stderr[-2000:]

@@ -12,6 +12,7 @@ Faults are queued per route ("offers", "create", "attach", "get", "list", "destr
 documented 4xx refusal), "402" / "403" (RunPod create: no balance / no access to that pool), "lost" (carry the call out, then drop the connection unanswered), "hang" (carry it out, then
 stay silent for hang_s so the client times out); `always:FAULT` makes one stick.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,31 +28,75 @@ from urllib.parse import parse_qs, urlparse
 from tests.services.openapi_check import DOCS, OpenApiDoc, rate_limits
 
 
-def runpod_gpu(gpu_id: str, name: str, manufacturer: str, memory: int, price: float, max_count: int = 8,
-               stock: Optional[int] = None, cuda: Sequence[str] = ("12.4", "12.8", "13.0")) -> dict:
+def runpod_gpu(
+    gpu_id: str,
+    name: str,
+    manufacturer: str,
+    memory: int,
+    price: float,
+    max_count: int = 8,
+    stock: Optional[int] = None,
+    cuda: Sequence[str] = ("12.4", "12.8", "13.0"),
+) -> dict:
     """A GpuType entry as in the list-gpu-types example. `stock` (not part of the answer): the most GPUs of this
     type one pod can get now; maxCount is only the ceiling (None: maxCount). `cuda`: the CUDA versions its hosts
     run, answered as cudaVersions."""
-    return {"id": gpu_id, "name": name, "pool": None, "manufacturer": manufacturer, "memory": memory,
-            "secure": True, "community": False, "price": {"secure": price, "community": price},
-            "maxCount": {"secure": max_count, "community": 0}, "availability": "HIGH",
-            "dataCenters": [{"id": "US-KS-2", "name": "US Kansas 2", "availability": "HIGH"}],
-            "cudaVersions": [{"version": v, "available": True} for v in cuda],
-            "_stock": max_count if stock is None else stock}
+    return {
+        "id": gpu_id,
+        "name": name,
+        "pool": None,
+        "manufacturer": manufacturer,
+        "memory": memory,
+        "secure": True,
+        "community": False,
+        "price": {"secure": price, "community": price},
+        "maxCount": {"secure": max_count, "community": 0},
+        "availability": "HIGH",
+        "dataCenters": [{"id": "US-KS-2", "name": "US Kansas 2", "availability": "HIGH"}],
+        "cudaVersions": [{"version": v, "available": True} for v in cuda],
+        "_stock": max_count if stock is None else stock,
+    }
 
 
-def vast_offer(offer_id: int, gpu_name: str, gpu_arch: str, num_gpus: int, gpu_ram_mb: int, cpu_ram_mb: int,
-               disk_gb: float, dph_total: float, cuda_max_good: float = 12.8, reliability: float = 0.999,
-               min_bid: Optional[float] = None) -> dict:
+def vast_offer(
+    offer_id: int,
+    gpu_name: str,
+    gpu_arch: str,
+    num_gpus: int,
+    gpu_ram_mb: int,
+    cpu_ram_mb: int,
+    disk_gb: float,
+    dph_total: float,
+    cuda_max_good: float = 12.8,
+    reliability: float = 0.999,
+    min_bid: Optional[float] = None,
+) -> dict:
     """An offer with the fields of the search-offers example. dph_total is the price with no storage; the search
     adds storage_cost ($/GB/month) for allocated_storage, as the real search does."""
-    return {"id": offer_id, "ask_contract_id": offer_id, "gpu_name": gpu_name, "gpu_arch": gpu_arch,
-            "num_gpus": num_gpus, "gpu_ram": gpu_ram_mb, "gpu_total_ram": gpu_ram_mb * num_gpus,
-            "cpu_ram": cpu_ram_mb, "disk_space": disk_gb, "dph_base": dph_total, "dph_total": dph_total,
-            "inet_down": 900.5, "geolocation": "Atlantis, AT", "reliability": reliability, "rentable": True,
-            "rented": False, "verification": "verified", "compute_cap": 890, "cuda_max_good": cuda_max_good,
-            "storage_cost": 0.15, "is_bid": False,
-            "min_bid": round(dph_total * 0.4, 4) if min_bid is None else min_bid}
+    return {
+        "id": offer_id,
+        "ask_contract_id": offer_id,
+        "gpu_name": gpu_name,
+        "gpu_arch": gpu_arch,
+        "num_gpus": num_gpus,
+        "gpu_ram": gpu_ram_mb,
+        "gpu_total_ram": gpu_ram_mb * num_gpus,
+        "cpu_ram": cpu_ram_mb,
+        "disk_space": disk_gb,
+        "dph_base": dph_total,
+        "dph_total": dph_total,
+        "inet_down": 900.5,
+        "geolocation": "Atlantis, AT",
+        "reliability": reliability,
+        "rentable": True,
+        "rented": False,
+        "verification": "verified",
+        "compute_cap": 890,
+        "cuda_max_good": cuda_max_good,
+        "storage_cost": 0.15,
+        "is_bid": False,
+        "min_bid": round(dph_total * 0.4, 4) if min_bid is None else min_bid,
+    }
 
 
 def _dead_port() -> int:
@@ -93,8 +138,10 @@ class FakeCloud:
         self._next_id = 1000
         self._last_call: Dict[tuple, float] = {}
         self.server: Optional[ThreadingHTTPServer] = None
-        self.docs = {"runpod": OpenApiDoc(DOCS / "runpod" / "openapi.json", "urn:runpod-openapi"),
-                     "vast": OpenApiDoc(DOCS / "vast" / "openapi.yaml", "urn:vast-openapi")}
+        self.docs = {
+            "runpod": OpenApiDoc(DOCS / "runpod" / "openapi.json", "urn:runpod-openapi"),
+            "vast": OpenApiDoc(DOCS / "vast" / "openapi.yaml", "urn:vast-openapi"),
+        }
         self.vast_limits = rate_limits(DOCS / "vast" / "yaml")
 
     # control ---------------------------------------------------------------------------------------------------
@@ -144,10 +191,17 @@ class FakeCloud:
             self._next_id += 1
             iid = f"pod{self._next_id}" if provider == "runpod" else str(self._next_id)
             port = _dead_port() if self.ssh_never_up else self.ssh[1]
-            self.instances[iid] = {"id": iid, "provider": provider, "name": name, "spec": spec,
-                                   "public_key": public_key, "polls": self.start_polls if not started else 0,
-                                   "status": "running" if started else "starting", "port": port,
-                                   "fate": self.fate}
+            self.instances[iid] = {
+                "id": iid,
+                "provider": provider,
+                "name": name,
+                "spec": spec,
+                "public_key": public_key,
+                "polls": self.start_polls if not started else 0,
+                "status": "running" if started else "starting",
+                "port": port,
+                "fate": self.fate,
+            }
         return iid
 
     def _poll(self, iid: str) -> Optional[dict]:
@@ -164,21 +218,52 @@ class FakeCloud:
     def runpod_pod(self, inst: dict) -> dict:
         """A Pod object (schema Pod): ssh.direct, runtime and startedAt are null until the pod runs."""
         running = inst["status"] == "running"
-        direct = {"host": self.ssh[0], "port": inst["port"], "username": self.ssh[2],
-                  "command": f"ssh {self.ssh[2]}@{self.ssh[0]} -p {inst['port']}"} if running else None
+        direct = (
+            {
+                "host": self.ssh[0],
+                "port": inst["port"],
+                "username": self.ssh[2],
+                "command": f"ssh {self.ssh[2]}@{self.ssh[0]} -p {inst['port']}",
+            }
+            if running
+            else None
+        )
         spec = inst["spec"]
         gpu = {k: v for k, v in (spec.get("gpu") or {"id": "NVIDIA L4", "count": 1}).items() if k in ("id", "count")}
         status = {"starting": "PROVISIONING", "running": "RUNNING", "exited": "EXITED"}.get(inst["status"], "ERROR")
-        return {"id": inst["id"], "name": inst["name"], "image": spec.get("image", "runpod/pytorch"), "args": "",
-                "disk": spec.get("disk", 50), "ports": spec.get("ports", ["22/tcp"]), "env": {}, "registry": None,
-                "status": status, "actions": ["stop", "terminate"], "mounts": {}, "gpu": gpu, "cloud": "SECURE",
-                "dataCenterId": "US-KS-2", "cudaVersion": inst.get("cuda"),
-                "ssh": {"proxy": {"host": "ssh.runpod.io", "port": 22, "username": f"{inst['id']}-64411eb2",
-                                  "command": f"ssh {inst['id']}-64411eb2@ssh.runpod.io"}, "direct": direct},
-                "template": None, "cost": spec.get("cost", 0.0), "locked": False,
-                "globalNetworking": {"enabled": False},
-                "runtime": {"uptime": 5} if running else None, "createdAt": "2026-06-01T12:00:00Z",
-                "startedAt": "2026-06-01T12:00:30Z" if running else None}
+        return {
+            "id": inst["id"],
+            "name": inst["name"],
+            "image": spec.get("image", "runpod/pytorch"),
+            "args": "",
+            "disk": spec.get("disk", 50),
+            "ports": spec.get("ports", ["22/tcp"]),
+            "env": {},
+            "registry": None,
+            "status": status,
+            "actions": ["stop", "terminate"],
+            "mounts": {},
+            "gpu": gpu,
+            "cloud": "SECURE",
+            "dataCenterId": "US-KS-2",
+            "cudaVersion": inst.get("cuda"),
+            "ssh": {
+                "proxy": {
+                    "host": "ssh.runpod.io",
+                    "port": 22,
+                    "username": f"{inst['id']}-64411eb2",
+                    "command": f"ssh {inst['id']}-64411eb2@ssh.runpod.io",
+                },
+                "direct": direct,
+            },
+            "template": None,
+            "cost": spec.get("cost", 0.0),
+            "locked": False,
+            "globalNetworking": {"enabled": False},
+            "runtime": {"uptime": 5} if running else None,
+            "createdAt": "2026-06-01T12:00:00Z",
+            "startedAt": "2026-06-01T12:00:30Z" if running else None,
+        }
 
     def vast_instance(self, inst: dict, ports: str) -> dict:
         """An instance object (schema Instance). actual_status is null while it is provisioning, though cur_state
@@ -189,12 +274,21 @@ class FakeCloud:
         provisioning = status == "starting"
         direct = ports == "dict"
         bindings = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(inst["port"])}]}
-        return {"id": int(inst["id"]), "label": inst["name"], "actual_status": None if provisioning else status,
-                "cur_state": "running", "intended_status": "running", "next_state": "running",
-                "public_ipaddr": self.ssh[0], "ssh_host": self.ssh[0] if not direct else "127.0.0.2",
-                "ssh_port": inst["port"] if not direct else _dead_port(), "ssh_idx": "4",
-                "dph_total": inst["spec"].get("cost", 0.0), "is_bid": "price" in inst["spec"],
-                "ports": (bindings if not provisioning else None) if direct else [22]}
+        return {
+            "id": int(inst["id"]),
+            "label": inst["name"],
+            "actual_status": None if provisioning else status,
+            "cur_state": "running",
+            "intended_status": "running",
+            "next_state": "running",
+            "public_ipaddr": self.ssh[0],
+            "ssh_host": self.ssh[0] if not direct else "127.0.0.2",
+            "ssh_port": inst["port"] if not direct else _dead_port(),
+            "ssh_idx": "4",
+            "dph_total": inst["spec"].get("cost", 0.0),
+            "is_bid": "price" in inst["spec"],
+            "ports": (bindings if not provisioning else None) if direct else [22],
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -215,8 +309,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, provider: str, status: int, text: str) -> None:
         if provider == "runpod":  # ErrorResponse, application/problem+json
-            self._send(status, {"title": text.split(":")[0], "status": status, "detail": text},
-                       "application/problem+json")
+            self._send(
+                status, {"title": text.split(":")[0], "status": status, "detail": text}, "application/problem+json"
+            )
         elif status == 429:  # rate-limits-and-errors.mdx: plain text, no Retry-After
             self._send(429, f"API requests too frequent: {text}", "text/plain")
         else:
@@ -263,8 +358,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "fail":
             return self._error(provider, 400, f"Bad Request: {route} refused (injected)")
         if fault in ("402", "403"):
-            return self._error(provider, int(fault), {"402": "Payment Required: insufficient balance",
-                                                      "403": "Forbidden: no access to this pool"}[fault])
+            return self._error(
+                provider,
+                int(fault),
+                {"402": "Payment Required: insufficient balance", "403": "Forbidden: no access to this pool"}[fault],
+            )
         handler = getattr(self, f"_{provider}_{route}")
         status, answer = handler(iid, body, query)
         cloud.violations.extend(f"fake answer: {p}" for p in doc.check_response(method, template, status, answer))
@@ -376,16 +474,23 @@ class _Handler(BaseHTTPRequestHandler):
             if column not in self.cloud.vast_offers[0] if self.cloud.vast_offers else False:
                 self.cloud.unserved.append(f"vast search: order by {column!r}")
             found.sort(key=lambda o: o.get(column) or 0, reverse=direction == "desc")
-        return 200, {"offers": found[:int(body.get("limit", 64))]}
+        return 200, {"offers": found[: int(body.get("limit", 64))]}
 
     def _matches(self, offer: dict, key: str, rule: dict) -> bool:
         value = offer["verification"] == "verified" if key == "verified" else offer.get(key, _MISSING)
         if value is _MISSING:
             self.cloud.unserved.append(f"vast search: filter on {key!r}, a field the fake's offers lack")
             return True
-        tests = {"eq": lambda a, b: a == b, "neq": lambda a, b: a != b, "gt": lambda a, b: a > b,
-                 "lt": lambda a, b: a < b, "gte": lambda a, b: a >= b, "lte": lambda a, b: a <= b,
-                 "in": lambda a, b: a in b, "notin": lambda a, b: a not in b}
+        tests = {
+            "eq": lambda a, b: a == b,
+            "neq": lambda a, b: a != b,
+            "gt": lambda a, b: a > b,
+            "lt": lambda a, b: a < b,
+            "gte": lambda a, b: a >= b,
+            "lte": lambda a, b: a <= b,
+            "in": lambda a, b: a in b,
+            "notin": lambda a, b: a not in b,
+        }
         for op, operand in rule.items():
             if op not in tests:
                 self.cloud.violations.append(f"vast search: {key}: unknown operator {op!r}")
@@ -425,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _vast_list(self, _iid, _body, query):
         alive = [self.cloud.vast_instance(i, "dict") for i in self.cloud.alive() if i["provider"] == "vast"]
         start = int(query.get("after_token", ["0"])[0])
-        page = alive[start:start + 25]
+        page = alive[start : start + 25]
         more = start + 25 < len(alive)
         answer = {"success": True, "instances_found": len(page), "total_instances": len(alive), "instances": page}
         if more:
@@ -433,8 +538,12 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, answer
 
     def _vast_destroy(self, iid, _body, _query):
-        return self._destroy(iid, 200, {"success": True, "msg": "Instance destroyed successfully"},
-                             (404, {"success": False, "error": "not_found", "msg": "Instance not found"}))
+        return self._destroy(
+            iid,
+            200,
+            {"success": True, "msg": "Instance destroyed successfully"},
+            (404, {"success": False, "error": "not_found", "msg": "Instance not found"}),
+        )
 
 
 _MISSING = object()
@@ -445,11 +554,17 @@ def _version(text: str) -> tuple:
 
 
 ROUTES = [
-    ("GET", r"/v2/catalog/gpus", "offers"), ("POST", r"/v2/pods", "create"), ("GET", r"/v2/pods", "list"),
-    ("GET", r"/v2/pods/([^/]+)", "get"), ("DELETE", r"/v2/pods/([^/]+)", "destroy"),
-    ("POST", r"/api/v0/bundles/?", "offers"), ("PUT", r"/api/v0/asks/(\d+)/?", "create"),
-    ("POST", r"/api/v0/instances/(\d+)/ssh/?", "attach"), ("GET", r"/api/v0/instances/(\d+)/?", "get"),
-    ("GET", r"/api/v1/instances/?", "list"), ("DELETE", r"/api/v0/instances/(\d+)/?", "destroy"),
+    ("GET", r"/v2/catalog/gpus", "offers"),
+    ("POST", r"/v2/pods", "create"),
+    ("GET", r"/v2/pods", "list"),
+    ("GET", r"/v2/pods/([^/]+)", "get"),
+    ("DELETE", r"/v2/pods/([^/]+)", "destroy"),
+    ("POST", r"/api/v0/bundles/?", "offers"),
+    ("PUT", r"/api/v0/asks/(\d+)/?", "create"),
+    ("POST", r"/api/v0/instances/(\d+)/ssh/?", "attach"),
+    ("GET", r"/api/v0/instances/(\d+)/?", "get"),
+    ("GET", r"/api/v1/instances/?", "list"),
+    ("DELETE", r"/api/v0/instances/(\d+)/?", "destroy"),
 ]
 
 

@@ -31,6 +31,7 @@ them with that error, as the CDN answers a signed URL that expired).
 Repositories live in ROOT/{models,datasets}/ORG/NAME/: repo.json ({"gated": bool, "accepted": bool,
 "branches": {name: sha}, "tags": {name: sha}}) and commits/SHA/<files>; `publish()` adds a commit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlparse
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-_API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)(?:/(revision|tree|paths-info|xet-read-token)/([^/]+)(/.*)?"
-                  r"|/(refs))?$")
+_API = re.compile(
+    r"^/api/(models|datasets)/([^/]+/[^/]+)(?:/(revision|tree|paths-info|xet-read-token)/([^/]+)(/.*)?"
+    r"|/(refs))?$"
+)
 _RESOLVE = re.compile(r"^/(?:(datasets)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 # Where "LFS" files are redirected, like the hub's CDN (whose URLs are signed, so they need no token).
 _CDN = re.compile(r"^/_cdn/(models|datasets)/([^/]+/[^/]+)/([0-9a-f]{40})/(.+)$")
@@ -71,17 +74,26 @@ def _xet_upload(root: Path, tree: Path) -> Dict[str, str]:
 
     paths = [p for p in sorted(tree.rglob("*")) if p.is_file() and p.stat().st_size >= _LFS_MIN_BYTES]
     hashes = {}
-    with hf_xet.XetSession().new_upload_commit(endpoint=_xet_cas(root), token="emulator",
-                                               token_expiry_unix_secs=2**31 - 1) as commit:
+    with hf_xet.XetSession().new_upload_commit(
+        endpoint=_xet_cas(root), token="emulator", token_expiry_unix_secs=2**31 - 1
+    ) as commit:
         handles = {str(p.relative_to(tree)): commit.start_upload_file(str(p.resolve())) for p in paths}
     for rel, handle in handles.items():
         hashes[rel] = handle.result().xet_info.hash
     return hashes
 
 
-def publish(root: Path, repo_id: str, source: Path, repo_type: str = "models", branch: str = "main",
-            tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None,
-            xet: bool = False) -> str:
+def publish(
+    root: Path,
+    repo_id: str,
+    source: Path,
+    repo_type: str = "models",
+    branch: str = "main",
+    tags: Iterable[str] = (),
+    gated: Optional[bool] = None,
+    accepted: Optional[bool] = None,
+    xet: bool = False,
+) -> str:
     """Add the files under `source` as a new commit of `repo_id` on `branch` (and `tags`); returns the commit sha.
 
     `xet`: the repo is stored on Xet, like most large repos on huggingface.co: its LFS-sized files also go into the
@@ -207,11 +219,25 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization")
         state = None if auth is None else ("valid" if self.hub.authorized(auth) else "invalid")
         with self.hub.lock:
-            self.hub.log.append(dict(method=self.command, path=urlparse(self.path).path, status=status,
-                                     bytes=nbytes, range=self.headers.get("Range"), auth=state, host=self.role))
+            self.hub.log.append(
+                dict(
+                    method=self.command,
+                    path=urlparse(self.path).path,
+                    status=status,
+                    bytes=nbytes,
+                    range=self.headers.get("Range"),
+                    auth=state,
+                    host=self.role,
+                )
+            )
 
-    def _send(self, status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: Optional[Dict[str, str]] = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for key, value in (headers or {}).items():
@@ -234,8 +260,12 @@ class Handler(BaseHTTPRequestHandler):
         if not self.hub.authorized(auth):
             raise HubError(401, "", "Invalid credentials in Authorization header")
         if meta.get("accepted") is False:
-            raise HubError(403, "GatedRepo", "Access to this repo is restricted and you are not in the authorized "
-                                             "list. Visit its page to ask for access.")
+            raise HubError(
+                403,
+                "GatedRepo",
+                "Access to this repo is restricted and you are not in the authorized "
+                "list. Visit its page to ask for access.",
+            )
 
     def do_HEAD(self):
         self._dispatch()
@@ -291,9 +321,15 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_emulator/fault" and self.command == "POST":
             fault = json.loads(self._body())
             with self.hub.lock:
-                self.hub.faults.append(dict(path=fault["path"], drop_after=fault.get("drop_after"),
-                                            status=fault.get("status"), times=int(fault.get("times", 1)),
-                                            skip=int(fault.get("skip", 0))))
+                self.hub.faults.append(
+                    dict(
+                        path=fault["path"],
+                        drop_after=fault.get("drop_after"),
+                        status=fault.get("status"),
+                        times=int(fault.get("times", 1)),
+                        skip=int(fault.get("skip", 0)),
+                    )
+                )
             return self._send(200, b"{}")
         raise HubError(404, "", f"no control {path}")
 
@@ -301,9 +337,16 @@ class Handler(BaseHTTPRequestHandler):
         repo_type, repo_id, kind, revision, sub, refs = match.groups()
         if refs:
             _, meta = self.hub.repo(repo_type, repo_id)
-            return self._json({group: [{"name": n, "ref": f"refs/{'heads' if group == 'branches' else 'tags'}/{n}",
-                                         "targetCommit": s} for n, s in meta[group].items()]
-                               for group in ("branches", "tags")} | {"converts": []})
+            return self._json(
+                {
+                    group: [
+                        {"name": n, "ref": f"refs/{'heads' if group == 'branches' else 'tags'}/{n}", "targetCommit": s}
+                        for n, s in meta[group].items()
+                    ]
+                    for group in ("branches", "tags")
+                }
+                | {"converts": []}
+            )
         try:
             tree, sha, meta = self.hub.commit(repo_type, repo_id, revision or "main")
         except HubError as err:
@@ -314,20 +357,40 @@ class Handler(BaseHTTPRequestHandler):
             # A short-lived CAS token, in headers (huggingface_hub) and the JSON body (hf_xet's own refresh).
             self._check_access(meta)
             expires = int(time.time()) + 3600
-            return self._json({"casUrl": _xet_cas(self.hub.root), "accessToken": "xet-emulator", "exp": expires},
-                              headers={"X-Xet-Cas-Url": _xet_cas(self.hub.root), "X-Xet-Access-Token": "xet-emulator",
-                                       "X-Xet-Token-Expiration": str(expires)})
+            return self._json(
+                {"casUrl": _xet_cas(self.hub.root), "accessToken": "xet-emulator", "exp": expires},
+                headers={
+                    "X-Xet-Cas-Url": _xet_cas(self.hub.root),
+                    "X-Xet-Access-Token": "xet-emulator",
+                    "X-Xet-Token-Expiration": str(expires),
+                },
+            )
         if kind in (None, "revision"):
             self._body()
             files = sorted(p for p in tree.rglob("*") if p.is_file())
             siblings = []
             for path in files:
                 entry = _entry(tree, path)
-                siblings.append(dict(rfilename=entry["path"], size=entry["size"], blobId=entry["oid"],
-                                     **({"lfs": _sibling_lfs(entry["lfs"])} if "lfs" in entry else {})))
-            info = dict(id=repo_id, sha=sha, private=False, gated="manual" if meta.get("gated") else False,
-                        disabled=False, lastModified="2026-01-01T00:00:00.000Z", tags=[], downloads=0, likes=0,
-                        siblings=siblings)
+                siblings.append(
+                    dict(
+                        rfilename=entry["path"],
+                        size=entry["size"],
+                        blobId=entry["oid"],
+                        **({"lfs": _sibling_lfs(entry["lfs"])} if "lfs" in entry else {}),
+                    )
+                )
+            info = dict(
+                id=repo_id,
+                sha=sha,
+                private=False,
+                gated="manual" if meta.get("gated") else False,
+                disabled=False,
+                lastModified="2026-01-01T00:00:00.000Z",
+                tags=[],
+                downloads=0,
+                likes=0,
+                siblings=siblings,
+            )
             if repo_type == "models":
                 info["modelId"] = repo_id
             return self._json(info)
@@ -364,13 +427,21 @@ class Handler(BaseHTTPRequestHandler):
             return self._file(tree, sha, file_path)
         cdn_path = f"/_cdn/{repo_type}/{repo_id}/{sha}/{file_path}"
         location = f"{self.hub.cdn_origin}{cdn_path}?sig={self.hub.signature(unquote(cdn_path))}"
-        headers = {"Location": location, "X-Repo-Commit": sha, "X-Linked-Size": str(size),
-                   "X-Linked-Etag": f'"{_etag(target.read_bytes())}"'}
+        headers = {
+            "Location": location,
+            "X-Repo-Commit": sha,
+            "X-Linked-Size": str(size),
+            "X-Linked-Etag": f'"{_etag(target.read_bytes())}"',
+        }
         xet_hashes = tree.parent.parent / "xet" / f"{sha}.json"
         if meta.get("xet") is not False and xet_hashes.is_file():
             refresh = f"http://{self.headers.get('Host')}/api/{repo_type}/{repo_id}/xet-read-token/{sha}"
-            headers.update({"X-Xet-Hash": json.loads(xet_hashes.read_text())[unquote(file_path)],
-                            "Link": f'<{refresh}>; rel="xet-auth"'})
+            headers.update(
+                {
+                    "X-Xet-Hash": json.loads(xet_hashes.read_text())[unquote(file_path)],
+                    "Link": f'<{refresh}>; rel="xet-auth"',
+                }
+            )
         return self._send(302, b"", headers)
 
     def _file(self, tree: Path, sha: str, file_path: str) -> None:
@@ -392,7 +463,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(416, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        body = data[start:end + 1]
+        body = data[start : end + 1]
         fault = self.hub.take_fault(file_path) if self.command == "GET" else None
         if fault is None:
             return self._send(status, body, headers, "application/octet-stream")
@@ -401,8 +472,11 @@ class Handler(BaseHTTPRequestHandler):
         drop_after = int(fault["drop_after"])
         # The cut: promise the whole body, send part of it, then close the connection.
         self.send_response(status)
-        for key, value in {**headers, "Content-Type": "application/octet-stream",
-                           "Content-Length": str(len(body))}.items():
+        for key, value in {
+            **headers,
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(body)),
+        }.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body[:drop_after])

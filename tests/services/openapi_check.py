@@ -1,4 +1,5 @@
 """Check one HTTP request (and the answer to it) against a provider's published OpenAPI 3.1 document."""
+
 from __future__ import annotations
 
 import json
@@ -46,13 +47,20 @@ class OpenApiDoc:
             match = re.fullmatch(pattern, bare)
             if match:
                 if method.lower() not in self.doc["paths"][template]:
-                    return None, None, [f"{method} {path}: the document has no {method} on {template} "
-                                        f"(only {', '.join(m.upper() for m in self.doc['paths'][template] if m in METHODS)})"]
+                    return (
+                        None,
+                        None,
+                        [
+                            f"{method} {path}: the document has no {method} on {template} "
+                            f"(only {', '.join(m.upper() for m in self.doc['paths'][template] if m in METHODS)})"
+                        ],
+                    )
                 return template, match.groupdict(), []
         return None, None, [f"{method} {path}: no such path in the document"]
 
-    def check_request(self, method: str, path: str, query: Dict[str, List[str]], body: Any,
-                      has_body: bool) -> Tuple[Optional[str], List[str]]:
+    def check_request(
+        self, method: str, path: str, query: Dict[str, List[str]], body: Any, has_body: bool
+    ) -> Tuple[Optional[str], List[str]]:
         """(path template, problems): undocumented path, method, query parameter or body field; wrong type, enum,
         pattern or a missing required field."""
         template, path_params, problems = self.operation(method, path)
@@ -128,15 +136,22 @@ class OpenApiDoc:
         if "application/json" not in spec.get("content", {}):
             return [f"{method} {template}: the document takes no JSON body"]
         pointer = _pointer("paths", template, method.lower(), "requestBody", "content", "application/json", "schema")
-        problems = [f"{method} {template} body: {'/'.join(map(str, err.absolute_path)) or '(root)'}: {err.message}"
-                    for err in self._validator(pointer).iter_errors(body)]
+        problems = [
+            f"{method} {template} body: {'/'.join(map(str, err.absolute_path)) or '(root)'}: {err.message}"
+            for err in self._validator(pointer).iter_errors(body)
+        ]
         schema = self._resolve(spec["content"]["application/json"]["schema"])
         # A closed object even where the document leaves additionalProperties unsaid (Vast): a field it does not
         # name is a misreading of the API, which the real server would ignore silently.
-        if isinstance(body, dict) and "properties" in schema and "additionalProperties" not in schema \
-                and "unevaluatedProperties" not in schema:
-            problems += [f"{method} {template} body: undocumented field {k!r}" for k in body
-                         if k not in schema["properties"]]
+        if (
+            isinstance(body, dict)
+            and "properties" in schema
+            and "additionalProperties" not in schema
+            and "unevaluatedProperties" not in schema
+        ):
+            problems += [
+                f"{method} {template} body: undocumented field {k!r}" for k in body if k not in schema["properties"]
+            ]
         return problems
 
     def check_response(self, method: str, template: str, status: int, body: Any) -> List[str]:
@@ -155,8 +170,10 @@ class OpenApiDoc:
             pointer = ref + "/" + _pointer("content", media, "schema")
         else:
             pointer = _pointer("paths", template, method.lower(), "responses", key, "content", media, "schema")
-        return [f"{method} {template} -> {status}: {'/'.join(map(str, err.absolute_path)) or '(root)'}: "
-                f"{err.message}" for err in self._validator(pointer).iter_errors(body)]
+        return [
+            f"{method} {template} -> {status}: {'/'.join(map(str, err.absolute_path)) or '(root)'}: {err.message}"
+            for err in self._validator(pointer).iter_errors(body)
+        ]
 
 
 def rate_limits(folder: Path) -> Dict[Tuple[str, str], Dict[str, Any]]:

@@ -1,30 +1,42 @@
 """Drive the real command line as a user would: the repo root, an offline environment, tiny-job overrides."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cli_env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HYDRA_FULL_ERROR="0",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HYDRA_FULL_ERROR="0", TOKENIZERS_PARALLELISM="false"
+    )
     return env
 
 
-def run_cli(*overrides: str, script: str = "run.py", timeout: float = 600, check: bool = True,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str, script: str = "run.py", timeout: float = 600, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the real command line from the repo root, as a user would: a script (`run.py`) or a console command
     (`outlier-estimate`)."""
-    proc = subprocess.run([sys.executable, *command(script), *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env or cli_env())
+    proc = subprocess.run(
+        [sys.executable, *command(script), *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(overrides)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{script} {' '.join(overrides)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -42,12 +54,20 @@ def console_commands() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
-def tiny_job_overrides(checkpoint: Path, text: Path, run_dir: Path | None = None, num_sequences: int = 4,
-                       seq_len: int = 64) -> list:
+def tiny_job_overrides(
+    checkpoint: Path, text: Path, run_dir: Path | None = None, num_sequences: int = 4, seq_len: int = 64
+) -> list:
     """Overrides for a seconds-long job on a tiny checkpoint."""
-    overrides = ["model=local", f"model.path={checkpoint}", f"model.name={checkpoint.name}", "dataset=text_file",
-                 f"dataset.path={text}", f"dataset.num_sequences={num_sequences}", f"dataset.seq_len={seq_len}",
-                 "progress=false"]
+    overrides = [
+        "model=local",
+        f"model.path={checkpoint}",
+        f"model.name={checkpoint.name}",
+        "dataset=text_file",
+        f"dataset.path={text}",
+        f"dataset.num_sequences={num_sequences}",
+        f"dataset.seq_len={seq_len}",
+        "progress=false",
+    ]
     if run_dir is not None:
         overrides.append(f"hydra.run.dir={run_dir}")
     return overrides

@@ -1,4 +1,5 @@
 """Test infrastructure for the hub path: the hub emulator fixture and helpers to publish repos and read its log."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,17 @@ class HubService:
         with urllib.request.urlopen(urllib.request.Request(self.url + path, data=data), timeout=10) as reply:
             return json.loads(reply.read() or b"null")
 
-    def publish(self, repo_id: str, source: Path, repo_type: str = "models", branch: str = "main",
-                tags: Iterable[str] = (), gated: Optional[bool] = None, accepted: Optional[bool] = None,
-                xet: bool = False) -> str:
+    def publish(
+        self,
+        repo_id: str,
+        source: Path,
+        repo_type: str = "models",
+        branch: str = "main",
+        tags: Iterable[str] = (),
+        gated: Optional[bool] = None,
+        accepted: Optional[bool] = None,
+        xet: bool = False,
+    ) -> str:
         return hub_server.publish(self.root, repo_id, source, repo_type, branch, tags, gated, accepted, xet)
 
     def log(self) -> List[dict]:
@@ -56,8 +65,13 @@ class HubService:
 
     def downloads(self) -> List[dict]:
         """File bytes the server sent (GETs of resolve or CDN URLs that were not redirects), in order."""
-        return [r for r in self.log() if r["method"] == "GET" and r["status"] in (200, 206)
-                and ("/resolve/" in r["path"] or r["path"].startswith("/_cdn/"))]
+        return [
+            r
+            for r in self.log()
+            if r["method"] == "GET"
+            and r["status"] in (200, 206)
+            and ("/resolve/" in r["path"] or r["path"].startswith("/_cdn/"))
+        ]
 
 
 def _answers(url: str) -> bool:
@@ -76,9 +90,12 @@ def hub(tmp_path_factory) -> HubService:
         yield HubService(url, Path(root))
         return
     root = tmp_path_factory.mktemp("hub")
-    proc = subprocess.Popen([sys.executable, str(SERVICES / "hub_server.py"), "--root", str(root),
-                             "--port-file", str(root / "port")], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVICES / "hub_server.py"), "--root", str(root), "--port-file", str(root / "port")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             if (root / "port").is_file() and (root / "port").read_text():

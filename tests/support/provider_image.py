@@ -6,6 +6,7 @@ The wheelhouse offers every other installed distribution as a wheel with the rea
 requirements), so pip resolves the project's requirements exactly as against an index; each wheel's payload is a .pth
 line pointing at that distribution's files here, so nothing is downloaded or copied.
 """
+
 from __future__ import annotations
 
 import base64
@@ -57,8 +58,11 @@ def _top_levels(dist: metadata.Distribution, with_metadata: bool = False) -> Set
     tops = set()
     for file in dist.files or []:
         top = file.parts[0]
-        if top in ("..", "__pycache__") or top.endswith(".pth") or \
-                (top.endswith((".dist-info", ".egg-info")) and not with_metadata):
+        if (
+            top in ("..", "__pycache__")
+            or top.endswith(".pth")
+            or (top.endswith((".dist-info", ".egg-info")) and not with_metadata)
+        ):
             continue
         tops.add(top)
     return tops
@@ -110,10 +114,11 @@ def wheelhouse(root: Path, image_has: Iterable[str] = IMAGE_HAS) -> Path:
 def _shim_wheel(dist: metadata.Distribution, files: Path, wheels: Path) -> None:
     escaped = re.sub(r"[^\w\d.]+", "_", dist.metadata["Name"])
     info = f"{escaped}-{dist.version}.dist-info"
-    members = {f"{info}/METADATA": dist.read_text("METADATA") or "",
-               f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: outlier_lab tests\nRoot-Is-Purelib: true\n"
-                                "Tag: py3-none-any\n",
-               f"_provider_image_{escaped}.pth": f"{files}\n"}
+    members = {
+        f"{info}/METADATA": dist.read_text("METADATA") or "",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: outlier_lab tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"_provider_image_{escaped}.pth": f"{files}\n",
+    }
     record = []
     for path, text in members.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()

@@ -1,4 +1,5 @@
 """Session fixture `slurm_cluster`: the real single-node Slurm from tests/services/slurm_up.sh, reused or started here."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ class SlurmCluster:
 
     def run(self, *args: str, timeout: float = 30) -> str:
         """A Slurm client command (scontrol, squeue, ...) against this cluster; its stdout."""
-        return subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout,
-                              check=True).stdout
+        return subprocess.run(
+            list(args), env=self.env, capture_output=True, text=True, timeout=timeout, check=True
+        ).stdout
 
     def job(self, job_id: str) -> Dict[str, str]:
         """`scontrol show job -o ID` as a dict: what Slurm itself recorded for the job (one array task: ID_N)."""
@@ -31,8 +33,11 @@ class SlurmCluster:
     def jobs_under(self, directory: Path) -> List[str]:
         """Jobs whose stdout lies under `directory` (a sweep dir): ours, whatever else shares the cluster."""
         out = self.run("scontrol", "show", "job", "-o")
-        jobs = [dict(t.split("=", 1) for t in line.split() if "=" in t) for line in out.splitlines()
-                if line.startswith("JobId=")]
+        jobs = [
+            dict(t.split("=", 1) for t in line.split() if "=" in t)
+            for line in out.splitlines()
+            if line.startswith("JobId=")
+        ]
         return [j["JobId"] for j in jobs if j.get("StdOut", "").startswith(str(directory))]
 
     def is_up(self) -> bool:
@@ -44,7 +49,7 @@ class SlurmCluster:
 
 def _start() -> tuple[Dict[str, str], str]:
     """Source slurm_up.sh in a child shell and return the environment it exports, and its stderr."""
-    script = f'. {SERVICES / "slurm_up.sh"} >&2; env -0'
+    script = f". {SERVICES / 'slurm_up.sh'} >&2; env -0"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, timeout=600, env=dict(os.environ))
     exported = dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
     return exported, proc.stderr.decode(errors="replace")

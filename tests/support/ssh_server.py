@@ -1,4 +1,5 @@
 """Test infrastructure for the Fabric launcher: a real OpenSSH server fixture and a TCP fault-injecting proxy."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ class SshServer:
 
 
 def _answers(host: str, port: int) -> bool:
-    probe = subprocess.run(["ssh-keyscan", "-T", "3", "-p", str(port), "-t", "ed25519", host],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["ssh-keyscan", "-T", "3", "-p", str(port), "-t", "ed25519", host], capture_output=True, text=True
+    )
     return probe.returncode == 0 and bool(probe.stdout.strip())
 
 
@@ -54,8 +56,9 @@ def ssh_server(tmp_path_factory) -> SshServer:
         return
     work = tmp_path_factory.mktemp("sshd")
     run_env = dict(os.environ, OUTLIER_LAB_TEST_SSH_PORT=str(_free_port()), OUTLIER_LAB_TEST_SSH_DIR=str(work))
-    proc = subprocess.run(["bash", "-c", f'source "{SSHD_UP}" && env -0'], capture_output=True, env=run_env,
-                          timeout=600)
+    proc = subprocess.run(
+        ["bash", "-c", f'source "{SSHD_UP}" && env -0'], capture_output=True, env=run_env, timeout=600
+    )
     if proc.returncode != 0:
         pytest.fail(f"could not start sshd: {proc.stderr.decode()[-2000:]}")
     exported = dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
@@ -75,17 +78,24 @@ def extra_sshd(base: SshServer, work: Path, path_dirs: List[Path], env: Optional
     work.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = work / "sshd_config"
-    path = ":".join([*(str(d) for d in path_dirs), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
-                     "/sbin", "/bin"])
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base.dir}/host_ed25519\n"
-                      f"PidFile {work}/sshd.pid\nAuthorizedKeysFile {base.dir}/authorized_keys\n"
-                      "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                      "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
-                      "Subsystem sftp internal-sftp\nMaxStartups 100:30:200\nMaxSessions 50\n"
-                      f"SetEnv PATH={path}{''.join(f' {k}={v}' for k, v in (env or {}).items())}\n")
+    path = ":".join(
+        [*(str(d) for d in path_dirs), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    )
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base.dir}/host_ed25519\n"
+        f"PidFile {work}/sshd.pid\nAuthorizedKeysFile {base.dir}/authorized_keys\n"
+        "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\nMaxStartups 100:30:200\nMaxSessions 50\n"
+        f"SetEnv PATH={path}{''.join(f' {k}={v}' for k, v in (env or {}).items())}\n"
+    )
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    proc = subprocess.Popen([sshd, "-D", "-f", str(config), "-E", str(work / "sshd.log")], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sshd, "-D", "-f", str(config), "-E", str(work / "sshd.log")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not _answers(base.host, port):
@@ -230,8 +240,10 @@ class FaultProxy:
                 with self.lock:
                     key = id(pair)
                     self.server_bytes[key] += len(data)
-                    cut = (self.cut_after is not None and
-                           self.server_bytes[key] - self.cut_base.get(key, 0) > self.cut_after)
+                    cut = (
+                        self.cut_after is not None
+                        and self.server_bytes[key] - self.cut_base.get(key, 0) > self.cut_after
+                    )
                     if cut:
                         self.cut_after = None
                         self.stats["cuts"] += 1

@@ -1,4 +1,5 @@
 """Every YAML in every config group composes against the typed schema, and typos fail at compose time."""
+
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,12 @@ def test_every_yaml_opens_with_a_comment_and_a_command():
 def test_defaults_are_the_offline_analysis():
     cfg = compose_with()
     assert (cfg.model.name, cfg.model.source, cfg.dataset.source, cfg.detector.name, cfg.hardware.name) == (
-        "minilm", "package", "python_docs", "llm_int8", "local")
+        "minilm",
+        "package",
+        "python_docs",
+        "llm_int8",
+        "local",
+    )
     assert (cfg.detector.alpha, cfg.detector.min_layer_frac, cfg.detector.min_position_frac) == (6.0, 0.25, 0.06)
 
 
@@ -62,8 +68,11 @@ def test_unknown_keys_under_typed_groups_are_refused_even_with_plus():
     from outlier_lab.config import check_schema
     from outlier_lab.errors import UserError
 
-    with pytest.raises(UserError, match=r"detector\.massive\.extra is not a setting.*detector\.alpah is not a "
-                                        r"setting of detector \(did you mean detector\.alpha\?\)"):
+    with pytest.raises(
+        UserError,
+        match=r"detector\.massive\.extra is not a setting.*detector\.alpah is not a "
+        r"setting of detector \(did you mean detector\.alpha\?\)",
+    ):
         check_schema(compose_with("+detector.massive.extra=1", "+detector.alpah=5"))
     # Free-form mappings and every option of every group, experiments included, stay valid.
     check_schema(compose_with("+model.config_overrides.num_hidden_layers=2"))

@@ -1,4 +1,5 @@
 """The failure policy (outlier_lab/errors.py): user-facing errors are one line and exit code 2, bugs propagate."""
+
 import pytest
 
 from outlier_lab.errors import EXIT_CODE, UserError, did_you_mean, exit_on_user_error, is_user_facing, one_line
@@ -32,12 +33,15 @@ def test_the_launchers_environment_errors_are_marked_user_facing():
         assert is_user_facing(error), type(error).__name__
 
 
-@pytest.mark.parametrize("word,options,expected", [
-    ("qwen3-30b", ["qwen3", "qwen3_30b", "qwen3_14b"], "qwen3_30b"),  # `-` for `_`
-    ("H100", ["a100_80", "h100", "h200"], "h100"),  # case
-    ("stream", ["auto", "resident", "streamed"], "streamed"),  # a close spelling
-    ("alpah", ["alpha", "alpha_mode", "layers"], "alpha"),
-    ("gpu", ["auto", "resident", "streamed"], None),  # nothing close: no guess
-])
+@pytest.mark.parametrize(
+    "word,options,expected",
+    [
+        ("qwen3-30b", ["qwen3", "qwen3_30b", "qwen3_14b"], "qwen3_30b"),  # `-` for `_`
+        ("H100", ["a100_80", "h100", "h200"], "h100"),  # case
+        ("stream", ["auto", "resident", "streamed"], "streamed"),  # a close spelling
+        ("alpah", ["alpha", "alpha_mode", "layers"], "alpha"),
+        ("gpu", ["auto", "resident", "streamed"], None),  # nothing close: no guess
+    ],
+)
 def test_did_you_mean_names_the_closest_option(word, options, expected):
     assert did_you_mean(word, options) == expected

@@ -1,4 +1,5 @@
 """Guards for the package's layers: every module imports, and imports point down the layers with no cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -13,8 +14,17 @@ PACKAGES = ("outlier_lab", "hydra_plugins")
 
 # Bottom to top: a module may import its own layer (without a cycle) or a layer before it, never one after it.
 LAYERS = (
-    ("leaves", ("outlier_lab", "outlier_lab.errors", "outlier_lab.config", "outlier_lab.results",
-                "outlier_lab.markdown", "outlier_lab.units")),
+    (
+        "leaves",
+        (
+            "outlier_lab",
+            "outlier_lab.errors",
+            "outlier_lab.config",
+            "outlier_lab.results",
+            "outlier_lab.markdown",
+            "outlier_lab.units",
+        ),
+    ),
     ("arch", ("outlier_lab.arch",)),
     ("loading", ("outlier_lab.loading",)),
     ("analysis", ("outlier_lab.analysis",)),
@@ -127,9 +137,13 @@ def test_every_module_imports(module):
 
 def test_the_guard_sees_every_package():
     """The walk found the plug-ins and the launcher's private modules (an empty walk would pass everything)."""
-    for expected in ("outlier_lab.pipeline", "hydra_plugins.fabric_launcher._providers._runpod",
-                     "hydra_plugins.slurm_launcher.slurm_launcher", "hydra_plugins.outlier_sweeper.outlier_sweeper",
-                     "outlier_lab.analysis.detectors.llm_int8"):
+    for expected in (
+        "outlier_lab.pipeline",
+        "hydra_plugins.fabric_launcher._providers._runpod",
+        "hydra_plugins.slurm_launcher.slurm_launcher",
+        "hydra_plugins.outlier_sweeper.outlier_sweeper",
+        "outlier_lab.analysis.detectors.llm_int8",
+    ):
         assert expected in MODULES
 
 
@@ -160,12 +174,16 @@ def test_imports_point_down_the_layers():
             if within(module, "hydra_plugins"):
                 door = within(target, "hydra_plugins") or target in LAUNCHER_DOORS
                 if not door:
-                    upward.append(f"{module} -> {target} (a launcher reaches the package only through "
-                                  f"{', '.join(LAUNCHER_DOORS)})")
+                    upward.append(
+                        f"{module} -> {target} (a launcher reaches the package only through "
+                        f"{', '.join(LAUNCHER_DOORS)})"
+                    )
             elif within(target, "hydra_plugins"):
                 if not within(module, "outlier_lab.commands"):
                     upward.append(f"{module} -> {target} (the package never imports a launcher)")
             elif layer_of(target) > layer_of(module):
-                upward.append(f"{module} -> {target} (layer {LAYERS[layer_of(module)][0]} imports "
-                              f"layer {LAYERS[layer_of(target)][0]}, above it)")
+                upward.append(
+                    f"{module} -> {target} (layer {LAYERS[layer_of(module)][0]} imports "
+                    f"layer {LAYERS[layer_of(target)][0]}, above it)"
+                )
     assert not upward, "upward imports:\n  " + "\n  ".join(upward)

@@ -1,14 +1,15 @@
 """The results contract: older results.json files (schema 1, written by hand here) are read in the current names."""
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from tests.support.cli import REPO, run_cli
 
 from outlier_lab.reporting.compare import COMPARISON_CSV, COMPARISON_MD, read_csv, write_comparison
 from outlier_lab.reporting.report import write_report
 from outlier_lab.results import SCHEMA_VERSION, read_results
+from tests.support.cli import REPO, run_cli
 
 SCHEMA1_RUN = REPO / "tests" / "data" / "schema1_run"
 OLD_NAMES = {"seq_frac", "sequence_frac", "seq_dims_pct", "min_seq_frac", "min_sequence_frac"}
@@ -40,7 +41,11 @@ def test_schema1_run_is_compared_and_reported(tmp_path):
     write_comparison([tmp_path / "sweep"], plots=False)
     row = read_csv(tmp_path / "sweep" / COMPARISON_CSV)[0]
     assert (row["status"], row["positions_pct"], row["layers_pct"], row["paper_positions_pct"]) == (
-        "COMPLETED", "43.75", "75.0", "6")
+        "COMPLETED",
+        "43.75",
+        "75.0",
+        "6",
+    )
     markdown = (tmp_path / "sweep" / COMPARISON_MD).read_text()
     assert "| 43.8 |" in markdown and "| max abs (all dims) |" in markdown and "most common outlier dim" in markdown
     report = write_report(run).read_text()

@@ -33,6 +33,7 @@ class NoBalance(ProviderError):
 @dataclass(frozen=True)
 class Offer:
     """One rentable configuration, in the same units whatever the provider."""
+
     provider: str
     offer_id: str
     gpu_name: str
@@ -58,15 +59,18 @@ class Offer:
         ram = f"{self.ram_gib:.0f} GiB RAM" if self.ram_gib is not None else "RAM not reported"
         disk = f", {self.disk_gib:.0f} GB disk" if self.disk_gib is not None else ""
         kind = " interruptible" if self.interruptible else ""
-        return (f"{self.provider} {self.offer_id}: {self.gpu_count} x {self.gpu_name} ({self.manufacturer}, "
-                f"{self.vram_gib:.0f} GiB each), {ram}{disk}, ${self.usd_per_hour:.3f}/h{kind}"
-                f"{', ' + self.region if self.region else ''}")
+        return (
+            f"{self.provider} {self.offer_id}: {self.gpu_count} x {self.gpu_name} ({self.manufacturer}, "
+            f"{self.vram_gib:.0f} GiB each), {ram}{disk}, ${self.usd_per_hour:.3f}/h{kind}"
+            f"{', ' + self.region if self.region else ''}"
+        )
 
 
 @dataclass(frozen=True)
 class OfferQuery:
     """What a search may leave out on the provider's side: offers that cannot run the job, or that the image's CUDA
     cannot run on. Every bound is a floor that no fitting offer is under (the exact fit is judged in _choice)."""
+
     min_vram_gib_each: float = 0.0  # the per-GPU need at the largest count considered
     min_total_vram_gib: float = 0.0  # the need on one GPU: no count needs less VRAM in all
     disk_gib: int = 0  # the disk the create will ask for (Vast prices it into dph_total)
@@ -79,17 +83,21 @@ class OfferQuery:
 # Statuses an instance never leaves for `running` (RunPod PodStatus, Vast actual_status): waiting on them only bills.
 DEAD_STATUSES = ("error", "exited", "terminated", "unknown", "offline")
 
+
 def interruptible_refusal(provider: str, params: Dict[str, Any]) -> Optional[str]:
     """Why hydra.launcher.interruptible=true cannot be had from this provider, or None."""
     if params.get("interruptible") and provider == "runpod":
-        return ("hydra.launcher.interruptible=true: RunPod's REST API v2 has no interruptible (spot) pods; use "
-                "hydra.launcher.provider=vast or drop interruptible")
+        return (
+            "hydra.launcher.interruptible=true: RunPod's REST API v2 has no interruptible (spot) pods; use "
+            "hydra.launcher.provider=vast or drop interruptible"
+        )
     return None
 
 
 @dataclass
 class Instance:
     """A rented machine as the provider reports it; address/port are set once SSH is published."""
+
     provider: str
     id: str
     name: str
@@ -139,8 +147,9 @@ class Provider:
         """What a user runs by hand to kill an instance we could not destroy."""
         raise NotImplementedError
 
-    def find_by_name(self, name: str, attempts: int = 4, delay_s: float = 1.0,
-                     cancel: Optional[threading.Event] = None) -> Optional[Instance]:
+    def find_by_name(
+        self, name: str, attempts: int = 4, delay_s: float = 1.0, cancel: Optional[threading.Event] = None
+    ) -> Optional[Instance]:
         """The instance carrying exactly this name; polled a few times, since a lost create may show up late."""
         for attempt in range(attempts):
             found = [i for i in self.list_ours(name) if i.name == name]
@@ -150,8 +159,7 @@ class Provider:
                 break
         return None
 
-    def wait_ready(self, instance: Instance, timeout_s: float, poll_s: float,
-                   cancel: threading.Event) -> Instance:
+    def wait_ready(self, instance: Instance, timeout_s: float, poll_s: float, cancel: threading.Event) -> Instance:
         """Poll until the instance runs and its SSH port answers with a banner; bounded by timeout_s."""
         deadline = time.monotonic() + timeout_s
         last = instance
@@ -162,12 +170,18 @@ class Provider:
             last = current
             if current.status in DEAD_STATUSES:
                 raise ProviderError(f"{current.describe()} will never run: destroying it", instance.id)
-            if current.status == "running" and current.address and current.port and \
-                    ssh_banner(current.address, current.port):
+            if (
+                current.status == "running"
+                and current.address
+                and current.port
+                and ssh_banner(current.address, current.port)
+            ):
                 return current
             if time.monotonic() > deadline:
-                raise ProviderError(f"{last.describe()}: SSH did not answer within {timeout_s:g}s "
-                                    "(hydra.launcher.ready_timeout_s)", instance.id)
+                raise ProviderError(
+                    f"{last.describe()}: SSH did not answer within {timeout_s:g}s (hydra.launcher.ready_timeout_s)",
+                    instance.id,
+                )
             if cancel.wait(poll_s):
                 raise ProviderError(f"interrupted while waiting for {last.describe()}", instance.id)
 

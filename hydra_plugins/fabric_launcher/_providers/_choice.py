@@ -99,8 +99,10 @@ def rank(offers: Sequence[Offer], needs: Any, vendors: Iterable[str]) -> Tuple[L
         key = (offer.provider, family, offer.create_args.get("cloud")) if family else (offer.provider, offer.offer_id)
         if key not in fitting or offer.gpu_count < fitting[key].offer.gpu_count:
             fitting[key] = choice
-    ordered = sorted(fitting.values(), key=lambda c: (c.cost_key, c.offer.usd_per_hour,
-                                                      -c.offer.vram_gib * c.offer.gpu_count, c.offer.offer_id))
+    ordered = sorted(
+        fitting.values(),
+        key=lambda c: (c.cost_key, c.offer.usd_per_hour, -c.offer.vram_gib * c.offer.gpu_count, c.offer.offer_id),
+    )
     return ordered, refused
 
 
@@ -108,8 +110,10 @@ def budget_refusal(choice: Choice, params: Dict[str, Any]) -> Optional[str]:
     """Why the cheapest fitting offer breaks hydra.launcher.max_usd_per_hour / max_usd_per_job, or None."""
     per_hour = params.get("max_usd_per_hour")
     if per_hour is not None and choice.offer.usd_per_hour > float(per_hour):
-        return (f"the cheapest fitting offer costs ${choice.offer.usd_per_hour:.3f}/h > hydra.launcher."
-                f"max_usd_per_hour={float(per_hour):g} ({choice.offer.describe()}); raise the limit or shrink the job")
+        return (
+            f"the cheapest fitting offer costs ${choice.offer.usd_per_hour:.3f}/h > hydra.launcher."
+            f"max_usd_per_hour={float(per_hour):g} ({choice.offer.describe()}); raise the limit or shrink the job"
+        )
     per_job = params.get("max_usd_per_job")
     if per_job is None:
         return None
@@ -117,12 +121,16 @@ def budget_refusal(choice: Choice, params: Dict[str, Any]) -> Optional[str]:
     if hours is None and params.get("timeout_s"):
         hours, basis = float(params["timeout_s"]) / 3600, "hydra.launcher.timeout_s"
     if hours is None:
-        return ("hydra.launcher.max_usd_per_job needs a job time: the plan has no time estimate, so set "
-                "hydra.launcher.timeout_s (the job is then killed before it can cost more)")
+        return (
+            "hydra.launcher.max_usd_per_job needs a job time: the plan has no time estimate, so set "
+            "hydra.launcher.timeout_s (the job is then killed before it can cost more)"
+        )
     cost = choice.offer.usd_per_hour * hours
     if cost > float(per_job):
-        return (f"the job would cost up to ${cost:.2f} ({hours:.2f} h by {basis} x ${choice.offer.usd_per_hour:.3f}"
-                f"/h) > hydra.launcher.max_usd_per_job={float(per_job):g}; raise the limit or shrink the job")
+        return (
+            f"the job would cost up to ${cost:.2f} ({hours:.2f} h by {basis} x ${choice.offer.usd_per_hour:.3f}"
+            f"/h) > hydra.launcher.max_usd_per_job={float(per_job):g}; raise the limit or shrink the job"
+        )
     return None
 
 
@@ -136,20 +144,35 @@ def table(fitting: Sequence[Choice], refused: Sequence[Choice], picked: Optional
 
     for c in fitting:
         o = c.offer
-        on_demand, bid = (o.other_usd_per_hour, o.usd_per_hour) if o.interruptible else \
-            (o.usd_per_hour, o.other_usd_per_hour)
-        rows.append(("*" if c is picked else "", f"{o.provider} {o.offer_id}", f"{o.gpu_count} x {o.gpu_name}",
-                     f"{o.vram_gib:.0f} GiB", "-" if o.ram_gib is None else f"{o.ram_gib:.0f} GiB",
-                     "at create" if o.disk_gib is None else f"{o.disk_gib:.0f} GB", price(on_demand), price(bid),
-                     "-" if c.job_usd is None else f"{c.job_usd:.2f}", o.region or "-"))
+        on_demand, bid = (
+            (o.other_usd_per_hour, o.usd_per_hour) if o.interruptible else (o.usd_per_hour, o.other_usd_per_hour)
+        )
+        rows.append(
+            (
+                "*" if c is picked else "",
+                f"{o.provider} {o.offer_id}",
+                f"{o.gpu_count} x {o.gpu_name}",
+                f"{o.vram_gib:.0f} GiB",
+                "-" if o.ram_gib is None else f"{o.ram_gib:.0f} GiB",
+                "at create" if o.disk_gib is None else f"{o.disk_gib:.0f} GB",
+                price(on_demand),
+                price(bid),
+                "-" if c.job_usd is None else f"{c.job_usd:.2f}",
+                o.region or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     # The refusals worth seeing are the offers cheaper than the pick: why was that bargain not taken?
-    cheaper = sorted((c for c in refused if picked is None or c.offer.usd_per_hour < picked.offer.usd_per_hour),
-                     key=lambda c: c.offer.usd_per_hour)
+    cheaper = sorted(
+        (c for c in refused if picked is None or c.offer.usd_per_hour < picked.offer.usd_per_hour),
+        key=lambda c: c.offer.usd_per_hour,
+    )
     for c in cheaper[:show_refused]:
-        lines.append(f"  refused {c.offer.provider} {c.offer.offer_id} ({c.offer.gpu_count} x {c.offer.gpu_name}, "
-                     f"${c.offer.usd_per_hour:.3f}/h): {c.refusal}")
+        lines.append(
+            f"  refused {c.offer.provider} {c.offer.offer_id} ({c.offer.gpu_count} x {c.offer.gpu_name}, "
+            f"${c.offer.usd_per_hour:.3f}/h): {c.refusal}"
+        )
     return "\n".join(lines)
 
 
@@ -164,9 +187,11 @@ def choose(offers: Sequence[Offer], needs: Any, params: Dict[str, Any], provider
     if not fitting:
         close = sorted(refused, key=lambda c: -c.offer.vram_gib * c.offer.gpu_count)[:3]
         detail = "; ".join(f"{c.offer.gpu_count} x {c.offer.gpu_name}: {c.refusal}" for c in close)
-        raise NoOffer(f"none of the {len(offers)} live {provider} offers fits this job"
-                      f"{' (largest: ' + detail + ')' if detail else ''}; see `python scripts/offers.py "
-                      f"provider={provider} ...`")
+        raise NoOffer(
+            f"none of the {len(offers)} live {provider} offers fits this job"
+            f"{' (largest: ' + detail + ')' if detail else ''}; see `python scripts/offers.py "
+            f"provider={provider} ...`"
+        )
     reason = budget_refusal(fitting[0], params)
     if reason:
         raise NoOffer(reason)

@@ -1,4 +1,5 @@
 """JSON-over-HTTPS client for provider APIs: key in the Authorization header only, bounded retries with backoff."""
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,12 @@ def is_dns_failure(err: BaseException) -> bool:
         seen.add(id(cause))
         if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
             return True
-        todo += [getattr(cause, "reason", None), cause.__cause__, cause.__context__,
-                 *(arg for arg in getattr(cause, "args", ()) if isinstance(arg, BaseException))]
+        todo += [
+            getattr(cause, "reason", None),
+            cause.__cause__,
+            cause.__context__,
+            *(arg for arg in getattr(cause, "args", ()) if isinstance(arg, BaseException)),
+        ]
     return False
 
 
@@ -101,9 +106,19 @@ _SPACING_LOCK = threading.Lock()
 class ApiClient:
     """One provider API: base URL, bearer key, per-request timeout, retries on 429 / 5xx / network faults."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float, retries: int, backoff_s: float,
-                 backoff_max_s: float, cancel: threading.Event, what: str,
-                 spacing_s: Optional[Dict[str, float]] = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        retries: int,
+        backoff_s: float,
+        backoff_max_s: float,
+        cancel: threading.Event,
+        what: str,
+        spacing_s: Optional[Dict[str, float]] = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -132,8 +147,17 @@ class ApiClient:
             if self.cancel.wait(wait):
                 raise ProviderError(f"{self.what} {endpoint}: interrupted")
 
-    def request(self, method: str, path: str, *, json: Any = None, params: Optional[Dict[str, Any]] = None,
-                idempotent: bool = True, missing_ok: bool = False, endpoint: Optional[str] = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Optional[Dict[str, Any]] = None,
+        idempotent: bool = True,
+        missing_ok: bool = False,
+        endpoint: Optional[str] = None,
+    ) -> Any:
         """Send one call and return its JSON (None for an empty body or a 404 when missing_ok).
 
         429 is always retried (the server refused the call). 5xx and network faults are retried only for idempotent
@@ -145,8 +169,13 @@ class ApiClient:
             wait = delay
             self._wait_turn(endpoint)
             try:
-                response = self.session.request(method, self.base_url + path, json=json, params=params,
-                                                timeout=(min(10.0, self.timeout_s), self.timeout_s))
+                response = self.session.request(
+                    method,
+                    self.base_url + path,
+                    json=json,
+                    params=params,
+                    timeout=(min(10.0, self.timeout_s), self.timeout_s),
+                )
             except requests.RequestException as err:
                 problem = network_cause(err, self.base_url)
                 if not (idempotent or _not_sent(err)):

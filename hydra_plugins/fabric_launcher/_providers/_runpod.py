@@ -2,6 +2,7 @@
 
 The `runpod` SDK is not used: it speaks GraphQL with the API key in the URL's query string, which would put the key
 in proxy and debug logs; REST v2 takes it as a bearer header and has the GPU catalog with a manufacturer field."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -17,10 +18,16 @@ def _instance(pod: Dict[str, Any]) -> Instance:
     # ssh.direct is null until the pod runs and 22/tcp has a public port (schema `PodSsh`); the proxy carries no
     # SFTP, so only direct is usable.
     direct = (pod.get("ssh") or {}).get("direct") or {}
-    return Instance(provider="runpod", id=str(pod["id"]), name=str(pod.get("name") or ""),
-                    status=str(pod.get("status") or "").lower(), address=direct.get("host"),
-                    port=int(direct["port"]) if direct.get("port") else None,
-                    user=str(direct.get("username") or "root"), usd_per_hour=pod.get("cost"))
+    return Instance(
+        provider="runpod",
+        id=str(pod["id"]),
+        name=str(pod.get("name") or ""),
+        status=str(pod.get("status") or "").lower(),
+        address=direct.get("host"),
+        port=int(direct["port"]) if direct.get("port") else None,
+        user=str(direct.get("username") or "root"),
+        usd_per_hour=pod.get("cost"),
+    )
 
 
 class RunPod(Provider):
@@ -43,16 +50,28 @@ class RunPod(Provider):
                     params["minCudaVersion"] = query.min_cuda
                 body = self.api.request("GET", "/v2/catalog/gpus", params=params)
                 for gpu in body.get("gpus", []):
-                    if not gpu.get(key) or gpu.get("availability") in (None, "NONE") or \
-                            count > int((gpu.get("maxCount") or {}).get(key) or 0):
+                    if (
+                        not gpu.get(key)
+                        or gpu.get("availability") in (None, "NONE")
+                        or count > int((gpu.get("maxCount") or {}).get(key) or 0)
+                    ):
                         continue
                     regions = [dc["id"] for dc in gpu.get("dataCenters") or [] if dc.get("availability") != "NONE"]
-                    offers.append(Offer(
-                        provider=self.name, offer_id=f"{gpu['id']}/{cloud}/{count}", gpu_name=str(gpu["name"]),
-                        manufacturer=str(gpu.get("manufacturer") or "unknown").lower(), gpu_count=count,
-                        vram_gib=float(gpu["memory"]), ram_gib=None, disk_gib=None,
-                        usd_per_hour=float(gpu["price"][key]) * count, region=",".join(regions[:3]) or None,
-                        create_args={"gpu_type_id": gpu["id"], "cloud": cloud, "min_cuda": query.min_cuda}))
+                    offers.append(
+                        Offer(
+                            provider=self.name,
+                            offer_id=f"{gpu['id']}/{cloud}/{count}",
+                            gpu_name=str(gpu["name"]),
+                            manufacturer=str(gpu.get("manufacturer") or "unknown").lower(),
+                            gpu_count=count,
+                            vram_gib=float(gpu["memory"]),
+                            ram_gib=None,
+                            disk_gib=None,
+                            usd_per_hour=float(gpu["price"][key]) * count,
+                            region=",".join(regions[:3]) or None,
+                            create_args={"gpu_type_id": gpu["id"], "cloud": cloud, "min_cuda": query.min_cuda},
+                        )
+                    )
         return offers
 
     def create(self, offer: Offer, name: str, public_key: str, disk_gib: int, image: str) -> Instance:
@@ -63,14 +82,24 @@ class RunPod(Provider):
         gpu = {"id": offer.create_args["gpu_type_id"], "count": offer.gpu_count}
         if offer.create_args.get("min_cuda"):
             gpu["minCudaVersion"] = offer.create_args["min_cuda"]
-        body = {"name": name, "image": image, "cloud": offer.create_args["cloud"], "gpu": gpu,
-                "disk": int(disk_gib), "ports": ["22/tcp"], "env": {"PUBLIC_KEY": public_key}, "startSsh": True}
+        body = {
+            "name": name,
+            "image": image,
+            "cloud": offer.create_args["cloud"],
+            "gpu": gpu,
+            "disk": int(disk_gib),
+            "ports": ["22/tcp"],
+            "env": {"PUBLIC_KEY": public_key},
+            "startSsh": True,
+        }
         try:
             return _instance(self.api.request("POST", "/v2/pods", json=body, idempotent=False))
         except ApiError as err:
             if err.status == 402:
-                raise NoBalance(f"runpod refused the create for lack of balance (HTTP 402): add funds at "
-                                "https://console.runpod.io/user/billing; nothing was rented") from err
+                raise NoBalance(
+                    "runpod refused the create for lack of balance (HTTP 402): add funds at "
+                    "https://console.runpod.io/user/billing; nothing was rented"
+                ) from err
             if err.status == 403:
                 raise Refused(f"runpod: this account cannot rent {offer.offer_id} (HTTP 403)") from err
             raise
@@ -87,9 +116,14 @@ class RunPod(Provider):
     def list_ours(self, prefix: str = TAG_PREFIX) -> List[Instance]:
         """GET /v2/pods (https://docs.runpod.io/api-reference-v2/pods/list-pods), filtered by name here."""
         pods = (self.api.request("GET", "/v2/pods") or {}).get("pods", [])
-        return [_instance(p) for p in pods
-                if str(p.get("name") or "").startswith(prefix) and p.get("status") != "TERMINATED"]
+        return [
+            _instance(p)
+            for p in pods
+            if str(p.get("name") or "").startswith(prefix) and p.get("status") != "TERMINATED"
+        ]
 
     def console_command(self, instance_id: str) -> str:
-        return (f"curl -X DELETE -H \"Authorization: Bearer $RUNPOD_API_KEY\" "
-                f"https://api.runpod.io/v2/pods/{instance_id}   (or the console: https://console.runpod.io/pods)")
+        return (
+            f'curl -X DELETE -H "Authorization: Bearer $RUNPOD_API_KEY" '
+            f"https://api.runpod.io/v2/pods/{instance_id}   (or the console: https://console.runpod.io/pods)"
+        )

@@ -2,6 +2,7 @@
 
 The `vastai` SDK is not used: it wraps the CLI (printing, its own retry loop, a key file under ~/.config), while the
 launcher needs its own bounded retries, lost-answer handling and header-only auth."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,16 @@ def _instance(inst: Dict[str, Any]) -> Instance:
     only once the container runs: the proxy's is published before that."""
     status = str(inst.get("actual_status") or "provisioning").lower()
     address, port = _ssh_address(inst) if status == "running" else (None, None)
-    return Instance(provider="vast", id=str(inst["id"]), name=str(inst.get("label") or ""), status=status,
-                    address=address, port=port, user="root", usd_per_hour=inst.get("dph_total"))
+    return Instance(
+        provider="vast",
+        id=str(inst["id"]),
+        name=str(inst.get("label") or ""),
+        status=status,
+        address=address,
+        port=port,
+        user="root",
+        usd_per_hour=inst.get("dph_total"),
+    )
 
 
 class Vast(Provider):
@@ -62,13 +71,18 @@ class Vast(Provider):
         storage. type=bid prices each offer at its min_bid (interruptible). Units as documented: gpu_ram, cpu_ram
         in MB, disk_space in GB, dph_total in $/h for the whole offer, inet_down in Mb/s."""
         body: Dict[str, Any] = {
-            "verified": {"eq": True}, "rentable": {"eq": True}, "rented": {"eq": False},
-            "type": "bid" if query.interruptible else "ondemand", "limit": SEARCH_LIMIT,
-            "allocated_storage": float(query.disk_gib), "order": ORDER,
+            "verified": {"eq": True},
+            "rentable": {"eq": True},
+            "rented": {"eq": False},
+            "type": "bid" if query.interruptible else "ondemand",
+            "limit": SEARCH_LIMIT,
+            "allocated_storage": float(query.disk_gib),
+            "order": ORDER,
             "num_gpus": {"gte": 1, "lte": max(query.gpu_counts)},
             "gpu_ram": {"gte": int(query.min_vram_gib_each * 1024)},
             "gpu_total_ram": {"gte": int(query.min_total_vram_gib * 1024)},
-            "reliability": {"gte": MIN_RELIABILITY}}
+            "reliability": {"gte": MIN_RELIABILITY},
+        }
         if query.min_cuda:
             body["cuda_max_good"] = {"gte": float(query.min_cuda)}
         answer = self.api.request("POST", "/api/v0/bundles/", json=body, endpoint="search")
@@ -77,34 +91,56 @@ class Vast(Provider):
             price = float(raw["dph_total"])
             storage = price - float(raw["min_bid"] if query.interruptible else raw["dph_base"])
             other = float(raw["dph_base"] if query.interruptible else raw["min_bid"]) + storage
-            offers.append(Offer(
-                provider=self.name, offer_id=str(raw["id"]), gpu_name=str(raw.get("gpu_name") or "?"),
-                manufacturer=str(raw.get("gpu_arch") or "unknown").lower(), gpu_count=int(raw.get("num_gpus") or 0),
-                vram_gib=float(raw.get("gpu_ram") or 0) / 1024, ram_gib=float(raw.get("cpu_ram") or 0) / 1024,
-                disk_gib=float(raw.get("disk_space") or 0), usd_per_hour=price, other_usd_per_hour=other,
-                interruptible=query.interruptible, download_mbps=raw.get("inet_down"),
-                region=raw.get("geolocation"), create_args={"bid": float(raw["min_bid"])}))
+            offers.append(
+                Offer(
+                    provider=self.name,
+                    offer_id=str(raw["id"]),
+                    gpu_name=str(raw.get("gpu_name") or "?"),
+                    manufacturer=str(raw.get("gpu_arch") or "unknown").lower(),
+                    gpu_count=int(raw.get("num_gpus") or 0),
+                    vram_gib=float(raw.get("gpu_ram") or 0) / 1024,
+                    ram_gib=float(raw.get("cpu_ram") or 0) / 1024,
+                    disk_gib=float(raw.get("disk_space") or 0),
+                    usd_per_hour=price,
+                    other_usd_per_hour=other,
+                    interruptible=query.interruptible,
+                    download_mbps=raw.get("inet_down"),
+                    region=raw.get("geolocation"),
+                    create_args={"bid": float(raw["min_bid"])},
+                )
+            )
         return offers
 
     def create(self, offer: Offer, name: str, public_key: str, disk_gib: int, image: str) -> Instance:
         """PUT /api/v0/asks/{id}/ (create instance), then POST /api/v0/instances/{id}/ssh/ (attach ssh-key)."""
-        body = {"image": image, "label": name, "disk": int(disk_gib), "runtype": "ssh_direct",
-                "target_state": "running", "cancel_unavail": True}
+        body = {
+            "image": image,
+            "label": name,
+            "disk": int(disk_gib),
+            "runtype": "ssh_direct",
+            "target_state": "running",
+            "cancel_unavail": True,
+        }
         if offer.interruptible:  # create instance: `price` is the bid, "only for interruptible instances"
             body["price"] = offer.create_args["bid"]
-        answer = self.api.request("PUT", f"/api/v0/asks/{offer.offer_id}/", json=body, idempotent=False,
-                                  endpoint="create") or {}
+        answer = (
+            self.api.request("PUT", f"/api/v0/asks/{offer.offer_id}/", json=body, idempotent=False, endpoint="create")
+            or {}
+        )
         if not answer.get("success") or not answer.get("new_contract"):
             raise Refused(f"vast create from offer {offer.offer_id} refused: {answer.get('msg') or answer}")
         instance_id = str(answer["new_contract"])
         try:
-            self.api.request("POST", f"/api/v0/instances/{instance_id}/ssh/", json={"ssh_key": public_key},
-                             endpoint="attach")
+            self.api.request(
+                "POST", f"/api/v0/instances/{instance_id}/ssh/", json={"ssh_key": public_key}, endpoint="attach"
+            )
         except ProviderError as err:
-            raise ProviderError(f"vast instance {instance_id} created but its SSH key was not attached: {err}",
-                                instance_id) from err
-        return Instance(provider=self.name, id=instance_id, name=name, status="loading",
-                        usd_per_hour=offer.usd_per_hour)
+            raise ProviderError(
+                f"vast instance {instance_id} created but its SSH key was not attached: {err}", instance_id
+            ) from err
+        return Instance(
+            provider=self.name, id=instance_id, name=name, status="loading", usd_per_hour=offer.usd_per_hour
+        )
 
     def get(self, instance_id: str) -> Optional[Instance]:
         """GET /api/v0/instances/{id}/: the object sits under `instances` (a single object, not a list). The
@@ -121,11 +157,9 @@ class Vast(Provider):
 
     def destroy(self, instance_id: str) -> None:
         """DELETE /api/v0/instances/{id}/ (destroy instance): {"success": true}, or 404 when already gone."""
-        answer = self.api.request("DELETE", f"/api/v0/instances/{instance_id}/", missing_ok=True,
-                                  endpoint="destroy")
+        answer = self.api.request("DELETE", f"/api/v0/instances/{instance_id}/", missing_ok=True, endpoint="destroy")
         if answer is not None and answer.get("success") is False:
-            raise ProviderError(f"vast destroy of {instance_id} refused: {answer.get('msg') or answer}",
-                                instance_id)
+            raise ProviderError(f"vast destroy of {instance_id} refused: {answer.get('msg') or answer}", instance_id)
 
     def list_ours(self, prefix: str = TAG_PREFIX) -> List[Instance]:
         """GET /api/v1/instances/ (show instances, keyset-paged by next_token, pages spaced by its rate limit),
@@ -136,8 +170,7 @@ class Vast(Provider):
             if token:
                 params["after_token"] = token
             body = self.api.request("GET", "/api/v1/instances/", params=params, endpoint="list") or {}
-            found += [_instance(i) for i in body.get("instances", [])
-                      if str(i.get("label") or "").startswith(prefix)]
+            found += [_instance(i) for i in body.get("instances", []) if str(i.get("label") or "").startswith(prefix)]
             token = body.get("next_token")
             if not token:
                 break

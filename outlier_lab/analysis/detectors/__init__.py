@@ -1,4 +1,5 @@
 """Detector plug-ins: one interface, and every module of this package that defines one is found and run."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,8 +10,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 import torch
 from omegaconf import DictConfig
 
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe
+from outlier_lab.arch.sites import SiteMap
 
 
 @dataclass
@@ -107,8 +108,14 @@ class Detector:
     def loaded(self, model: torch.nn.Module, tokenizer: Any) -> None:
         """The model as loaded by the resident engine (the causal LM when a detector needs the head)."""
 
-    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
-               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+    def probes(
+        self,
+        model: torch.nn.Module,
+        site_map: SiteMap,
+        site_probes: Sequence[SiteProbe],
+        widths: Dict[str, int],
+        device: torch.device,
+    ) -> List[SiteProbe]:
         """Set up its reducer; returns the probes it observes (site probes, whose feature-space widths are given,
         or probes of its own)."""
         return []
@@ -169,8 +176,12 @@ def registry() -> List[Type[Detector]]:
         for info in pkgutil.iter_modules(__path__):
             module = importlib.import_module(f"{__name__}.{info.name}")
             for value in vars(module).values():
-                if isinstance(value, type) and issubclass(value, Detector) and value is not Detector \
-                        and value.__module__ == module.__name__:
+                if (
+                    isinstance(value, type)
+                    and issubclass(value, Detector)
+                    and value is not Detector
+                    and value.__module__ == module.__name__
+                ):
                     _REGISTRY.append(value)
         _REGISTRY.sort(key=lambda d: (d.order, d.name))
     return list(_REGISTRY)
@@ -204,7 +215,11 @@ def merge_probes(groups: Sequence[Sequence[SiteProbe]], site_order: Sequence[str
 def memory_total(cfg: DictConfig, shape: MemoryShape) -> MemoryNeed:
     """The selected detectors' memory, summed (observe: the largest, as probes are observed one at a time)."""
     needs = [d.memory(cfg, shape) for d in registry() if d.enabled(cfg)]
-    return MemoryNeed(weights=sum(n.weights for n in needs), lm_head=max((n.lm_head for n in needs), default=0.0),
-                      state=sum(n.state for n in needs),
-                      observe=max((n.observe for n in needs), default=0.0), extra=sum(n.extra for n in needs),
-                      notes=[note for n in needs for note in n.notes])
+    return MemoryNeed(
+        weights=sum(n.weights for n in needs),
+        lm_head=max((n.lm_head for n in needs), default=0.0),
+        state=sum(n.state for n in needs),
+        observe=max((n.observe for n in needs), default=0.0),
+        extra=sum(n.extra for n in needs),
+        notes=[note for n in needs for note in n.notes],
+    )

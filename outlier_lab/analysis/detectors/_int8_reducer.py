@@ -1,4 +1,5 @@
 """LLM.int8() outlier-feature criteria as a streaming, on-device, fp32 reduction over blocks and sequences."""
+
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from outlier_lab.config import DetectorConfig
+
 
 def min_count(frac: float, total: int) -> int:
     """Smallest integer count c with c / total >= frac, immune to float rounding (0.06 * 100 must give 6)."""
@@ -58,8 +60,10 @@ def _guarded(compiled: Callable) -> Callable:
         except Exception as err:  # noqa: BLE001 - any compiler failure; the eager twin computes the same thing
             if state["fn"] is site_step:
                 raise
-            logging.getLogger(__name__).warning("fused reducer kernel unavailable (%s); using eager ops",
-                                                str(err).splitlines()[0] if str(err) else type(err).__name__)
+            logging.getLogger(__name__).warning(
+                "fused reducer kernel unavailable (%s); using eager ops",
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
             state["fn"] = site_step
             return site_step(x, pos_hits, alpha)
 
@@ -137,7 +141,9 @@ class Int8Reducer:
     def _exact_in(self, dtype: torch.dtype) -> bool:
         exact = self._exact.get(dtype)
         if exact is None:
-            exact = dtype == torch.float32 or float(torch.tensor(self.criteria.alpha, dtype=dtype)) == self.criteria.alpha
+            exact = (
+                dtype == torch.float32 or float(torch.tensor(self.criteria.alpha, dtype=dtype)) == self.criteria.alpha
+            )
             self._exact[dtype] = exact
         return exact
 
@@ -260,8 +266,14 @@ class RunAccumulator:
     def per_sequence_table(self) -> Dict[str, np.ndarray]:
         keys = ("sequence", "dim", "layer_frac", "position_frac", "max_abs", "qualifies")
         if not self.rows:
-            empty = dict(sequence=np.int64, dim=np.int64, layer_frac=np.float64, position_frac=np.float64,
-                         max_abs=np.float64, qualifies=bool)
+            empty = dict(
+                sequence=np.int64,
+                dim=np.int64,
+                layer_frac=np.float64,
+                position_frac=np.float64,
+                max_abs=np.float64,
+                qualifies=bool,
+            )
             return {k: np.zeros(0, dtype=empty[k]) for k in keys}
         return {k: np.concatenate([r[k] for r in self.rows]) for k in keys}
 
@@ -315,7 +327,15 @@ def summarize(acc: RunAccumulator, hist: np.ndarray, block_max: np.ndarray, near
         )
     headline_dims = {f["dim"] for f in headline}
     brightest = [int(d) for d in np.argsort(-dim_max, kind="stable") if int(d) not in headline_dims][:near_misses]
-    misses = [dict(dim=d, max_abs=float(dim_max[d]), sequences=int(acc.qualified_sequences[d]),
-                   hit_sequences=int(acc.hit_sequences[d]), layer_frac_max=float(acc.layer_frac_max[d]),
-                   position_frac_max=float(acc.position_frac_max[d])) for d in brightest]
+    misses = [
+        dict(
+            dim=d,
+            max_abs=float(dim_max[d]),
+            sequences=int(acc.qualified_sequences[d]),
+            hit_sequences=int(acc.hit_sequences[d]),
+            layer_frac_max=float(acc.layer_frac_max[d]),
+            position_frac_max=float(acc.position_frac_max[d]),
+        )
+        for d in brightest
+    ]
     return dict(outlier_features=headline, qualified_dims=everything, summary=summary, near_misses=misses)

@@ -1,4 +1,5 @@
 """Scale-free LLM.int8() threshold: alpha as a multiple of the RMS of each site input, per sequence."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """What more than one detector plug-in needs (a plug-in never imports another plug-in)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ def require_trained_head(hf_config, model_name: str, what: str) -> None:
     """Refuse a checkpoint without a trained next-token head (a causal-LM class would add a random one)."""
     architectures = list(getattr(hf_config, "architectures", None) or [])
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        raise UserError(f"{what} needs a causal language model; {model_name} ships "
-                        f"{architectures or 'no architectures entry'} (no trained next-token head)")
+        raise UserError(
+            f"{what} needs a causal language model; {model_name} ships "
+            f"{architectures or 'no architectures entry'} (no trained next-token head)"
+        )
 
 
 def token_bytes(tokenizer, vocab_size: int) -> np.ndarray:

@@ -1,4 +1,5 @@
 """LLM.int8() Sec. 4.2 ablation: zero the outlier dims in projection inputs and measure the LM, vs random dims."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,13 +11,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from outlier_lab.arch.sites import SiteMap, discover_sites, input_width
 from outlier_lab.analysis.capture import HIDDEN, forward_kwargs
-from outlier_lab.errors import UserError
-from outlier_lab.markdown import dig, fmt, pm
-from outlier_lab.loading.models import input_device
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
 from outlier_lab.analysis.detectors._shared import require_trained_head, token_bytes
+from outlier_lab.arch.sites import SiteMap, discover_sites, input_width
+from outlier_lab.errors import UserError
+from outlier_lab.loading.models import input_device
+from outlier_lab.markdown import dig, fmt, pm
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,13 @@ class Meter:
         self.nll = self.top1_prob = self.target_prob = self.kl = 0.0
         self.correct = self.count = self.bytes = 0
 
-    def update(self, logits: torch.Tensor, batch: torch.Tensor, byte_lengths: np.ndarray,
-               base_logp: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+    def update(
+        self,
+        logits: torch.Tensor,
+        batch: torch.Tensor,
+        byte_lengths: np.ndarray,
+        base_logp: Optional[List[torch.Tensor]] = None,
+    ) -> List[torch.Tensor]:
         """Fold one batch's logits [B, T, V] in; returns its per-sequence log-probs for KL against this condition."""
         targets = batch[:, 1:]
         self.bytes += int(byte_lengths[targets.cpu().numpy()].sum())
@@ -101,21 +107,34 @@ class Meter:
 
     def result(self) -> Dict[str, float]:
         nll = self.nll / self.count
-        return dict(nll=nll, ppl=math.exp(nll), bits_per_byte=self.nll / math.log(2) / max(self.bytes, 1),
-                    top1_prob=self.top1_prob / self.count, top1_acc=self.correct / self.count,
-                    target_prob=self.target_prob / self.count, kl_from_baseline=self.kl / self.count,
-                    tokens=self.count, bytes=self.bytes)
+        return dict(
+            nll=nll,
+            ppl=math.exp(nll),
+            bits_per_byte=self.nll / math.log(2) / max(self.bytes, 1),
+            top1_prob=self.top1_prob / self.count,
+            top1_acc=self.correct / self.count,
+            target_prob=self.target_prob / self.count,
+            kl_from_baseline=self.kl / self.count,
+            tokens=self.count,
+            bytes=self.bytes,
+        )
 
 
 @torch.inference_mode()
-def measure(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int, byte_lengths: np.ndarray, paths: Sequence[str],
-            conditions: Sequence[Sequence[int]]) -> List[Dict[str, float]]:
+def measure(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    batch_size: int,
+    byte_lengths: np.ndarray,
+    paths: Sequence[str],
+    conditions: Sequence[Sequence[int]],
+) -> List[Dict[str, float]]:
     """Metrics of the unablated model, then of each condition (dims zeroed), batch by batch on the same tokens."""
     device = input_device(model)
     kwargs = forward_kwargs(model)
     meters = [Meter() for _ in range(len(conditions) + 1)]
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start:start + batch_size].to(device)
+        batch = tokens[start : start + batch_size].to(device)
         base_logp = meters[0].update(model(input_ids=batch, **kwargs).logits, batch, byte_lengths)
         for meter, dims in zip(meters[1:], conditions):
             with zeroed_inputs(model, paths, dims):
@@ -126,7 +145,9 @@ def measure(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int, byte_
 def _deltas(metrics: Dict[str, float], baseline: Dict[str, float]) -> Dict[str, float]:
     out = {k: metrics[k] - baseline[k] for k in METRICS}
     out["ppl_pct"] = 100.0 * (metrics["ppl"] / baseline["ppl"] - 1.0)
-    out["top1_prob_pct"] = 100.0 * (metrics["top1_prob"] / baseline["top1_prob"] - 1.0) if baseline["top1_prob"] else None
+    out["top1_prob_pct"] = (
+        100.0 * (metrics["top1_prob"] / baseline["top1_prob"] - 1.0) if baseline["top1_prob"] else None
+    )
     return out
 
 
@@ -135,8 +156,12 @@ def _spread(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
     if not values:
         return dict(mean=None, std=None, min=None, max=None)
     array = np.asarray(values, dtype=np.float64)
-    return dict(mean=float(array.mean()), std=float(array.std(ddof=1)) if array.size > 1 else 0.0,
-                min=float(array.min()), max=float(array.max()))
+    return dict(
+        mean=float(array.mean()),
+        std=float(array.std(ddof=1)) if array.size > 1 else 0.0,
+        min=float(array.min()),
+        max=float(array.max()),
+    )
 
 
 def random_dims(hidden: int, exclude: Sequence[int], count: int, seed: int) -> List[int]:
@@ -146,8 +171,16 @@ def random_dims(hidden: int, exclude: Sequence[int], count: int, seed: int) -> L
     return sorted(int(d) for d in rng.choice(pool, size=min(count, pool.size), replace=False))
 
 
-def run_ablation(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, tokenizer, dims: Sequence[int],
-                 sites: Sequence[str], seeds: Sequence[int], batch_size: int) -> Dict[str, Any]:
+def run_ablation(
+    model: torch.nn.Module,
+    site_map: SiteMap,
+    tokens: torch.Tensor,
+    tokenizer,
+    dims: Sequence[int],
+    sites: Sequence[str],
+    seeds: Sequence[int],
+    batch_size: int,
+) -> Dict[str, Any]:
     """Baseline, outlier dims zeroed, and the same number of random dims zeroed once per seed."""
     hidden = model.config.get_text_config().hidden_size
     byte_lengths = token_bytes(tokenizer, model.config.get_text_config().vocab_size)
@@ -155,44 +188,75 @@ def run_ablation(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor
     dims = sorted(int(d) for d in dims)
     if not dims:
         (baseline,) = measure(model, tokens, batch_size, byte_lengths, paths, [])
-        return dict(dims=[], sites=list(sites), zeroed_modules=len(paths), num_sequences=int(tokens.shape[0]),
-                    seeds=list(seeds), baseline=baseline, outliers=None, random=None,
-                    note="no outlier dims to zero: baseline metrics only")
+        return dict(
+            dims=[],
+            sites=list(sites),
+            zeroed_modules=len(paths),
+            num_sequences=int(tokens.shape[0]),
+            seeds=list(seeds),
+            baseline=baseline,
+            outliers=None,
+            random=None,
+            note="no outlier dims to zero: baseline metrics only",
+        )
     controls = [random_dims(hidden, dims, len(dims), seed) for seed in seeds]
     baseline, ablated, *randoms = measure(model, tokens, batch_size, byte_lengths, paths, [dims, *controls])
-    runs = [dict(seed=seed, dims=control, metrics=metrics, delta=_deltas(metrics, baseline))
-            for seed, control, metrics in zip(seeds, controls, randoms)]
+    runs = [
+        dict(seed=seed, dims=control, metrics=metrics, delta=_deltas(metrics, baseline))
+        for seed, control, metrics in zip(seeds, controls, randoms)
+    ]
     keys = list(_deltas(baseline, baseline))
     section: Dict[str, Any] = dict(
-        dims=dims, sites=list(sites), zeroed_modules=len(paths), num_sequences=int(tokens.shape[0]),
-        seeds=list(seeds), baseline=baseline, outliers=dict(metrics=ablated, delta=_deltas(ablated, baseline)),
-        random=dict(runs=runs, delta={k: _spread([r["delta"][k] for r in runs]) for k in keys}) if runs else None)
+        dims=dims,
+        sites=list(sites),
+        zeroed_modules=len(paths),
+        num_sequences=int(tokens.shape[0]),
+        seeds=list(seeds),
+        baseline=baseline,
+        outliers=dict(metrics=ablated, delta=_deltas(ablated, baseline)),
+        random=dict(runs=runs, delta={k: _spread([r["delta"][k] for r in runs]) for k in keys}) if runs else None,
+    )
     if runs:
-        log.info("ablation: ppl %.3f -> %.3f zeroing %d outlier dims; random dims: %+.2f%% +- %.2f%%",
-                 baseline["ppl"], ablated["ppl"], len(dims), section["random"]["delta"]["ppl_pct"]["mean"],
-                 section["random"]["delta"]["ppl_pct"]["std"])
+        log.info(
+            "ablation: ppl %.3f -> %.3f zeroing %d outlier dims; random dims: %+.2f%% +- %.2f%%",
+            baseline["ppl"],
+            ablated["ppl"],
+            len(dims),
+            section["random"]["delta"]["ppl_pct"]["mean"],
+            section["random"]["delta"]["ppl_pct"]["std"],
+        )
     return section
 
 
 def markdown_section(section: Dict[str, Any]) -> List[str]:
     """report.md lines for one run's ablation: baseline, outlier dims zeroed, random dims (mean ± sd over seeds)."""
     base = section["baseline"]
-    lines = ["## Ablation (LLM.int8() Sec. 4.2)", "",
-             f"Baseline on {section['num_sequences']} sequences: perplexity {base['ppl']:.3f}, "
-             f"{base['bits_per_byte']:.4f} bits per byte, mean top-1 probability {base['top1_prob']:.4f}.", ""]
+    lines = [
+        "## Ablation (LLM.int8() Sec. 4.2)",
+        "",
+        f"Baseline on {section['num_sequences']} sequences: perplexity {base['ppl']:.3f}, "
+        f"{base['bits_per_byte']:.4f} bits per byte, mean top-1 probability {base['top1_prob']:.4f}.",
+        "",
+    ]
     if section.get("outliers") is None:
         return lines + [section.get("note", ""), ""]
     out = section["outliers"]["delta"]
-    lines += [f"Zeroed dims {section['dims']} in {section['zeroed_modules']} module inputs ({', '.join(section['sites'])}).",
-              "", "| zeroed | Δ top-1 prob % | Δ ppl % | Δ bits/byte | KL from baseline |", "|---|---|---|---|---|",
-              f"| outlier dims | {out['top1_prob_pct']:.2f} | {out['ppl_pct']:.2f} | {out['bits_per_byte']:.4f} | "
-              f"{out['kl_from_baseline']:.4f} |"]
+    lines += [
+        f"Zeroed dims {section['dims']} in {section['zeroed_modules']} module inputs ({', '.join(section['sites'])}).",
+        "",
+        "| zeroed | Δ top-1 prob % | Δ ppl % | Δ bits/byte | KL from baseline |",
+        "|---|---|---|---|---|",
+        f"| outlier dims | {out['top1_prob_pct']:.2f} | {out['ppl_pct']:.2f} | {out['bits_per_byte']:.4f} | "
+        f"{out['kl_from_baseline']:.4f} |",
+    ]
     if section.get("random"):
         r = section["random"]["delta"]
-        lines.append(f"| random dims ({len(section['seeds'])} seeds, mean ± sd) | {r['top1_prob_pct']['mean']:.2f} ± "
-                     f"{r['top1_prob_pct']['std']:.2f} | {r['ppl_pct']['mean']:.2f} ± {r['ppl_pct']['std']:.2f} | "
-                     f"{r['bits_per_byte']['mean']:.4f} ± {r['bits_per_byte']['std']:.4f} | "
-                     f"{r['kl_from_baseline']['mean']:.4f} ± {r['kl_from_baseline']['std']:.4f} |")
+        lines.append(
+            f"| random dims ({len(section['seeds'])} seeds, mean ± sd) | {r['top1_prob_pct']['mean']:.2f} ± "
+            f"{r['top1_prob_pct']['std']:.2f} | {r['ppl_pct']['mean']:.2f} ± {r['ppl_pct']['std']:.2f} | "
+            f"{r['bits_per_byte']['mean']:.4f} ± {r['bits_per_byte']['std']:.4f} | "
+            f"{r['kl_from_baseline']['mean']:.4f} ± {r['kl_from_baseline']['std']:.4f} |"
+        )
     return lines + [""]
 
 
@@ -207,16 +271,29 @@ class Ablation(Detector):
     order = 20  # reads llm_int8's headline outlier dims
     needs_lm_head = True
     needs_resident = True
-    comparison_columns = ("ppl", "bits_per_byte", "top1_prob", "ablated_dims",
-                          "d_top1_pct_outliers", "d_top1_pct_random_mean", "d_top1_pct_random_std",
-                          "d_ppl_pct_outliers", "d_ppl_pct_random_mean", "d_ppl_pct_random_std",
-                          "kl_outliers", "kl_random_mean", "kl_random_std")
+    comparison_columns = (
+        "ppl",
+        "bits_per_byte",
+        "top1_prob",
+        "ablated_dims",
+        "d_top1_pct_outliers",
+        "d_top1_pct_random_mean",
+        "d_top1_pct_random_std",
+        "d_ppl_pct_outliers",
+        "d_ppl_pct_random_mean",
+        "d_ppl_pct_random_std",
+        "kl_outliers",
+        "kl_random_mean",
+        "kl_random_std",
+    )
 
     @classmethod
     def enabled(cls, cfg: DictConfig) -> bool:
         mode = (cfg.get("analysis") or {}).get("mode", "detect")
         if mode not in ANALYSIS_MODES:
-            raise UserError(f"analysis.mode={mode!r} is not one of {', '.join(ANALYSIS_MODES)} (e.g. analysis=ablation)")
+            raise UserError(
+                f"analysis.mode={mode!r} is not one of {', '.join(ANALYSIS_MODES)} (e.g. analysis=ablation)"
+            )
         return mode == "ablation"
 
     @classmethod
@@ -237,45 +314,63 @@ class Ablation(Detector):
         count = tokens.shape[0] if a.num_sequences is None else max(1, min(a.num_sequences, tokens.shape[0]))
         # Module paths from the causal LM's root (the pass traced its base model).
         site_map = discover_sites(ctx.model, ctx.cfg.detector.sites, ctx.cfg.detector.layers)
-        return run_ablation(ctx.model, site_map, tokens[:count], ctx.tokenizer, dims, list(a.sites),
-                            [ctx.cfg.seed + i for i in range(a.random_seeds)], ctx.cfg.dataset.batch_size)
+        return run_ablation(
+            ctx.model,
+            site_map,
+            tokens[:count],
+            ctx.tokenizer,
+            dims,
+            list(a.sites),
+            [ctx.cfg.seed + i for i in range(a.random_seeds)],
+            ctx.cfg.dataset.batch_size,
+        )
 
     report_section = staticmethod(markdown_section)
 
     @staticmethod
     def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
         base, outl, rand = (section.get(k) or {} for k in ("baseline", "outliers", "random"))
-        return dict(ppl=base.get("ppl"), bits_per_byte=base.get("bits_per_byte"), top1_prob=base.get("top1_prob"),
-                    ablated_dims=len(section.get("dims") or []),
-                    d_top1_pct_outliers=dig(outl, "delta", "top1_prob_pct"),
-                    d_top1_pct_random_mean=dig(rand, "delta", "top1_prob_pct", "mean"),
-                    d_top1_pct_random_std=dig(rand, "delta", "top1_prob_pct", "std"),
-                    d_ppl_pct_outliers=dig(outl, "delta", "ppl_pct"),
-                    d_ppl_pct_random_mean=dig(rand, "delta", "ppl_pct", "mean"),
-                    d_ppl_pct_random_std=dig(rand, "delta", "ppl_pct", "std"),
-                    kl_outliers=dig(outl, "delta", "kl_from_baseline"),
-                    kl_random_mean=dig(rand, "delta", "kl_from_baseline", "mean"),
-                    kl_random_std=dig(rand, "delta", "kl_from_baseline", "std"))
+        return dict(
+            ppl=base.get("ppl"),
+            bits_per_byte=base.get("bits_per_byte"),
+            top1_prob=base.get("top1_prob"),
+            ablated_dims=len(section.get("dims") or []),
+            d_top1_pct_outliers=dig(outl, "delta", "top1_prob_pct"),
+            d_top1_pct_random_mean=dig(rand, "delta", "top1_prob_pct", "mean"),
+            d_top1_pct_random_std=dig(rand, "delta", "top1_prob_pct", "std"),
+            d_ppl_pct_outliers=dig(outl, "delta", "ppl_pct"),
+            d_ppl_pct_random_mean=dig(rand, "delta", "ppl_pct", "mean"),
+            d_ppl_pct_random_std=dig(rand, "delta", "ppl_pct", "std"),
+            kl_outliers=dig(outl, "delta", "kl_from_baseline"),
+            kl_random_mean=dig(rand, "delta", "kl_from_baseline", "mean"),
+            kl_random_std=dig(rand, "delta", "kl_from_baseline", "std"),
+        )
 
     @staticmethod
     def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
         rows = [r for r in rows if r["ablated_dims"] is not None]
         if not rows:
             return []
-        lines = ["", "## Ablation (LLM.int8() Sec. 4.2): zero the outlier dims vs the same number of random dims", "",
-                 "Relative changes in %; the paper saw top-1 probability fall by about half (40% -> 20%) and "
-                 "perplexity rise 600-1000% for outliers, about 0.1% for random dims. KL: mean KL(unablated || "
-                 "ablated) per token.", "",
-                 "| job | model | ppl | bits/byte | top-1 prob | dims | Δ top-1 % outliers | Δ top-1 % random (mean ± sd) | "
-                 "Δ ppl % outliers | Δ ppl % random (mean ± sd) | KL outliers | KL random (mean ± sd) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "",
+            "## Ablation (LLM.int8() Sec. 4.2): zero the outlier dims vs the same number of random dims",
+            "",
+            "Relative changes in %; the paper saw top-1 probability fall by about half (40% -> 20%) and "
+            "perplexity rise 600-1000% for outliers, about 0.1% for random dims. KL: mean KL(unablated || "
+            "ablated) per token.",
+            "",
+            "| job | model | ppl | bits/byte | top-1 prob | dims | Δ top-1 % outliers | Δ top-1 % random (mean ± sd) | "
+            "Δ ppl % outliers | Δ ppl % random (mean ± sd) | KL outliers | KL random (mean ± sd) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             lines.append(
                 f"| {r['job']} | {fmt(r['model'])} | {fmt(r['ppl'], 2)} | {fmt(r['bits_per_byte'], 3)} | "
                 f"{fmt(r['top1_prob'], 3)} | {fmt(r['ablated_dims'])} | {fmt(r['d_top1_pct_outliers'], 1)} | "
                 f"{pm(r['d_top1_pct_random_mean'], r['d_top1_pct_random_std'], 1)} | {fmt(r['d_ppl_pct_outliers'], 1)} | "
                 f"{pm(r['d_ppl_pct_random_mean'], r['d_ppl_pct_random_std'], 1)} | {fmt(r['kl_outliers'], 4)} | "
-                f"{pm(r['kl_random_mean'], r['kl_random_std'], 4)} |")
+                f"{pm(r['kl_random_mean'], r['kl_random_std'], 4)} |"
+            )
         return lines
 
     @classmethod

@@ -1,4 +1,5 @@
 """The LLM.int8() outlier-feature detector as a plug-in: the headline of every job (its fields are top-level)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
@@ -8,12 +9,12 @@ import torch
 from omegaconf import DictConfig
 
 from outlier_lab import results as store
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import HIDDEN, SiteProbe, space_blocks
-from outlier_lab.config import DetectorConfig
+from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
 from outlier_lab.analysis.detectors._int8_reducer import Int8Reducer, RunAccumulator, summarize
 from outlier_lab.analysis.detectors._rms_reducer import RmsInt8Reducer
-from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
+from outlier_lab.arch.sites import SiteMap
+from outlier_lab.config import DetectorConfig
 
 # The reducer's signed outlier histogram: int64 counts, num_bins per sign.
 _HIST_BYTES_PER_DIM_PER_BIN = 2 * 8
@@ -24,9 +25,8 @@ def heatmap_data(space: Dict[str, Any], block_max: np.ndarray, blocks, top: int)
     dims (the space's near misses, in the same order)."""
     dims = [f["dim"] for f in space["outlier_features"][:top]]
     num_headline = len(dims)
-    dims += [m["dim"] for m in space["near_misses"][:top - num_headline]]
-    return dict(blocks=list(blocks), dims=dims, num_headline=num_headline,
-                max_abs=block_max[:, dims].round(4).tolist())
+    dims += [m["dim"] for m in space["near_misses"][: top - num_headline]]
+    return dict(blocks=list(blocks), dims=dims, num_headline=num_headline, max_abs=block_max[:, dims].round(4).tolist())
 
 
 class LlmInt8(Detector):
@@ -44,8 +44,14 @@ class LlmInt8(Detector):
     def check(cls, cfg: DictConfig, hf_config: Any) -> None:
         DetectorConfig.of(cfg.detector)
 
-    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
-               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+    def probes(
+        self,
+        model: torch.nn.Module,
+        site_map: SiteMap,
+        site_probes: Sequence[SiteProbe],
+        widths: Dict[str, int],
+        device: torch.device,
+    ) -> List[SiteProbe]:
         criteria = DetectorConfig.of(self.cfg.detector)
         self.site_map, self.widths = site_map, dict(widths)
         # A space's slots are the analyzed blocks that have it (per-mixer-kind spaces live in some blocks only).
@@ -78,8 +84,9 @@ class LlmInt8(Detector):
         out = {}
         for space, reducer in self.reducers.items():
             block_max = reducer.block_max.cpu().numpy()
-            out[space] = summarize(self.accumulators[space], reducer.histogram(), block_max,
-                                   self.cfg.detector.heatmap_top_dims)
+            out[space] = summarize(
+                self.accumulators[space], reducer.histogram(), block_max, self.cfg.detector.heatmap_top_dims
+            )
             out[space]["width"] = self.widths[space]
             out[space]["blocks"] = self.blocks_of[space]
             out[space]["block_max"] = block_max
@@ -102,20 +109,28 @@ class LlmInt8(Detector):
         headline = HIDDEN if HIDDEN in spaces else next(iter(spaces))
         self._per_sequence = self.per_sequence()
         return dict(
-            detector=dict(name=det.name, alpha=det.alpha, min_layer_frac=det.min_layer_frac,
-                          min_position_frac=det.min_position_frac, min_sequences_frac=det.min_sequences_frac,
-                          sites=list(site_map.site_names), layers=list(site_map.block_indices),
-                          num_blocks_analyzed=len(site_map.block_indices), adapter=site_map.adapter.name,
-                          adapter_curated=site_map.adapter.curated, block_layouts=site_map.layouts_record(),
-                          statistics_dtype="float32", alpha_mode=det.get("alpha_mode", "absolute")),
+            detector=dict(
+                name=det.name,
+                alpha=det.alpha,
+                min_layer_frac=det.min_layer_frac,
+                min_position_frac=det.min_position_frac,
+                min_sequences_frac=det.min_sequences_frac,
+                sites=list(site_map.site_names),
+                layers=list(site_map.block_indices),
+                num_blocks_analyzed=len(site_map.block_indices),
+                adapter=site_map.adapter.name,
+                adapter_curated=site_map.adapter.curated,
+                block_layouts=site_map.layouts_record(),
+                statistics_dtype="float32",
+                alpha_mode=det.get("alpha_mode", "absolute"),
+            ),
             outlier_features=spaces[headline]["outlier_features"],
             qualified_dims=spaces[headline]["qualified_dims"],
             near_misses=spaces[headline]["near_misses"],
             summary=spaces[headline]["summary"],
             headline_space=headline,
             other_spaces={k: v for k, v in spaces.items() if k != headline},
-            heatmap=heatmap_data(spaces[headline], block_max[headline], site_map.block_indices,
-                                 det.heatmap_top_dims),
+            heatmap=heatmap_data(spaces[headline], block_max[headline], site_map.block_indices, det.heatmap_top_dims),
         )
 
     def write_files(self, out_dir) -> None:
@@ -126,10 +141,11 @@ class LlmInt8(Detector):
         # Per batch: block hits and position hits (bool) and the per-sequence max; per run: block max and histogram.
         bins = DetectorConfig.of(cfg.detector).num_bins
         b, n, blocks = shape.batch, shape.tokens, shape.analyzed_blocks
-        state = sum(b * blocks * w + n * w + b * w * 4 + blocks * w * 4 + w * bins * _HIST_BYTES_PER_DIM_PER_BIN
-                    for w in shape.widths.values())
+        state = sum(
+            b * blocks * w + n * w + b * w * 4 + blocks * w * 4 + w * bins * _HIST_BYTES_PER_DIM_PER_BIN
+            for w in shape.widths.values()
+        )
         # Observing one site: |x| in the model's dtype (exact, no fp32 copy) and the hit mask; the sparse
         # histogram's index tensors are sized by the hits, which are rare.
         widest = max(shape.widths.values(), default=shape.hidden)
         return MemoryNeed(state=state, observe=n * widest * (shape.act_bytes + 1))
-

@@ -1,8 +1,8 @@
 """Massive activations (Sun et al. 2024): huge scalars in block outputs, streamed on the device like llm_int8."""
+
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -10,17 +10,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe
-from outlier_lab.markdown import fmt
-from outlier_lab.loading.windows import special_ids
-from outlier_lab.results import atomic_write_bytes
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
 from outlier_lab.analysis.detectors._shared import MassiveConfig, is_delimiter
+from outlier_lab.arch.sites import SiteMap
+from outlier_lab.loading.windows import special_ids
+from outlier_lab.markdown import fmt
+from outlier_lab.results import atomic_write_bytes
 
 SPACE = "block_out"
 SITE = "block_out"
 HITS_FILE = "massive_hits.parquet"
+
+
 # Tokens that Sun et al. found carrying massive activations besides the first one: punctuation and line breaks.
 class MassiveReducer:
     """Per analyzed block: exact hit counts per dim, hit max |x|, mean top-3 and median |x|; a bounded hit list.
@@ -30,8 +32,14 @@ class MassiveReducer:
     partition for the median are several times cheaper than topk and torch.median.
     """
 
-    def __init__(self, criteria: MassiveConfig, block_indices: Sequence[int], hidden: int,
-                 device: torch.device | str = "cpu", sync_free: Optional[bool] = None):
+    def __init__(
+        self,
+        criteria: MassiveConfig,
+        block_indices: Sequence[int],
+        hidden: int,
+        device: torch.device | str = "cpu",
+        sync_free: Optional[bool] = None,
+    ):
         self.criteria = criteria
         self.block_indices = list(block_indices)
         self.hidden = hidden
@@ -104,13 +112,19 @@ class MassiveReducer:
             magnitude, signed, index = magnitude.cpu().numpy(), signed.cpu().numpy(), index.cpu().numpy()
             keep = magnitude > 0  # non-hits were zeroed before the topk
             room = self.criteria.max_hits - self.num_stored
-            index, signed = index[keep][:max(room, 0)], signed[keep][:max(room, 0)]
+            index, signed = index[keep][: max(room, 0)], signed[keep][: max(room, 0)]
             if index.size == 0:
                 continue
             b, t, d = np.unravel_index(index, (batch, seq_len, self.hidden))
-            self.hits.append(dict(block=np.full(index.size, self.block_indices[slot], dtype=np.int64),
-                                  sequence=(b + self.num_sequences).astype(np.int64), position=t.astype(np.int64),
-                                  dim=d.astype(np.int64), value=signed.astype(np.float64)))
+            self.hits.append(
+                dict(
+                    block=np.full(index.size, self.block_indices[slot], dtype=np.int64),
+                    sequence=(b + self.num_sequences).astype(np.int64),
+                    position=t.astype(np.int64),
+                    dim=d.astype(np.int64),
+                    value=signed.astype(np.float64),
+                )
+            )
             self.num_stored += index.size
         self.num_sequences += batch
         self._pending, self._shape = [], None
@@ -129,8 +143,9 @@ def token_texts(tokenizer, ids: Sequence[int]) -> Dict[int, str]:
     return {int(i): tokenizer.decode([int(i)]) for i in sorted(set(int(i) for i in ids))}
 
 
-def finalize(reducer: MassiveReducer, tokens: torch.Tensor, tokenizer, bos_id: Optional[int],
-             prepended_bos: bool) -> tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+def finalize(
+    reducer: MassiveReducer, tokens: torch.Tensor, tokenizer, bos_id: Optional[int], prepended_bos: bool
+) -> tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """The results.json `massive` section and the full hit table (token text, BOS and delimiter marks added)."""
     table = reducer.hit_table()
     ids = tokens[table["sequence"], table["position"]].numpy() if table["sequence"].size else np.zeros(0, np.int64)
@@ -139,13 +154,14 @@ def finalize(reducer: MassiveReducer, tokens: torch.Tensor, tokenizer, bos_id: O
     table["token_id"] = ids.astype(np.int64)
     table["token"] = np.array([texts[int(i)] for i in ids], dtype=object)
     table["is_bos"] = (table["position"] == 0) & prepended_bos & (ids == (bos_id if bos_id is not None else -1))
-    table["is_delimiter"] = ~table["is_bos"] & np.array([is_delimiter(texts[int(i)], int(i), special) for i in ids],
-                                                         dtype=bool)
+    table["is_delimiter"] = ~table["is_bos"] & np.array(
+        [is_delimiter(texts[int(i)], int(i), special) for i in ids], dtype=bool
+    )
 
     counts = reducer.hit_count.cpu().numpy()
     hit_max = reducer.hit_max.cpu().numpy()
     n = max(reducer.num_sequences, 1)
-    top3 = (reducer.top3_sum.cpu().numpy() / n)
+    top3 = reducer.top3_sum.cpu().numpy() / n
     medians = reducer.median_sum.cpu().numpy() / n
     dims = []
     for d in np.nonzero(counts.sum(axis=0))[0]:
@@ -153,34 +169,64 @@ def finalize(reducer: MassiveReducer, tokens: torch.Tensor, tokenizer, bos_id: O
         tok_counts: Dict[str, int] = {}
         for text in table["token"][rows]:
             tok_counts[text] = tok_counts.get(text, 0) + 1
-        dims.append(dict(dim=int(d), hits=int(counts[:, d].sum()), max_abs=float(hit_max[:, d].max()),
-                         blocks=[reducer.block_indices[s] for s in np.nonzero(counts[:, d])[0]],
-                         positions=sorted({int(p) for p in table["position"][rows]})[:20],
-                         bos_frac=float(table["is_bos"][rows].mean()) if rows.any() else None,
-                         delimiter_frac=float(table["is_delimiter"][rows].mean()) if rows.any() else None,
-                         top_tokens=sorted(tok_counts.items(), key=lambda kv: -kv[1])[:5]))
+        dims.append(
+            dict(
+                dim=int(d),
+                hits=int(counts[:, d].sum()),
+                max_abs=float(hit_max[:, d].max()),
+                blocks=[reducer.block_indices[s] for s in np.nonzero(counts[:, d])[0]],
+                positions=sorted({int(p) for p in table["position"][rows]})[:20],
+                bos_frac=float(table["is_bos"][rows].mean()) if rows.any() else None,
+                delimiter_frac=float(table["is_delimiter"][rows].mean()) if rows.any() else None,
+                top_tokens=sorted(tok_counts.items(), key=lambda kv: -kv[1])[:5],
+            )
+        )
     dims.sort(key=lambda f: (-f["hits"], f["dim"]))
     num_hits = int(counts.sum())
     stored = int(table["dim"].size)
     top = np.argsort(-np.abs(table["value"]), kind="stable")[:20]
     section = dict(
-        criteria=dict(min_abs=reducer.criteria.min_abs, min_ratio=reducer.criteria.min_ratio,
-                      median_over="one sequence's block output (all positions and dims)", measured="block outputs"),
-        summary=dict(num_hits=num_hits, hits_stored=stored, truncated=stored < num_hits,
-                     max_abs=float(hit_max.max()) if hit_max.size else 0.0,
-                     dims=[f["dim"] for f in dims],
-                     first_block=min((b for f in dims for b in f["blocks"]), default=None),
-                     bos_frac=float(table["is_bos"].mean()) if stored else None,
-                     delimiter_frac=float(table["is_delimiter"].mean()) if stored else None),
+        criteria=dict(
+            min_abs=reducer.criteria.min_abs,
+            min_ratio=reducer.criteria.min_ratio,
+            median_over="one sequence's block output (all positions and dims)",
+            measured="block outputs",
+        ),
+        summary=dict(
+            num_hits=num_hits,
+            hits_stored=stored,
+            truncated=stored < num_hits,
+            max_abs=float(hit_max.max()) if hit_max.size else 0.0,
+            dims=[f["dim"] for f in dims],
+            first_block=min((b for f in dims for b in f["blocks"]), default=None),
+            bos_frac=float(table["is_bos"].mean()) if stored else None,
+            delimiter_frac=float(table["is_delimiter"].mean()) if stored else None,
+        ),
         dims=dims,
-        per_block=[dict(block=b, top1=float(top3[s, 0]), top2=float(top3[s, 1]) if top3.shape[1] > 1 else None,
-                        top3=float(top3[s, 2]) if top3.shape[1] > 2 else None, median=float(medians[s]),
-                        hits=int(counts[s].sum()))
-                   for s, b in enumerate(reducer.block_indices)],
-        top_hits=[dict(block=int(table["block"][i]), sequence=int(table["sequence"][i]),
-                       position=int(table["position"][i]), token=str(table["token"][i]), dim=int(table["dim"][i]),
-                       value=float(table["value"][i]), is_bos=bool(table["is_bos"][i]),
-                       is_delimiter=bool(table["is_delimiter"][i])) for i in top],
+        per_block=[
+            dict(
+                block=b,
+                top1=float(top3[s, 0]),
+                top2=float(top3[s, 1]) if top3.shape[1] > 1 else None,
+                top3=float(top3[s, 2]) if top3.shape[1] > 2 else None,
+                median=float(medians[s]),
+                hits=int(counts[s].sum()),
+            )
+            for s, b in enumerate(reducer.block_indices)
+        ],
+        top_hits=[
+            dict(
+                block=int(table["block"][i]),
+                sequence=int(table["sequence"][i]),
+                position=int(table["position"][i]),
+                token=str(table["token"][i]),
+                dim=int(table["dim"][i]),
+                value=float(table["value"][i]),
+                is_bos=bool(table["is_bos"][i]),
+                is_delimiter=bool(table["is_delimiter"][i]),
+            )
+            for i in top
+        ],
         hits_file=HITS_FILE,
     )
     return section, table
@@ -200,18 +246,28 @@ def write_hits(path: Path, table: Dict[str, np.ndarray]) -> None:
 def markdown_section(section: Dict[str, Any]) -> List[str]:
     """report.md lines for one run's massive activations."""
     s, c = section["summary"], section["criteria"]
-    lines = ["## Massive activations (Sun et al. 2024)", "",
-             f"Block outputs with |x| > {c['min_abs']:g} and >= {c['min_ratio']:g}x the median |x| of their hidden "
-             f"state: {s['num_hits']} hits in dims {s['dims'][:20]}"
-             + (f", from block {s['first_block']}" if s["first_block"] is not None else "")
-             + (f"; {100 * s['bos_frac']:.0f}% on BOS, {100 * s['delimiter_frac']:.0f}% on delimiters"
-                if s["bos_frac"] is not None else "") + f". All stored hits: `{section['hits_file']}`.", ""]
+    lines = [
+        "## Massive activations (Sun et al. 2024)",
+        "",
+        f"Block outputs with |x| > {c['min_abs']:g} and >= {c['min_ratio']:g}x the median |x| of their hidden "
+        f"state: {s['num_hits']} hits in dims {s['dims'][:20]}"
+        + (f", from block {s['first_block']}" if s["first_block"] is not None else "")
+        + (
+            f"; {100 * s['bos_frac']:.0f}% on BOS, {100 * s['delimiter_frac']:.0f}% on delimiters"
+            if s["bos_frac"] is not None
+            else ""
+        )
+        + f". All stored hits: `{section['hits_file']}`.",
+        "",
+    ]
     if section["dims"]:
         lines += ["| dim | hits | max abs | blocks | positions | top tokens |", "|---|---|---|---|---|---|"]
         for d in section["dims"][:20]:
             tokens = ", ".join(f"{text!r} x{n}" for text, n in d["top_tokens"]).replace("|", "\\|")
-            lines.append(f"| {d['dim']} | {d['hits']} | {d['max_abs']:.1f} | {d['blocks'][0]}-{d['blocks'][-1]} "
-                         f"({len(d['blocks'])}) | {d['positions'][:8]} | {tokens} |")
+            lines.append(
+                f"| {d['dim']} | {d['hits']} | {d['max_abs']:.1f} | {d['blocks'][0]}-{d['blocks'][-1]} "
+                f"({len(d['blocks'])}) | {d['positions'][:8]} | {tokens} |"
+            )
     return lines + [""]
 
 
@@ -224,13 +280,22 @@ class Massive(Detector):
     order = 10
     comparison_columns = ("massive_hits", "massive_dims", "massive_max_abs", "massive_bos_frac")
 
-    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
-               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+    def probes(
+        self,
+        model: torch.nn.Module,
+        site_map: SiteMap,
+        site_probes: Sequence[SiteProbe],
+        widths: Dict[str, int],
+        device: torch.device,
+    ) -> List[SiteProbe]:
         settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MassiveConfig), self.cfg.detector.massive))
-        self.reducer = MassiveReducer(settings, site_map.block_indices, model.config.get_text_config().hidden_size,
-                                      device)
-        return [SiteProbe(block, slot, SITE, site_map.block_path(block), SPACE, output=True)
-                for slot, block in enumerate(site_map.block_indices)]
+        self.reducer = MassiveReducer(
+            settings, site_map.block_indices, model.config.get_text_config().hidden_size, device
+        )
+        return [
+            SiteProbe(block, slot, SITE, site_map.block_path(block), SPACE, output=True)
+            for slot, block in enumerate(site_map.block_indices)
+        ]
 
     def start_batch(self, input_ids: torch.Tensor) -> None:
         self.reducer.start_batch(*input_ids.shape)
@@ -250,8 +315,9 @@ class Massive(Detector):
     def finalize(self, ctx: JobContext) -> Dict[str, Any]:
         ds = ctx.cfg.dataset
         bos_id, _ = special_ids(ctx.tokenizer, ds.bos_token)
-        section, self._hits = finalize(self.reducer, ctx.tokens, ctx.tokenizer, bos_id,
-                                       bool(ds.prepend_bos and bos_id is not None))
+        section, self._hits = finalize(
+            self.reducer, ctx.tokens, ctx.tokenizer, bos_id, bool(ds.prepend_bos and bos_id is not None)
+        )
         return section
 
     def write_files(self, out_dir) -> None:
@@ -262,19 +328,30 @@ class Massive(Detector):
     @staticmethod
     def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
         s = section.get("summary", {})
-        return dict(massive_hits=s.get("num_hits"), massive_dims=len(s.get("dims") or []),
-                    massive_max_abs=s.get("max_abs"), massive_bos_frac=s.get("bos_frac"))
+        return dict(
+            massive_hits=s.get("num_hits"),
+            massive_dims=len(s.get("dims") or []),
+            massive_max_abs=s.get("max_abs"),
+            massive_bos_frac=s.get("bos_frac"),
+        )
 
     @staticmethod
     def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
         rows = [r for r in rows if r["massive_hits"] is not None]
         if not rows:
             return []
-        lines = ["", "## Massive activations (Sun et al. 2024)", "",
-                 "| job | model | hits | dims | max abs | share of hits on BOS |", "|---|---|---|---|---|---|"]
+        lines = [
+            "",
+            "## Massive activations (Sun et al. 2024)",
+            "",
+            "| job | model | hits | dims | max abs | share of hits on BOS |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['job']} | {fmt(r['model'])} | {r['massive_hits']} | {r['massive_dims']} | "
-                         f"{fmt(r['massive_max_abs'])} | {fmt(r['massive_bos_frac'], 2)} |")
+            lines.append(
+                f"| {r['job']} | {fmt(r['model'])} | {r['massive_hits']} | {r['massive_dims']} | "
+                f"{fmt(r['massive_max_abs'])} | {fmt(r['massive_bos_frac'], 2)} |"
+            )
         return lines
 
     @classmethod

@@ -1,4 +1,5 @@
 """Perplexity and bits per byte in the analysis pass itself: the LM head on the last hidden states, in chunks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from outlier_lab.errors import UserError
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
 from outlier_lab.analysis.detectors._shared import require_trained_head, token_bytes
+from outlier_lab.errors import UserError
 
 # Positions whose logits exist at once: fp32 [chunk, vocab] plus its log-softmax, never [batch, seq, vocab].
 LOGITS_CHUNK_TOKENS = 1024
@@ -33,8 +34,13 @@ def logit_transform(config) -> Dict[str, float]:
 class PerplexityReducer:
     """Streams (last hidden states, token ids) batches into the summed next-token NLL and the target bytes."""
 
-    def __init__(self, head: torch.nn.Module, byte_lengths: np.ndarray, transform: Optional[Dict[str, float]] = None,
-                 chunk_tokens: int = LOGITS_CHUNK_TOKENS):
+    def __init__(
+        self,
+        head: torch.nn.Module,
+        byte_lengths: np.ndarray,
+        transform: Optional[Dict[str, float]] = None,
+        chunk_tokens: int = LOGITS_CHUNK_TOKENS,
+    ):
         self.head, self.byte_lengths, self.chunk = head, byte_lengths, int(chunk_tokens)
         self.transform = transform or {}
         self.nll = 0.0
@@ -49,7 +55,7 @@ class PerplexityReducer:
         targets = input_ids[:, 1:].reshape(-1).to(device)
         self.bytes += int(self.byte_lengths[targets.cpu().numpy()].sum())
         for start in range(0, states.shape[0], self.chunk):
-            logits = self.head(states[start:start + self.chunk].to(device)).float()
+            logits = self.head(states[start : start + self.chunk].to(device)).float()
             if "divide" in self.transform:
                 logits = logits / self.transform["divide"]
             if "multiply" in self.transform:
@@ -57,26 +63,37 @@ class PerplexityReducer:
             if "softcap" in self.transform:
                 cap = self.transform["softcap"]
                 logits = torch.tanh(logits / cap) * cap
-            nll = torch.nn.functional.cross_entropy(logits, targets[start:start + self.chunk], reduction="sum")
+            nll = torch.nn.functional.cross_entropy(logits, targets[start : start + self.chunk], reduction="sum")
             self.nll += float(nll.double())
         self.tokens += int(targets.numel())
 
     def result(self) -> Dict[str, Any]:
         nll = self.nll / max(self.tokens, 1)
-        return dict(nll=nll, ppl=math.exp(nll), bits_per_byte=self.nll / math.log(2) / max(self.bytes, 1),
-                    tokens=self.tokens, bytes=self.bytes, logits_chunk_tokens=self.chunk,
-                    logit_transform=self.transform or None)
+        return dict(
+            nll=nll,
+            ppl=math.exp(nll),
+            bits_per_byte=self.nll / math.log(2) / max(self.bytes, 1),
+            tokens=self.tokens,
+            bytes=self.bytes,
+            logits_chunk_tokens=self.chunk,
+            logit_transform=self.transform or None,
+        )
 
 
 @contextlib.contextmanager
 def last_hidden_states(base: torch.nn.Module, sink: List[torch.Tensor]) -> Iterator[None]:
     """A forward hook on the base model that hands its last hidden state (after the final norm) to `sink`."""
 
-    if base is getattr(base, "base_model", base) and hasattr(base, "get_output_embeddings") \
-            and base.get_output_embeddings() is not None:
+    if (
+        base is getattr(base, "base_model", base)
+        and hasattr(base, "get_output_embeddings")
+        and base.get_output_embeddings() is not None
+    ):
         # e.g. Llama4ForCausalLM names a base_model_prefix it lacks: its output would be logits, not hidden states.
-        raise UserError(f"analysis.perplexity: {type(base).__name__} does not expose its base model "
-                        "(model.base_model is the causal LM itself); use analysis.perplexity=false")
+        raise UserError(
+            f"analysis.perplexity: {type(base).__name__} does not expose its base model "
+            "(model.base_model is the causal LM itself); use analysis.perplexity=false"
+        )
 
     def hook(module, args, output):
         state = getattr(output, "last_hidden_state", None)
@@ -93,9 +110,13 @@ def markdown_section(section: Dict[str, Any]) -> List[str]:
     """report.md lines for the perplexity of the analyzed windows."""
     if section.get("skipped"):
         return ["## Perplexity", "", f"Not computed: {section['skipped']}.", ""]
-    return ["## Perplexity", "",
-            f"On the analyzed windows ({section['tokens']} predicted tokens, {section['bytes']} bytes): perplexity "
-            f"{section['ppl']:.3f}, {section['bits_per_byte']:.4f} bits per byte (NLL {section['nll']:.4f} nats).", ""]
+    return [
+        "## Perplexity",
+        "",
+        f"On the analyzed windows ({section['tokens']} predicted tokens, {section['bytes']} bytes): perplexity "
+        f"{section['ppl']:.3f}, {section['bits_per_byte']:.4f} bits per byte (NLL {section['nll']:.4f} nats).",
+        "",
+    ]
 
 
 class Perplexity(Detector):
@@ -128,8 +149,12 @@ class Perplexity(Detector):
         self.streamed_head(model.get_output_embeddings(), model.config, tokenizer)
 
     def streamed_head(self, head: torch.nn.Module, config: Any, tokenizer: Any) -> None:
-        self.reducer = PerplexityReducer(head, token_bytes(tokenizer, config.get_text_config().vocab_size),
-                                         logit_transform(config), self.chunk_tokens)
+        self.reducer = PerplexityReducer(
+            head,
+            token_bytes(tokenizer, config.get_text_config().vocab_size),
+            logit_transform(config),
+            self.chunk_tokens,
+        )
 
     def last_hidden(self, hidden: torch.Tensor) -> None:
         self._finals.append(hidden)
@@ -173,5 +198,8 @@ class Perplexity(Detector):
         # (the streamed engine reads the head after the last block; counting it beside the blocks stays above that).
         rows = min(cls.chunk_tokens, shape.batch * max(shape.seq_len - 1, 1))
         head = 0.0 if shape.tied_embeddings else shape.vocab_size * shape.hidden * shape.act_bytes
-        return MemoryNeed(lm_head=head, extra=rows * shape.vocab_size * (shape.act_bytes + 4 + 4),
-                          notes=[f"analysis.perplexity: LM head and {cls.chunk_tokens}-position logits chunks counted"])
+        return MemoryNeed(
+            lm_head=head,
+            extra=rows * shape.vocab_size * (shape.act_bytes + 4 + 4),
+            notes=[f"analysis.perplexity: LM head and {cls.chunk_tokens}-position logits chunks counted"],
+        )

@@ -1,4 +1,5 @@
 """Super experts (Su et al. 2025): per (block, expert) max |x| of the down_proj output, its dim and routed tokens."""
+
 from __future__ import annotations
 
 import io
@@ -11,20 +12,30 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.overrides import TorchFunctionMode
 
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.errors import UserError
 from outlier_lab.markdown import fmt
 from outlier_lab.results import atomic_write_bytes
 
 TABLE_FILE = "expert_down_proj.parquet"
 SHARED = "shared"
-SOURCE = ("Su et al., Unveiling Super Experts in Mixture-of-Experts Large Language Models, arXiv 2507.23279; "
-          "code: github.com/ZunhaiSu/Super-Experts-Profilling, eval_utils.py _identify_super_experts")
+SOURCE = (
+    "Su et al., Unveiling Super Experts in Mixture-of-Experts Large Language Models, arXiv 2507.23279; "
+    "code: github.com/ZunhaiSu/Super-Experts-Profilling, eval_utils.py _identify_super_experts"
+)
 # The matrix products an eager experts forward runs its down projection with (linear, `@`, bmm over all experts).
-_PRODUCTS = frozenset({torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
-                       torch.bmm, torch.Tensor.bmm})
+_PRODUCTS = frozenset(
+    {
+        torch.nn.functional.linear,
+        torch.matmul,
+        torch.Tensor.matmul,
+        torch.Tensor.__matmul__,
+        torch.bmm,
+        torch.Tensor.bmm,
+    }
+)
 
 
 @dataclass
@@ -107,19 +118,22 @@ class ExpertMaxReducer:
         routed, seen = self.routed.cpu().numpy(), self.seen.cpu().numpy()
         columns = list(range(self.num_experts)) + ([-1] if has_shared else [])
         rows = [(s, c) for s in range(len(self.blocks)) for c in range(len(columns)) if seen[s, c]]
-        return dict(block=np.array([self.blocks[s] for s, _ in rows], dtype=np.int64),
-                    expert=np.array([columns[c] for _, c in rows], dtype=np.int64),
-                    max_abs=np.array([max_abs[s, c] for s, c in rows], dtype=np.float64),
-                    dim=np.array([dims[s, c] for s, c in rows], dtype=np.int64),
-                    routed_tokens=np.array([routed[s, c] for s, c in rows], dtype=np.int64))
+        return dict(
+            block=np.array([self.blocks[s] for s, _ in rows], dtype=np.int64),
+            expert=np.array([columns[c] for _, c in rows], dtype=np.int64),
+            max_abs=np.array([max_abs[s, c] for s, c in rows], dtype=np.float64),
+            dim=np.array([dims[s, c] for s, c in rows], dtype=np.int64),
+            routed_tokens=np.array([routed[s, c] for s, c in rows], dtype=np.int64),
+        )
 
 
 class _DownProjTap(TorchFunctionMode):
     """Active only while one experts module runs: hands every product whose weight is (a slice of) its down_proj to
     the reducer, with the expert it belongs to. No extra compute: the model's own product is what is measured."""
 
-    def __init__(self, down: torch.Tensor, fold: Callable[[int, torch.Tensor], None],
-                 fold_all: Callable[[torch.Tensor], None]):
+    def __init__(
+        self, down: torch.Tensor, fold: Callable[[int, torch.Tensor], None], fold_all: Callable[[torch.Tensor], None]
+    ):
         super().__init__()
         self.down, self.fold, self.fold_all = down, fold, fold_all
         self.expert_bytes = down.stride(0) * down.element_size()
@@ -162,15 +176,22 @@ class SuperExperts(Detector):
     comparison_columns = ("super_expert_count", "super_experts", "super_expert_max_abs")
 
     def _settings(self) -> SuperExpertsConfig:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SuperExpertsConfig),
-                                                   self.cfg.detector.super_experts))
+        return OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(SuperExpertsConfig), self.cfg.detector.super_experts)
+        )
 
     @classmethod
     def check(cls, cfg: DictConfig, hf_config: Any) -> None:
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SuperExpertsConfig), cfg.detector.super_experts))
 
-    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
-               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+    def probes(
+        self,
+        model: torch.nn.Module,
+        site_map: SiteMap,
+        site_probes: Sequence[SiteProbe],
+        widths: Dict[str, int],
+        device: torch.device,
+    ) -> List[SiteProbe]:
         self.criterion = self._settings()
         adapter = site_map.adapter
         moe_blocks = [b for b in site_map.block_indices if site_map.kinds[b].is_moe]
@@ -186,8 +207,11 @@ class SuperExperts(Detector):
             self._tap(experts, slot)
             if self.has_shared:
                 shared = model.get_submodule(f"{site_map.block_path(block)}.{adapter.moe.shared_down}")
-                self.handles.append(shared.register_forward_hook(
-                    lambda m, args, out, slot=slot: self.reducer.fold(slot, self.num_experts, out)))
+                self.handles.append(
+                    shared.register_forward_hook(
+                        lambda m, args, out, slot=slot: self.reducer.fold(slot, self.num_experts, out)
+                    )
+                )
         return []
 
     def _tap(self, experts: torch.nn.Module, slot: int) -> None:
@@ -195,8 +219,9 @@ class SuperExperts(Detector):
         taps: List[_DownProjTap] = []
 
         def enter(module, args):
-            tap = _DownProjTap(module.down_proj, lambda e, y: self.reducer.fold(slot, e, y),
-                               lambda y: self.reducer.fold_all(slot, y))
+            tap = _DownProjTap(
+                module.down_proj, lambda e, y: self.reducer.fold(slot, e, y), lambda y: self.reducer.fold_all(slot, y)
+            )
             tap.__enter__()
             taps.append(tap)
 
@@ -227,27 +252,44 @@ class SuperExperts(Detector):
         for i in np.nonzero(table["is_super"])[0]:
             block, dim = int(table["block"][i]), int(table["dim"][i])
             feeds = [dim] if any(b >= block for b in massive_blocks.get(dim, [])) else []
-            supers.append(dict(block=block, expert=SHARED if table["expert"][i] < 0 else int(table["expert"][i]),
-                               max_abs=float(table["max_abs"][i]), dim=dim,
-                               routed_tokens=int(table["routed_tokens"][i]),
-                               feeds_massive_dims=feeds if massive else None))
+            supers.append(
+                dict(
+                    block=block,
+                    expert=SHARED if table["expert"][i] < 0 else int(table["expert"][i]),
+                    max_abs=float(table["max_abs"][i]),
+                    dim=dim,
+                    routed_tokens=int(table["routed_tokens"][i]),
+                    feeds_massive_dims=feeds if massive else None,
+                )
+            )
         supers.sort(key=lambda s: -s["max_abs"])
         values = table["max_abs"]
         # The (block x expert) matrix for the heatmap: None where an expert was never routed a token.
         columns = list(range(self.num_experts)) + ([-1] if self.has_shared else [])
         grid = {(int(b), int(e)): float(v) for b, e, v in zip(table["block"], table["expert"], values)}
         return dict(
-            criterion=dict(quantile=c.quantile, times=c.times, source=SOURCE,
-                           rule=f"max |down_proj output| > P{c.quantile:g} of all (block, expert) maxima and > "
-                                f"floor(largest / {c.times:g})",
-                           measured="down_proj output of every routed and shared expert, before the routing weight"),
-            num_experts=self.num_experts, shared_experts=self.has_shared, moe_blocks=self.reducer.blocks,
+            criterion=dict(
+                quantile=c.quantile,
+                times=c.times,
+                source=SOURCE,
+                rule=f"max |down_proj output| > P{c.quantile:g} of all (block, expert) maxima and > "
+                f"floor(largest / {c.times:g})",
+                measured="down_proj output of every routed and shared expert, before the routing weight",
+            ),
+            num_experts=self.num_experts,
+            shared_experts=self.has_shared,
+            moe_blocks=self.reducer.blocks,
             experts_measured=int(values.size),
             percentile=float(np.percentile(values, c.quantile)) if values.size else None,
             largest=float(values.max()) if values.size else None,
-            super_experts=supers, table_file=TABLE_FILE,
-            heatmap=dict(blocks=self.reducer.blocks, experts=columns,
-                         max_abs=[[grid.get((b, e)) for e in columns] for b in self.reducer.blocks]))
+            super_experts=supers,
+            table_file=TABLE_FILE,
+            heatmap=dict(
+                blocks=self.reducer.blocks,
+                experts=columns,
+                max_abs=[[grid.get((b, e)) for e in columns] for b in self.reducer.blocks],
+            ),
+        )
 
     def write_files(self, out_dir) -> None:
         import pyarrow as pa
@@ -260,35 +302,53 @@ class SuperExperts(Detector):
     @staticmethod
     def report_section(section: Dict[str, Any]) -> List[str]:
         c = section["criterion"]
-        lines = ["## Super experts (Su et al. 2025)", "",
-                 f"{c['measured']} in {len(section['moe_blocks'])} MoE blocks ({section['experts_measured']} "
-                 f"(block, expert) pairs routed at least once). Criterion: {c['rule']}. "
-                 f"All pairs: `{section['table_file']}`.", ""]
+        lines = [
+            "## Super experts (Su et al. 2025)",
+            "",
+            f"{c['measured']} in {len(section['moe_blocks'])} MoE blocks ({section['experts_measured']} "
+            f"(block, expert) pairs routed at least once). Criterion: {c['rule']}. "
+            f"All pairs: `{section['table_file']}`.",
+            "",
+        ]
         if not section["super_experts"]:
             return lines + ["No super expert.", ""]
-        lines += ["| block | expert | max abs | dim | routed tokens | feeds massive dims |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| block | expert | max abs | dim | routed tokens | feeds massive dims |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in section["super_experts"]:
-            lines.append(f"| {s['block']} | {s['expert']} | {s['max_abs']:.1f} | {s['dim']} | {s['routed_tokens']} | "
-                         f"{fmt(s['feeds_massive_dims'])} |")
+            lines.append(
+                f"| {s['block']} | {s['expert']} | {s['max_abs']:.1f} | {s['dim']} | {s['routed_tokens']} | "
+                f"{fmt(s['feeds_massive_dims'])} |"
+            )
         return lines + [""]
 
     @staticmethod
     def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
         supers = section.get("super_experts") or []
-        return dict(super_expert_count=len(supers),
-                    super_experts=";".join(f"{s['block']}/{s['expert']}@{s['dim']}" for s in supers),
-                    super_expert_max_abs=max((s["max_abs"] for s in supers), default=None))
+        return dict(
+            super_expert_count=len(supers),
+            super_experts=";".join(f"{s['block']}/{s['expert']}@{s['dim']}" for s in supers),
+            super_expert_max_abs=max((s["max_abs"] for s in supers), default=None),
+        )
 
     @staticmethod
     def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
         rows = [r for r in rows if r.get("super_expert_count") is not None]
         if not rows:
             return []
-        lines = ["", "## Super experts (Su et al. 2025)", "",
-                 "| job | model | super experts | block/expert@dim | max abs |", "|---|---|---|---|---|"]
+        lines = [
+            "",
+            "## Super experts (Su et al. 2025)",
+            "",
+            "| job | model | super experts | block/expert@dim | max abs |",
+            "|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['job']} | {fmt(r['model'])} | {r['super_expert_count']} | "
-                         f"{fmt(r['super_experts'] or None)} | {fmt(r['super_expert_max_abs'])} |")
+            lines.append(
+                f"| {r['job']} | {fmt(r['model'])} | {r['super_expert_count']} | "
+                f"{fmt(r['super_experts'] or None)} | {fmt(r['super_expert_max_abs'])} |"
+            )
         return lines
 
     @classmethod

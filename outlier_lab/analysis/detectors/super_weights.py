@@ -1,16 +1,16 @@
 """Super weights (Yu et al. 2024): per dense down_proj, the input and output channels of its largest spikes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import SiteProbe
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.markdown import fmt
 
 SOURCE = "Yu et al., The Super Weight in Large Language Models, arXiv 2411.07191, Sec. 3.1"
@@ -45,8 +45,10 @@ class SpikeReducer:
     @torch.no_grad()
     def fold(self, slot: int, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
         """One down_proj call: input x [..., intermediate], output y [..., hidden], weight [hidden, intermediate]."""
-        for value, channel, best, where in ((*self._peak(x), self.in_max, self.in_channel),
-                                            (*self._peak(y), self.out_max, self.out_channel)):
+        for value, channel, best, where in (
+            (*self._peak(x), self.in_max, self.in_channel),
+            (*self._peak(y), self.out_max, self.out_channel),
+        ):
             better = value.to(self.device) > best[slot]
             best[slot] = torch.where(better, value.to(self.device), best[slot])
             where[slot] = torch.where(better, channel.to(self.device), where[slot])
@@ -67,8 +69,14 @@ class SuperWeights(Detector):
     order = 25
     comparison_columns = ("super_weight",)
 
-    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
-               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+    def probes(
+        self,
+        model: torch.nn.Module,
+        site_map: SiteMap,
+        site_probes: Sequence[SiteProbe],
+        widths: Dict[str, int],
+        device: torch.device,
+    ) -> List[SiteProbe]:
         found = []
         for block in site_map.block_indices:
             kind = site_map.kinds[block]
@@ -82,9 +90,12 @@ class SuperWeights(Detector):
             if isinstance(module, torch.nn.Linear):
                 found.append((block, module))
         self.reducer = SpikeReducer([b for b, _ in found], device)
-        self.handles = [module.register_forward_hook(
-            lambda m, args, out, slot=slot: self.reducer.fold(slot, args[0], out, m.weight))
-            for slot, (_, module) in enumerate(found)]
+        self.handles = [
+            module.register_forward_hook(
+                lambda m, args, out, slot=slot: self.reducer.fold(slot, args[0], out, m.weight)
+            )
+            for slot, (_, module) in enumerate(found)
+        ]
         return []
 
     def release(self) -> None:
@@ -98,15 +109,27 @@ class SuperWeights(Detector):
         r = self.reducer
         in_max, in_ch, out_max, out_ch = (t.cpu().numpy() for t in (r.in_max, r.in_channel, r.out_max, r.out_channel))
         weight = r.weight.cpu().numpy()
-        per_block = [dict(block=b, input_channel=int(in_ch[s]), input_max_abs=float(in_max[s]),
-                          output_channel=int(out_ch[s]), output_max_abs=float(out_max[s]),
-                          weight=dict(row=int(out_ch[s]), column=int(in_ch[s]), value=float(weight[s])))
-                     for s, b in enumerate(r.blocks) if in_ch[s] >= 0]
+        per_block = [
+            dict(
+                block=b,
+                input_channel=int(in_ch[s]),
+                input_max_abs=float(in_max[s]),
+                output_channel=int(out_ch[s]),
+                output_max_abs=float(out_max[s]),
+                weight=dict(row=int(out_ch[s]), column=int(in_ch[s]), value=float(weight[s])),
+            )
+            for s, b in enumerate(r.blocks)
+            if in_ch[s] >= 0
+        ]
         candidate = max(per_block, key=lambda p: p["output_max_abs"]) if per_block else None
-        return dict(source=SOURCE, measured="input and output of every dense block's mlp down_proj",
-                    candidate=dict(block=candidate["block"], **candidate["weight"],
-                                   output_max_abs=candidate["output_max_abs"]) if candidate else None,
-                    per_block=per_block)
+        return dict(
+            source=SOURCE,
+            measured="input and output of every dense block's mlp down_proj",
+            candidate=dict(block=candidate["block"], **candidate["weight"], output_max_abs=candidate["output_max_abs"])
+            if candidate
+            else None,
+            per_block=per_block,
+        )
 
     @staticmethod
     def report_section(section: Dict[str, Any]) -> List[str]:
@@ -114,13 +137,18 @@ class SuperWeights(Detector):
         c = section["candidate"]
         if c is None:
             return lines + ["No dense down_proj was measured.", ""]
-        lines += [f"Candidate: block {c['block']} down_proj weight (row {c['row']}, column {c['column']}) = "
-                  f"{c['value']:.4g}, where its output spikes to {c['output_max_abs']:.1f}.", "",
-                  "| block | input channel | input max abs | output channel | output max abs | weight |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"Candidate: block {c['block']} down_proj weight (row {c['row']}, column {c['column']}) = "
+            f"{c['value']:.4g}, where its output spikes to {c['output_max_abs']:.1f}.",
+            "",
+            "| block | input channel | input max abs | output channel | output max abs | weight |",
+            "|---|---|---|---|---|---|",
+        ]
         for p in section["per_block"]:
-            lines.append(f"| {p['block']} | {p['input_channel']} | {fmt(p['input_max_abs'])} | {p['output_channel']} | "
-                         f"{fmt(p['output_max_abs'])} | {p['weight']['value']:.4g} |")
+            lines.append(
+                f"| {p['block']} | {p['input_channel']} | {fmt(p['input_max_abs'])} | {p['output_channel']} | "
+                f"{fmt(p['output_max_abs'])} | {p['weight']['value']:.4g} |"
+            )
         return lines + [""]
 
     @staticmethod

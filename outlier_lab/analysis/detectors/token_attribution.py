@@ -1,4 +1,5 @@
 """Which tokens carry the outlier features and the massive activations: per-(dim, token) hit counters on the device."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,10 +10,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from outlier_lab.arch.sites import SiteMap
 from outlier_lab.analysis.capture import HIDDEN, SiteProbe
 from outlier_lab.analysis.detectors import Detector, JobContext, MemoryNeed, MemoryShape
 from outlier_lab.analysis.detectors._shared import MassiveConfig, is_delimiter
+from outlier_lab.arch.sites import SiteMap
 from outlier_lab.config import DetectorConfig
 from outlier_lab.errors import UserError
 from outlier_lab.markdown import fmt
@@ -85,19 +86,27 @@ class TokenAttribution(Detector):
 
     @staticmethod
     def _settings(cfg: DictConfig) -> TokenAttributionConfig:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TokenAttributionConfig),
-                                                   cfg.detector.token_attribution))
+        return OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(TokenAttributionConfig), cfg.detector.token_attribution)
+        )
 
     def _massive_on(self) -> bool:
         node = self.cfg.detector.get("massive")
         return bool(node is not None and node.get("enabled", False))
 
-    def probes(self, model: torch.nn.Module, site_map: SiteMap, site_probes: Sequence[SiteProbe],
-               widths: Dict[str, int], device: torch.device) -> List[SiteProbe]:
+    def probes(
+        self,
+        model: torch.nn.Module,
+        site_map: SiteMap,
+        site_probes: Sequence[SiteProbe],
+        widths: Dict[str, int],
+        device: torch.device,
+    ) -> List[SiteProbe]:
         self.options = self._settings(self.cfg)
         self.criteria = DetectorConfig.of(self.cfg.detector)
-        self.massive = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MassiveConfig),
-                                                           self.cfg.detector.get("massive") or {}))
+        self.massive = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(MassiveConfig), self.cfg.detector.get("massive") or {})
+        )
         text_config = model.config.get_text_config()
         hidden, self.device = text_config.hidden_size, torch.device(device)
         self.column_of = torch.full((int(text_config.vocab_size),), -1, dtype=torch.int64, device=self.device)
@@ -106,8 +115,10 @@ class TokenAttribution(Detector):
         wanted = [p for p in site_probes if p.space == HIDDEN and not p.output]
         if self._massive_on():
             self.counters[MASSIVE] = TokenCounter(hidden, device)
-            wanted += [SiteProbe(block, slot, "block_out", site_map.block_path(block), "block_out", output=True)
-                       for slot, block in enumerate(site_map.block_indices)]
+            wanted += [
+                SiteProbe(block, slot, "block_out", site_map.block_path(block), "block_out", output=True)
+                for slot, block in enumerate(site_map.block_indices)
+            ]
         self._columns: Optional[torch.Tensor] = None
         return wanted
 
@@ -115,8 +126,9 @@ class TokenAttribution(Detector):
         ids = input_ids.to(self.device)
         fresh = torch.unique(ids[self.column_of[ids] < 0])  # one small sync per batch, before its forward
         if fresh.numel():
-            self.column_of[fresh] = torch.arange(len(self.token_ids), len(self.token_ids) + fresh.numel(),
-                                                 device=self.device)
+            self.column_of[fresh] = torch.arange(
+                len(self.token_ids), len(self.token_ids) + fresh.numel(), device=self.device
+            )
             self.token_ids += fresh.tolist()
             for counter in self.counters.values():
                 counter.grow(len(self.token_ids))
@@ -145,7 +157,7 @@ class TokenAttribution(Detector):
             return
         if self.criteria.alpha_mode == "rms":
             # The headline's scale-free criterion: |x| >= alpha x the RMS of this site input in this sequence.
-            rms = (torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) / (seq_len * x.shape[2]) ** 0.5)
+            rms = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) / (seq_len * x.shape[2]) ** 0.5
             absx = absx / rms.clamp_min(torch.finfo(torch.float32).tiny)
         self.counters[FEATURES].fold(self._columns, absx, absx >= self.criteria.alpha)
 
@@ -155,14 +167,22 @@ class TokenAttribution(Detector):
         texts = {int(i): ctx.tokenizer.decode([int(i)]) for i in ids}
         special = set(getattr(ctx.tokenizer, "all_special_ids", []) or [])
         delimiter = np.array([is_delimiter(texts[int(i)], int(i), special) for i in ids], dtype=bool)
-        wanted = {FEATURES: [f["dim"] for f in ctx.results.get("outlier_features", [])],
-                  MASSIVE: list((ctx.results.get("massive") or {}).get("summary", {}).get("dims", []))}
+        wanted = {
+            FEATURES: [f["dim"] for f in ctx.results.get("outlier_features", [])],
+            MASSIVE: list((ctx.results.get("massive") or {}).get("summary", {}).get("dims", [])),
+        }
         section: Dict[str, Any] = dict(
-            criteria=dict(features=f"site inputs in the hidden space, |x| >= {self.criteria.alpha:g}"
-                                   + (" x RMS" if self.criteria.alpha_mode == "rms" else ""),
-                          massive=(f"block outputs, |x| > {self.massive.min_abs:g} and >= {self.massive.min_ratio:g}x "
-                                   "the median |x|") if MASSIVE in self.counters else None),
-            distinct_tokens=int(ids.size))
+            criteria=dict(
+                features=f"site inputs in the hidden space, |x| >= {self.criteria.alpha:g}"
+                + (" x RMS" if self.criteria.alpha_mode == "rms" else ""),
+                massive=(
+                    f"block outputs, |x| > {self.massive.min_abs:g} and >= {self.massive.min_ratio:g}x the median |x|"
+                )
+                if MASSIVE in self.counters
+                else None,
+            ),
+            distinct_tokens=int(ids.size),
+        )
         for kind, counter in self.counters.items():
             count, max_abs = counter.count.cpu().numpy(), counter.max_abs.cpu().numpy()
             at_first, total = counter.at_first.cpu().numpy(), counter.total.cpu().numpy()
@@ -170,12 +190,24 @@ class TokenAttribution(Detector):
             for dim in wanted[kind]:
                 hits = int(total[dim])
                 order = np.lexsort((-max_abs[:, dim], -count[:, dim]))[:top]
-                rows.append(dict(
-                    dim=int(dim), hits=hits,
-                    first_position_frac=float(at_first[dim] / hits) if hits else None,
-                    delimiter_frac=float(count[delimiter, dim].sum() / hits) if hits else None,
-                    top_tokens=[dict(token_id=int(ids[r]), text=texts[int(ids[r])], count=int(count[r, dim]),
-                                     max_abs=float(max_abs[r, dim])) for r in order if count[r, dim] > 0]))
+                rows.append(
+                    dict(
+                        dim=int(dim),
+                        hits=hits,
+                        first_position_frac=float(at_first[dim] / hits) if hits else None,
+                        delimiter_frac=float(count[delimiter, dim].sum() / hits) if hits else None,
+                        top_tokens=[
+                            dict(
+                                token_id=int(ids[r]),
+                                text=texts[int(ids[r])],
+                                count=int(count[r, dim]),
+                                max_abs=float(max_abs[r, dim]),
+                            )
+                            for r in order
+                            if count[r, dim] > 0
+                        ],
+                    )
+                )
             section[kind] = rows
         return section
 
@@ -186,21 +218,27 @@ class TokenAttribution(Detector):
             rows = section.get(kind)
             if not rows:
                 continue
-            lines += [f"{title} ({section['criteria'][kind]}):", "",
-                      "| dim | hits | at position 0 | on delimiters | top tokens (count, max abs) |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                f"{title} ({section['criteria'][kind]}):",
+                "",
+                "| dim | hits | at position 0 | on delimiters | top tokens (count, max abs) |",
+                "|---|---|---|---|---|",
+            ]
             for r in rows[:20]:
                 tokens = ", ".join(f"{t['text']!r} x{t['count']} ({t['max_abs']:.1f})" for t in r["top_tokens"])
-                lines.append(f"| {r['dim']} | {r['hits']} | {fmt(r['first_position_frac'], 2)} | "
-                             f"{fmt(r['delimiter_frac'], 2)} | {fmt(tokens)} |")
+                lines.append(
+                    f"| {r['dim']} | {r['hits']} | {fmt(r['first_position_frac'], 2)} | "
+                    f"{fmt(r['delimiter_frac'], 2)} | {fmt(tokens)} |"
+                )
             lines.append("")
         return lines
 
     @staticmethod
     def comparison_row(section: Dict[str, Any]) -> Dict[str, Any]:
         rows = section.get(FEATURES) or []
-        return dict(top_token_per_dim=";".join(f"{r['dim']}:{r['top_tokens'][0]['text']!r}" for r in rows
-                                               if r["top_tokens"]))
+        return dict(
+            top_token_per_dim=";".join(f"{r['dim']}:{r['top_tokens'][0]['text']!r}" for r in rows if r["top_tokens"])
+        )
 
     @staticmethod
     def comparison_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:

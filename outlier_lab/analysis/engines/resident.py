@@ -1,4 +1,5 @@
 """The resident engine: the whole model loaded, every batch through it, each detector's reducer fed on the device."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,8 +14,14 @@ from outlier_lab.arch.sites import SiteMap
 from outlier_lab.loading.models import input_device
 
 
-def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, detectors: Sequence[Detector],
-            batch_size: int, progress: bool = True) -> None:
+def analyze(
+    model: torch.nn.Module,
+    site_map: SiteMap,
+    tokens: torch.Tensor,
+    detectors: Sequence[Detector],
+    batch_size: int,
+    progress: bool = True,
+) -> None:
     """The resident engine: stream every batch through the whole traced model into each detector's reducer; only
     statistics leave the device."""
     from tqdm.auto import tqdm
@@ -25,7 +32,7 @@ def analyze(model: torch.nn.Module, site_map: SiteMap, tokens: torch.Tensor, det
     num_sequences = tokens.shape[0]
     with tqdm(total=num_sequences, unit="seq", desc="analyzing", disable=not progress) as bar:
         for start in range(0, num_sequences, batch_size):
-            batch = tokens[start:start + batch_size].to(device)
+            batch = tokens[start : start + batch_size].to(device)
             reduction.start_batch(batch)
             capture.run(batch, reduction.observe)
             reduction.end_batch()

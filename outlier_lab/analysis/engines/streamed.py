@@ -1,4 +1,5 @@
 """The streamed engine: one block's weights in memory at a time, every sequence's hidden state pushed through it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,12 +13,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from outlier_lab.arch.sites import SiteMap, discover_sites
 from outlier_lab.analysis.capture import forward_kwargs
-from outlier_lab.errors import UserError
 from outlier_lab.analysis.detectors import Detector
 from outlier_lab.analysis.peak_memory import trim_cpu_heap
 from outlier_lab.analysis.reduction import Reduction
+from outlier_lab.arch.sites import SiteMap, discover_sites
+from outlier_lab.errors import UserError
 from outlier_lab.loading.models import checkpoint_location, quantization_of
 from outlier_lab.loading.mxfp4 import dequantize_state
 from outlier_lab.loading.shards import SAFETENSORS_DTYPES, Checkpoint
@@ -94,15 +95,23 @@ def _to_meta(module: torch.nn.Module) -> None:
 class BlockLoader:
     """Reads a block's tensors from the checkpoint and loads them with transformers' own key conversions."""
 
-    def __init__(self, model: torch.nn.Module, checkpoint: Checkpoint, site_map: SiteMap, device: str,
-                 dtype: torch.dtype, mxfp4: bool):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        checkpoint: Checkpoint,
+        site_map: SiteMap,
+        device: str,
+        dtype: torch.dtype,
+        mxfp4: bool,
+    ):
         from transformers.conversion_mapping import get_model_conversion_mapping
 
         self.model, self.checkpoint, self.device, self.dtype, self.mxfp4 = model, checkpoint, device, dtype, mxfp4
         self.blocks_path = site_map.blocks_path
         prefix = re.escape(model.base_model_prefix)
         self.block_keys = checkpoint.keys_matching(
-            re.compile(rf"^(?:{prefix}\.)?{re.escape(self.blocks_path)}\.(\d+)\."))
+            re.compile(rf"^(?:{prefix}\.)?{re.escape(self.blocks_path)}\.(\d+)\.")
+        )
         self.weight_mapping = get_model_conversion_mapping(model)
         self.dtype_plan = model._get_dtype_plan(dtype)
         self.read_s = 0.0
@@ -112,14 +121,19 @@ class BlockLoader:
         blocks = {k for keys in self.block_keys.values() for k in keys}
         names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
         prefix = f"{self.model.base_model_prefix}."
-        return [k for k in self.checkpoint.entries if k not in blocks and (k[len(prefix):] if k.startswith(prefix)
-                                                                           else k) in names]
+        return [
+            k
+            for k in self.checkpoint.entries
+            if k not in blocks and (k[len(prefix) :] if k.startswith(prefix) else k) in names
+        ]
 
     def read(self, block: int) -> Dict[str, torch.Tensor]:
         keys = self.block_keys.get(block)
         if not keys:
-            raise UserError(f"{self.checkpoint.directory} has no tensors for block {block} "
-                            f"({self.blocks_path}.{block}.*); the checkpoint does not match its config")
+            raise UserError(
+                f"{self.checkpoint.directory} has no tensors for block {block} "
+                f"({self.blocks_path}.{block}.*); the checkpoint does not match its config"
+            )
         return self.timed_read(keys)
 
     def timed_read(self, keys: List[str]) -> Dict[str, torch.Tensor]:
@@ -136,8 +150,9 @@ class BlockLoader:
         """Drop the pages of a loaded block's tensors stored in another dtype than the run's (or MXFP4): loading cast
         them into new tensors, so nothing reads the pages again. Same-dtype tensors are the weights themselves."""
         name = {v: k for k, v in SAFETENSORS_DTYPES.items()}.get(self.dtype)
-        self.checkpoint.release([key for key in self.block_keys.get(block, [])
-                                 if self.mxfp4 or self.checkpoint.entries[key].dtype != name])
+        self.checkpoint.release(
+            [key for key in self.block_keys.get(block, []) if self.mxfp4 or self.checkpoint.entries[key].dtype != name]
+        )
 
     def load(self, tensors: Dict[str, torch.Tensor], scope: Optional[str]) -> None:
         """Put `tensors` into the model (renamed, fused, cast and moved as from_pretrained does); check `scope`."""
@@ -147,8 +162,12 @@ class BlockLoader:
 
         if self.mxfp4:
             tensors = dequantize_state(tensors, self.dtype)
-        config = LoadStateDictConfig(device_map={"": self.device}, dtype=self.dtype, dtype_plan=self.dtype_plan,
-                                     weight_mapping=self.weight_mapping)
+        config = LoadStateDictConfig(
+            device_map={"": self.device},
+            dtype=self.dtype,
+            dtype_plan=self.dtype_plan,
+            weight_mapping=self.weight_mapping,
+        )
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
@@ -163,8 +182,10 @@ class BlockLoader:
             params = {n for n, _ in self.model.named_parameters()}
             missing = sorted(k for k in info.missing_keys if k.startswith(scope) and k in params)
             if missing:
-                raise UserError(f"{self.checkpoint.directory} lacks {len(missing)} tensor(s) of {scope.rstrip('.')} "
-                                f"(e.g. {missing[0]}); the checkpoint does not match its config")
+                raise UserError(
+                    f"{self.checkpoint.directory} lacks {len(missing)} tensor(s) of {scope.rstrip('.')} "
+                    f"(e.g. {missing[0]}); the checkpoint does not match its config"
+                )
 
 
 class _Recorder(torch.nn.Module):
@@ -233,13 +254,18 @@ def _capture_hooks(model: torch.nn.Module, reduction: Reduction, block: int) -> 
             continue
         module = model.get_submodule(probe.path)
         if probe.output:
-            handles.append(module.register_forward_hook(
-                lambda m, args, output, probe=probe: reduction.observe(probe, output)))
+            handles.append(
+                module.register_forward_hook(lambda m, args, output, probe=probe: reduction.observe(probe, output))
+            )
         else:
-            handles.append(module.register_forward_pre_hook(
-                lambda m, args, kwargs, probe=probe: reduction.observe(probe, args[0] if args else
-                                                                       next(iter(kwargs.values()))),
-                with_kwargs=True))
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, args, kwargs, probe=probe: reduction.observe(
+                        probe, args[0] if args else next(iter(kwargs.values()))
+                    ),
+                    with_kwargs=True,
+                )
+            )
     return handles
 
 
@@ -258,8 +284,10 @@ def _check_fits(block_index: int, need: int, device: str) -> None:
         free = psutil.virtual_memory().available
         where = "RAM"
     if need > free:
-        raise UserError(f"block {block_index} alone needs {need / GIB:.2f} GiB of {where} for its weights and only "
-                        f"{free / GIB:.2f} GiB is free; use a GPU with more memory (hardware=auto plans one)")
+        raise UserError(
+            f"block {block_index} alone needs {need / GIB:.2f} GiB of {where} for its weights and only "
+            f"{free / GIB:.2f} GiB is free; use a GPU with more memory (hardware=auto plans one)"
+        )
 
 
 def _cuda_free() -> int:
@@ -278,18 +306,26 @@ def _keep_hidden_on_gpu(total: int, largest_block: int, device: str) -> bool:
 
 def final_norm(model: torch.nn.Module, blocks_path: str) -> Tuple[str, torch.nn.Module]:
     """The base model's final norm: its one module with weights outside the blocks that is not an embedding."""
-    found = [(name, module) for name, module in model.named_modules()
-             if name and not (name == blocks_path or name.startswith(f"{blocks_path}."))
-             and not isinstance(module, torch.nn.Embedding) and any(True for _ in module.parameters(recurse=False))]
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name
+        and not (name == blocks_path or name.startswith(f"{blocks_path}."))
+        and not isinstance(module, torch.nn.Embedding)
+        and any(True for _ in module.parameters(recurse=False))
+    ]
     if len(found) != 1:
-        raise UserError(f"analysis.perplexity with engine=streamed: {type(model).__name__} has "
-                        f"{[n for n, _ in found] or 'no'} weighted modules besides its blocks and embeddings, not one "
-                        "final norm; use engine=resident")
+        raise UserError(
+            f"analysis.perplexity with engine=streamed: {type(model).__name__} has "
+            f"{[n for n, _ in found] or 'no'} weighted modules besides its blocks and embeddings, not one "
+            "final norm; use engine=resident"
+        )
     return found[0]
 
 
-def read_head(loader: "BlockLoader", model: torch.nn.Module, hf_config, device: str,
-              dtype: torch.dtype) -> torch.nn.Linear:
+def read_head(
+    loader: "BlockLoader", model: torch.nn.Module, hf_config, device: str, dtype: torch.dtype
+) -> torch.nn.Linear:
     """The LM head as a Linear, read from the checkpoint like a block (lm_head.*, or the input embeddings when tied)."""
     entries = loader.checkpoint.entries
     weight_key = next((k for k in entries if k.endswith("lm_head.weight")), None)
@@ -299,9 +335,11 @@ def read_head(loader: "BlockLoader", model: torch.nn.Module, hf_config, device: 
         candidates = [f"{name}.weight", f"{model.base_model_prefix}.{name}.weight"]
         weight_key = next((k for k in candidates if k in entries), None)
     if weight_key is None:
-        raise UserError(f"{loader.checkpoint.directory} has no LM head (lm_head.weight) for analysis.perplexity; "
-                        "use analysis.perplexity=false")
-    bias_key = weight_key[:-len("weight")] + "bias"
+        raise UserError(
+            f"{loader.checkpoint.directory} has no LM head (lm_head.weight) for analysis.perplexity; "
+            "use analysis.perplexity=false"
+        )
+    bias_key = weight_key[: -len("weight")] + "bias"
     tensors = loader.timed_read([weight_key] + ([bias_key] if bias_key in entries and "lm_head" in bias_key else []))
     weight = tensors[weight_key]
     head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias_key in tensors, device=device, dtype=dtype)
@@ -317,7 +355,7 @@ def _final_pass(model, loader, site_map, hidden, detectors, hf_config, tokenizer
     detectors that read the last hidden states; returns the norm, applied per batch by the caller."""
     name, norm = final_norm(model, site_map.blocks_path)
     prefix = f"{model.base_model_prefix}."
-    keys = [k for k in loader.outer_keys() if (k[len(prefix):] if k.startswith(prefix) else k).startswith(f"{name}.")]
+    keys = [k for k in loader.outer_keys() if (k[len(prefix) :] if k.startswith(prefix) else k).startswith(f"{name}.")]
     loader.load(loader.timed_read(keys), scope=f"{name}.")
     head = read_head(loader, model, hf_config, device, dtype)
     for detector in detectors:
@@ -326,9 +364,18 @@ def _final_pass(model, loader, site_map, hidden, detectors, hf_config, tokenizer
     return norm
 
 
-def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detectors: Sequence[Detector],
-                     batch_size: int, device: str, dtype: torch.dtype,
-                     progress: bool = True, tokenizer: Any = None) -> Tuple[torch.nn.Module, StreamStats]:
+def analyze_streamed(
+    model_cfg,
+    hf_config,
+    tokens: torch.Tensor,
+    det_cfg,
+    detectors: Sequence[Detector],
+    batch_size: int,
+    device: str,
+    dtype: torch.dtype,
+    progress: bool = True,
+    tokenizer: Any = None,
+) -> Tuple[torch.nn.Module, StreamStats]:
     """Embed all sequences, then per block: read its tensors, run every batch through it, reduce, free it. A
     detector that reads the last hidden states (perplexity) gets them after every block ran, through the final
     norm, with the LM head read last."""
@@ -347,7 +394,7 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
     stats.largest_block_gib = largest / GIB
 
     loader.load(loader.timed_read(loader.outer_keys()), scope=None)
-    batches = [tokens[s:s + batch_size].to(device) for s in range(0, tokens.shape[0], batch_size)]
+    batches = [tokens[s : s + batch_size].to(device) for s in range(0, tokens.shape[0], batch_size)]
     hidden, per_shape = catch_block_inputs(model, blocks, last, batches)
     _to_meta(model)  # the embeddings are done with; every block's weights are still on meta
     loader.release(None)
@@ -363,8 +410,10 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
     seq_len = tokens.shape[1]
     states: List[Optional[list]] = [None] * len(batches)
     analyzed = set(site_map.block_indices)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool, \
-            tqdm(total=last + 1, unit="block", desc="streaming blocks", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool,
+        tqdm(total=last + 1, unit="block", desc="streaming blocks", disable=not progress) as bar,
+    ):
         pending = pool.submit(loader.read, 0)
         for i in range(last + 1):
             tick = time.perf_counter()
@@ -380,8 +429,19 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
                 pending = pool.submit(loader.read, i + 1)  # disk reads overlap this block's forward
             hooks = _capture_hooks(model, reduction, i) if i in analyzed else []
             try:
-                _run_block(blocks[i], i, batches, hidden, per_shape, reduction, states, seq_len, device,
-                           i in analyzed, i == last and not full_forward)
+                _run_block(
+                    blocks[i],
+                    i,
+                    batches,
+                    hidden,
+                    per_shape,
+                    reduction,
+                    states,
+                    seq_len,
+                    device,
+                    i in analyzed,
+                    i == last and not full_forward,
+                )
             finally:
                 for handle in hooks:
                     handle.remove()
@@ -391,8 +451,11 @@ def analyze_streamed(model_cfg, hf_config, tokens: torch.Tensor, det_cfg, detect
                 trim_cpu_heap()  # the freed block leaves RSS before the next one is materialized
             stats.blocks_run.append(i)
             bar.update(1)
-    norm = _final_pass(model, loader, site_map, hidden, detectors, hf_config, tokenizer, device, dtype) \
-        if full_forward else None
+    norm = (
+        _final_pass(model, loader, site_map, hidden, detectors, hf_config, tokenizer, device, dtype)
+        if full_forward
+        else None
+    )
     for b, state in enumerate(states):
         reduction.resume(state)
         if norm is not None:

@@ -1,16 +1,24 @@
 """Detector plug-ins: the registry, the typed settings nodes, probe routing and the summed memory estimate."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from outlier_lab.arch.sites import discover_sites
 from outlier_lab.analysis.capture import SiteProbe, plan_probes
-from outlier_lab.config import SITES, run_schema
-from outlier_lab.analysis.detectors import (Detector, MemoryShape, memory_total, merge_probes, registry, selected,
-                                            settings_nodes)
+from outlier_lab.analysis.detectors import (
+    Detector,
+    MemoryShape,
+    memory_total,
+    merge_probes,
+    registry,
+    selected,
+    settings_nodes,
+)
 from outlier_lab.analysis.detectors.massive import MassiveConfig
 from outlier_lab.analysis.engines.resident import analyze
+from outlier_lab.arch.sites import discover_sites
+from outlier_lab.config import SITES, run_schema
 
 
 def job(**detector):
@@ -19,8 +27,15 @@ def job(**detector):
 
 def test_every_shipped_detector_is_found_in_run_order():
     names = [d.name for d in registry()]
-    assert names == ["llm_int8", "massive", "perplexity", "ablation", "super_experts", "super_weights",
-                     "token_attribution"]
+    assert names == [
+        "llm_int8",
+        "massive",
+        "perplexity",
+        "ablation",
+        "super_experts",
+        "super_weights",
+        "token_attribution",
+    ]
     assert [d.name for d in selected(job())] == ["llm_int8"]
     assert [d.name for d in selected(job(massive={"enabled": True}))] == ["llm_int8", "massive"]
     ablation = OmegaConf.merge(job(), {"analysis": {"mode": "ablation"}})
@@ -78,8 +93,17 @@ def test_each_detector_observes_exactly_the_probes_it_asked_for(tiny_checkpoint)
 
 
 def test_memory_of_the_selected_detectors_is_summed():
-    shape = MemoryShape(batch=2, seq_len=16, hidden=64, act_bytes=4, widths={"hidden": 64}, analyzed_blocks=4,
-                        vocab_size=100, tied_embeddings=False, device="cpu")
+    shape = MemoryShape(
+        batch=2,
+        seq_len=16,
+        hidden=64,
+        act_bytes=4,
+        widths={"hidden": 64},
+        analyzed_blocks=4,
+        vocab_size=100,
+        tied_embeddings=False,
+        device="cpu",
+    )
     alone = memory_total(job(), shape)
     both = memory_total(job(massive={"enabled": True}), shape)
     massive = next(d for d in registry() if d.name == "massive").memory(job(), shape)

@@ -1,18 +1,19 @@
 """The structural fallback finds the curated sites on every curated architecture, and runs through the CLI."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+
+from outlier_lab.arch.adapters import ADAPTERS
+from outlier_lab.arch.discovery import discover_adapter
+from outlier_lab.arch.sites import discover_sites
+from outlier_lab.errors import UserError
 from tests.support.checkpoints import EXPECTED_OUTLIERS, build_tiny_checkpoint
 from tests.support.cli import run_cli, tiny_job_overrides
 from tests.unit.arch.test_adapters import TINY, recorded_forward, tiny_model
-
-from outlier_lab.arch.adapters import ADAPTERS
-from outlier_lab.arch.sites import discover_sites
-from outlier_lab.arch.discovery import discover_adapter
-from outlier_lab.errors import UserError
 
 
 def _site_paths(tag, blocks_path, kinds):
@@ -40,7 +41,7 @@ def test_discovery_measures_what_the_curated_adapter_measures(model_type):
             assert torch.equal(got, expected), (b, site)
         assert set(found_kinds[b].mixer.siblings) == set(curated_kinds[b].mixer.siblings)
     # The mixer kinds split the blocks the same way wherever their sites differ (Qwen3-Next's two mixers).
-    assert (len({k.mixer for k in found_kinds}) == len({k.mixer for k in curated_kinds}))
+    assert len({k.mixer for k in found_kinds}) == len({k.mixer for k in curated_kinds})
     experts = found.experts(model.config)
     assert experts == curated.experts(model.config)
     if found.moe is not None:
@@ -69,6 +70,11 @@ def test_cli_discovers_an_uncurated_architecture_and_finds_the_planted_dims(text
     assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
     detector = results["detector"]
     assert detector["adapter"] == "discovered:bloom" and detector["adapter_curated"] is False
-    assert detector["block_layouts"] == [dict(kind="BloomAttention+dense", blocks=[0, 7], sites=dict(
-        attn_in="self_attention.query_key_value", attn_out_in="self_attention.dense", mlp_in="mlp"))]
+    assert detector["block_layouts"] == [
+        dict(
+            kind="BloomAttention+dense",
+            blocks=[0, 7],
+            sites=dict(attn_in="self_attention.query_key_value", attn_out_in="self_attention.dense", mlp_in="mlp"),
+        )
+    ]
     assert "discovered, not curated" in proc.stderr + proc.stdout

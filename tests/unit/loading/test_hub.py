@@ -1,11 +1,20 @@
 """Which hub files a run downloads, and what the streamed engine can read, judged from a repo's file listing."""
+
 from __future__ import annotations
 
 from outlier_lab.loading.hub import Pinned, select_files
 
-MISTRAL = ["config.json", "params.json", "tokenizer.json", "tokenizer.model", "model.safetensors.index.json",
-           "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-           "model-00003-of-00003.safetensors", "consolidated.safetensors"]
+MISTRAL = [
+    "config.json",
+    "params.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "model.safetensors.index.json",
+    "model-00001-of-00003.safetensors",
+    "model-00002-of-00003.safetensors",
+    "model-00003-of-00003.safetensors",
+    "consolidated.safetensors",
+]
 INDEXED = ("model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
 
 
@@ -15,7 +24,8 @@ def test_the_index_names_the_shards_and_consolidated_weights_are_never_fetched_t
     assert set(INDEXED) | {"model.safetensors.index.json"} <= set(chosen)
     # A shard listed but not named by the index (a leftover) is not fetched either.
     assert "model-00009-of-00009.safetensors" not in select_files(
-        MISTRAL + ["model-00009-of-00009.safetensors"], weights=True, indexed=INDEXED)
+        MISTRAL + ["model-00009-of-00009.safetensors"], weights=True, indexed=INDEXED
+    )
 
 
 def test_the_disk_figure_counts_exactly_the_selected_files():
@@ -31,8 +41,12 @@ def test_without_an_index_model_safetensors_is_the_one_weight_file():
 
 
 def test_bin_only_repos_are_not_streamable_and_say_so():
-    bin_only = Pinned("KoboldAI/fairseq-dense-125M", "main", "a" * 40,
-                      (("config.json", 1), ("pytorch_model.bin", 100), ("vocab.json", 1)))
+    bin_only = Pinned(
+        "KoboldAI/fairseq-dense-125M",
+        "main",
+        "a" * 40,
+        (("config.json", 1), ("pytorch_model.bin", 100), ("vocab.json", 1)),
+    )
     assert "no safetensors weights" in bin_only.streamed_unavailable()
     assert "KoboldAI/fairseq-dense-125M@aaaaaaaaaaaa" in bin_only.streamed_unavailable()
     sharded = Pinned("a/b", "main", "b" * 40, tuple((n, 1) for n in MISTRAL), INDEXED)

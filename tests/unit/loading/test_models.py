@@ -1,4 +1,5 @@
 """Checkpoint location, dtypes and the shipped hub configs, without loading a model."""
+
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from tests.support.cli import REPO
 
 
 def model_cfg(**fields):
-    return OmegaConf.create(dict(dict(name="m", source="hub", path="org/m", revision="main", config_file=None), **fields))
+    return OmegaConf.create(
+        dict(dict(name="m", source="hub", path="org/m", revision="main", config_file=None), **fields)
+    )
 
 
 def test_a_local_dir_without_config_json_is_refused(tmp_path):

@@ -1,4 +1,5 @@
 """Streamed-engine parts without the CLI: safetensors range reads, MXFP4 dequantization, checkpoint errors."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from outlier_lab.errors import UserError
 from outlier_lab.loading.mxfp4 import FP4_VALUES, dequantize, dequantize_state
 from outlier_lab.loading.shards import Checkpoint
-from outlier_lab.errors import UserError
 
 
 def test_reads_only_the_asked_tensors_and_counts_their_bytes(tmp_path):
-    tensors = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
-               "b.weight": torch.ones(5, dtype=torch.bfloat16), "c.bias": torch.tensor([7], dtype=torch.int64)}
+    tensors = {
+        "a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "b.weight": torch.ones(5, dtype=torch.bfloat16),
+        "c.bias": torch.tensor([7], dtype=torch.int64),
+    }
     save_file(tensors, str(tmp_path / "model.safetensors"))
     checkpoint = Checkpoint.open(tmp_path)
     got = checkpoint.read(["c.bias", "a.weight"])
@@ -31,7 +35,9 @@ def test_reads_only_the_asked_tensors_and_counts_their_bytes(tmp_path):
 def test_sharded_checkpoint_needs_its_index_and_every_shard(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
     save_file({"y": torch.ones(3)}, str(tmp_path / "model-00002-of-00002.safetensors"))
-    with pytest.raises(UserError, match=r"2 \.safetensors files but no model\.safetensors\.index\.json.*engine=resident"):
+    with pytest.raises(
+        UserError, match=r"2 \.safetensors files but no model\.safetensors\.index\.json.*engine=resident"
+    ):
         Checkpoint.open(tmp_path)
     index = {"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -73,8 +79,11 @@ def test_mxfp4_matches_transformers_own_dequantization():
 
 def test_mxfp4_pairs_become_one_weight():
     blocks = torch.full((1, 1, 1, 16), 0x22, dtype=torch.uint8)
-    state = {"e.gate_up_proj_blocks": blocks, "e.gate_up_proj_scales": torch.full((1, 1, 1), 127, dtype=torch.uint8),
-             "e.gate_up_proj_bias": torch.zeros(1)}
+    state = {
+        "e.gate_up_proj_blocks": blocks,
+        "e.gate_up_proj_scales": torch.full((1, 1, 1), 127, dtype=torch.uint8),
+        "e.gate_up_proj_bias": torch.zeros(1),
+    }
     out = dequantize_state(state, torch.float32)
     assert set(out) == {"e.gate_up_proj", "e.gate_up_proj_bias"}
     assert out["e.gate_up_proj"].flatten().tolist() == [1.0] * 32

@@ -1,4 +1,5 @@
 """Resource estimate and hardware selection: exact counts, scaling, MXFP4 choice, vendor filter, cheapest fit, errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from tests.support.cli import REPO, run_cli
 from outlier_lab import planning
-from outlier_lab.planning.catalog import load_catalog
 from outlier_lab.errors import UserError
+from outlier_lab.planning.catalog import load_catalog
 from outlier_lab.planning.estimate import GIB, estimate
+from tests.support.cli import REPO, run_cli
 
 ARCHS = ("llama", "gpt2", "olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3")
 
@@ -53,8 +54,14 @@ def test_param_counts_match_the_instantiated_model_exactly(tiny_checkpoint, arch
     resident += sum(b.numel() * b.element_size() for b in model.buffers())
     assert est.weights_gib * GIB == pytest.approx(resident, rel=1e-12)
     config = model.config
-    experts = next((getattr(config, k) for k in ("num_experts", "num_local_experts", "n_routed_experts")
-                    if getattr(config, k, None)), None)
+    experts = next(
+        (
+            getattr(config, k)
+            for k in ("num_experts", "num_local_experts", "n_routed_experts")
+            if getattr(config, k, None)
+        ),
+        None,
+    )
     if experts is None:
         assert est.params_active == est.params_total
     else:
@@ -75,8 +82,11 @@ def test_activations_grow_with_seq_len_and_batch(tiny_checkpoint, arch):
     checkpoint = tiny_checkpoint(arch)
 
     def activations(seq_len, batch):
-        return estimate(local_model(checkpoint, f"dataset.seq_len={seq_len}", f"dataset.batch_size={batch}",
-                                    "dataset.num_sequences=64")).activations_gib
+        return estimate(
+            local_model(
+                checkpoint, f"dataset.seq_len={seq_len}", f"dataset.batch_size={batch}", "dataset.num_sequences=64"
+            )
+        ).activations_gib
 
     by_len = [activations(t, 2) for t in (64, 128, 256, 512)]
     by_batch = [activations(128, b) for b in (1, 2, 4, 8)]
@@ -149,8 +159,9 @@ def test_auto_picks_the_cheapest_class_times_count(tmp_path):
         "big": dict(vram_gib=need_one * 3, usd_per_hour=2.5),
     }
     catalog_path = write_catalog(tmp_path / "gpus.yaml", classes)
-    chosen = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={catalog_path}",
-                                   "engine=resident"))
+    chosen = planning.plan(
+        compose("model=olmoe", "hardware=auto", f"hardware.catalog={catalog_path}", "engine=resident")
+    )
     # Brute force over every (class x count) with the documented per-GPU split; nodes have 1, 2, 4 or 8 GPUs, and
     # the classes share the default job-time figures, so the cheapest job is the cheapest hour.
     options = []
@@ -166,8 +177,11 @@ def test_auto_picks_the_cheapest_class_times_count(tmp_path):
     assert chosen.per_gpu_required_gib <= chosen.gpu.vram_gib
 
     # Equal prices: the plan with fewer GPUs wins.
-    tie = dict(classes, small=dict(vram_gib=need_one / 1.5, usd_per_hour=0.95),
-               mid=dict(vram_gib=need_one * 1.05, usd_per_hour=1.9))
+    tie = dict(
+        classes,
+        small=dict(vram_gib=need_one / 1.5, usd_per_hour=0.95),
+        mid=dict(vram_gib=need_one * 1.05, usd_per_hour=1.9),
+    )
     tie_path = write_catalog(tmp_path / "tie.yaml", tie)
     tied = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={tie_path}", "engine=resident"))
     assert (tied.gpu.key, tied.count) == ("mid", 1)
@@ -180,8 +194,10 @@ def test_auto_picks_the_cheapest_class_times_count(tmp_path):
 
 
 def test_vendor_filter_removes_other_manufacturers(tmp_path):
-    classes = {"cheap_amd": dict(vendor="amd", compute_capability="gfx942", vram_gib=192, usd_per_hour=0.1),
-               "nv": dict(vram_gib=80, usd_per_hour=5.0)}
+    classes = {
+        "cheap_amd": dict(vendor="amd", compute_capability="gfx942", vram_gib=192, usd_per_hour=0.1),
+        "nv": dict(vram_gib=80, usd_per_hour=5.0),
+    }
     path = write_catalog(tmp_path / "gpus.yaml", classes)
     nvidia = planning.plan(compose("model=olmoe", "hardware=auto", f"hardware.catalog={path}"))
     assert nvidia.gpu.vendor == "nvidia" and nvidia.gpu.key == "nv"
@@ -205,8 +221,11 @@ def test_clear_errors_when_nothing_fits(tmp_path):
     assert "\n" not in message
     # Streamed too: a GPU that cannot hold one block says how much that block needs.
     with pytest.raises(UserError, match=r"engine=streamed needs \d+\.\d GiB per GPU.*largest block \d+\.\d+ GiB"):
-        planning.plan(compose("model=glm", "hardware=auto", f"hardware.catalog={path}", "hardware.gpu_class=tiny",
-                              "engine=streamed"))
+        planning.plan(
+            compose(
+                "model=glm", "hardware=auto", f"hardware.catalog={path}", "hardware.gpu_class=tiny", "engine=streamed"
+            )
+        )
     with pytest.raises(UserError, match="not a GPU class"):
         planning.plan(compose("model=olmoe", "hardware=auto", "hardware.gpu_class=nonesuch"))
 
@@ -215,8 +234,13 @@ def test_local_check_fails_clearly_when_the_job_cannot_fit_this_machine(tiny_che
     checkpoint = tiny_checkpoint("llama")
     fits = planning.plan(local_model(checkpoint, "hardware=local"))
     assert fits.local and fits.gpu is None and fits.to_dict()["gpu"] is None
-    huge = local_model(checkpoint, "hardware=local", "dataset.seq_len=512", "dataset.batch_size=100000000",
-                       "dataset.num_sequences=100000000")
+    huge = local_model(
+        checkpoint,
+        "hardware=local",
+        "dataset.seq_len=512",
+        "dataset.batch_size=100000000",
+        "dataset.num_sequences=100000000",
+    )
     with pytest.raises(UserError, match=r"hardware=local: this job needs .* GiB of RAM"):
         planning.plan(huge)
 
@@ -225,8 +249,18 @@ def test_local_check_fails_clearly_when_the_job_cannot_fit_this_machine(tiny_che
 def test_estimate_script_json_and_table():
     proc = run_cli("model=qwen3_30b", "format=json", script="outlier-estimate")
     data = json.loads(proc.stdout)
-    for key in ("weights_gib", "activations_gib", "overhead_gib", "total_gib", "required_gib", "ram_floor_gib",
-                "disk_gib", "params_total", "params_active", "quantization"):
+    for key in (
+        "weights_gib",
+        "activations_gib",
+        "overhead_gib",
+        "total_gib",
+        "required_gib",
+        "ram_floor_gib",
+        "disk_gib",
+        "params_total",
+        "params_active",
+        "quantization",
+    ):
         assert key in data
     assert set(data["gpu"]) >= {"class", "vendor", "count", "vram_gib_each"}
     assert data["gpu"]["vendor"] == "nvidia"
@@ -252,8 +286,14 @@ def test_a_launched_job_runs_under_the_launchers_plan_and_checks_its_host(tiny_c
     # This machine (no GPU) was checked as hardware=local checks it; nothing was planned against the catalog again.
     assert host.local and host.gpu is None and host.estimate.device == "cpu" and host.estimate.dtype == "float32"
     assert ran_on(host)["gpu_name"] is None and ran_on(host)["device"] == "cpu"
-    huge = local_model(checkpoint, "hardware=t4", override, "dataset.seq_len=512", "dataset.batch_size=100000000",
-                       "dataset.num_sequences=100000000")
+    huge = local_model(
+        checkpoint,
+        "hardware=t4",
+        override,
+        "dataset.seq_len=512",
+        "dataset.batch_size=100000000",
+        "dataset.num_sequences=100000000",
+    )
     with pytest.raises(UserError, match=r"the launcher planned 1 x T4 for this job, but on the host it landed on this"):
         _plan_resources(huge)
     with pytest.raises(UserError, match="cannot read the launcher's plan"):
@@ -280,7 +320,8 @@ def test_results_record_the_plan_and_the_measured_peak(tiny_checkpoint, text_fil
     assert resources["params_total"] == results["model"]["params_total"]
     assert resources["params_active"] == results["model"]["params_active"]
     assert resources["total_gib"] == pytest.approx(
-        resources["weights_gib"] + resources["activations_gib"] + resources["overhead_gib"])
+        resources["weights_gib"] + resources["activations_gib"] + resources["overhead_gib"]
+    )
     assert results["peak_memory_kind"] == "cpu_peak_rss_growth" and results["peak_memory_gib"] > 0
 
 

@@ -1,4 +1,5 @@
 """The printed plan shows only the figures that apply to where the job runs."""
+
 from pathlib import Path
 
 import pytest

@@ -1,14 +1,15 @@
 """The headroom is the estimator's measured error band, and no estimate drops under a peak measured by bench_estimate."""
+
 from __future__ import annotations
 
 import importlib.util
 import json
 
 import pytest
-from tests.unit.planning.test_estimate import REPO, local_model
 
 from outlier_lab.planning import headroom as room
 from outlier_lab.planning.estimate import estimate
+from tests.unit.planning.test_estimate import REPO, local_model
 
 
 def _bench():
@@ -20,9 +21,11 @@ def _bench():
 
 def test_factor_is_the_worst_under_estimate_plus_the_band_width(tmp_path, monkeypatch):
     record = tmp_path / "measured.json"
-    cases = [dict(engine="streamed", device="cpu", measured_gib=2.0, ratio=0.95),
-             dict(engine="streamed", device="cpu", measured_gib=4.0, ratio=1.05),
-             dict(engine="streamed", device="cpu", measured_gib=0.1, ratio=3.0)]  # under the floor: left out
+    cases = [
+        dict(engine="streamed", device="cpu", measured_gib=2.0, ratio=0.95),
+        dict(engine="streamed", device="cpu", measured_gib=4.0, ratio=1.05),
+        dict(engine="streamed", device="cpu", measured_gib=0.1, ratio=3.0),
+    ]  # under the floor: left out
     record.write_text(json.dumps(dict(cases=cases)))
     monkeypatch.setattr(room, "MEASURED", record)
     room._bands.cache_clear()
@@ -60,7 +63,12 @@ def test_estimate_is_never_under_the_recorded_peak(tmp_path, case):
     config.save_pretrained(tmp_path)
     # One per-expert tensor name, as the saved checkpoint stores them (the estimate reads only the names).
     save_file({"model.layers.0.mlp.experts.0.up_proj.weight": torch.zeros(1)}, tmp_path / "model.safetensors")
-    cfg = local_model(tmp_path, f"dataset.seq_len={spec['seq_len']}", f"dataset.batch_size={spec['batch_size']}",
-                      f"dataset.num_sequences={spec['num_sequences']}", "hardware=local")
+    cfg = local_model(
+        tmp_path,
+        f"dataset.seq_len={spec['seq_len']}",
+        f"dataset.batch_size={spec['batch_size']}",
+        f"dataset.num_sequences={spec['num_sequences']}",
+        "hardware=local",
+    )
     est = estimate(cfg, None, case["engine"])
     assert est.total_gib >= case["measured_gib"], (est.total_gib, case)

@@ -1,16 +1,16 @@
 """The planner picks the cheaper job across engines: expected times and dollars computed by hand in the test."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-from tests.unit.planning.test_estimate import compose, write_catalog
 
 from outlier_lab import planning
-from outlier_lab.planning.catalog import load_catalog
-from outlier_lab.planning.catalog import GpuClass
+from outlier_lab.planning.catalog import GpuClass, load_catalog
 from outlier_lab.planning.estimate import GIB, estimate
 from outlier_lab.planning.jobcost import THROUGHPUT, job_time
+from tests.unit.planning.test_estimate import compose, write_catalog
 
 # Round figures so the expected job times are easy to follow: 1 GB/s downloads (8 Gb/s), 1 GB/s disk reads.
 FIGURES = dict(disk_gb_per_s=1.0, usd_per_hour=1.0, host_ram_gib_per_gpu=256)
@@ -18,8 +18,18 @@ OVERRIDES = ("model=olmoe", "hardware=auto", "hardware.download_gbps=8")
 
 
 def _gpu(vram: float, tflops: float) -> GpuClass:
-    return GpuClass("G", "nvidia", vram, "9.0", 8, 1.0, key="g", host_ram_gib_per_gpu=256, sustained_tflops=tflops,
-                    disk_gb_per_s=1.0)
+    return GpuClass(
+        "G",
+        "nvidia",
+        vram,
+        "9.0",
+        8,
+        1.0,
+        key="g",
+        host_ram_gib_per_gpu=256,
+        sustained_tflops=tflops,
+        disk_gb_per_s=1.0,
+    )
 
 
 def hand_seconds(est, engine: str, tflops: float) -> float:
@@ -53,8 +63,9 @@ def test_streamed_wins_when_resident_needs_more_gpus(tmp_path):
 
     # The RAM floor follows the engine: 16 GiB hosts cannot load the model resident (64 GiB floor) on 1 or 2 GPUs,
     # but take one block at a time.
-    small_host = write_catalog(tmp_path / "ram.yaml", {"g": dict(FIGURES, vram_gib=vram, sustained_tflops=tflops,
-                                                                 host_ram_gib_per_gpu=16)})
+    small_host = write_catalog(
+        tmp_path / "ram.yaml", {"g": dict(FIGURES, vram_gib=vram, sustained_tflops=tflops, host_ram_gib_per_gpu=16)}
+    )
     plan = planning.plan(compose(*OVERRIDES, f"hardware.catalog={small_host}"))
     assert (plan.engine, plan.count) == ("streamed", 1) and plan.estimate.ram_floor_gib < 16
     rival = next(a for a in plan.alternatives if a["engine"] == "resident")

@@ -1,11 +1,12 @@
 """Sweep comparison: the Hydra callback and outlier-compare build the same table from a real tiny multirun."""
+
 import json
 import shutil
 
 import pytest
-from tests.support.cli import run_cli, tiny_job_overrides
 
 from outlier_lab.reporting.compare import COMPARISON_CSV, COMPARISON_MD, JOB_STATUS, estimated_memory_gib, read_csv
+from tests.support.cli import run_cli, tiny_job_overrides
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -14,10 +15,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def sweep(tiny_checkpoint, text_file, tmp_path_factory):
     """A real 3-job multirun on one tiny checkpoint; the middle job fails (seq_len beyond the model's 512)."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    overrides = [o for o in tiny_job_overrides(tiny_checkpoint("llama"), text_file, num_sequences=3)
-                 if not o.startswith("dataset.seq_len")]
-    proc = run_cli("--multirun", *overrides, "dataset.seq_len=32,100000,48", f"hydra.sweep.dir={sweep_dir}",
-                   check=False)
+    overrides = [
+        o
+        for o in tiny_job_overrides(tiny_checkpoint("llama"), text_file, num_sequences=3)
+        if not o.startswith("dataset.seq_len")
+    ]
+    proc = run_cli(
+        "--multirun", *overrides, "dataset.seq_len=32,100000,48", f"hydra.sweep.dir={sweep_dir}", check=False
+    )
     return sweep_dir, proc
 
 
@@ -119,7 +124,8 @@ def test_threshold_sensitivity_experiment(tiny_checkpoint, text_file, tmp_path):
     run_cli("--multirun", "+experiment=threshold_sensitivity", *overrides, f"hydra.sweep.dir={tmp_path}")
     rows = read_csv(tmp_path / COMPARISON_CSV)
     assert sorted((r["alpha_mode"], float(r["alpha"])) for r in rows) == sorted(
-        (mode, a) for mode in ("absolute", "rms") for a in (4.0, 6.0, 8.0, 12.0))
+        (mode, a) for mode in ("absolute", "rms") for a in (4.0, 6.0, 8.0, 12.0)
+    )
     assert all(r["status"] == "COMPLETED" for r in rows)
     absolute = {float(r["alpha"]): int(r["outlier_dims"]) for r in rows if r["alpha_mode"] == "absolute"}
     assert absolute[6.0] == 3  # the planted dims

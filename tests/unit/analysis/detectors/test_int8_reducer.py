@@ -1,11 +1,19 @@
 """The streaming reducer against a brute-force reading of the LLM.int8() criteria on random tensors."""
+
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
-from outlier_lab.analysis.detectors._int8_reducer import Criteria, Int8Reducer, RunAccumulator, histogram_quantiles, min_count, summarize
+from outlier_lab.analysis.detectors._int8_reducer import (
+    Criteria,
+    Int8Reducer,
+    RunAccumulator,
+    histogram_quantiles,
+    min_count,
+    summarize,
+)
 
 ALPHA = 6.0
 
@@ -18,8 +26,7 @@ def brute_force(acts, alpha=ALPHA, layer_frac=Fraction(1, 4), position_frac=Frac
     for s in range(S):
         for d in range(D):
             hit_blocks = sum(any(np.any(np.abs(site[s, :, d]) >= alpha) for site in block) for block in acts)
-            hit_positions = sum(
-                any(abs(site[s, t, d]) >= alpha for block in acts for site in block) for t in range(T))
+            hit_positions = sum(any(abs(site[s, t, d]) >= alpha for block in acts for site in block) for t in range(T))
             qualifies[s, d] = Fraction(hit_blocks, blocks) >= layer_frac and Fraction(hit_positions, T) >= position_frac
     return qualifies
 
@@ -51,7 +58,7 @@ def stream(acts, batch, dtype=torch.float32, alpha=ALPHA):
         reducer.start_batch(min(batch, S - start), T)
         for slot, block in enumerate(acts):
             for site in block:
-                reducer.observe(slot, torch.from_numpy(site[start:start + batch]).to(dtype))
+                reducer.observe(slot, torch.from_numpy(site[start : start + batch]).to(dtype))
         acc.add(reducer.end_batch())
     return reducer, acc
 
@@ -84,8 +91,7 @@ def test_chunked_streaming_equals_one_shot():
 def test_exact_threshold_counts_and_just_below_does_not():
     # One dim, 4 blocks, 100 positions: exactly 6.0 at 6 positions in exactly 1 of 4 blocks -> both criteria
     # met with equality. The same with 5.9999995 must not count at all.
-    for value, should in ((6.0, True), (float(np.nextafter(np.float32(6.0), np.float32(0))), False),
-                          (-6.0, True)):
+    for value, should in ((6.0, True), (float(np.nextafter(np.float32(6.0), np.float32(0))), False), (-6.0, True)):
         acts = [[np.zeros((1, 100, 1), dtype=np.float32)] for _ in range(4)]
         acts[2][0][0, :6, 0] = value
         _, acc = stream(acts, batch=1)
@@ -102,8 +108,10 @@ def test_counts_blocks_not_sites_and_positions_across_blocks():
     acts[5][2][0, 1, 1] = -7.0
     _, acc = stream(acts, batch=1)
     table = acc.per_sequence_table()
-    rows = {int(d): (lf, sf, q) for d, lf, sf, q in zip(table["dim"], table["layer_frac"], table["position_frac"],
-                                                         table["qualifies"])}
+    rows = {
+        int(d): (lf, sf, q)
+        for d, lf, sf, q in zip(table["dim"], table["layer_frac"], table["position_frac"], table["qualifies"])
+    }
     assert rows[0] == (1 / 8, 1.0, False)
     assert rows[1] == (2 / 8, 2 / 20, True)
 
@@ -164,8 +172,9 @@ def test_near_misses_record_why_bright_dims_are_not_outliers():
     assert [f["dim"] for f in result["outlier_features"]] == [0]
     misses = {m["dim"]: m for m in result["near_misses"]}
     assert [m["dim"] for m in result["near_misses"]] == [1, 2, 3]  # brightest first, headline dims left out
-    assert misses[1] == dict(dim=1, max_abs=30.0, sequences=0, hit_sequences=2, layer_frac_max=1.0,
-                             position_frac_max=1 / 50)
+    assert misses[1] == dict(
+        dim=1, max_abs=30.0, sequences=0, hit_sequences=2, layer_frac_max=1.0, position_frac_max=1 / 50
+    )
     assert (misses[2]["layer_frac_max"], misses[2]["position_frac_max"], misses[2]["hit_sequences"]) == (1 / 8, 0.2, 1)
     assert (misses[3]["hit_sequences"], misses[3]["max_abs"]) == (0, 2.0)
     summary = result["summary"]

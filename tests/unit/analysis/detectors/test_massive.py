@@ -1,4 +1,5 @@
 """detector=massive finds planted massive activations at known (block, position, dim), BOS and delimiters marked."""
+
 import json
 import shutil
 
@@ -6,11 +7,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tests.support.checkpoints import EXPECTED_OUTLIERS, NUM_BLOCKS
-from tests.support.cli import run_cli, tiny_job_overrides
 
 from outlier_lab.analysis.detectors.massive import HITS_FILE, MassiveConfig, MassiveReducer
 from outlier_lab.results import read_tokens
+from tests.support.checkpoints import EXPECTED_OUTLIERS, NUM_BLOCKS
+from tests.support.cli import run_cli, tiny_job_overrides
 
 BOS_DIM, BOS_VALUE = 7, 3000.0
 COLON_DIM, COLON_VALUE = 11, -2000.0
@@ -37,8 +38,9 @@ def massive_checkpoint(tiny_checkpoint, tmp_path_factory):
 @pytest.mark.slow
 def test_massive_hits_at_planted_block_position_dim(massive_checkpoint, text_file, tmp_path):
     checkpoint, colon = massive_checkpoint
-    run_cli(*tiny_job_overrides(checkpoint, text_file, tmp_path, num_sequences=4, seq_len=48),
-            "detector=[llm_int8,massive]")
+    run_cli(
+        *tiny_job_overrides(checkpoint, text_file, tmp_path, num_sequences=4, seq_len=48), "detector=[llm_int8,massive]"
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     massive = results["massive"]
     tokens = read_tokens(tmp_path).numpy()
@@ -71,8 +73,11 @@ def test_massive_hits_at_planted_block_position_dim(massive_checkpoint, text_fil
 @pytest.mark.slow
 def test_massive_thresholds_are_configurable(massive_checkpoint, text_file, tmp_path):
     checkpoint, _ = massive_checkpoint
-    run_cli(*tiny_job_overrides(checkpoint, text_file, tmp_path, num_sequences=2, seq_len=32),
-            "detector=massive", "detector.massive.min_abs=2500")
+    run_cli(
+        *tiny_job_overrides(checkpoint, text_file, tmp_path, num_sequences=2, seq_len=32),
+        "detector=massive",
+        "detector.massive.min_abs=2500",
+    )
     massive = json.loads((tmp_path / "results.json").read_text())["massive"]
     assert massive["summary"]["dims"] == [BOS_DIM]  # |-2000| no longer passes min_abs=2500
     assert massive["criteria"]["min_abs"] == 2500
@@ -88,7 +93,7 @@ def test_reducer_streaming_equals_one_shot():
     def hits(batch_size, sync_free):
         reducer = MassiveReducer(MassiveConfig(), [0, 1], 16, sync_free=sync_free)
         for start in range(0, 6, batch_size):
-            chunk = x[start:start + batch_size]
+            chunk = x[start : start + batch_size]
             reducer.start_batch(chunk.shape[0], 10)
             reducer.observe(0, chunk)
             reducer.observe(1, (chunk * 2,))  # decoder layers that return tuples are unwrapped
@@ -98,8 +103,9 @@ def test_reducer_streaming_equals_one_shot():
         assert counts.sum() == len(table["dim"]) and counts[1, 2] == 2 and reducer.hit_max[0, 2] == 800.0
         return sorted(zip(table["block"], table["sequence"], table["position"], table["dim"], table["value"]))
 
-    expected = sorted([(0, 1, 3, 5, 500.0), (0, 4, 0, 2, -800.0), (1, 1, 3, 5, 1000.0), (1, 4, 0, 2, -1600.0),
-                       (1, 4, 9, 2, 180.0)])
+    expected = sorted(
+        [(0, 1, 3, 5, 500.0), (0, 4, 0, 2, -800.0), (1, 1, 3, 5, 1000.0), (1, 4, 0, 2, -1600.0), (1, 4, 9, 2, 180.0)]
+    )
     # The GPU's sync-free path (topk) and the CPU's (nonzero) agree, whatever the batching.
     for sync_free in (False, True):
         assert hits(6, sync_free) == hits(2, sync_free) == hits(1, sync_free) == expected

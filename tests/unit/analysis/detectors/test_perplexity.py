@@ -1,14 +1,15 @@
 """analysis.perplexity: the LM head on the analysis pass's last hidden states matches the model's own loss."""
+
 import json
 import math
 import shutil
 
 import pytest
 import torch
+
+from tests.e2e.test_ablation import train_briefly
 from tests.support.checkpoints import EXPECTED_OUTLIERS
 from tests.support.cli import run_cli, tiny_job_overrides
-from tests.e2e.test_ablation import train_briefly
-
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +25,17 @@ def _windows(checkpoint, text_file, count=5, length=40):
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = tokenizer(text_file.read_text()[:60_000], verbose=False)["input_ids"]
-    return tokenizer, torch.tensor([ids[i * length:(i + 1) * length] for i in range(count)])
+    return tokenizer, torch.tensor([ids[i * length : (i + 1) * length] for i in range(count)])
 
 
 def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from outlier_lab.arch.sites import discover_sites
-    from outlier_lab.config import run_schema
     from outlier_lab.analysis.detectors import selected, settings_nodes
     from outlier_lab.analysis.engines.resident import analyze
+    from outlier_lab.arch.sites import discover_sites
+    from outlier_lab.config import run_schema
 
     tokenizer, tokens = _windows(trained, text_file)
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
@@ -58,14 +59,14 @@ def test_same_pass_perplexity_equals_the_models_own_loss(trained, text_file):
 
 
 def test_estimate_counts_the_head_and_one_logits_chunk(tiny_checkpoint):
-    from tests.unit.planning.test_estimate import local_model
-
     from outlier_lab.planning.estimate import GIB, estimate
+    from tests.unit.planning.test_estimate import local_model
 
     checkpoint = tiny_checkpoint("llama")  # untied head, vocab 512, hidden 64, fp32 on CPU
     plain = estimate(local_model(checkpoint, "dataset.batch_size=4", "dataset.seq_len=64"))
-    with_ppl = estimate(local_model(checkpoint, "dataset.batch_size=4", "dataset.seq_len=64",
-                                    "analysis.perplexity=true"))
+    with_ppl = estimate(
+        local_model(checkpoint, "dataset.batch_size=4", "dataset.seq_len=64", "analysis.perplexity=true")
+    )
     head = 512 * 64 * 4
     chunk = min(1024, 4 * 63) * 512 * (4 + 4 + 4)  # fp32 logits, their fp32 copy, the log-softmax
     assert (with_ppl.weights_gib - plain.weights_gib) * GIB == pytest.approx(head)
@@ -78,8 +79,7 @@ def test_cli_reports_perplexity_beside_the_outliers(trained, text_file, tmp_path
 
     from outlier_lab.results import read_tokens
 
-    run_cli(*tiny_job_overrides(trained, text_file, tmp_path, num_sequences=6, seq_len=48),
-            "analysis.perplexity=true")
+    run_cli(*tiny_job_overrides(trained, text_file, tmp_path, num_sequences=6, seq_len=48), "analysis.perplexity=true")
     results = json.loads((tmp_path / "results.json").read_text())
     assert {f["dim"] for f in results["outlier_features"]} == EXPECTED_OUTLIERS
     tokens = torch.as_tensor(read_tokens(tmp_path), dtype=torch.long)
@@ -97,10 +97,12 @@ def test_comparison_plots_outliers_against_perplexity(tmp_path):
     for job, (ppl, dims, layers) in enumerate(((30.0, 2, 40.0), (12.0, 5, 80.0))):
         job_dir = tmp_path / str(job)
         job_dir.mkdir()
-        results = dict(schema_version=SCHEMA_VERSION, model=dict(name=f"m{job}", params_total=10**9 * (job + 1),
-                                                                  params_active=10**9 * (job + 1)),
-                       summary=dict(num_outlier_features=dims, most_common=dict(layers_pct=layers, positions_pct=7.0)),
-                       perplexity=dict(ppl=ppl, bits_per_byte=ppl / 10))
+        results = dict(
+            schema_version=SCHEMA_VERSION,
+            model=dict(name=f"m{job}", params_total=10**9 * (job + 1), params_active=10**9 * (job + 1)),
+            summary=dict(num_outlier_features=dims, most_common=dict(layers_pct=layers, positions_pct=7.0)),
+            perplexity=dict(ppl=ppl, bits_per_byte=ppl / 10),
+        )
         (job_dir / "results.json").write_text(json.dumps(results))
     write_comparison([tmp_path])
     rows = read_csv(tmp_path / COMPARISON_CSV)
@@ -113,14 +115,22 @@ def test_comparison_plots_outliers_against_perplexity(tmp_path):
 def test_streamed_engine_gives_the_resident_perplexity(trained, text_file, tmp_path):
     # The streamed engine runs the final norm and the LM head (read from the checkpoint after the last block) on the
     # last hidden states of every batch; 5 sequences in batches of 2 exercise the short last batch.
-    run_cli("--multirun", *tiny_job_overrides(trained, text_file, num_sequences=5, seq_len=40), "dataset.batch_size=2",
-            "analysis.perplexity=true", "engine=resident,streamed", f"hydra.sweep.dir={tmp_path}",
-            "hydra.sweep.subdir=${engine.name}")
+    run_cli(
+        "--multirun",
+        *tiny_job_overrides(trained, text_file, num_sequences=5, seq_len=40),
+        "dataset.batch_size=2",
+        "analysis.perplexity=true",
+        "engine=resident,streamed",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.sweep.subdir=${engine.name}",
+    )
     resident, streamed = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("resident", "streamed"))
     assert (resident["engine"]["name"], streamed["engine"]["name"]) == ("resident", "streamed")
     assert "skipped" not in streamed["perplexity"]
     assert streamed["engine"]["blocks_run"] == list(range(8))
     for key in ("nll", "ppl", "bits_per_byte"):
         assert streamed["perplexity"][key] == pytest.approx(resident["perplexity"][key], rel=1e-5, abs=1e-5), key
-    assert (streamed["perplexity"]["tokens"], streamed["perplexity"]["bytes"]) == \
-        (resident["perplexity"]["tokens"], resident["perplexity"]["bytes"])
+    assert (streamed["perplexity"]["tokens"], streamed["perplexity"]["bytes"]) == (
+        resident["perplexity"]["tokens"],
+        resident["perplexity"]["bytes"],
+    )

@@ -1,4 +1,5 @@
 """The helpers detector plug-ins share."""
+
 from __future__ import annotations
 
 import pytest

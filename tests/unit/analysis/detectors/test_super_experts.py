@@ -1,18 +1,33 @@
 """detector=super_experts names exactly the planted (block, expert, dim) in every MoE fixture, in both engines."""
+
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+
+from outlier_lab.analysis.detectors.super_experts import TABLE_FILE, ExpertMaxReducer, super_expert_mask
 from tests.support.checkpoints import SUPER_DIM, SUPER_EXPERT, build_super_expert_checkpoint, moe_blocks
 from tests.support.cli import run_cli, tiny_job_overrides
 
-from outlier_lab.analysis.detectors.super_experts import TABLE_FILE, ExpertMaxReducer, super_expert_mask
-
 # Every MoE architecture with a tiny fixture (minimax included: its noisy residual stream does not matter here).
-MOE_FIXTURES = ("olmoe", "qwen3_moe", "glm4_moe", "gpt_oss", "qwen3_next", "deepseek_v3", "llama4_text", "jamba",
-                "ernie4_5_moe", "hunyuan_v1_moe", "dots1", "minimax", "phimoe", "granitemoe")
+MOE_FIXTURES = (
+    "olmoe",
+    "qwen3_moe",
+    "glm4_moe",
+    "gpt_oss",
+    "qwen3_next",
+    "deepseek_v3",
+    "llama4_text",
+    "jamba",
+    "ernie4_5_moe",
+    "hunyuan_v1_moe",
+    "dots1",
+    "minimax",
+    "phimoe",
+    "granitemoe",
+)
 WITH_SHARED = {"glm4_moe", "qwen3_next", "deepseek_v3", "llama4_text", "ernie4_5_moe", "hunyuan_v1_moe", "dots1"}
 
 
@@ -46,11 +61,18 @@ def test_reducer_keeps_max_dim_and_routed_counts():
 @pytest.mark.parametrize("arch", MOE_FIXTURES)
 def test_planted_super_expert_is_named_alone_in_both_engines(arch, text_file, tmp_path):
     checkpoint, block = build_super_expert_checkpoint(arch, tmp_path / arch)
-    run_cli("--multirun", *tiny_job_overrides(checkpoint, text_file, num_sequences=4, seq_len=48),
-            "dataset.batch_size=2", "detector=[llm_int8,massive,super_experts]", "engine=resident,streamed",
-            f"hydra.sweep.dir={tmp_path / 'out'}", "hydra.sweep.subdir=${engine.name}")
-    resident, streamed = (json.loads((tmp_path / "out" / e / "results.json").read_text()) for e in
-                          ("resident", "streamed"))
+    run_cli(
+        "--multirun",
+        *tiny_job_overrides(checkpoint, text_file, num_sequences=4, seq_len=48),
+        "dataset.batch_size=2",
+        "detector=[llm_int8,massive,super_experts]",
+        "engine=resident,streamed",
+        f"hydra.sweep.dir={tmp_path / 'out'}",
+        "hydra.sweep.subdir=${engine.name}",
+    )
+    resident, streamed = (
+        json.loads((tmp_path / "out" / e / "results.json").read_text()) for e in ("resident", "streamed")
+    )
     assert (resident["engine"]["name"], streamed["engine"]["name"]) == ("resident", "streamed")
     section = resident["super_experts"]
     found = [(s["block"], s["expert"], s["dim"]) for s in section["super_experts"]]

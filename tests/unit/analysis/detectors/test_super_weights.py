@@ -1,12 +1,13 @@
 """detector=super_weights names the planted down_proj weight's (block, row, column) and value, in both engines."""
+
 import json
 import shutil
 
 import pytest
 import torch
-from tests.support.cli import run_cli, tiny_job_overrides
 
 from outlier_lab.analysis.detectors.super_weights import SpikeReducer
+from tests.support.cli import run_cli, tiny_job_overrides
 
 BLOCK, ROW, COLUMN, VALUE, UP_GAIN = 1, 33, 77, 25.0, 50.0
 
@@ -41,9 +42,15 @@ def super_weight_checkpoint(tiny_checkpoint, tmp_path_factory):
 
 @pytest.mark.slow
 def test_planted_super_weight_is_named_in_both_engines(super_weight_checkpoint, text_file, tmp_path):
-    run_cli("--multirun", *tiny_job_overrides(super_weight_checkpoint, text_file, num_sequences=4, seq_len=48),
-            "dataset.batch_size=2", "detector=[llm_int8,super_weights]", "engine=resident,streamed",
-            f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${engine.name}")
+    run_cli(
+        "--multirun",
+        *tiny_job_overrides(super_weight_checkpoint, text_file, num_sequences=4, seq_len=48),
+        "dataset.batch_size=2",
+        "detector=[llm_int8,super_weights]",
+        "engine=resident,streamed",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.sweep.subdir=${engine.name}",
+    )
     resident, streamed = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("resident", "streamed"))
     assert (resident["engine"]["name"], streamed["engine"]["name"]) == ("resident", "streamed")
     candidate = resident["super_weights"]["candidate"]

@@ -1,12 +1,13 @@
 """detector=token_attribution puts a token planted with an outlier first for its dim, in both engines."""
+
 import json
 import shutil
 
 import pytest
 import torch
-from tests.support.cli import run_cli, tiny_job_overrides
 
 from outlier_lab.analysis.detectors.token_attribution import TokenCounter
+from tests.support.cli import run_cli, tiny_job_overrides
 
 PLANT_DIM, PLANT_VALUE = 21, 3000.0
 
@@ -42,9 +43,16 @@ def newline_checkpoint(tiny_checkpoint, tmp_path_factory):
 def test_planted_token_comes_first_in_both_engines(newline_checkpoint, text_file, tmp_path):
     checkpoint, newline = newline_checkpoint
     # min_position_frac 1%: the newline is ~4% of the tokens, so its dim is a headline feature too.
-    run_cli("--multirun", *tiny_job_overrides(checkpoint, text_file, num_sequences=4, seq_len=64),
-            "dataset.batch_size=2", "detector=[llm_int8,massive,token_attribution]", "detector.min_position_frac=0.01",
-            "engine=resident,streamed", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${engine.name}")
+    run_cli(
+        "--multirun",
+        *tiny_job_overrides(checkpoint, text_file, num_sequences=4, seq_len=64),
+        "dataset.batch_size=2",
+        "detector=[llm_int8,massive,token_attribution]",
+        "detector.min_position_frac=0.01",
+        "engine=resident,streamed",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.sweep.subdir=${engine.name}",
+    )
     resident, streamed = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("resident", "streamed"))
     section = resident["token_attribution"]
     assert streamed["token_attribution"] == section

@@ -1,4 +1,5 @@
 """The retry policy: network faults retried with backoff, refusals at once, and each way out named."""
+
 from __future__ import annotations
 
 import threading
@@ -6,8 +7,14 @@ import threading
 import paramiko
 import pytest
 
-from hydra_plugins.fabric_launcher._errors import (Cancelled, ConnectionDropped, HostUnreachable, LaunchError,
-                                                   RetryPolicy, is_transient)
+from hydra_plugins.fabric_launcher._errors import (
+    Cancelled,
+    ConnectionDropped,
+    HostUnreachable,
+    LaunchError,
+    RetryPolicy,
+    is_transient,
+)
 
 
 def policy(attempts=3, **kwargs) -> RetryPolicy:
@@ -37,8 +44,9 @@ def test_an_authentication_refusal_is_not_retried():
     with pytest.raises(paramiko.AuthenticationException):
         policy(attempts=5).call("connect", fn)
     assert len(calls) == 1
-    assert not is_transient(paramiko.BadHostKeyException("h", paramiko.RSAKey.generate(1024),
-                                                         paramiko.RSAKey.generate(1024)))
+    assert not is_transient(
+        paramiko.BadHostKeyException("h", paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024))
+    )
     assert not is_transient(FileNotFoundError("no such file"))
 
 

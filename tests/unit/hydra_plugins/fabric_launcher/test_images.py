@@ -1,4 +1,5 @@
 """The CUDA an image needs (table, override, tag) and the CUDA a driver runs (nvidia-smi banner, else NVIDIA's table)."""
+
 import pytest
 
 from hydra_plugins.fabric_launcher._images import driver_cuda, driver_refusal, min_cuda

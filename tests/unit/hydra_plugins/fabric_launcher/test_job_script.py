@@ -1,4 +1,5 @@
 """The job's shell: Hydra-quoted overrides survive Hydra's own parser, and every remote argument is shell-quoted."""
+
 from __future__ import annotations
 
 import shlex
@@ -7,7 +8,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from hydra_plugins.fabric_launcher._job_script import hydra_quote, host_locks, remote_command, start_command
+from hydra_plugins.fabric_launcher._job_script import host_locks, hydra_quote, remote_command, start_command
 
 NASTY = ["plain", "it's", "back\\slash'", "trailing\\", "${oc.env:HOME}", "a b;rm -rf /", "$(id)", "`id`", "ü"]
 
@@ -48,8 +49,7 @@ def test_forward_env_settings_reach_the_job_shell_and_secrets_never_enter_the_sc
     from hydra_plugins.fabric_launcher._job_script import env_exports
     from hydra_plugins.fabric_launcher.config import FabricLauncherConf
 
-    params = {"hf_home": None, "forward_env": FabricLauncherConf().forward_env + ["ODD"],
-              "secret_env": ["HF_TOKEN"]}
+    params = {"hf_home": None, "forward_env": FabricLauncherConf().forward_env + ["ODD"], "secret_env": ["HF_TOKEN"]}
     lines = env_exports(params, [], {"HF_HUB_DISABLE_XET": "1", "ODD": "a b'$(id)", "HF_TOKEN": "hf_secret"})
     assert not any("hf_secret" in line for line in lines)
     shell = "\n".join(lines + ['printf "%s|%s" "$HF_HUB_DISABLE_XET" "$ODD"'])

@@ -1,4 +1,5 @@
 """The remote environment a job gets: auto is a venv over a rented image's python (its torch pinned), else as asked."""
+
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,14 @@ BUNDLE = CodeBundle(Path("."), "code", None, False, b"", ["torch>=2.4", "hydra-c
 
 
 def params(**changes):
-    return {"env_mode": "auto", "provider": "runpod", "python": "python3", "venv_system_site_packages": False,
-            "installer": "pip", **changes}
+    return {
+        "env_mode": "auto",
+        "provider": "runpod",
+        "python": "python3",
+        "venv_system_site_packages": False,
+        "installer": "pip",
+        **changes,
+    }
 
 
 @pytest.mark.parametrize("provider", ["runpod", "vast"])

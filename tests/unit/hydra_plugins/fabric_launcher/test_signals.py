@@ -1,4 +1,5 @@
 """SIGTERM, SIGHUP and SIGINT become Interrupted inside the launch, and the previous handlers come back after it."""
+
 from __future__ import annotations
 
 import os

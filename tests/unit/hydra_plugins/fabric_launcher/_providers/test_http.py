@@ -1,4 +1,5 @@
 """Provider API network faults: each named by host and cause, and a DNS failure not retried."""
+
 import socket
 import threading
 
@@ -10,8 +11,16 @@ from hydra_plugins.fabric_launcher._providers._http import ApiClient, is_dns_fai
 
 
 def client(url: str, retries: int = 3) -> ApiClient:
-    return ApiClient(url, "dummy", timeout_s=1, retries=retries, backoff_s=0.001, backoff_max_s=0.001,
-                     cancel=threading.Event(), what="vast")
+    return ApiClient(
+        url,
+        "dummy",
+        timeout_s=1,
+        retries=retries,
+        backoff_s=0.001,
+        backoff_max_s=0.001,
+        cancel=threading.Event(),
+        what="vast",
+    )
 
 
 def closed_port() -> int:
@@ -24,8 +33,10 @@ def test_a_dns_failure_is_named_and_not_retried():
     api = client("http://no-such-host.invalid")
     with pytest.raises(ProviderError) as raised:
         api.request("GET", "/api/v0/bundles/")
-    assert str(raised.value) == ("vast GET /api/v0/bundles/ failed: DNS failure: cannot resolve no-such-host.invalid "
-                                 "(no network, or a wrong hydra.launcher.api_url)")
+    assert str(raised.value) == (
+        "vast GET /api/v0/bundles/ failed: DNS failure: cannot resolve no-such-host.invalid "
+        "(no network, or a wrong hydra.launcher.api_url)"
+    )
     assert api.retried == 0
 
 
@@ -34,8 +45,10 @@ def test_a_refused_connection_is_retried_and_named():
     api = client(f"http://127.0.0.1:{port}")
     with pytest.raises(ProviderError) as raised:
         api.request("GET", "/api/v0/bundles/")
-    assert str(raised.value).endswith(f"failed after 3 attempts: 127.0.0.1:{port} refused the connection (nothing "
-                                      "listens there: check hydra.launcher.api_url)")
+    assert str(raised.value).endswith(
+        f"failed after 3 attempts: 127.0.0.1:{port} refused the connection (nothing "
+        "listens there: check hydra.launcher.api_url)"
+    )
     assert api.retried == 2
 
 
