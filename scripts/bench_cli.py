@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # this checkout: its package and tests.support (the checkpoint builders)
 
 _MID = dict(
     hidden_size=1024,
@@ -82,8 +82,9 @@ def timed_child(argv, env) -> dict:
 
 def build_checkpoint(arch: str, out: Path) -> Path:
     import torch
-    from checkpoints import build_tokenizer
     from transformers import AutoConfig, AutoModel
+
+    from tests.support.checkpoints import build_tokenizer
 
     model_type, shape = ARCHS[arch]
     tok = build_tokenizer(out)
@@ -185,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.bare_process:
         return bare_process(*args.bare_process, args.batch_size)
-    from checkpoints import training_text
+    from tests.support.checkpoints import training_text
 
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from checkpoints import build_tiny_checkpoint, training_text  # noqa: E402
+sys.path.insert(0, str(REPO))  # this checkout: its package and tests.support (the checkpoint builders)
+from tests.support.checkpoints import build_tiny_checkpoint, training_text  # noqa: E402
 
 SMALL_CLUSTER = [
     "hardware.ram_floor_gib=0.25",

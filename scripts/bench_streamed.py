@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))  # this checkout: its package and tests.support (the checkpoint builders)
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 TARGETS = ("olmoe", "qwen3_30b", "glm", "gptoss")
 
@@ -108,8 +107,7 @@ def run_engine(engine: str, checkpoint: Path, text: Path, out: Path, args) -> di
 
 
 def plans() -> list:
-    from estimate_vram import compose
-
+    from outlier_lab.commands.compose import compose
     from outlier_lab.planning import plan
 
     rows = []
@@ -143,7 +141,7 @@ def main() -> int:
     parser.add_argument("--reads-only", action="store_true", help="stop after the read-throughput figures")
     parser.add_argument("--read-repeats", type=int, default=3, help="interleaved raw / engine read repetitions")
     args = parser.parse_args()
-    from checkpoints import build_tiny_checkpoint, training_text
+    from tests.support.checkpoints import build_tiny_checkpoint, training_text
 
     print(f"load average at start: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="bench_streamed_") as tmp:

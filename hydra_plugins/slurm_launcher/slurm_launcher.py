@@ -118,6 +118,9 @@ class SlurmLauncher(BaseSubmititLauncher):
                 for sbatch, members in arrays:
                     with guard.held():
                         self._submit(sbatch, members)
+                        # Recorded as soon as Slurm has them: a sweep killed from here on (kill -9) leaves jobs that
+                        # `outlier-reattach SWEEP_DIR` finds by these ids.
+                        self._write_summary(sweep_dir, jobs, quiet=True)
                 self._wait(jobs)
             except BaseException as err:
                 guard.cleaning()
@@ -321,7 +324,8 @@ class SlurmLauncher(BaseSubmititLauncher):
             job.job.cancel(check=False)
 
     @staticmethod
-    def _write_summary(sweep_dir: Path, jobs: List[SweepJob]) -> None:
+    def _write_summary(sweep_dir: Path, jobs: List[SweepJob], quiet: bool = False) -> None:
+        """slurm_jobs.json: each submitted job's Slurm id, state, request and where its output lands."""
         rows = [
             dict(
                 index=j.index,
@@ -330,13 +334,18 @@ class SlurmLauncher(BaseSubmititLauncher):
                 state=j.state,
                 sbatch=j.sbatch,
                 reasons=j.reasons,
-                submit_to_done_s=round(j.finished_at - j.submitted_at, 3),
+                submit_to_done_s=round(j.finished_at - j.submitted_at, 3) if j.finished_at else None,
+                output_dir=_output_dir(j.cfg),
+                stderr=str(j.job.paths.stderr),
             )
             for j in jobs
+            if j.job is not None
         ]
         target = sweep_dir / f"{SUMMARY_FILE}.tmp"
         target.write_text(json.dumps(rows, indent=2, default=str))
         target.replace(sweep_dir / SUMMARY_FILE)
+        if quiet:
+            return
         for row in rows:
             log.info(
                 "#%d %s: Slurm %s %s, submit to done %.1f s",
@@ -398,6 +407,14 @@ def _srun_not_required():
         yield
     finally:
         SlurmExecutor.affinity = original
+
+
+def _output_dir(cfg: Any) -> Optional[str]:
+    """The folder the job's Hydra run writes to (sweep dir / subdir), or None where it needs the node to say."""
+    try:
+        return str(Path(str(cfg.hydra.sweep.dir)).absolute() / str(cfg.hydra.sweep.subdir))
+    except Exception:  # noqa: BLE001 - a subdir interpolating run-time values is only known on the node
+        return None
 
 
 def _is_outlier_lab_job(cfg: Any) -> bool:

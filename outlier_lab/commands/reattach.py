@@ -1,4 +1,4 @@
-"""`outlier-reattach`: collect the results of Fabric-launched jobs still running or finished on their hosts."""
+"""`outlier-reattach`: collect the jobs a Fabric or Slurm sweep left running when its launcher stopped."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import List, Optional
 from outlier_lab.commands import command_parser
 from outlier_lab.errors import UserError, exit_on_user_error
 
-EXAMPLES = """A launch that lost its hosts (or was stopped with the jobs left running) prints this command.
+EXAMPLES = """A launch that lost its hosts (or was stopped with the jobs left running) prints this command. A Slurm sweep
+whose launcher was killed (kill -9) is found by the job ids it recorded in slurm_jobs.json.
 
 examples:
   outlier-reattach multirun_outputs/2026-01-01/12-00-00          # collect what has finished, say what still runs
@@ -28,7 +29,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     with exit_on_user_error():
         if not args.sweep_dir.is_dir():
             raise UserError(f"{args.sweep_dir} is not a directory; pass the sweep dir of the launch")
-    # The launcher's modules bring fabric and paramiko: imported after --help.
+    # The launchers' modules bring fabric, paramiko and submitit: imported after --help.
+    from hydra_plugins.slurm_launcher._reattach import is_slurm_sweep, reattach_slurm_sweep
+
+    if is_slurm_sweep(args.sweep_dir):
+        return reattach_slurm_sweep(args.sweep_dir, wait=args.wait)
     from hydra_plugins.fabric_launcher._reattach import reattach_sweep
 
     return reattach_sweep(args.sweep_dir, wait=args.wait)

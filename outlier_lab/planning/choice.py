@@ -110,7 +110,7 @@ def cheapest_fit(cfg: DictConfig, catalog: Dict[str, GpuClass], vendor: str) -> 
 def plan(cfg: DictConfig) -> HardwarePlan:
     """hardware=local checks this machine; auto picks the cheapest job over classes and engines; a class name
     fixes the class (the engine is still the cheaper one under engine=auto)."""
-    check_schema(cfg)  # every planner (run, launchers, estimate_vram.py) refuses a misspelt `+group.key` first
+    check_schema(cfg)  # every planner (run, launchers, outlier-estimate) refuses a misspelt `+group.key` first
     hw = cfg.hardware
     if hw.name == "local":
         return local_plan(cfg)

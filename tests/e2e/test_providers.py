@@ -13,7 +13,7 @@ from hydra_plugins.fabric_launcher._providers import Offer, OfferQuery, Provider
 from hydra_plugins.fabric_launcher._providers._choice import budget_refusal, rank, table
 from hydra_plugins.fabric_launcher._providers._http import AnswerLost, ApiError
 from outlier_lab.planning.estimate import Estimate
-from tests.support.cli import REPO
+from tests.support.cli import REPO, command
 from tests.support.provider_api import fake_cloud, runpod_gpu, vast_offer  # noqa: F401 - fixture used by name
 from tests.support.ssh_server import ssh_server  # noqa: F401 - fixture used by name
 
@@ -228,7 +228,7 @@ def test_offers_script_ranks_fitting_offers_and_cleanup_destroys_leftovers_after
 
     leftover = fake_cloud.add_instance("vast", "outlier-lab-20260101-000000-abcdef-0")
     fake_cloud.add_instance("vast", "someone-elses-box")
-    cleanup = ["scripts/offers.py", "provider=vast", "--cleanup", f"hydra.launcher.api_url={fake_cloud.url()}"]
+    cleanup = [*command("outlier-offers"), "provider=vast", "--cleanup", f"hydra.launcher.api_url={fake_cloud.url()}"]
     refused = subprocess.run(
         [sys.executable, *cleanup], input="n\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=120
     )

@@ -247,8 +247,9 @@ def _start_held_sweep(
     sweep_dir: Path,
     *overrides: str,
     env: Dict[str, str] | None = None,
+    hold: str = "sleep 600",
 ) -> subprocess.Popen:
-    """A sweep whose one job the setup line holds in RUNNING, so a signal always meets a running job."""
+    """A sweep whose one job the setup line (`hold`) keeps in RUNNING, so a signal always meets a running job."""
     cmd = [
         sys.executable,
         "run.py",
@@ -256,7 +257,7 @@ def _start_held_sweep(
         *dataset(text_file),
         *SMALL_CLUSTER,
         f"model.path={checkpoint}",
-        'hydra.launcher.setup=["sleep 600"]',
+        f'hydra.launcher.setup=["{hold}"]',
         f"hydra.sweep.dir={sweep_dir}",
         *overrides,
     ]
@@ -268,6 +269,39 @@ def _start_held_sweep(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_a_killed_sweeps_jobs_are_recorded_and_reattach_collects_them(
+    slurm_cluster, tiny_checkpoint, text_file, tmp_path
+):
+    gate, sweep_dir = tmp_path / "gate", tmp_path / "sweep"
+    env = {**cli_env(), **slurm_cluster.env}
+    proc = _start_held_sweep(
+        slurm_cluster, text_file, tiny_checkpoint("llama"), sweep_dir, hold=f"while [ ! -e {gate} ]; do sleep 0.2; done"
+    )
+    try:
+        _wait_for_running(slurm_cluster, sweep_dir, proc)
+        proc.kill()  # kill -9: no cleanup runs on the submit side, the job stays on Slurm
+        proc.communicate(timeout=60)
+        (recorded,) = json.loads((sweep_dir / "slurm_jobs.json").read_text())
+        job_id = recorded["slurm_job_id"]
+
+        still = run_cli(str(sweep_dir), script="outlier-reattach", check=False, env=env)
+        assert still.returncode == 1, still.stdout + still.stderr
+        assert f"#0: still RUNNING on Slurm (job {job_id}); run again later (or with --wait)" in still.stdout
+
+        gate.touch()
+        done = run_cli(str(sweep_dir), "--wait", script="outlier-reattach", check=False, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"#0: COMPLETED on Slurm (job {job_id}); its results are in {job_dir(sweep_dir, 0)}" in done.stdout
+        assert "outlier_features" in json.loads((job_dir(sweep_dir, 0) / "results.json").read_text())
+        assert summary(sweep_dir)[0]["state"] == "COMPLETED"
+        again = run_cli(str(sweep_dir), script="outlier-reattach", env=env)
+        assert "every job ended" in again.stdout
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:

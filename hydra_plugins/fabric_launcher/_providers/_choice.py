@@ -189,7 +189,7 @@ def choose(offers: Sequence[Offer], needs: Any, params: Dict[str, Any], provider
         detail = "; ".join(f"{c.offer.gpu_count} x {c.offer.gpu_name}: {c.refusal}" for c in close)
         raise NoOffer(
             f"none of the {len(offers)} live {provider} offers fits this job"
-            f"{' (largest: ' + detail + ')' if detail else ''}; see `python scripts/offers.py "
+            f"{' (largest: ' + detail + ')' if detail else ''}; see `outlier-offers "
             f"provider={provider} ...`"
         )
     reason = budget_refusal(fitting[0], params)

@@ -1,4 +1,4 @@
-"""inspect_model.py's description: every distinct block layout with its block range, from the shipped config."""
+"""outlier-inspect's description: every distinct block layout with its block range, from the shipped config."""
 
 from pathlib import Path
 
