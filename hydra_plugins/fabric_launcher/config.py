@@ -76,10 +76,10 @@ class FabricLauncherConf:
     venv_system_site_packages: bool = False
     # HF_HOME on the remote host (null: the host's default cache).
     hf_home: Optional[str] = None
-    # Local environment variables forwarded through a 0600 env file, never a command line.
+    # Local environment variables handed to the job on its start command's stdin: never a file, a command line or a log.
     secret_env: List[str] = field(default_factory=lambda: ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"])
     # Local environment variables (settings, not secrets) exported in each remote job's script when set here.
-    # HF_HUB_DISABLE_XET=1: download Xet-backed repos over plain HTTP (see README, Xet-backed repositories).
+    # HF_HUB_DISABLE_XET=1: download Xet-backed repos over plain HTTP (docs/hub.md, Xet).
     forward_env: List[str] = field(default_factory=lambda: ["HF_HUB_DISABLE_XET"])
     # Print the plan and the exact remote commands per job; connect to nothing.
     dry_run: bool = False
