@@ -19,7 +19,7 @@ from outlier_lab.arch.adapters import Adapter, config_value
 from outlier_lab.arch.sites import SiteMap, blocks_path, discover_sites
 from outlier_lab.config import hardware_setting
 from outlier_lab.errors import UserError
-from outlier_lab.loading import hub
+from outlier_lab.loading import fp8, hub
 from outlier_lab.loading.models import (
     DTYPES,
     auto_dtype_reason,
@@ -223,12 +223,8 @@ def _checkpoint_bytes(
 def _fp8_saving(model: torch.nn.Module, adapter: Adapter, hf_config, stored_bytes: int) -> float:
     """Bytes a block-quantized FP8 checkpoint (DeepSeek-V3) saves over its config dtype: every matmul weight in the
     blocks is stored in 1 byte plus one fp32 scale per weight block; routers, norms and embeddings keep the dtype."""
-    qc = getattr(hf_config, "quantization_config", None) or {}
-    block = (qc.get("weight_block_size") if isinstance(qc, dict) else getattr(qc, "weight_block_size", None)) or [
-        128,
-        128,
-    ]
-    per_weight = 1 + 4 / (int(block[0]) * int(block[1]))
+    rows, cols = fp8.block_size(hf_config)
+    per_weight = 1 + 4 / (rows * cols)
     prefix = blocks_path(model, adapter) + "."
     quantized = sum(
         p.numel()

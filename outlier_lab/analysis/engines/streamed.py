@@ -19,8 +19,8 @@ from outlier_lab.analysis.peak_memory import trim_cpu_heap
 from outlier_lab.analysis.reduction import Reduction
 from outlier_lab.arch.sites import SiteMap, discover_sites
 from outlier_lab.errors import UserError
+from outlier_lab.loading import fp8, mxfp4
 from outlier_lab.loading.models import checkpoint_location, quantization_of
-from outlier_lab.loading.mxfp4 import dequantize_state
 from outlier_lab.loading.shards import SAFETENSORS_DTYPES, Checkpoint
 from outlier_lab.units import GIB
 
@@ -102,11 +102,15 @@ class BlockLoader:
         site_map: SiteMap,
         device: str,
         dtype: torch.dtype,
-        mxfp4: bool,
+        quantization: Optional[str] = None,
+        fp8_block: Sequence[int] = fp8.DEFAULT_BLOCK,
     ):
+        """`quantization` "mxfp4" or "fp8" (`fp8_block`: its weight_block_size) dequantizes each read to `dtype`."""
         from transformers.conversion_mapping import get_model_conversion_mapping
 
-        self.model, self.checkpoint, self.device, self.dtype, self.mxfp4 = model, checkpoint, device, dtype, mxfp4
+        self.model, self.checkpoint, self.device, self.dtype = model, checkpoint, device, dtype
+        self.quantization = quantization if quantization in ("mxfp4", "fp8") else None
+        self.fp8_block = tuple(fp8_block)
         self.blocks_path = site_map.blocks_path
         prefix = re.escape(model.base_model_prefix)
         self.block_keys = checkpoint.keys_matching(
@@ -147,11 +151,15 @@ class BlockLoader:
         self.checkpoint.release(self.block_keys.get(block, []) if block is not None else self.outer_keys())
 
     def release_copied(self, block: int) -> None:
-        """Drop the pages of a loaded block's tensors stored in another dtype than the run's (or MXFP4): loading cast
-        them into new tensors, so nothing reads the pages again. Same-dtype tensors are the weights themselves."""
+        """Drop the pages of a loaded block's tensors stored in another dtype than the run's (or quantized): loading
+        cast them into new tensors, so nothing reads the pages again. Same-dtype tensors are the weights themselves."""
         name = {v: k for k, v in SAFETENSORS_DTYPES.items()}.get(self.dtype)
         self.checkpoint.release(
-            [key for key in self.block_keys.get(block, []) if self.mxfp4 or self.checkpoint.entries[key].dtype != name]
+            [
+                key
+                for key in self.block_keys.get(block, [])
+                if self.quantization or self.checkpoint.entries[key].dtype != name
+            ]
         )
 
     def load(self, tensors: Dict[str, torch.Tensor], scope: Optional[str]) -> None:
@@ -160,8 +168,10 @@ class BlockLoader:
         from transformers.modeling_utils import LoadStateDictConfig
         from transformers.utils import logging as hf_logging
 
-        if self.mxfp4:
-            tensors = dequantize_state(tensors, self.dtype)
+        if self.quantization == "mxfp4":
+            tensors = mxfp4.dequantize_state(tensors, self.dtype)
+        elif self.quantization == "fp8":  # the `_scale_inv` tensors are consumed here, never loaded into the model
+            tensors = fp8.dequantize_state(tensors, self.dtype, self.fp8_block)
         config = LoadStateDictConfig(
             device_map={"": self.device},
             dtype=self.dtype,
@@ -387,8 +397,8 @@ def analyze_streamed(
     blocks = model.get_submodule(site_map.blocks_path)
     full_forward = any(d.full_forward for d in detectors)
     last = site_map.num_blocks - 1 if full_forward else max(site_map.block_indices)
-    mxfp4 = quantization_of(model_cfg, hf_config) == "mxfp4"
-    loader = BlockLoader(model, checkpoint, site_map, device, dtype, mxfp4)
+    quantization = quantization_of(model_cfg, hf_config)
+    loader = BlockLoader(model, checkpoint, site_map, device, dtype, quantization, fp8.block_size(hf_config))
     stats = StreamStats(checkpoint_files=len(checkpoint.files))
     largest = max(_block_bytes(blocks[i]) for i in range(last + 1))
     stats.largest_block_gib = largest / GIB
