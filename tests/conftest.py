@@ -31,13 +31,19 @@ def text_file(tmp_path_factory) -> Path:
     return path
 
 
-# Tests that share one stateful service run in one xdist worker, in file order: Slurm's single node (two files use it)
-# and the hub emulator (its request log, refusals and token are global). Every other file stays whole on one worker,
-# so its module-scoped runs are made once.
+# Files whose tests share one stateful service run in one xdist worker, in file order: Slurm's single node (two files
+# use it) and the hub emulator (its request log, refusals and token are global). Every other file stays whole on one
+# worker, so its module-scoped runs are made once.
 _SHARED_SERVICES = ("slurm_cluster", "hub")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
+    group_of_file = {}
     for item in items:
+        file = item.nodeid.split("::", 1)[0]
         service = next((name for name in _SHARED_SERVICES if name in getattr(item, "fixturenames", ())), None)
-        item.add_marker(pytest.mark.xdist_group(service or item.nodeid.split("::", 1)[0]))
+        if service or file not in group_of_file:
+            group_of_file[file] = service or group_of_file.get(file) or file
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of_file[item.nodeid.split("::", 1)[0]]))
