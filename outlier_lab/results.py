@@ -101,11 +101,30 @@ def write_per_sequence(path: Path, table: Mapping[str, np.ndarray]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrays = {name: pa.array(np.asarray(table[name])) for name in PER_SEQUENCE_COLUMNS if name != "space"}
-    arrays["space"] = pa.array(list(table["space"]), type=pa.string())
+    arrays = {name: _arrow_column(pa, table[name]) for name in PER_SEQUENCE_COLUMNS if name != "space"}
+    arrays["space"] = _arrow_strings(pa, table["space"])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(arrays), sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+# The columns are built from their buffers, not with pa.array: pa.array, on any input, probes for pandas and imports
+# it (about half a second of every run, and nothing here uses pandas). Same arrays, so the same Parquet bytes.
+def _arrow_column(pa, values) -> Any:
+    """pa.array(values) of a numeric or bool column, no nulls (NaN stays a value, as pa.array leaves it)."""
+    values = np.ascontiguousarray(values)
+    data = np.packbits(values, bitorder="little") if values.dtype == np.bool_ else values
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(data)])
+
+
+def _arrow_strings(pa, values) -> Any:
+    """pa.array(list(values), type=pa.string()) of str values."""
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
 
 
 def read_per_sequence(run_dir: Path):

@@ -2,7 +2,7 @@
 
     python scripts/bench_cli.py                       # CPU: mid Llama and mid Qwen3-MoE, 16 x 512, 3 repetitions
     python scripts/bench_cli.py --arch llama --repeats 5
-    python scripts/bench_cli.py --default-run         # also time the default `python run.py` (MiniLM, 128 x 256)
+    python scripts/bench_cli.py --default-run         # also the default `python run.py` (MiniLM, 128 x 256) vs bare
 
 For each architecture it saves an offline checkpoint (hidden 1024, 8 blocks), runs the CLI once to get the exact
 token windows (tokens.safetensors), then interleaves, per repetition:
@@ -174,6 +174,37 @@ def bench_arch(arch: str, work: Path, text: Path, args) -> list:
     return lines
 
 
+def bench_default(work: Path, args) -> list:
+    """The default `python run.py` (MiniLM from its pip package, 128 x 256, batch 8) against the bare forward of the
+    same checkpoint on the same windows, interleaved as bench_arch does."""
+    import importlib.util
+
+    first = work / "default-first"
+    timed_child([sys.executable, "run.py", "progress=false", f"hydra.run.dir={first}"], ENV)  # warm cache; windows
+    config = json.loads((first / "results.json").read_text())["config"]
+    checkpoint = Path(importlib.util.find_spec(config["model"]["path"]).origin).parent / "model"
+    bare_argv = [
+        sys.executable,
+        __file__,
+        "--bare-process",
+        str(checkpoint),
+        str(first / "tokens.safetensors"),
+        f"--batch-size={config['dataset']['batch_size']}",
+    ]
+    runs = {"bare forward process": [], "default python run.py": []}
+    for rep in range(args.repeats):
+        runs["bare forward process"].append(timed_child(bare_argv, ENV))
+        argv = [sys.executable, "run.py", "progress=false", f"hydra.run.dir={work}/default{rep}"]
+        runs["default python run.py"].append(timed_child(argv, ENV))
+    floor = runs["bare forward process"]
+    lines = [
+        f"default run ({config['model']['name']}), {config['dataset']['num_sequences']} x "
+        f"{config['dataset']['seq_len']} tokens, batch {config['dataset']['batch_size']}, {args.repeats} "
+        f"repetitions, load average {os.getloadavg()[0]:.1f}:"
+    ]
+    return lines + [summary(label, r, None if label.startswith("bare") else floor) for label, r in runs.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHS), action="append", help="default: all")
@@ -198,12 +229,9 @@ def main() -> None:
             print("\n".join(arch_lines), flush=True)
             lines += arch_lines + [""]
         if args.default_run:
-            runs = [
-                timed_child([sys.executable, "run.py", "progress=false", f"hydra.run.dir={work}/default{i}"], ENV)
-                for i in range(args.repeats)
-            ]
-            lines.append(summary("default python run.py", runs))
-            print(lines[-1], flush=True)
+            default_lines = bench_default(work, args)
+            print("\n".join(default_lines), flush=True)
+            lines += default_lines
     print("\n" + "\n".join(lines))
 
 

@@ -59,3 +59,39 @@ def test_compare_script_reads_schema1_results(tmp_path):
     shutil.copytree(SCHEMA1_RUN, tmp_path / "0_old_gpt2")
     run_cli(str(tmp_path), "--no-plots", script="outlier-compare")
     assert read_csv(tmp_path / COMPARISON_CSV)[0]["positions_pct"] == "43.75"
+
+
+def test_per_sequence_parquet_has_pa_arrays_bytes_and_imports_no_pandas(tmp_path):
+    """write_per_sequence builds its columns from their buffers (pa.array imports pandas): the file is byte for byte
+    the one pa.array's columns give, empty and strided columns and NaN included, and pandas is never imported."""
+    import subprocess
+    import sys
+
+    script = r"""
+import sys
+import numpy as np
+from pathlib import Path
+from outlier_lab.results import PER_SEQUENCE_COLUMNS, write_per_sequence
+rng = np.random.default_rng(0)
+n = 41
+table = dict(
+    sequence=rng.integers(0, 9, 2 * n)[::2], dim=rng.integers(0, 384, n), layer_frac=rng.random(n),
+    position_frac=np.r_[rng.random(n - 1), np.nan], max_abs=rng.random(n) * 9, qualifies=rng.random(n) > 0.5,
+    space=np.array(["hidden"] * 20 + ["mlp_ü"] * (n - 20), dtype=object),
+)
+out = Path(sys.argv[1])
+for rows in (n, 0, 1, 9):
+    write_per_sequence(out / f"{rows}.parquet", {k: v[:rows] for k, v in table.items()})
+assert "pandas" not in sys.modules
+import pyarrow as pa
+import pyarrow.parquet as pq
+for rows in (n, 0, 1, 9):
+    part = {k: v[:rows] for k, v in table.items()}
+    arrays = {k: pa.array(np.asarray(part[k])) for k in PER_SEQUENCE_COLUMNS if k != "space"}
+    arrays["space"] = pa.array(list(part["space"]), type=pa.string())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(arrays), sink)
+    assert (out / f"{rows}.parquet").read_bytes() == sink.getvalue().to_pybytes(), rows
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -6,13 +6,16 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 from urllib.parse import urlsplit
-
-import requests
 
 from ._base import ProviderError, Refused
 
+if TYPE_CHECKING:
+    import requests
+
+# requests is imported where a call is made, not here: Hydra's plugin scan imports every launcher module in every
+# `python run.py`, and requests (about 0.2 s) is needed only by a launch that talks to a provider.
 log = logging.getLogger(__name__)
 # urllib3 logs every request line at DEBUG; our URLs carry no secret, but keep its noise out of job logs.
 logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -36,6 +39,8 @@ class RequestRefused(ApiError, Refused):
 
 def _not_sent(err: requests.RequestException) -> bool:
     """True when the request never reached the server (refused or connect timeout), so a retry is always safe."""
+    import requests  # heavy: see the note at the top
+
     if isinstance(err, requests.ConnectTimeout):
         return True
     text = str(err)
@@ -44,6 +49,8 @@ def _not_sent(err: requests.RequestException) -> bool:
 
 def network_cause(err: requests.RequestException, url: str) -> str:
     """What went wrong on the way to the API, naming its host: a DNS failure, a refused connection, a timeout."""
+    import requests  # heavy: see the note at the top
+
     parts = urlsplit(url)
     host = parts.hostname or url
     where = f"{host}:{parts.port}" if parts.port else host
@@ -119,6 +126,8 @@ class ApiClient:
         what: str,
         spacing_s: Optional[Dict[str, float]] = None,
     ) -> None:
+        import requests  # heavy: see the note at the top
+
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -163,6 +172,8 @@ class ApiClient:
         429 is always retried (the server refused the call). 5xx and network faults are retried only for idempotent
         calls; for the others they raise AnswerLost, because the call may have taken effect (a create). `endpoint`
         names the call in spacing_s, whose gap is kept before every attempt."""
+        import requests  # heavy: see the note at the top
+
         label = f"{self.what} {method} {path}"
         delay = self.backoff_s
         for attempt in range(1, self.retries + 1):
