@@ -81,7 +81,8 @@ def gpu_catalog(path: Path, small: Path, wide: Path, text_file: Path) -> Path:
     have bf16 (compute capability >= 8.0) so both models plan in one dtype; a real T4 would plan float32."""
     needs = []
     for checkpoint in (small, wide):
-        _, plan = planned(*dataset(text_file), f"model.path={checkpoint}", "hardware=auto")
+        # On a bf16 class (L4), resident: the sweep below plans the same way on the stand-in classes.
+        _, plan = planned(*dataset(text_file), f"model.path={checkpoint}", "hardware=l4", "engine=resident")
         needs.append(plan.per_gpu_required_gib)
     assert needs[0] < needs[1]
     path.write_text(
@@ -122,6 +123,7 @@ def test_sweep_sizes_each_job_from_its_estimate_and_matches_local(
         *dataset(text_file),
         *SMALL_CLUSTER,
         "hardware=auto",
+        "engine=resident",
         f"hardware.catalog={catalog}",
         f"model.path={small},{wide_checkpoint}",
         "seed=0,1",
