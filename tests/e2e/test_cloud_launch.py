@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.test_fabric_launcher import (  # noqa: F401
     deterministic,
+    environ_of,
     finish,
     gated_python,
     group_members,
@@ -126,7 +127,7 @@ def test_the_cheapest_fitting_nvidia_offer_is_rented_results_match_local_and_it_
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert fake_cloud.api_key not in ps
     for pid in group_members(pgid):  # the remote side never sees the API key
-        assert fake_cloud.api_key.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+        assert fake_cloud.api_key.encode() not in environ_of(pid)
     (tmp_path / "run.gate").touch()
     text = finish(proc, out)
 

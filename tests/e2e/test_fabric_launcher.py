@@ -126,6 +126,14 @@ def group_members(pgid: int) -> List[int]:
     return members
 
 
+def environ_of(pid: int) -> bytes:
+    """A process's environment block; empty when it exited since it was listed (a race, not a leak)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # ProcessLookupError or FileNotFoundError, by kernel version
+        return b""
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -194,12 +202,8 @@ def test_multirun_of_three_jobs_queues_matches_local_and_keeps_secrets_secret(
     def token_reached_jobs():
         found = set()
         for pgid in pgids:
-            for pid in group_members(pgid):
-                try:
-                    if token.encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                        found.add(pgid)
-                except OSError:
-                    pass
+            if any(token.encode() in environ_of(pid) for pid in group_members(pgid)):
+                found.add(pgid)
         return len(found) == len(pgids)
 
     # The token reached the remote processes through their environment ...
