@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -47,7 +48,15 @@ class ComparisonCallback(Callback):
 
     Refreshing after every job matters: with the basic sweeper a failed job's exception is re-raised before
     on_multirun_end runs, so the per-job refresh is what leaves a complete comparison that lists the failure.
+    The tables are rebuilt after every job; the plots (seconds of matplotlib each time) after a failed job, at the
+    sweep's end, and otherwise at most once every PLOT_EVERY_S, so a sweep of many short jobs does not spend more
+    time drawing than analyzing while a sweep of long jobs still shows plots that keep up.
     """
+
+    PLOT_EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self._plotted_at: Optional[float] = None
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         # Launchers call this hook too (locally, for remote or Slurm-killed jobs) with configs that may lack a field;
@@ -60,18 +69,20 @@ class ComparisonCallback(Callback):
         except Exception as err:  # noqa: BLE001 - see above
             log.warning("job_status.json not written: %s", _one_line(err))
         if config.hydra.get("mode") == RunMode.MULTIRUN:
-            self._refresh(Path(config.hydra.sweep.dir))
+            due = self._plotted_at is None or time.monotonic() - self._plotted_at >= self.PLOT_EVERY_S
+            self._refresh(Path(config.hydra.sweep.dir), plots=due or job_return.status == JobStatus.FAILED)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.launcher.get("dry_run", False):
             return  # a dry run launched nothing, so there is nothing to compare
-        self._refresh(Path(config.hydra.sweep.dir))
+        self._refresh(Path(config.hydra.sweep.dir), plots=True)
 
-    @staticmethod
-    def _refresh(sweep_dir: Path) -> None:
+    def _refresh(self, sweep_dir: Path, plots: bool) -> None:
         # A broken report must never fail the sweep's jobs; the warning names the cause, and
         # outlier-compare rebuilds it later from the same files.
         try:
-            write_comparison([sweep_dir])
+            write_comparison([sweep_dir], plots=plots)
         except Exception as err:  # noqa: BLE001 - see above
             log.warning("comparison of %s not written: %s", sweep_dir, _one_line(err))
+        if plots:
+            self._plotted_at = time.monotonic()

@@ -29,6 +29,8 @@ PLOT_DIMS = "compare_dims.png"
 PLOT_HEATMAPS = "compare_heatmaps.png"
 PLOT_THRESHOLDS = "compare_thresholds.png"
 PLOT_PERPLEXITY = "compare_perplexity.png"
+# In the order comparison.md shows them.
+PLOTS = (PLOT_FRACTIONS, PLOT_DIMS, PLOT_PERPLEXITY, PLOT_THRESHOLDS, PLOT_HEATMAPS)
 
 # One row per job; the CSV keeps this column order so diffs between sweeps stay readable.
 _JOB_COLUMNS = (
@@ -500,7 +502,8 @@ def write_plots(out_dir: Path, rows: Sequence[Dict[str, Any]], jobs: Sequence[Jo
 
 
 def write_comparison(roots: Sequence[Path], out_dir: Optional[Path] = None, plots: bool = True) -> Path:
-    """Build comparison.md, comparison.csv and the PNG plots of every job under `roots` into out_dir."""
+    """Build comparison.md, comparison.csv and the PNG plots of every job under `roots` into out_dir. Without
+    `plots`, the plots already in out_dir are kept and linked as they are (redrawing them takes seconds)."""
     roots = [Path(r) for r in roots]
     jobs = collect_jobs(roots)
     if not jobs:
@@ -511,7 +514,7 @@ def write_comparison(roots: Sequence[Path], out_dir: Optional[Path] = None, plot
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = build_rows(jobs)
     atomic_write_bytes(out_dir / COMPARISON_CSV, render_csv(rows).encode())
-    written = write_plots(out_dir, rows, jobs) if plots else []
+    written = write_plots(out_dir, rows, jobs) if plots else [name for name in PLOTS if (out_dir / name).is_file()]
     atomic_write_bytes(out_dir / COMPARISON_MD, render_markdown(rows, roots, written).encode())
     log.info("comparison of %d job(s) -> %s", len(rows), out_dir / COMPARISON_MD)
     return out_dir / COMPARISON_MD

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, Sequence, Tuple
 
 import tomllib
 
@@ -71,3 +73,31 @@ def tiny_job_overrides(
     if run_dir is not None:
         overrides.append(f"hydra.run.dir={run_dir}")
     return overrides
+
+
+def sweep_of_checkpoints(
+    checkpoints: Sequence[Path], text: Path, out: Path, *overrides: str, num_sequences: int = 4, seq_len: int = 64
+) -> Tuple[Dict[Tuple[Path, str], Path], str]:
+    """One --multirun over several checkpoints (and whatever else `overrides` sweeps): one CLI start whose jobs run
+    one after another in-process, as a user's sweep does. Returns {(checkpoint, engine name): job dir} for every job
+    that wrote its results, and the CLI's output (for the message of a test whose job is missing)."""
+    shared = [
+        o
+        for o in tiny_job_overrides(checkpoints[0], text, num_sequences=num_sequences, seq_len=seq_len)
+        if not o.startswith(("model.path=", "model.name="))
+    ]
+    proc = run_cli(
+        "--multirun",
+        *shared,
+        f"model.path={','.join(str(c) for c in checkpoints)}",
+        "model.name=tiny",
+        f"hydra.sweep.dir={out}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        *overrides,
+        check=False,
+    )
+    jobs = {}
+    for results in out.glob("*/results.json"):
+        written = json.loads(results.read_text())
+        jobs[Path(written["model"]["path"]), written["engine"]["name"]] = results.parent
+    return jobs, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"

@@ -131,3 +131,54 @@ def test_threshold_sensitivity_experiment(tiny_checkpoint, text_file, tmp_path):
     assert absolute[6.0] == 3  # the planted dims
     assert (tmp_path / "compare_thresholds.png").read_bytes()[:8] == PNG
     assert "×RMS" in (tmp_path / COMPARISON_MD).read_text()
+
+
+@pytest.mark.slow
+def test_callback_redraws_plots_after_a_failure_at_the_end_and_otherwise_at_most_once_a_minute(sweep, tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from outlier_lab.reporting.callbacks import ComparisonCallback
+    from outlier_lab.reporting.compare import PLOTS
+
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(sweep[0], sweep_dir)
+    for name in [*PLOTS, COMPARISON_CSV, COMPARISON_MD]:
+        (sweep_dir / name).unlink(missing_ok=True)
+    config = OmegaConf.create(
+        {
+            "model": {"name": "llama"},
+            "hydra": {
+                "mode": RunMode.MULTIRUN,
+                "sweep": {"dir": str(sweep_dir)},
+                "runtime": {"output_dir": str(sweep_dir / "2_llama")},
+                "job": {"num": 2, "name": "run"},
+                "overrides": {"task": ["dataset.seq_len=48"]},
+                "launcher": {},
+            },
+        }
+    )
+    done, failed = JobReturn(status=JobStatus.COMPLETED), JobReturn(status=JobStatus.FAILED)
+    callback = ComparisonCallback()
+
+    def plots_drawn() -> dict:
+        return {name: (sweep_dir / name).stat().st_mtime_ns for name in PLOTS if (sweep_dir / name).is_file()}
+
+    callback.on_job_end(config, done)  # the first job's end draws them
+    first = plots_drawn()
+    assert {"compare_fractions.png", "compare_dims.png", "compare_heatmaps.png"} <= set(first)
+    (sweep_dir / COMPARISON_CSV).unlink()
+    callback.on_job_end(config, done)  # a second later: the tables are rebuilt, the plots kept and still linked
+    assert plots_drawn() == first and (sweep_dir / COMPARISON_CSV).is_file()
+    assert all(f"]({name})" in (sweep_dir / COMPARISON_MD).read_text() for name in first)
+    for event in (lambda: callback.on_job_end(config, failed), lambda: callback.on_multirun_end(config)):
+        for name in PLOTS:
+            (sweep_dir / name).unlink(missing_ok=True)
+        event()  # a failed job (the sweep may end there) and the sweep's end always redraw
+        assert set(plots_drawn()) == set(first)
+    for name in PLOTS:
+        (sweep_dir / name).unlink(missing_ok=True)
+    callback.PLOT_EVERY_S = 0.0  # as if a minute had passed since the last drawing
+    callback.on_job_end(config, done)
+    assert set(plots_drawn()) == set(first)
