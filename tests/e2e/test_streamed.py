@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from outlier_lab.results import read_per_sequence
 from tests.support.checkpoints import ARCHITECTURES, as_pytorch_bin, build_tiny_checkpoint
-from tests.support.cli import run_cli, tiny_job_overrides
+from tests.support.cli import run_cli, sweep_of_checkpoints, tiny_job_overrides
 
 # Half the architectures are saved as several shards plus an index, half as one model.safetensors.
 SHARDED = {"olmoe", "glm4_moe", "gpt_oss"}
@@ -61,13 +61,32 @@ def assert_same_results(resident: Path, streamed: Path) -> dict:
     return b
 
 
+@pytest.fixture(scope="module")
+def engines_sweep(checkpoints, text_file, tmp_path_factory):
+    """Every architecture under both engines in one sweep (one CLI start, its jobs in-process): arch -> (resident job
+    dir, streamed job dir), and the CLI's output. 5 sequences in batches of 2: the last batch is short, so the
+    per-batch-size block inputs are both exercised."""
+    paths = {arch: checkpoints(arch, arch in SHARDED) for arch in ARCHITECTURES}
+    jobs, output = sweep_of_checkpoints(
+        list(paths.values()),
+        text_file,
+        tmp_path_factory.mktemp("engines"),
+        "dataset.batch_size=2",
+        "engine=resident,streamed",
+        num_sequences=5,
+        seq_len=32,
+    )
+    return {arch: (jobs.get((path, "resident")), jobs.get((path, "streamed"))) for arch, path in paths.items()}, output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_streamed_gives_the_resident_results(arch, checkpoints, text_file, tmp_path):
-    # 5 sequences in batches of 2: the last batch is short, so the per-batch-size block inputs are both exercised.
+def test_streamed_gives_the_resident_results(arch, engines_sweep, checkpoints):
+    jobs, output = engines_sweep
+    assert None not in jobs[arch], f"{arch}'s jobs of the sweep wrote no results\n{output}"
+    streamed = assert_same_results(*jobs[arch])
     sharded = arch in SHARDED
     checkpoint = checkpoints(arch, sharded)
-    streamed = assert_same_results(*both_engines(checkpoint, text_file, tmp_path))
     assert streamed["engine"]["blocks_run"] == list(range(8))
     assert streamed["engine"]["checkpoint_files"] == (len(list(checkpoint.glob("*.safetensors"))) if sharded else 1)
     if sharded:

@@ -9,7 +9,7 @@ import torch
 
 from outlier_lab.analysis.detectors.super_experts import TABLE_FILE, ExpertMaxReducer, super_expert_mask
 from tests.support.checkpoints import SUPER_DIM, SUPER_EXPERT, build_super_expert_checkpoint, moe_blocks
-from tests.support.cli import run_cli, tiny_job_overrides
+from tests.support.cli import sweep_of_checkpoints
 
 # Every MoE architecture with a tiny fixture (minimax included: its noisy residual stream does not matter here).
 MOE_FIXTURES = (
@@ -57,32 +57,46 @@ def test_reducer_keeps_max_dim_and_routed_counts():
     assert rows == [(3, 1, 4.0, 1, 3), (5, 0, 2.0, 1, 1), (5, -1, 7.0, 2, 1)]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", MOE_FIXTURES)
-def test_planted_super_expert_is_named_alone_in_both_engines(arch, text_file, tmp_path):
-    checkpoint, block = build_super_expert_checkpoint(arch, tmp_path / arch)
-    run_cli(
-        "--multirun",
-        *tiny_job_overrides(checkpoint, text_file, num_sequences=4, seq_len=48),
+@pytest.fixture(scope="module")
+def planted_sweep(text_file, tmp_path_factory):
+    """Every MoE fixture with a planted super expert, under both engines, in one sweep (one CLI start, its jobs
+    in-process): arch -> (its checkpoint's planted block, resident job dir, streamed job dir), and the CLI's output."""
+    root = tmp_path_factory.mktemp("super_experts")
+    planted = {arch: build_super_expert_checkpoint(arch, root / arch) for arch in MOE_FIXTURES}
+    jobs, output = sweep_of_checkpoints(
+        [checkpoint for checkpoint, _ in planted.values()],
+        text_file,
+        root / "out",
         "dataset.batch_size=2",
         "detector=[llm_int8,massive,super_experts]",
         "engine=resident,streamed",
-        f"hydra.sweep.dir={tmp_path / 'out'}",
-        "hydra.sweep.subdir=${engine.name}",
+        num_sequences=4,
+        seq_len=48,
     )
-    resident, streamed = (
-        json.loads((tmp_path / "out" / e / "results.json").read_text()) for e in ("resident", "streamed")
-    )
+    runs = {
+        arch: (block, jobs.get((path, "resident")), jobs.get((path, "streamed")))
+        for arch, (path, block) in planted.items()
+    }
+    return runs, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", MOE_FIXTURES)
+def test_planted_super_expert_is_named_alone_in_both_engines(arch, planted_sweep):
+    runs, output = planted_sweep
+    block, resident_dir, streamed_dir = runs[arch]
+    assert resident_dir and streamed_dir, f"{arch}'s jobs of the sweep wrote no results\n{output}"
+    resident, streamed = (json.loads((d / "results.json").read_text()) for d in (resident_dir, streamed_dir))
     assert (resident["engine"]["name"], streamed["engine"]["name"]) == ("resident", "streamed")
     section = resident["super_experts"]
     found = [(s["block"], s["expert"], s["dim"]) for s in section["super_experts"]]
     assert found == [(block, SUPER_EXPERT, SUPER_DIM)]
     assert section["super_experts"][0]["routed_tokens"] > 0
     assert section["shared_experts"] == (arch in WITH_SHARED)
-    table = pq.read_table(tmp_path / "out" / "resident" / TABLE_FILE).to_pydict()
+    table = pq.read_table(resident_dir / TABLE_FILE).to_pydict()
     # Every routed expert of every MoE block is measured (the shared ones too), and the routed counts add up to
     # top-k per token (Llama-4 and top-1 aside: there the count is of tokens with a non-zero output).
     assert set(table["block"]) == set(section["moe_blocks"])
     assert (-1 in table["expert"]) == (arch in WITH_SHARED)
     assert streamed["super_experts"] == section
-    assert pq.read_table(tmp_path / "out" / "streamed" / TABLE_FILE).to_pydict() == table
+    assert pq.read_table(streamed_dir / TABLE_FILE).to_pydict() == table
